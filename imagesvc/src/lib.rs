@@ -1,0 +1,2 @@
+//! Images for skiff: references, registry client, content store, snapshots, unpacking, image
+//! metadata and garbage collection.

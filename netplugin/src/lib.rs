@@ -1,0 +1,2 @@
+//! Pod networking for skiff: a bridge set up through netlink, IPAM, port mappings, and the
+//! execution of standard CNI plugins.

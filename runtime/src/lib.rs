@@ -1,0 +1,2 @@
+//! Linux containers for skiff: namespaces, cgroups (v1 and v2), rootfs and mounts, OCI spec
+//! generation, seccomp, capabilities, and the per-container monitor binary.
