@@ -1,2 +1,7 @@
 //! Linux containers for skiff: namespaces, cgroups (v1 and v2), rootfs and mounts, OCI spec
 //! generation, seccomp, capabilities, and the per-container monitor binary.
+
+pub mod cgroups;
+pub mod error;
+
+pub use error::{Error, ErrorKind};

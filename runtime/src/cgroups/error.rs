@@ -1,0 +1,52 @@
+//! The error type of [`crate::cgroups`].
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::error::ErrorKind;
+
+/// What went wrong in a cgroup operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The cgroupfs-form path is not acceptable (empty, root, `..`, …).
+    #[error("invalid cgroup path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    /// A resource value cannot be applied (out of range, malformed).
+    #[error("invalid cgroup resource: {0}")]
+    InvalidResource(String),
+    /// No cgroup hierarchy is mounted (or none we can use).
+    #[error("no cgroup hierarchy is mounted")]
+    NoHierarchy,
+    /// The cgroup does not exist in any hierarchy.
+    #[error("cgroup {0} does not exist")]
+    NotFound(String),
+    /// Processes survived every attempt to kill them.
+    #[error("cgroup {path}: {remaining} process(es) still alive after kill")]
+    Busy { path: String, remaining: usize },
+    /// A file operation on the cgroup filesystem failed.
+    #[error("cgroup {op} {file}: {source}")]
+    Io {
+        op: &'static str,
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The registry of cgroups skiff created could not be read or written.
+    #[error("cgroup registry {file}: {reason}")]
+    Registry { file: PathBuf, reason: String },
+}
+
+impl CgroupError {
+    pub(crate) fn io(op: &'static str, file: impl Into<PathBuf>, source: io::Error) -> Self {
+        CgroupError::Io { op, file: file.into(), source }
+    }
+
+    /// How the CRI edge should report this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CgroupError::InvalidPath { .. } | CgroupError::InvalidResource(_) => ErrorKind::InvalidArgument,
+            CgroupError::NotFound(_) => ErrorKind::NotFound,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
