@@ -3,5 +3,6 @@
 
 pub mod cgroups;
 pub mod error;
+pub mod util;
 
 pub use error::{Error, ErrorKind};

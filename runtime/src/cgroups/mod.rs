@@ -12,10 +12,17 @@
 
 mod error;
 mod hierarchy;
+mod manager;
+mod registry;
+mod stats;
 mod util;
+pub mod v1;
+pub mod v2;
 
 pub use error::CgroupError;
 pub use hierarchy::{normalize, CgroupMode, Hierarchies, V1Hierarchy};
+pub use manager::CgroupManager;
+pub use stats::CgroupStats;
 
 /// Moves `pid` into cgroup `path` (cgroupfs form) in every mounted v1 hierarchy where the cgroup
 /// exists, or in the unified tree on v2 hosts. Fails with [`CgroupError::NotFound`] when the

@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! Small file helpers for cgroup files.
 
 use std::io::Write;
@@ -14,14 +13,6 @@ pub(crate) fn write(file: &Path, value: &str) -> Result<(), CgroupError> {
         .open(file)
         .map_err(|e| CgroupError::io("open", file, e))?;
     f.write_all(value.as_bytes()).map_err(|e| CgroupError::io("write", file, e))
-}
-
-/// Like [`write`], but a missing file is not an error (returns false).
-pub(crate) fn write_if_exists(file: &Path, value: &str) -> Result<bool, CgroupError> {
-    if !file.exists() {
-        return Ok(false);
-    }
-    write(file, value).map(|_| true)
 }
 
 /// Reads a whole cgroup file as a string.

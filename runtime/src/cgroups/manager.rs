@@ -1,0 +1,416 @@
+//! [`CgroupManager`]: create, configure, observe, kill and remove cgroups, v1 or v2.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+
+use super::hierarchy::{join_rel, normalize, CgroupMode, Hierarchies};
+use super::registry::Registry;
+use super::util::{is_cgroupfs, read};
+use super::{v1, v2, CgroupError, CgroupStats};
+
+/// Manages the cgroups skiff creates. Thread-safe (the registry is behind a mutex).
+#[derive(Debug)]
+pub struct CgroupManager {
+    h: Hierarchies,
+    registry: Mutex<Registry>,
+}
+
+impl CgroupManager {
+    /// Detects the host's hierarchies; `registry_file` (e.g. `STATE/cgroups.json`) records which
+    /// directories skiff created (`None`: in memory only).
+    pub fn detect(registry_file: Option<PathBuf>) -> Result<Self, CgroupError> {
+        Self::new(Hierarchies::detect()?, registry_file)
+    }
+
+    /// A manager over given hierarchies (fake trees in tests).
+    pub fn new(h: Hierarchies, registry_file: Option<PathBuf>) -> Result<Self, CgroupError> {
+        if h.v1.is_empty() && h.unified.is_none() {
+            return Err(CgroupError::NoHierarchy);
+        }
+        Ok(CgroupManager { h, registry: Mutex::new(Registry::open(registry_file)?) })
+    }
+
+    pub fn hierarchies(&self) -> &Hierarchies {
+        &self.h
+    }
+
+    pub fn mode(&self) -> CgroupMode {
+        self.h.mode()
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        match self.registry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Whether the cgroup exists (in any managed hierarchy).
+    pub fn exists(&self, path: &str) -> Result<bool, CgroupError> {
+        let rel = normalize(path)?;
+        Ok(self.h.dirs(&rel).iter().any(|d| d.is_dir()))
+    }
+
+    /// Whether skiff created this cgroup (so [`remove`](Self::remove) would delete it).
+    pub fn created_by_skiff(&self, path: &str) -> Result<bool, CgroupError> {
+        let rel = normalize(path)?;
+        Ok(self.registry().created(&rel).is_some())
+    }
+
+    /// Creates the cgroup and any missing parents in every managed hierarchy, recording each
+    /// directory skiff made. Existing directories are left as they are. On failure, what this
+    /// call created is removed again.
+    pub fn create(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = normalize(path)?;
+        let comps: Vec<&str> = rel.split('/').collect();
+        let mut reg = self.registry();
+        let mut made: Vec<(String, PathBuf)> = Vec::new();
+        let res = (|| {
+            for root in self.roots() {
+                let is_cpuset = self.is_cpuset_root(&root);
+                let unified = self.mode() == CgroupMode::Unified;
+                for i in 0..comps.len() {
+                    let sub = comps[..=i].join("/");
+                    let dir = join_rel(&root, &sub);
+                    if unified {
+                        if let Some(parent) = dir.parent() {
+                            v2::enable_subtree(parent)?;
+                        }
+                    }
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => {
+                            made.push((sub.clone(), dir.clone()));
+                            reg.add(&sub, dir.clone());
+                            if is_cpuset {
+                                v1::cpuset::inherit(&dir)?;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(CgroupError::io("mkdir", &dir, e)),
+                    }
+                }
+            }
+            reg.save()
+        })();
+        if let Err(e) = res {
+            for (sub, dir) in made.iter().rev() {
+                let _ = rmdir_retry(dir, false);
+                let left: Vec<PathBuf> = reg.created(sub).into_iter().flatten().filter(|d| *d != dir).cloned().collect();
+                reg.set(sub, left);
+            }
+            let _ = reg.save();
+            return Err(e);
+        }
+        tracing::debug!(cgroup = %rel, created = made.len(), "cgroup created");
+        Ok(())
+    }
+
+    /// [`create`](Self::create) then [`apply`](Self::apply); removes what it created when the
+    /// resources cannot be applied.
+    pub fn create_with(&self, path: &str, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        let existed = self.exists(path)?;
+        self.create(path)?;
+        if let Some(r) = resources {
+            if let Err(e) = self.apply(path, r) {
+                if !existed {
+                    let _ = self.remove(path);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories that make up the cgroup: one per v1 hierarchy or the v2 one.
+    fn roots(&self) -> Vec<PathBuf> {
+        match self.mode() {
+            CgroupMode::Unified => self.h.unified.iter().cloned().collect(),
+            _ => self.h.v1.iter().map(|h| h.mountpoint.clone()).collect(),
+        }
+    }
+
+    fn is_cpuset_root(&self, root: &Path) -> bool {
+        self.mode() != CgroupMode::Unified && self.h.v1_mount("cpuset") == Some(root)
+    }
+
+    fn v1_dir(&self, controller: &str, rel: &str) -> Option<PathBuf> {
+        self.h.v1_mount(controller).map(|m| join_rel(m, rel))
+    }
+
+    fn v2_dir(&self, rel: &str) -> Result<PathBuf, CgroupError> {
+        self.h.unified.as_ref().map(|u| join_rel(u, rel)).ok_or(CgroupError::NoHierarchy)
+    }
+
+    /// Applies OCI resources (cpu, cpuset, memory, pids, hugetlb; `unified` on v2 only) to an
+    /// existing cgroup. Zero values mean "not set" (as in CRI).
+    pub fn apply(&self, path: &str, r: &LinuxResources) -> Result<(), CgroupError> {
+        let rel = normalize(path)?;
+        if !self.exists(path)? {
+            return Err(CgroupError::NotFound(path.to_string()));
+        }
+        if self.mode() == CgroupMode::Unified {
+            let dir = self.v2_dir(&rel)?;
+            if let Some(c) = r.cpu() {
+                v2::cpu::apply(&dir, c)?;
+                v2::cpuset::apply(&dir, c)?;
+            }
+            if let Some(m) = r.memory() {
+                v2::memory::apply(&dir, m)?;
+            }
+            if let Some(p) = r.pids() {
+                v2::pids::apply(&dir, p)?;
+            }
+            if let Some(h) = r.hugepage_limits() {
+                v2::hugetlb::apply(&dir, h)?;
+            }
+            if let Some(u) = r.unified() {
+                v2::unified::apply(&dir, u)?;
+            }
+            return Ok(());
+        }
+        if let Some(c) = r.cpu() {
+            if let Some(d) = self.v1_dir("cpu", &rel) {
+                v1::cpu::apply(&d, c)?;
+            }
+            if let Some(d) = self.v1_dir("cpuset", &rel) {
+                v1::cpuset::apply(&d, c)?;
+            }
+        }
+        if let Some(m) = r.memory() {
+            match self.v1_dir("memory", &rel) {
+                Some(d) => v1::memory::apply(&d, m)?,
+                None => tracing::warn!(cgroup = %rel, "memory controller not mounted: memory limits ignored"),
+            }
+        }
+        if let Some(p) = r.pids() {
+            if let Some(d) = self.v1_dir("pids", &rel) {
+                v1::pids::apply(&d, p)?;
+            }
+        }
+        if let Some(h) = r.hugepage_limits().as_ref().filter(|h| !h.is_empty()) {
+            match self.v1_dir("hugetlb", &rel) {
+                Some(d) => v1::hugetlb::apply(&d, h)?,
+                None => tracing::warn!(cgroup = %rel, "hugetlb controller not mounted: hugepage limits ignored"),
+            }
+        }
+        if let Some(u) = r.unified().as_ref().filter(|u| !u.is_empty()) {
+            return Err(CgroupError::InvalidResource(format!(
+                "unified cgroup resources {:?} need cgroup v2; this host uses v1",
+                u.keys().collect::<Vec<_>>()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Current usage; controllers that are not mounted leave their fields `None`.
+    pub fn stats(&self, path: &str) -> Result<CgroupStats, CgroupError> {
+        let rel = normalize(path)?;
+        if !self.exists(path)? {
+            return Err(CgroupError::NotFound(path.to_string()));
+        }
+        let mut s = CgroupStats::default();
+        if self.mode() == CgroupMode::Unified {
+            let dir = self.v2_dir(&rel)?;
+            let _ = v2::cpu::stats(&dir, &mut s);
+            let _ = v2::memory::stats(&dir, &mut s);
+            let _ = v2::pids::stats(&dir, &mut s);
+            return Ok(s);
+        }
+        if let Some(d) = self.v1_dir("cpuacct", &rel) {
+            let _ = v1::cpuacct::stats(&d, &mut s);
+        }
+        if let Some(d) = self.v1_dir("memory", &rel) {
+            let _ = v1::memory::stats(&d, &mut s);
+        }
+        if let Some(d) = self.v1_dir("pids", &rel) {
+            let _ = v1::pids::stats(&d, &mut s);
+        }
+        Ok(s)
+    }
+
+    /// The number of OOM kills in the cgroup so far (0 when the counter is not available).
+    pub fn oom_kills(&self, path: &str) -> Result<u64, CgroupError> {
+        let rel = normalize(path)?;
+        if self.mode() == CgroupMode::Unified {
+            return v2::memory::oom_kills(&self.v2_dir(&rel)?);
+        }
+        match self.v1_dir("memory", &rel) {
+            Some(d) if d.is_dir() => v1::memory::oom_kills(&d),
+            Some(_) => Err(CgroupError::NotFound(path.to_string())),
+            None => Ok(0),
+        }
+    }
+
+    /// Pids of every process in the cgroup (the union over all hierarchies; on v2 including
+    /// descendant cgroups).
+    pub fn procs(&self, path: &str) -> Result<Vec<i32>, CgroupError> {
+        let rel = normalize(path)?;
+        let mut set = BTreeSet::new();
+        for d in self.h.dirs(&rel) {
+            collect_procs(&d, &mut set);
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    /// Kills every process of the cgroup: `cgroup.kill` on v2, otherwise freeze → SIGKILL each
+    /// listed pid → thaw, repeated until no live process remains (zombies waiting for their
+    /// parent count as dead). A cgroup that does not exist has nothing to kill.
+    pub fn kill_all(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = normalize(path)?;
+        if !self.exists(path)? {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if self.mode() == CgroupMode::Unified {
+            let _ = v2::freezer::kill(&self.v2_dir(&rel)?);
+        }
+        let freezer = match self.mode() {
+            CgroupMode::Unified => self.v2_dir(&rel).ok().filter(|d| d.join(v2::freezer::FREEZE).exists()),
+            _ => self.v1_dir("freezer", &rel).filter(|d| d.join(v1::freezer::STATE).exists()),
+        };
+        loop {
+            let live: Vec<i32> = self.procs(path)?.into_iter().filter(|p| !is_zombie(*p)).collect();
+            if live.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy { path: path.to_string(), remaining: live.len() });
+            }
+            if let Some(f) = &freezer {
+                let _ = self.freeze_dir(f);
+            }
+            for pid in self.procs(path)? {
+                match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => tracing::warn!(pid, error = %e, "kill in cgroup failed"),
+                }
+            }
+            if let Some(f) = &freezer {
+                let _ = self.thaw_dir(f);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn freeze_dir(&self, d: &Path) -> Result<(), CgroupError> {
+        if self.mode() == CgroupMode::Unified {
+            v2::freezer::freeze(d)
+        } else {
+            v1::freezer::freeze(d)
+        }
+    }
+
+    fn thaw_dir(&self, d: &Path) -> Result<(), CgroupError> {
+        if self.mode() == CgroupMode::Unified {
+            v2::freezer::thaw(d)
+        } else {
+            v1::freezer::thaw(d)
+        }
+    }
+
+    /// Removes the cgroup if skiff created it, then each parent skiff created that is now
+    /// empty. Directories skiff did not create are never removed. Idempotent: a cgroup that is
+    /// already gone is fine. Fails with [`CgroupError::Busy`] when processes are still inside
+    /// (call [`kill_all`](Self::kill_all) first).
+    pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = normalize(path)?;
+        let mut reg = self.registry();
+        let comps: Vec<&str> = rel.split('/').collect();
+        let mut result = Ok(());
+        for i in (0..comps.len()).rev() {
+            let sub = comps[..=i].join("/");
+            let is_target = i == comps.len() - 1;
+            let Some(dirs) = reg.created(&sub).cloned() else {
+                if is_target {
+                    tracing::debug!(cgroup = %sub, "cgroup not created by skiff: left alone");
+                }
+                break;
+            };
+            let mut left = Vec::new();
+            let mut stop = false;
+            for d in dirs {
+                match rmdir_retry(&d, is_target) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        left.push(d);
+                        stop = true;
+                        if is_target {
+                            result = Err(e);
+                        }
+                    }
+                }
+            }
+            reg.set(&sub, left);
+            if stop {
+                break;
+            }
+        }
+        reg.save()?;
+        result
+    }
+}
+
+fn collect_procs(dir: &Path, set: &mut BTreeSet<i32>) {
+    if let Ok(s) = read(&dir.join("cgroup.procs")) {
+        set.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_procs(&e.path(), set);
+            }
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with(['Z', 'X'])).unwrap_or(false),
+        Err(_) => true,
+    }
+}
+
+/// rmdir with retries on EBUSY (the kernel may still be releasing exited tasks). For a parent
+/// (`is_target` false) a non-empty dir is simply kept. On fake trees (not cgroupfs) the
+/// interface files are regular files and are deleted first.
+fn rmdir_retry(dir: &Path, is_target: bool) -> Result<(), CgroupError> {
+    let mut delay = Duration::from_millis(5);
+    for attempt in 0.. {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                if errno == libc::ENOTEMPTY && !is_cgroupfs(dir) && !has_subdirs(dir) {
+                    // fake tree: drop the interface files, then retry
+                    if let Ok(rd) = std::fs::read_dir(dir) {
+                        for f in rd.flatten() {
+                            let _ = std::fs::remove_file(f.path());
+                        }
+                    }
+                    continue;
+                }
+                let retryable = errno == libc::EBUSY || (is_target && errno == libc::ENOTEMPTY);
+                if !retryable || attempt >= 8 {
+                    return Err(CgroupError::io("rmdir", dir, e));
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn has_subdirs(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().any(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)))
+        .unwrap_or(false)
+}

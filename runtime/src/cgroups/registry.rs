@@ -1,0 +1,80 @@
+//! The durable list of cgroup directories skiff created, so that removal deletes exactly those
+//! (parents such as `/kubepods` that existed before skiff are never touched). Kept as a small
+//! JSON file under the state dir (cgroups, like the state dir, do not survive a reboot).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::CgroupError;
+
+const VERSION: u32 = 1;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RegistryFile {
+    version: u32,
+    /// Normalized relative cgroup path → the directories skiff created for it.
+    created: BTreeMap<String, Vec<PathBuf>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    file: Option<PathBuf>,
+    data: RegistryFile,
+}
+
+impl Registry {
+    /// Loads the registry (`None` = in memory only, for tests and tools).
+    pub(crate) fn open(file: Option<PathBuf>) -> Result<Self, CgroupError> {
+        let mut data = RegistryFile { version: VERSION, created: BTreeMap::new() };
+        if let Some(f) = &file {
+            match std::fs::read(f) {
+                Ok(bytes) => {
+                    data = serde_json::from_slice(&bytes)
+                        .map_err(|e| CgroupError::Registry { file: f.clone(), reason: e.to_string() })?;
+                    if data.version != VERSION {
+                        return Err(CgroupError::Registry {
+                            file: f.clone(),
+                            reason: format!("unsupported version {}", data.version),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CgroupError::io("read", f, e)),
+            }
+        }
+        Ok(Registry { file, data })
+    }
+
+    pub(crate) fn created(&self, rel: &str) -> Option<&Vec<PathBuf>> {
+        self.data.created.get(rel)
+    }
+
+    pub(crate) fn add(&mut self, rel: &str, dir: PathBuf) {
+        let v = self.data.created.entry(rel.to_string()).or_default();
+        if !v.contains(&dir) {
+            v.push(dir);
+        }
+    }
+
+    pub(crate) fn set(&mut self, rel: &str, dirs: Vec<PathBuf>) {
+        if dirs.is_empty() {
+            self.data.created.remove(rel);
+        } else {
+            self.data.created.insert(rel.to_string(), dirs);
+        }
+    }
+
+    /// Writes the registry atomically (temp file, fsync, rename, fsync dir).
+    pub(crate) fn save(&self) -> Result<(), CgroupError> {
+        let Some(f) = &self.file else { return Ok(()) };
+        let bytes = serde_json::to_vec_pretty(&self.data)
+            .map_err(|e| CgroupError::Registry { file: f.clone(), reason: e.to_string() })?;
+        write_atomic(f, &bytes).map_err(|e| CgroupError::io("write", f, e))
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::util::write_atomic(path, bytes, 0o644)
+}

@@ -1,0 +1,262 @@
+//! cgroups: v2 and v1 on fake trees in temp dirs, and v1 for real under /sys/fs/cgroup.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder,
+};
+use runtime::cgroups::{self, CgroupManager, CgroupMode, Hierarchies, V1Hierarchy};
+
+fn uniq() -> String {
+    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+}
+
+fn touch(dir: &Path, files: &[(&str, &str)]) {
+    for (f, v) in files {
+        std::fs::write(dir.join(f), v).unwrap();
+    }
+}
+
+fn rd(p: PathBuf) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+fn resources() -> LinuxResources {
+    LinuxResourcesBuilder::default()
+        .cpu(LinuxCpuBuilder::default().shares(512u64).quota(50_000i64).period(100_000u64).cpus("0").mems("0").build().unwrap())
+        .memory(LinuxMemoryBuilder::default().limit(64i64 << 20).swap(128i64 << 20).build().unwrap())
+        .pids(LinuxPidsBuilder::default().limit(100i64).build().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn v2_fake_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    touch(root, &[("cgroup.controllers", "cpu cpuset memory pids hugetlb io"), ("cgroup.subtree_control", "")]);
+    let reg = root.join("registry.json");
+    // /kubepods exists already (not skiff's)
+    std::fs::create_dir(root.join("kubepods")).unwrap();
+    touch(&root.join("kubepods"), &[("cgroup.controllers", "cpu memory pids"), ("cgroup.subtree_control", "")]);
+    let m = CgroupManager::new(Hierarchies::unified_at(root), Some(reg.clone())).unwrap();
+    assert_eq!(m.mode(), CgroupMode::Unified);
+    m.create("/kubepods/pod1/ctr1").unwrap();
+    // controllers were enabled for children where offered
+    assert_eq!(rd(root.join("kubepods/cgroup.subtree_control")), "+cpu +memory +pids");
+    let ctr = root.join("kubepods/pod1/ctr1");
+    assert!(ctr.is_dir());
+    assert!(m.created_by_skiff("/kubepods/pod1/ctr1").unwrap());
+    assert!(!m.created_by_skiff("/kubepods").unwrap());
+    touch(&ctr, &[
+        ("cpu.weight", ""), ("cpu.max", "max 100000"), ("cpuset.cpus", ""), ("cpuset.mems", ""),
+        ("memory.max", "max"), ("memory.swap.max", "max"), ("pids.max", "max"), ("hugetlb.2MB.max", "max"),
+        ("memory.high", "max"),
+    ]);
+    let mut r = resources();
+    r.set_hugepage_limits(Some(vec![LinuxHugepageLimitBuilder::default().page_size("2MB").limit(4i64 << 20).build().unwrap()]));
+    r.set_unified(Some(HashMap::from([("memory.high".to_string(), "50000000".to_string())])));
+    m.apply("/kubepods/pod1/ctr1", &r).unwrap();
+    assert_eq!(rd(ctr.join("cpu.weight")), "20");
+    assert_eq!(rd(ctr.join("cpu.max")), "50000 100000");
+    assert_eq!(rd(ctr.join("cpuset.cpus")), "0");
+    assert_eq!(rd(ctr.join("memory.max")), (64u64 << 20).to_string());
+    assert_eq!(rd(ctr.join("memory.swap.max")), (64u64 << 20).to_string());
+    assert_eq!(rd(ctr.join("pids.max")), "100");
+    assert_eq!(rd(ctr.join("hugetlb.2MB.max")), (4u64 << 20).to_string());
+    assert_eq!(rd(ctr.join("memory.high")), "50000000");
+    // bad unified keys are InvalidArgument-worthy
+    let mut bad = LinuxResources::default();
+    bad.set_unified(Some(HashMap::from([("../x".to_string(), "1".to_string())])));
+    let e = m.apply("/kubepods/pod1/ctr1", &bad).unwrap_err();
+    assert_eq!(e.kind(), runtime::ErrorKind::InvalidArgument);
+    // stats
+    touch(&ctr, &[
+        ("cpu.stat", "usage_usec 1500\nuser_usec 1000\n"), ("memory.current", "1000000"),
+        ("memory.stat", "anon 4000\nfile 600000\ninactive_file 300000\npgfault 7\npgmajfault 2\n"),
+        ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"), ("pids.current", "3"),
+    ]);
+    let s = m.stats("/kubepods/pod1/ctr1").unwrap();
+    assert_eq!(s.cpu_usage_ns, Some(1_500_000));
+    assert_eq!(s.memory_usage_bytes, Some(1_000_000));
+    assert_eq!(s.memory_working_set_bytes, Some(700_000));
+    assert_eq!(s.memory_rss_bytes, Some(4000));
+    assert_eq!(s.page_faults, Some(7));
+    assert_eq!(s.major_page_faults, Some(2));
+    assert_eq!(s.pids_current, Some(3));
+    assert_eq!(s.oom_kills, Some(1));
+    assert_eq!(s.memory_limit_bytes, Some(64 << 20));
+    assert_eq!(m.oom_kills("/kubepods/pod1/ctr1").unwrap(), 1);
+    // the registry survives a restart
+    drop(m);
+    let m = CgroupManager::new(Hierarchies::unified_at(root), Some(reg.clone())).unwrap();
+    m.remove("/kubepods/pod1/ctr1").unwrap();
+    assert!(!ctr.exists());
+    assert!(!root.join("kubepods/pod1").exists(), "skiff-created parent removed");
+    assert!(root.join("kubepods").exists(), "pre-existing parent kept");
+    // idempotent
+    m.remove("/kubepods/pod1/ctr1").unwrap();
+    // never removes what skiff did not create
+    m.remove("/kubepods").unwrap();
+    assert!(root.join("kubepods").exists());
+}
+
+#[test]
+fn v2_parent_shared_by_two_pods() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let m = CgroupManager::new(Hierarchies::unified_at(root), None).unwrap();
+    m.create("/kubepods/burstable/podA").unwrap();
+    m.create("/kubepods/burstable/podB").unwrap();
+    m.remove("/kubepods/burstable/podA").unwrap();
+    assert!(root.join("kubepods/burstable/podB").is_dir());
+    m.remove("/kubepods/burstable/podB").unwrap();
+    assert!(!root.join("kubepods").exists(), "the last pod takes the parents skiff created with it");
+}
+
+fn fake_v1(root: &Path) -> Hierarchies {
+    let mut v1 = Vec::new();
+    for c in ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "hugetlb"] {
+        let d = root.join(c);
+        std::fs::create_dir(&d).unwrap();
+        v1.push(V1Hierarchy { mountpoint: d, controllers: vec![c.to_string()] });
+    }
+    Hierarchies { v1, unified: Some(root.join("unified")) }
+}
+
+#[test]
+fn v1_fake_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let h = fake_v1(root);
+    touch(&root.join("cpuset"), &[("cpuset.cpus", "0-1"), ("cpuset.mems", "0")]);
+    let m = CgroupManager::new(h, None).unwrap();
+    assert_eq!(m.mode(), CgroupMode::Hybrid);
+    // parent cpuset files exist before the child: the child inherits them
+    std::fs::create_dir(root.join("cpuset/pod")).unwrap();
+    touch(&root.join("cpuset/pod"), &[("cpuset.cpus", "0-1"), ("cpuset.mems", "0")]);
+    m.create("/pod/c").unwrap();
+    for c in ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "hugetlb"] {
+        assert!(root.join(c).join("pod/c").is_dir(), "{c}");
+    }
+    touch(&root.join("cpu/pod/c"), &[("cpu.shares", "1024"), ("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "-1")]);
+    touch(&root.join("cpuset/pod/c"), &[("cpuset.cpus", ""), ("cpuset.mems", "")]);
+    touch(&root.join("memory/pod/c"), &[("memory.limit_in_bytes", "9223372036854771712"), ("memory.memsw.limit_in_bytes", "9223372036854771712")]);
+    touch(&root.join("pids/pod/c"), &[("pids.max", "max")]);
+    touch(&root.join("hugetlb/pod/c"), &[("hugetlb.2MB.limit_in_bytes", "")]);
+    let mut r = resources();
+    r.set_hugepage_limits(Some(vec![LinuxHugepageLimitBuilder::default().page_size("2MB").limit(2i64 << 20).build().unwrap()]));
+    m.apply("/pod/c", &r).unwrap();
+    assert_eq!(rd(root.join("cpu/pod/c/cpu.shares")), "512");
+    assert_eq!(rd(root.join("cpu/pod/c/cpu.cfs_quota_us")), "50000");
+    assert_eq!(rd(root.join("cpu/pod/c/cpu.cfs_period_us")), "100000");
+    assert_eq!(rd(root.join("cpuset/pod/c/cpuset.cpus")), "0");
+    assert_eq!(rd(root.join("memory/pod/c/memory.limit_in_bytes")), (64u64 << 20).to_string());
+    assert_eq!(rd(root.join("memory/pod/c/memory.memsw.limit_in_bytes")), (128u64 << 20).to_string());
+    assert_eq!(rd(root.join("pids/pod/c/pids.max")), "100");
+    assert_eq!(rd(root.join("hugetlb/pod/c/hugetlb.2MB.limit_in_bytes")), (2u64 << 20).to_string());
+    // unified resources are rejected on v1
+    let mut u = LinuxResources::default();
+    u.set_unified(Some(HashMap::from([("memory.high".to_string(), "1".to_string())])));
+    assert_eq!(m.apply("/pod/c", &u).unwrap_err().kind(), runtime::ErrorKind::InvalidArgument);
+    // swap below memory is invalid
+    let bad = LinuxResourcesBuilder::default().memory(LinuxMemoryBuilder::default().limit(100i64).swap(50i64).build().unwrap()).build().unwrap();
+    assert_eq!(m.apply("/pod/c", &bad).unwrap_err().kind(), runtime::ErrorKind::InvalidArgument);
+    touch(&root.join("cpuacct/pod/c"), &[("cpuacct.usage", "123456")]);
+    touch(&root.join("memory/pod/c"), &[
+        ("memory.usage_in_bytes", "5000"),
+        ("memory.stat", "cache 100\nrss 10\ntotal_rss 2000\ntotal_inactive_file 1000\ntotal_pgfault 9\ntotal_pgmajfault 1\n"),
+        ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+    ]);
+    touch(&root.join("pids/pod/c"), &[("pids.current", "4")]);
+    let s = m.stats("/pod/c").unwrap();
+    assert_eq!(s.cpu_usage_ns, Some(123456));
+    assert_eq!(s.memory_working_set_bytes, Some(4000));
+    assert_eq!(s.memory_rss_bytes, Some(2000));
+    assert_eq!(s.oom_kills, Some(2));
+    assert_eq!(s.pids_current, Some(4));
+    assert_eq!(s.memory_available_bytes(), Some((64 << 20) - 4000));
+    m.remove("/pod/c").unwrap();
+    assert!(!root.join("memory/pod/c").exists());
+    assert!(root.join("cpuset/pod").exists() && !root.join("memory/pod").exists(), "only skiff-made dirs removed");
+    // nonexistent cgroup: stats NotFound
+    assert_eq!(m.stats("/pod/c").unwrap_err().kind(), runtime::ErrorKind::NotFound);
+    assert!(m.create("/a/../b").is_err());
+}
+
+fn real_v1_available() -> bool {
+    let h = Hierarchies::detect().unwrap();
+    h.mode() != CgroupMode::Unified && nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn v1_real() {
+    if !real_v1_available() {
+        eprintln!("skipping: no v1 cgroups or not root");
+        return;
+    }
+    let base = format!("/skiff-test-{}", uniq());
+    let path = format!("{base}/pod/ctr");
+    let m = CgroupManager::detect(None).unwrap();
+    let h = m.hierarchies().clone();
+    m.create(&path).unwrap();
+    let guard = Cleanup(&m, path.clone(), base.clone());
+    let r = LinuxResourcesBuilder::default()
+        .cpu(LinuxCpuBuilder::default().shares(256u64).quota(20_000i64).period(100_000u64).cpus("0").build().unwrap())
+        .memory(LinuxMemoryBuilder::default().limit(32i64 << 20).build().unwrap())
+        .pids(LinuxPidsBuilder::default().limit(50i64).build().unwrap())
+        .build()
+        .unwrap();
+    m.apply(&path, &r).unwrap();
+    let rel = path.trim_start_matches('/');
+    let cpu = h.v1_mount("cpu").unwrap().join(rel);
+    assert_eq!(rd(cpu.join("cpu.shares")).trim(), "256");
+    assert_eq!(rd(cpu.join("cpu.cfs_quota_us")).trim(), "20000");
+    let mem = h.v1_mount("memory").unwrap().join(rel);
+    assert_eq!(rd(mem.join("memory.limit_in_bytes")).trim(), (32u64 << 20).to_string());
+    let pids = h.v1_mount("pids").unwrap().join(rel);
+    assert_eq!(rd(pids.join("pids.max")).trim(), "50");
+    // raise the limit again (memsw ordering)
+    let r2 = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(256i64 << 20).build().unwrap())
+        .build()
+        .unwrap();
+    m.apply(&path, &r2).unwrap();
+    assert_eq!(rd(mem.join("memory.limit_in_bytes")).trim(), (256u64 << 20).to_string());
+
+    // a process joins, is counted, is killed
+    let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    let pid = child.id() as i32;
+    cgroups::join(&path, pid).unwrap();
+    assert_eq!(m.procs(&path).unwrap(), vec![pid]);
+    let own = rd(PathBuf::from(format!("/proc/{pid}/cgroup")));
+    assert!(own.contains(&format!(":memory:{path}")), "{own}");
+    let s = m.stats(&path).unwrap();
+    assert_eq!(s.pids_current, Some(1));
+    assert!(s.memory_usage_bytes.is_some());
+    assert!(s.cpu_usage_ns.is_some());
+    assert_eq!(m.oom_kills(&path).unwrap(), 0);
+    // remove refuses while the process lives
+    assert!(m.remove(&path).is_err());
+    m.kill_all(&path).unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+    assert!(m.procs(&path).unwrap().is_empty());
+    drop(guard);
+    for hh in &h.v1 {
+        assert!(!hh.mountpoint.join(base.trim_start_matches('/')).exists(), "{}", hh.mountpoint.display());
+    }
+    // join into a missing cgroup is NotFound
+    assert_eq!(cgroups::join(&path, pid).unwrap_err().kind(), runtime::ErrorKind::NotFound);
+}
+
+struct Cleanup<'a>(&'a CgroupManager, String, String);
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill_all(&self.1);
+        self.0.remove(&self.1).unwrap();
+        assert!(!self.0.exists(&self.2).unwrap());
+    }
+}
