@@ -1,1 +1,9 @@
+//! skiffd, the skiff CRI daemon: configuration, the gRPC services, state stores, streaming and
+//! recovery. It is thin: the work is done by the `runtime`, `imagesvc` and `netplugin` crates.
 
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod preflight;
+pub mod server;
+pub mod services;

@@ -1,1 +1,378 @@
+//! The integration-test harness: runs the real `skiffd` (and its `skiff-monitor`) from the
+//! cargo target directory on temporary root/state dirs and a temporary socket, hands the test
+//! tonic CRI clients, and on drop stops the daemon and checks that nothing was left behind.
+//!
+//! The binaries are those of `cargo build --workspace --bins` (the README's test command runs
+//! it first); `SKIFF_BIN_DIR` points elsewhere. Each daemon gets its own bridge name, pod range
+//! and cgroup parent so that tests can run in parallel. The registry mirrors of
+//! `registry.k8s.io`, `gcr.io` and `docker.io` point at the test registry
+//! (`SKIFF_TEST_REGISTRY`, default 127.0.0.1:5000, started by `shared/testimages/registry-up`).
 
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use proto::cri::image_service_client::ImageServiceClient;
+use proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use proto::cri;
+
+/// The test registry's address.
+pub fn registry() -> String {
+    std::env::var("SKIFF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// The directory holding skiffd and skiff-monitor.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SKIFF_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("test binary dir").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A unique short suffix for names that live in kernel-wide namespaces (links, cgroups).
+pub fn unique_suffix() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Merges `over` into `base` (tables recursively, other values replaced).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// A running skiffd for one test.
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    channel: Option<Channel>,
+    /// The bridge this daemon's pods use.
+    pub bridge: String,
+    /// The cgroup parent (cgroupfs form) of this daemon's pods.
+    pub cgroup_parent: String,
+}
+
+impl Daemon {
+    /// Starts skiffd with the harness's defaults.
+    pub async fn start() -> Daemon {
+        Self::start_with_config("").await
+    }
+
+    /// Starts skiffd with `extra` TOML merged over the harness's defaults.
+    pub async fn start_with_config(extra: &str) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir_in("/tmp").expect("tempdir");
+        let suffix = unique_suffix();
+        let bridge = format!("skt{suffix}");
+        let cgroup_parent = format!("/skiff-test-{suffix}");
+        // A /24 in 10.200.0.0/13 chosen at random: parallel daemons need disjoint pod ranges.
+        let n = rand::random::<u16>() & 0x7ff;
+        let registry = format!("http://{}", registry());
+        let base = format!(
+            r#"
+log_level = "debug"
+shutdown_timeout_secs = 5
+[runtime]
+default_cgroup_parent = "{cgroup_parent}"
+[registry.mirrors]
+"registry.k8s.io" = ["{registry}"]
+"gcr.io" = ["{registry}"]
+"docker.io" = ["{registry}"]
+[network]
+bridge = "{bridge}"
+pod_cidr = "10.{}.{}.0/24"
+"#,
+            200 + (n >> 8),
+            n & 0xff
+        );
+        let mut config: toml::Table = base.parse().expect("harness config");
+        let extra: toml::Table = extra.parse().expect("the test's extra TOML does not parse");
+        merge(&mut config, extra);
+        fs::write(dir.path().join("config.toml"), toml::to_string(&config).expect("toml"))
+            .expect("write config");
+        let mut d = Daemon { dir, child: None, channel: None, bridge, cgroup_parent };
+        d.spawn().await;
+        d
+    }
+
+    /// The temporary directory holding everything of this daemon.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("skiff.sock")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+    /// skiffd's stderr, across restarts.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("skiffd.log")).unwrap_or_default()
+    }
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel.clone().expect("daemon not running"))
+            .max_decoding_message_size(32 << 20)
+    }
+    pub fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel.clone().expect("daemon not running"))
+            .max_decoding_message_size(32 << 20)
+    }
+
+    async fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("skiffd.log"))
+            .expect("log file");
+        let bin = bin_dir().join("skiffd");
+        assert!(
+            bin.is_file(),
+            "{} not found: build the binaries first (cargo build --workspace --bins)",
+            bin.display()
+        );
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--root")
+            .arg(self.root())
+            .arg("--state")
+            .arg(self.state())
+            .arg("--listen")
+            .arg(self.socket())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn skiffd");
+        self.child = Some(child);
+        self.channel = Some(self.wait_ready().await);
+    }
+
+    async fn wait_ready(&mut self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("skiffd exited during start ({status}):\n{}", self.log());
+            }
+            if self.socket().exists() {
+                if let Ok(ch) = connect(&self.socket()).await {
+                    let mut rt = RuntimeServiceClient::new(ch.clone());
+                    if rt.version(cri::VersionRequest::default()).await.is_ok() {
+                        return ch;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "skiffd not ready after 30s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.channel = None;
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills skiffd with SIGKILL (no cleanup of any kind).
+    pub fn kill(&mut self) {
+        self.channel = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts skiffd again on the same directories and configuration.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "skiffd still running");
+        self.spawn().await;
+    }
+
+    /// SIGTERM, then start again.
+    pub async fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "skiffd exit {status:?}:\n{}", self.log());
+        self.start_again().await;
+    }
+
+    /// What this daemon left on the machine after it stopped: mounts under its directory,
+    /// processes naming its directory, its cgroups, veths on its bridge.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        for line in fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+            if let Some(mp) = line.split_whitespace().nth(4) {
+                if mp.starts_with(&dir) {
+                    out.push(format!("mount {mp}"));
+                }
+            }
+        }
+        for pid in processes_mentioning(&dir) {
+            out.push(format!("process {pid}: {}", cmdline(pid)));
+        }
+        for hierarchy in cgroup_v1_hierarchies() {
+            let path = hierarchy.join(self.cgroup_parent.trim_start_matches('/'));
+            if path.exists() {
+                out.push(format!("cgroup {}", path.display()));
+            }
+        }
+        let brif = PathBuf::from("/sys/class/net").join(&self.bridge).join("brif");
+        if let Ok(entries) = fs::read_dir(&brif) {
+            for e in entries.flatten() {
+                out.push(format!("veth {} on {}", e.file_name().to_string_lossy(), self.bridge));
+            }
+        }
+        out
+    }
+
+    /// Best-effort removal of whatever [`Daemon::leftovers`] reports, and of the bridge.
+    fn clean_up_machine(&self) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        for pid in processes_mentioning(&dir) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+            .filter(|mp| mp.starts_with(&dir))
+            .collect();
+        mounts.reverse();
+        for mp in mounts {
+            let _ = nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for hierarchy in cgroup_v1_hierarchies() {
+            let top = hierarchy.join(self.cgroup_parent.trim_start_matches('/'));
+            remove_cgroup_tree(&top);
+        }
+        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+            let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let status = self.stop();
+        // Give monitors a moment to finish writing exit records and exit.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left = self.leftovers();
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            left = self.leftovers();
+        }
+        self.clean_up_machine();
+        if std::thread::panicking() {
+            eprintln!("---- skiffd log ----\n{}", self.log());
+            return;
+        }
+        if let Some(status) = status {
+            assert!(status.success(), "skiffd exited with {status}:\n{}", self.log());
+        }
+        assert!(
+            left.is_empty(),
+            "the test left these behind (cleaned up now):\n  {}\n---- skiffd log ----\n{}",
+            left.join("\n  "),
+            self.log()
+        );
+    }
+}
+
+/// Connects a tonic channel to a unix socket.
+pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_owned();
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
+fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Processes (other than this one) whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+                .filter(|&pid| pid != me && cmdline(pid).contains(needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Mount points of the v1 cgroup hierarchies (and the v2 root when unified).
+pub fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mp = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup" || (fstype == "cgroup2" && mp == "/sys/fs/cgroup")).then(|| PathBuf::from(mp))
+        })
+        .collect()
+}
+
+fn remove_cgroup_tree(path: &Path) {
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(path);
+}

@@ -1,0 +1,384 @@
+//! skiffd's configuration: a TOML file (`--config`, default `/etc/skiff/config.toml`) whose
+//! sections are owned by the libraries (`[registry]` by imagesvc, `[network]` by netplugin) and
+//! composed here, plus command-line overrides.
+//!
+//! `default-config.toml` is both the output of `skiffd config default` and the reference of every
+//! key: tests check that it parses to [`Config::default`] and names every key.
+
+use std::path::{Path, PathBuf};
+
+use imagesvc::RegistryConfig;
+use netplugin::NetworkConfig;
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration printed by `skiffd config default`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
+/// Where skiffd looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/skiff/config.toml";
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid value for `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    /// The gRPC socket; empty = `<state>/skiff.sock`. Use [`Config::socket_path`].
+    pub listen: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub shutdown_timeout_secs: u64,
+    pub runtime: RuntimeConfig,
+    pub registry: RegistryConfig,
+    pub network: NetworkConfig,
+}
+
+/// The `[runtime]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The monitor binary; empty = `skiff-monitor` beside the skiffd executable.
+    pub monitor_path: PathBuf,
+    pub cgroup_driver: String,
+    pub default_cgroup_parent: String,
+    pub stop_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/skiff"),
+            state: PathBuf::from("/run/skiff"),
+            listen: PathBuf::new(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            shutdown_timeout_secs: 10,
+            runtime: RuntimeConfig::default(),
+            registry: RegistryConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            monitor_path: PathBuf::new(),
+            cgroup_driver: "cgroupfs".into(),
+            default_cgroup_parent: "/skiff".into(),
+            stop_timeout_secs: 10,
+        }
+    }
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Parses and validates a configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads `path`; when `path` is the default location and does not exist, returns defaults.
+    /// A file named explicitly must exist.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Applies command-line overrides, then validates again.
+    pub fn apply(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = o.root {
+            self.root = v;
+        }
+        if let Some(v) = o.state {
+            self.state = v;
+        }
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.log_level {
+            self.log_level = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+        self.validate(Path::new("command line"))
+    }
+
+    /// The socket path skiffd listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.listen.as_os_str().is_empty() {
+            self.state.join("skiff.sock")
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    /// The monitor binary skiffd spawns per container.
+    pub fn monitor_path(&self) -> PathBuf {
+        if !self.runtime.monitor_path.as_os_str().is_empty() {
+            return self.runtime.monitor_path.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("skiff-monitor")))
+            .unwrap_or_else(|| PathBuf::from("skiff-monitor"))
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        for (key, p) in [("root", &self.root), ("state", &self.state)] {
+            if !p.is_absolute() {
+                return Err(invalid(key, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        if !self.listen.as_os_str().is_empty() && !self.listen.is_absolute() {
+            return Err(invalid(
+                "listen",
+                format!("{} is not an absolute path", self.listen.display()),
+            ));
+        }
+        // A bare word must be a level; anything else is a tracing filter ("info,imagesvc=debug").
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        let level = self.log_level.trim();
+        if !level.contains(['=', ',']) && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(invalid(
+                "log_level",
+                format!("{level:?} is not one of {LEVELS:?} nor a filter such as \"info,imagesvc=debug\""),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            return Err(invalid("log_level", e.to_string()));
+        }
+        if self.runtime.cgroup_driver != "cgroupfs" {
+            return Err(invalid(
+                "runtime.cgroup_driver",
+                format!("{:?} is not supported (only \"cgroupfs\")", self.runtime.cgroup_driver),
+            ));
+        }
+        if !self.runtime.default_cgroup_parent.starts_with('/') {
+            return Err(invalid(
+                "runtime.default_cgroup_parent",
+                "must start with /".into(),
+            ));
+        }
+        if self.registry.max_concurrent_downloads == 0 {
+            return Err(invalid(
+                "registry.max_concurrent_downloads",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.registry.stall_timeout_secs == 0 {
+            return Err(invalid("registry.stall_timeout_secs", "must be at least 1".into()));
+        }
+        for (host, endpoints) in &self.registry.mirrors {
+            for e in endpoints {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        key: "registry.mirrors",
+                        reason: format!("mirror {e:?} of {host:?} must start with http:// or https://"),
+                    });
+                }
+            }
+        }
+        if cidr_prefix(&self.network.pod_cidr, false).is_none() {
+            return Err(invalid(
+                "network.pod_cidr",
+                format!("{:?} is not an IPv4 CIDR such as 10.88.0.0/16", self.network.pod_cidr),
+            ));
+        }
+        if !self.network.pod_cidr_v6.is_empty() && cidr_prefix(&self.network.pod_cidr_v6, true).is_none() {
+            return Err(invalid(
+                "network.pod_cidr_v6",
+                format!("{:?} is not an IPv6 CIDR such as fd00:88::/64", self.network.pod_cidr_v6),
+            ));
+        }
+        if !(576..=65535).contains(&self.network.mtu) {
+            return Err(invalid("network.mtu", format!("{} is outside 576..65535", self.network.mtu)));
+        }
+        if self.network.bridge.is_empty() || self.network.bridge.len() > 15 {
+            return Err(invalid("network.bridge", "must be 1 to 15 characters".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The prefix length of an address/prefix string of the given family, if it is one.
+fn cidr_prefix(s: &str, v6: bool) -> Option<u8> {
+    let (addr, prefix) = s.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    match (addr, v6) {
+        (std::net::IpAddr::V4(_), false) if prefix <= 30 => Some(prefix),
+        (std::net::IpAddr::V6(_), true) if prefix <= 126 => Some(prefix),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn default_template_parses_to_defaults() {
+        assert_eq!(parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    /// Every key of the configuration appears (uncommented) in the template, so that
+    /// `skiffd config default` documents all of them.
+    #[test]
+    fn default_template_names_every_key() {
+        fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    keys(&name, v, out);
+                    out.push(name);
+                }
+            }
+        }
+        let mut want = Vec::new();
+        keys("", &toml::Value::try_from(Config::default()).unwrap(), &mut want);
+        let mut have = Vec::new();
+        keys("", &toml::from_str::<toml::Value>(DEFAULT_CONFIG_TOML).unwrap(), &mut have);
+        for k in want {
+            assert!(have.contains(&k), "default-config.toml lacks `{k}`");
+        }
+    }
+
+    #[test]
+    fn overrides_from_file() {
+        let c = parse(
+            "root = \"/srv/skiff\"\nlog_level = \"debug\"\n[registry]\nmax_concurrent_downloads = 5\n\
+             [registry.mirrors]\n\"registry.k8s.io\" = [\"http://127.0.0.1:5000\"]\n\
+             [network]\nplugin = \"cni\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/skiff"));
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.registry.max_concurrent_downloads, 5);
+        assert_eq!(
+            c.registry.mirrors["registry.k8s.io"],
+            vec!["http://127.0.0.1:5000".to_string()]
+        );
+        assert_eq!(c.network.plugin, netplugin::PluginKind::Cni);
+        assert_eq!(c.state, PathBuf::from("/run/skiff"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse("root = \"/var/lib/skiff\"\n\n[network]\nbrige = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("brige"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+        let err = parse("colour = 1\n").unwrap_err().to_string();
+        assert!(err.contains("colour") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (text, key) in [
+            ("root = \"relative\"", "root"),
+            ("log_level = \"verbose\"", "log_level"),
+            ("[runtime]\ncgroup_driver = \"systemd\"", "runtime.cgroup_driver"),
+            ("[registry]\nmax_concurrent_downloads = 0", "registry.max_concurrent_downloads"),
+            ("[registry.mirrors]\n\"docker.io\" = [\"ftp://x\"]", "registry.mirrors"),
+            ("[network]\npod_cidr = \"10.88.0.0\"", "network.pod_cidr"),
+            ("[network]\npod_cidr_v6 = \"10.0.0.0/8\"", "network.pod_cidr_v6"),
+            ("[network]\nmtu = 10", "network.mtu"),
+        ] {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        // A type error names the key and line.
+        let msg = parse("[network]\nmtu = \"big\"").unwrap_err().to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        let msg = parse("shutdown_timeout_secs = -1").unwrap_err().to_string();
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let mut c = parse("root = \"/a\"\nstate = \"/b\"").unwrap();
+        c.apply(Overrides {
+            root: Some("/c".into()),
+            log_format: Some(LogFormat::Json),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/c"));
+        assert_eq!(c.state, PathBuf::from("/b"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.socket_path(), PathBuf::from("/b/skiff.sock"));
+        assert!(c
+            .apply(Overrides { listen: Some("rel.sock".into()), ..Default::default() })
+            .is_err());
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_named_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Config::load(Some(&dir.path().join("nope.toml"))).is_err());
+    }
+}

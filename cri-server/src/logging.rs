@@ -1,0 +1,97 @@
+//! Logging: `tracing` to stderr, text or JSON, and a tower layer that opens one span per RPC
+//! and logs its outcome and duration.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::codegen::http;
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `level` is a tracing filter (validated by the config).
+pub fn init(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+}
+
+/// Wraps every gRPC call in a `rpc` span (method name) and logs its gRPC status and duration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcSpanLayer;
+
+impl<S> tower::Layer<S> for RpcSpanLayer {
+    type Service = RpcSpan<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcSpan { inner }
+    }
+}
+
+/// See [`RpcSpanLayer`].
+#[derive(Clone, Debug)]
+pub struct RpcSpan<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcSpan<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let method = path.rsplit('/').next().unwrap_or(path).to_owned();
+        let span = tracing::info_span!("rpc", method = %method);
+        let start = Instant::now();
+        let fut = self.inner.call(req).instrument(span.clone());
+        Box::pin(async move {
+            let result = fut.await;
+            let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+            let _enter = span.enter();
+            match &result {
+                Ok(resp) => {
+                    // A handler's error travels as a trailers-only response with grpc-status.
+                    let code = resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .unwrap_or(0);
+                    if code == 0 {
+                        tracing::debug!(elapsed_ms, "rpc done");
+                    } else {
+                        let message = resp
+                            .headers()
+                            .get("grpc-message")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        let code = tonic::Code::from_i32(code);
+                        tracing::info!(elapsed_ms, ?code, message, "rpc failed");
+                    }
+                }
+                Err(e) => tracing::warn!(elapsed_ms, error = %e, "rpc transport error"),
+            }
+            result
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! CRI RuntimeService. The trait implementation here only dispatches; each RPC group lives in
+//! its own module (`status`: Version/Status/RuntimeConfig; later pods, containers, exec, stats).
+
+mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::cri::runtime_service_server::RuntimeService;
+use proto::cri::*;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::error::unimplemented;
+
+pub use status::RUNTIME_NAME;
+
+/// Serves the CRI RuntimeService.
+pub struct RuntimeSvc {
+    config: Arc<Config>,
+}
+
+impl RuntimeSvc {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
+    }
+}
+
+type EventStream =
+    Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeSvc {
+    async fn version(&self, _r: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(self.version_impl()))
+    }
+
+    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.status_impl(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn runtime_config(
+        &self,
+        _r: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        Ok(Response::new(self.runtime_config_impl()))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        self.update_runtime_config_impl(r.into_inner());
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
+    type GetContainerEventsStream = EventStream;
+
+    async fn get_container_events(
+        &self,
+        _r: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn run_pod_sandbox(&self, _r: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+        Err(unimplemented("RunPodSandbox"))
+    }
+    async fn stop_pod_sandbox(&self, _r: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+        Err(unimplemented("StopPodSandbox"))
+    }
+    async fn remove_pod_sandbox(&self, _r: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        Err(unimplemented("RemovePodSandbox"))
+    }
+    async fn pod_sandbox_status(&self, _r: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        Err(unimplemented("PodSandboxStatus"))
+    }
+    async fn list_pod_sandbox(&self, _r: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Err(unimplemented("ListPodSandbox"))
+    }
+    async fn create_container(&self, _r: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+        Err(unimplemented("CreateContainer"))
+    }
+    async fn start_container(&self, _r: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+        Err(unimplemented("StartContainer"))
+    }
+    async fn stop_container(&self, _r: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+        Err(unimplemented("StopContainer"))
+    }
+    async fn remove_container(&self, _r: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+        Err(unimplemented("RemoveContainer"))
+    }
+    async fn list_containers(&self, _r: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        Err(unimplemented("ListContainers"))
+    }
+    async fn container_status(&self, _r: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+        Err(unimplemented("ContainerStatus"))
+    }
+    async fn update_container_resources(&self, _r: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+    async fn reopen_container_log(&self, _r: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+    async fn exec_sync(&self, _r: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        Err(unimplemented("ExecSync"))
+    }
+    async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Err(unimplemented("Exec"))
+    }
+    async fn attach(&self, _r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        Err(unimplemented("Attach"))
+    }
+    async fn port_forward(&self, _r: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+        Err(unimplemented("PortForward"))
+    }
+    async fn container_stats(&self, _r: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+        Err(unimplemented("ContainerStats"))
+    }
+    async fn list_container_stats(&self, _r: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+        Err(unimplemented("ListContainerStats"))
+    }
+    async fn pod_sandbox_stats(&self, _r: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+    async fn list_pod_sandbox_stats(&self, _r: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+    async fn checkpoint_container(&self, _r: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+    async fn list_metric_descriptors(&self, _r: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+    async fn list_pod_sandbox_metrics(&self, _r: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+}
