@@ -7,6 +7,11 @@
 //! and cgroup parent so that tests can run in parallel. The registry mirrors of
 //! `registry.k8s.io`, `gcr.io` and `docker.io` point at the test registry
 //! (`SKIFF_TEST_REGISTRY`, default 127.0.0.1:5000, started by `shared/testimages/registry-up`).
+//!
+//! Use `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`: stopping the daemon (in
+//! [`Daemon::stop`] and on drop) blocks the test's thread, and on a current-thread runtime the
+//! client connection could not be closed meanwhile, so every shutdown would wait out its grace
+//! period.
 
 use std::fs;
 use std::io;

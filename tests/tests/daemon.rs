@@ -6,7 +6,7 @@ use std::process::Command;
 
 use skiff_tests::{bin_dir, cri, Daemon};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_status_and_runtime_config() {
     let d = Daemon::start().await;
     let mut rt = d.runtime();
@@ -34,7 +34,7 @@ async fn version_status_and_runtime_config() {
     assert_eq!(c.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_is_0660_root_owned() {
     let d = Daemon::start().await;
     let meta = std::fs::metadata(d.socket()).unwrap();
@@ -42,7 +42,7 @@ async fn socket_is_0660_root_owned() {
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unimplemented_rpcs_say_so() {
     let d = Daemon::start().await;
     let mut rt = d.runtime();
@@ -54,7 +54,7 @@ async fn unimplemented_rpcs_say_so() {
     assert!(err.message().contains("CheckpointContainer"), "{}", err.message());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_socket_is_replaced_and_a_live_one_is_not() {
     let mut d = Daemon::start().await;
     // A second daemon on the same socket (other state dir) refuses to start.
@@ -97,7 +97,7 @@ async fn stale_socket_is_replaced_and_a_live_one_is_not() {
     d.runtime().version(cri::VersionRequest::default()).await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_removes_the_socket_and_exits_zero() {
     let mut d = Daemon::start().await;
     let status = d.stop().unwrap();
@@ -106,7 +106,7 @@ async fn sigterm_removes_the_socket_and_exits_zero() {
     d.start_again().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format() {
     let d = Daemon::start_with_config("log_format = \"json\"").await;
     d.runtime().version(cri::VersionRequest::default()).await.unwrap();
