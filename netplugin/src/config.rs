@@ -30,6 +30,9 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// Masquerade pod traffic that leaves the pod range.
     pub masquerade: bool,
+    /// nftables table (family `inet`) of the built-in bridge; must start with `skiff`. Only this
+    /// table is ever created, changed or deleted.
+    pub nft_table: String,
     /// Directory holding CNI network configurations.
     pub cni_conf_dir: PathBuf,
     /// Directories searched for CNI plugin binaries, in order.
@@ -47,6 +50,7 @@ impl Default for NetworkConfig {
             pod_cidr_v6: String::new(),
             mtu: 1500,
             masquerade: true,
+            nft_table: "skiff".into(),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin")],
             cni_timeout_secs: 60,
