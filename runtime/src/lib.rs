@@ -3,6 +3,8 @@
 
 pub mod cgroups;
 pub mod error;
+pub mod namespaces;
+pub mod podfiles;
 pub mod util;
 
 pub use error::{Error, ErrorKind};

@@ -1,0 +1,309 @@
+//! Pod namespace pins, like CRI-O's pinns, without forking from skiffd.
+//!
+//! [`pin`] spawns a dedicated OS thread (never a tokio worker) that `unshare`s the requested
+//! namespaces. Network, IPC and UTS namespaces are per task in Linux (`task->nsproxy`), and
+//! unsharing them needs no single-threaded process (unlike `CLONE_NEWUSER`, or `CLONE_NEWNS`
+//! which drags `CLONE_FS` along and fails with EINVAL in a threaded process), so only this
+//! thread moves. The thread sets the hostname in the new UTS namespace, brings `lo` up in the
+//! new network namespace (SIOCSIFFLAGS ioctl, no shelling out), bind-mounts
+//! `/proc/thread-self/ns/<type>` onto an empty regular file `<dir>/<type>` and exits; the bind
+//! mount keeps the namespace alive. [`unpin`] undoes it (MNT_DETACH + unlink), idempotently.
+//!
+//! [`run_in_netns`] runs a closure inside a pinned network namespace, again on a dedicated
+//! thread that exits afterwards (netplugin can reuse it).
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::error::ErrorKind;
+
+/// A namespace type skiff pins for pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NsType {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl NsType {
+    /// The name in /proc/<pid>/ns and of the pin file.
+    pub fn name(self) -> &'static str {
+        match self {
+            NsType::Net => "net",
+            NsType::Ipc => "ipc",
+            NsType::Uts => "uts",
+        }
+    }
+
+    fn flag(self) -> CloneFlags {
+        match self {
+            NsType::Net => CloneFlags::CLONE_NEWNET,
+            NsType::Ipc => CloneFlags::CLONE_NEWIPC,
+            NsType::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+
+    pub const ALL: [NsType; 3] = [NsType::Net, NsType::Ipc, NsType::Uts];
+}
+
+/// Errors of namespace operations.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("invalid hostname {0:?}")]
+    InvalidHostname(String),
+    #[error("namespace pin {0} already exists")]
+    AlreadyPinned(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}: {errno}")]
+    Sys { op: &'static str, errno: Errno },
+    #[error("namespace thread panicked")]
+    ThreadPanicked,
+}
+
+impl NamespaceError {
+    fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        NamespaceError::Io { op, path: path.into(), source }
+    }
+
+    fn sys(op: &'static str, errno: Errno) -> Self {
+        NamespaceError::Sys { op, errno }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NamespaceError::InvalidHostname(_) => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The pin files of a pod (`None` for namespaces that were not pinned, i.e. shared with the host).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PinnedNamespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+}
+
+impl PinnedNamespaces {
+    pub fn get(&self, t: NsType) -> Option<&Path> {
+        match t {
+            NsType::Net => self.net.as_deref(),
+            NsType::Ipc => self.ipc.as_deref(),
+            NsType::Uts => self.uts.as_deref(),
+        }
+    }
+}
+
+/// Checks a hostname as sethostname(2) and RFC 1123 want it (≤ 64 bytes, letters, digits,
+/// `-` and `.`).
+pub fn validate_hostname(h: &str) -> Result<(), NamespaceError> {
+    let ok = !h.is_empty()
+        && h.len() <= 64
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(NamespaceError::InvalidHostname(h.to_string()))
+    }
+}
+
+/// Creates new namespaces of the given types and pins them as `<dir>/net`, `<dir>/ipc`,
+/// `<dir>/uts` (see the module doc). `hostname` is set in the new UTS namespace (ignored when
+/// UTS is not in `types`). On failure nothing is left pinned. Blocking: call it from
+/// `spawn_blocking` in async code.
+pub fn pin(dir: &Path, types: &[NsType], hostname: Option<&str>) -> Result<PinnedNamespaces, NamespaceError> {
+    if let Some(h) = hostname {
+        if types.contains(&NsType::Uts) {
+            validate_hostname(h)?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| NamespaceError::io("create", dir, e))?;
+    let mut out = PinnedNamespaces::default();
+    if types.is_empty() {
+        return Ok(out);
+    }
+    for t in types {
+        let p = dir.join(t.name());
+        if p.exists() {
+            return Err(NamespaceError::AlreadyPinned(p));
+        }
+    }
+    let dir2 = dir.to_path_buf();
+    let types2: Vec<NsType> = types.to_vec();
+    let hostname = hostname.map(str::to_string);
+    let res = std::thread::Builder::new()
+        .name("skiff-pinns".into())
+        .spawn(move || pin_on_this_thread(&dir2, &types2, hostname.as_deref()))
+        .map_err(|e| NamespaceError::io("spawn thread", dir, e))?
+        .join()
+        .map_err(|_| NamespaceError::ThreadPanicked)?;
+    for (t, p) in res? {
+        match t {
+            NsType::Net => out.net = Some(p),
+            NsType::Ipc => out.ipc = Some(p),
+            NsType::Uts => out.uts = Some(p),
+        }
+    }
+    tracing::debug!(dir = %dir.display(), ?types, "namespaces pinned");
+    Ok(out)
+}
+
+/// Runs on the dedicated thread: unshare, configure, bind-mount. The thread exits afterwards.
+fn pin_on_this_thread(
+    dir: &Path,
+    types: &[NsType],
+    hostname: Option<&str>,
+) -> Result<Vec<(NsType, PathBuf)>, NamespaceError> {
+    let mut flags = CloneFlags::empty();
+    for t in types {
+        flags |= t.flag();
+    }
+    unshare(flags).map_err(|e| NamespaceError::sys("unshare", e))?;
+    if types.contains(&NsType::Uts) {
+        if let Some(h) = hostname {
+            nix::unistd::sethostname(h).map_err(|e| NamespaceError::sys("sethostname", e))?;
+        }
+    }
+    if types.contains(&NsType::Net) {
+        loopback_up()?;
+    }
+    let mut done: Vec<(NsType, PathBuf)> = Vec::new();
+    for t in types {
+        let target = dir.join(t.name());
+        let res = (|| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&target)
+                .map_err(|e| NamespaceError::io("create pin file", &target, e))?;
+            let src = format!("/proc/thread-self/ns/{}", t.name());
+            mount(Some(src.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+                let _ = std::fs::remove_file(&target);
+                NamespaceError::sys("bind-mount namespace", e)
+            })
+        })();
+        match res {
+            Ok(()) => done.push((*t, target)),
+            Err(e) => {
+                for (_, p) in done.iter().rev() {
+                    let _ = unpin_file(p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Sets IFF_UP on `lo` in the calling thread's network namespace.
+pub fn loopback_up() -> Result<(), NamespaceError> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(NamespaceError::sys("socket", Errno::last()));
+    }
+    // SAFETY: raw is a fresh, valid fd.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write an ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
+            return Err(NamespaceError::sys("SIOCGIFFLAGS lo", Errno::last()));
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &ifr) < 0 {
+            return Err(NamespaceError::sys("SIOCSIFFLAGS lo", Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts (MNT_DETACH) and deletes one pin file. Idempotent: a file that is not mounted or
+/// already gone is fine.
+pub fn unpin_file(path: &Path) -> Result<(), NamespaceError> {
+    loop {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue, // stacked mounts: peel all of them
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => break,
+            Err(e) => return Err(NamespaceError::sys("umount namespace pin", e)),
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NamespaceError::io("remove", path, e)),
+    }
+}
+
+/// Unpins `<dir>/{net,ipc,uts}` and removes `dir` if it is then empty. Idempotent.
+pub fn unpin(dir: &Path) -> Result<(), NamespaceError> {
+    let mut first_err = None;
+    for t in NsType::ALL {
+        if let Err(e) = unpin_file(&dir.join(t.name())) {
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        Err(e) => Err(NamespaceError::io("remove", dir, e)),
+    }
+}
+
+/// Runs `f` inside the network namespace at `netns` (a pin file or /proc/<pid>/ns/net) on a
+/// dedicated thread that exits afterwards, so no other thread ever changes namespace.
+pub fn run_in_netns<F, T>(netns: &Path, f: F) -> Result<T, NamespaceError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    run_in_ns(netns, CloneFlags::CLONE_NEWNET, f)
+}
+
+/// [`run_in_netns`] for any namespace type that can be joined per thread (net, ipc, uts).
+pub fn run_in_ns<F, T>(ns: &Path, kind: CloneFlags, f: F) -> Result<T, NamespaceError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    let file = std::fs::File::open(ns).map_err(|e| NamespaceError::io("open", ns, e))?;
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("skiff-setns".into())
+            .spawn_scoped(s, move || {
+                setns(&file, kind).map_err(|e| NamespaceError::sys("setns", e))?;
+                Ok(f())
+            })
+            .map_err(|e| NamespaceError::io("spawn thread", ns, e))?;
+        h.join().map_err(|_| NamespaceError::ThreadPanicked)?
+    })
+}
+
+/// The inode number of a namespace file (identifies the namespace).
+pub fn ns_inode(path: &Path) -> Result<u64, NamespaceError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).map_err(|e| NamespaceError::io("stat", path, e))
+}

@@ -1,0 +1,99 @@
+//! Namespace pins and the pod shm, for real (needs root).
+
+use std::path::Path;
+
+use runtime::namespaces::{self, NsType};
+use runtime::podfiles;
+
+fn uniq() -> String {
+    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+}
+
+fn mounted(p: &Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.contains(&format!(" {} ", p.display()))
+}
+
+#[test]
+fn pin_and_unpin() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(format!("pod-{}", uniq())).join("ns");
+    let host_net = namespaces::ns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+    let host_uts = namespaces::ns_inode(Path::new("/proc/thread-self/ns/uts")).unwrap();
+    let host_name = nix::unistd::gethostname().unwrap();
+    let pins = namespaces::pin(&dir, &NsType::ALL, Some("skiff-pod-test")).unwrap();
+    let net = pins.net.clone().unwrap();
+    for p in [&net, pins.ipc.as_ref().unwrap(), pins.uts.as_ref().unwrap()] {
+        assert!(mounted(p), "{} mounted", p.display());
+    }
+    // new namespaces, and this thread (and the process) did not move
+    assert_ne!(namespaces::ns_inode(&net).unwrap(), host_net);
+    assert_ne!(namespaces::ns_inode(pins.uts.as_ref().unwrap()).unwrap(), host_uts);
+    assert_eq!(namespaces::ns_inode(Path::new("/proc/thread-self/ns/net")).unwrap(), host_net);
+    assert_eq!(namespaces::ns_inode(Path::new("/proc/self/ns/uts")).unwrap(), host_uts);
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
+    // inside: lo is up, the hostname is set
+    let (lo_up, ifaces) = namespaces::run_in_netns(&net, || {
+        let flags = std::fs::read_to_string("/sys/class/net/lo/flags").ok();
+        // /sys shows the mounting ns' view; ask the kernel via a socket instead
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"x", s.local_addr().unwrap()).unwrap();
+        let mut b = [0u8; 1];
+        let ok = s.recv(&mut b).is_ok();
+        (ok, flags)
+    })
+    .unwrap();
+    assert!(lo_up);
+    let _ = ifaces;
+    let name = namespaces::run_in_ns(pins.uts.as_ref().unwrap(), nix::sched::CloneFlags::CLONE_NEWUTS, || {
+        nix::unistd::gethostname().unwrap()
+    })
+    .unwrap();
+    assert_eq!(name.to_str().unwrap(), "skiff-pod-test");
+    // pinning twice is refused
+    assert!(namespaces::pin(&dir, &[NsType::Net], None).is_err());
+    namespaces::unpin(&dir).unwrap();
+    assert!(!mounted(&net));
+    assert!(!dir.exists());
+    namespaces::unpin(&dir).unwrap();
+}
+
+#[test]
+fn pin_subset_and_bad_hostname() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ns");
+    assert_eq!(
+        namespaces::pin(&dir, &NsType::ALL, Some("bad host name")).unwrap_err().kind(),
+        runtime::ErrorKind::InvalidArgument
+    );
+    let pins = namespaces::pin(&dir, &[NsType::Ipc], None).unwrap();
+    assert!(pins.net.is_none() && pins.uts.is_none());
+    assert!(mounted(pins.ipc.as_ref().unwrap()));
+    namespaces::unpin(&dir).unwrap();
+    assert!(!dir.exists());
+}
+
+#[test]
+fn shm_mount() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = podfiles::PodPaths::new(tmp.path(), &format!("pod-{}", uniq()));
+    podfiles::mount_shm(&p.shm(), podfiles::DEFAULT_SHM_SIZE).unwrap();
+    podfiles::mount_shm(&p.shm(), podfiles::DEFAULT_SHM_SIZE).unwrap(); // idempotent
+    assert!(podfiles::is_mountpoint(&p.shm()));
+    let st = nix::sys::statvfs::statvfs(&p.shm()).unwrap();
+    assert_eq!(st.blocks() as u64 * st.fragment_size() as u64, 64 << 20);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(p.shm()).unwrap().permissions().mode() & 0o7777, 0o1777);
+    podfiles::unmount_shm(&p.shm()).unwrap();
+    assert!(!p.shm().exists());
+    podfiles::unmount_shm(&p.shm()).unwrap();
+}
