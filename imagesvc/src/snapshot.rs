@@ -1,0 +1,247 @@
+//! Snapshots and container root filesystems.
+//!
+//! Each layer is unpacked once into `ROOT/snapshots/<chain-id hex>/fs`, holding only that layer's
+//! diff; a container's rootfs is an overlayfs mount of the image's chain (top layer first) plus
+//! its own `ROOT/containers/<id>/{upper,work}`. Unpacking happens in a temporary directory
+//! `ROOT/snapshots/.tmp-*` that is renamed into place when complete; deleted snapshots are first
+//! renamed to `.del-*`. Both kinds of leftovers are removed at startup.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ImageError, Result};
+use crate::reference::Digest;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Chain IDs of a list of diff IDs (OCI image spec: `ChainID(L0) = DiffID(L0)`,
+/// `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`).
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => Digest::of(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// The snapshot directory tree.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+}
+
+impl Snapshots {
+    /// Opens `root/snapshots`, removing interrupted unpacks and half-deleted snapshots.
+    pub fn open(root: &Path) -> Result<Self> {
+        let dir = root.join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| ImageError::io("create snapshots dir", &dir, e))?;
+        let rd = std::fs::read_dir(&dir).map_err(|e| ImageError::io("list snapshots", &dir, e))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") || name.starts_with(".del-") {
+                tracing::info!(dir = %e.path().display(), "removing leftover snapshot directory");
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(dir = %e.path().display(), "cannot remove leftover snapshot: {err}");
+                }
+            }
+        }
+        Ok(Snapshots { dir })
+    }
+
+    /// `ROOT/snapshots`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The unpacked layer directory of a chain ID.
+    pub fn fs_dir(&self, chain: &Digest) -> PathBuf {
+        self.dir.join(chain.hex()).join("fs")
+    }
+
+    pub fn exists(&self, chain: &Digest) -> bool {
+        self.dir.join(chain.hex()).join("fs").is_dir()
+    }
+
+    /// Unpacks a layer blob into the snapshot `chain` (blocking). Idempotent: an existing
+    /// snapshot is kept. Nothing is visible under the final name unless unpacking completed.
+    pub fn unpack(&self, chain: &Digest, blob: &Path, diff_id: &Digest, layer: &str) -> Result<crate::unpack::UnpackStats> {
+        if self.exists(chain) {
+            return Ok(Default::default());
+        }
+        let tmp = self.dir.join(format!(".tmp-{}-{}-{}", chain.hex(), std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let cleanup = |e: ImageError| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            e
+        };
+        std::fs::create_dir_all(tmp.join("fs")).map_err(|e| cleanup(ImageError::io("create snapshot", &tmp, e)))?;
+        let stats = crate::unpack::unpack_layer_file(layer, blob, diff_id, &tmp.join("fs")).map_err(cleanup)?;
+        // Flush the unpacked files before the snapshot becomes visible.
+        if let Ok(f) = std::fs::File::open(&tmp) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs on a descriptor we hold.
+            unsafe { libc::syncfs(f.as_raw_fd()) };
+        }
+        let dest = self.dir.join(chain.hex());
+        std::fs::rename(&tmp, &dest).map_err(|e| cleanup(ImageError::io("commit snapshot", &dest, e)))?;
+        crate::content::fsync_dir(&self.dir)?;
+        Ok(stats)
+    }
+
+    /// Makes a snapshot invisible at once (rename to `.del-*`); returns the path to delete later.
+    pub fn doom(&self, chain: &Digest) -> Result<Option<PathBuf>> {
+        let src = self.dir.join(chain.hex());
+        if !src.exists() {
+            return Ok(None);
+        }
+        let dest = self.dir.join(format!(".del-{}-{}", chain.hex(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        std::fs::rename(&src, &dest).map_err(|e| ImageError::io("remove snapshot", &src, e))?;
+        Ok(Some(dest))
+    }
+
+    /// Chain IDs of all committed snapshots.
+    pub fn list(&self) -> Result<Vec<Digest>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| ImageError::io("list snapshots", &self.dir, e))?;
+        Ok(rd
+            .flatten()
+            .filter_map(|e| Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok())
+            .collect())
+    }
+}
+
+/// The overlay layout of one container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsMount {
+    /// Read-only layers, top-most first (overlayfs `lowerdir` order).
+    pub lowerdirs: Vec<PathBuf>,
+    /// The container's writable layer (`ROOT/containers/<id>/upper`).
+    pub upperdir: PathBuf,
+    /// overlayfs work dir (`ROOT/containers/<id>/work`).
+    pub workdir: PathBuf,
+}
+
+impl RootfsMount {
+    /// The overlay mount options with absolute paths.
+    pub fn options(&self) -> String {
+        let lower: Vec<String> = self.lowerdirs.iter().map(|p| p.display().to_string()).collect();
+        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), self.upperdir.display(), self.workdir.display())
+    }
+
+    /// Mounts the overlay at `target` (blocking; call from `spawn_blocking`).
+    ///
+    /// Long lowerdir lists would overflow the one-page mount data, so the mount is done on a
+    /// dedicated thread that unshares its filesystem attributes (`unshare(CLONE_FS)`, which only
+    /// affects that thread), changes into the common parent of the layers and passes relative
+    /// lowerdirs. The thread exits afterwards.
+    pub fn mount(&self, target: &Path) -> Result<()> {
+        let me = self.clone();
+        let target = target.to_path_buf();
+        std::thread::Builder::new()
+            .name("overlay-mount".into())
+            .spawn(move || me.mount_on_this_thread(&target))
+            .map_err(|e| ImageError::Mount(format!("spawning mount thread: {e}")))?
+            .join()
+            .map_err(|_| ImageError::Mount("mount thread panicked".into()))?
+    }
+
+    fn mount_on_this_thread(&self, target: &Path) -> Result<()> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let mut opts = self.options();
+        // Common parent of the lowerdirs (…/snapshots), if they share one two levels up.
+        let base = self.lowerdirs.first().and_then(|p| p.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
+        if let Some(base) = base.filter(|b| self.lowerdirs.iter().all(|l| l.starts_with(b))) {
+            let rel: Vec<String> = self
+                .lowerdirs
+                .iter()
+                .filter_map(|l| l.strip_prefix(&base).ok())
+                .map(|p| p.display().to_string())
+                .collect();
+            let short = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                rel.join(":"),
+                self.upperdir.display(),
+                self.workdir.display()
+            );
+            if opts.len() >= 4000 {
+                // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask.
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return Err(ImageError::Mount(format!("unshare(CLONE_FS): {}", std::io::Error::last_os_error())));
+                }
+                std::env::set_current_dir(&base).map_err(|e| ImageError::Mount(format!("chdir {}: {e}", base.display())))?;
+                opts = short;
+            }
+        }
+        if opts.len() >= 4096 {
+            return Err(ImageError::Mount(format!(
+                "too many layers ({}) for one overlay mount",
+                self.lowerdirs.len()
+            )));
+        }
+        let c = |s: &[u8]| CString::new(s).map_err(|_| ImageError::Mount("path contains NUL".into()));
+        let src = c(b"overlay")?;
+        let tgt = c(target.as_os_str().as_bytes())?;
+        let data = c(opts.as_bytes())?;
+        // SAFETY: valid C strings; data is a NUL-terminated option string.
+        let r = unsafe {
+            libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, data.as_ptr().cast())
+        };
+        if r != 0 {
+            return Err(ImageError::Mount(format!(
+                "overlay on {}: {}",
+                target.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unmounts `target`; not mounted (or absent) is fine.
+    pub fn unmount(target: &Path) -> Result<()> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let tgt = CString::new(target.as_os_str().as_bytes()).map_err(|_| ImageError::Mount("path contains NUL".into()))?;
+        // SAFETY: valid C string.
+        let mut r = unsafe { libc::umount2(tgt.as_ptr(), libc::UMOUNT_NOFOLLOW) };
+        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+            // SAFETY: as above; lazy detach as a last resort.
+            r = unsafe { libc::umount2(tgt.as_ptr(), libc::UMOUNT_NOFOLLOW | libc::MNT_DETACH) };
+        }
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+                return Ok(());
+            }
+            return Err(ImageError::Mount(format!("unmount {}: {e}", target.display())));
+        }
+        Ok(())
+    }
+}
+
+/// What `ROOT/containers/<id>/rootfs.json` records: the container's hold on its snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRootfs {
+    pub version: u32,
+    pub container_id: String,
+    pub image_id: Digest,
+    pub chain_ids: Vec<Digest>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_id_formula() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let c = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(c[0], a);
+        assert_eq!(c[1], Digest::of(format!("{a} {b}").as_bytes()));
+    }
+}

@@ -1,0 +1,368 @@
+//! Hardened layer unpacking.
+//!
+//! A layer tar is applied to an empty directory that will hold only this layer's diff (overlayfs
+//! stacks the layer directories as lowerdirs). Entries are iterated one by one with the `tar`
+//! crate; every path is first cleaned lexically (absolute paths and `..` clamp at the layer root,
+//! as containerd does) and its parent directory is then opened with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so a symlinked parent (`evil -> /tmp`,
+//! `evil/file`) resolves inside the layer, never on the host. The final component is created
+//! with `*at` calls relative to that parent fd, without following symlinks. A hard link's
+//! target is resolved the same way and must exist inside the layer; otherwise unpacking fails
+//! naming the entry.
+//!
+//! OCI whiteouts `.wh.<name>` become overlay whiteouts (character device 0:0) and `.wh..wh..opq`
+//! sets `trusted.overlay.opaque=y` on its directory. Regular files, directories, symlinks, hard
+//! links, character and block devices and fifos are created; ownership, mode (setuid/setgid/
+//! sticky included), xattrs (`SCHILY.xattr.*`) and mtimes are preserved (directory mtimes are
+//! set after all entries).
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use crate::error::{ImageError, Result};
+use crate::sys;
+
+/// Counts from one unpacked layer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Cleans a tar path lexically inside a root: drops `/`, `.`, and resolves `..` without ever
+/// leaving the root. Returns the normal components.
+pub fn clean_path(p: &Path) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n.to_os_string()),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+fn join(comps: &[OsString]) -> PathBuf {
+    comps.iter().collect()
+}
+
+struct Unpacker<'a> {
+    layer: &'a str,
+    root: OwnedFd,
+    dir_times: Vec<(Vec<OsString>, i64)>,
+}
+
+impl Unpacker<'_> {
+    fn err(&self, entry: &Path, reason: impl std::fmt::Display) -> ImageError {
+        ImageError::Unpack {
+            layer: self.layer.to_string(),
+            entry: entry.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Opens (creating missing directories, mode 0755) the parent directory `comps` inside the root.
+    /// A dangling symlink on the way has its target created inside the root, as containerd's
+    /// root-relative `MkdirAll` does.
+    fn open_parent(&self, comps: &[OsString]) -> io::Result<OwnedFd> {
+        self.open_parent_depth(comps, 0)
+    }
+
+    fn open_parent_depth(&self, comps: &[OsString], depth: u32) -> io::Result<OwnedFd> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        if depth > 40 {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        match sys::open_in_root(self.root.as_raw_fd(), &join(comps), flags, 0) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let mut cur = sys::open_in_root(self.root.as_raw_fd(), Path::new("."), flags, 0)?;
+        for i in 0..comps.len() {
+            let next = match sys::open_in_root(self.root.as_raw_fd(), &join(&comps[..=i]), flags, 0) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    // `cur` was resolved in the root, comps[i] is one plain component.
+                    match sys::mkdirat(cur.as_raw_fd(), &comps[i], 0o755) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            // A dangling symlink: create its target (resolved in the root).
+                            let link = std::fs::read_link(
+                                Path::new("/proc/self/fd").join(cur.as_raw_fd().to_string()).join(&comps[i]),
+                            )?;
+                            let mut target: Vec<OsString> =
+                                if link.is_absolute() { Vec::new() } else { comps[..i].to_vec() };
+                            target.extend(clean_path(&join(&target).join(&link)));
+                            let target = clean_path(&join(&target));
+                            self.open_parent_depth(&target, depth + 1)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    sys::open_in_root(self.root.as_raw_fd(), &join(&comps[..=i]), flags, 0)?
+                }
+                Err(e) => return Err(e),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<u64> {
+        let raw: PathBuf = entry.path().map_err(|e| self.err(Path::new("?"), e))?.into_owned();
+        let comps = clean_path(&raw);
+        let header = entry.header();
+        let kind = header.entry_type();
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink)
+        {
+            return Ok(0);
+        }
+        let uid = header.uid().map_err(|e| self.err(&raw, e))? as u32;
+        let gid = header.gid().map_err(|e| self.err(&raw, e))? as u32;
+        let mode = header.mode().map_err(|e| self.err(&raw, e))? & 0o7777;
+        let mtime = header.mtime().unwrap_or(0) as i64;
+
+        let Some((name, parent)) = comps.split_last() else {
+            // The root itself ("./"): apply ownership and mode to the layer root.
+            if kind == EntryType::Directory {
+                let fd = self.root.as_raw_fd();
+                sys::fchown(fd, uid, gid).map_err(|e| self.err(&raw, e))?;
+                sys::fchmod(fd, mode).map_err(|e| self.err(&raw, e))?;
+                self.dir_times.push((Vec::new(), mtime));
+            }
+            return Ok(0);
+        };
+        let pfd = self.open_parent(parent).map_err(|e| self.err(&raw, format!("parent directory: {e}")))?;
+        let p = pfd.as_raw_fd();
+        let name_s = name.to_string_lossy();
+
+        // Whiteouts.
+        if name_s == OPAQUE {
+            sys::lsetxattr_at(p, OsStr::new(""), "trusted.overlay.opaque", b"y")
+                .map_err(|e| self.err(&raw, format!("set opaque xattr: {e}")))?;
+            return Ok(0);
+        }
+        if let Some(target) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            let target = OsStr::from_bytes(target);
+            if target.is_empty() || target == "." || target == ".." {
+                return Err(self.err(&raw, "invalid whiteout name"));
+            }
+            sys::remove_all_at(&pfd, target).map_err(|e| self.err(&raw, e))?;
+            sys::mknodat(p, target, libc::S_IFCHR, sys::makedev(0, 0))
+                .map_err(|e| self.err(&raw, format!("create whiteout: {e}")))?;
+            return Ok(0);
+        }
+
+        // Replace what is there, unless a directory meets a directory.
+        let existing = sys::lstatat(p, name).map_err(|e| self.err(&raw, e))?;
+        let existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        if existing.is_some() && !(kind == EntryType::Directory && existing_dir) {
+            sys::remove_all_at(&pfd, name).map_err(|e| self.err(&raw, e))?;
+        }
+
+        let mut bytes = 0;
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let fd = sys::openat(p, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
+                    .map_err(|e| self.err(&raw, e))?;
+                let mut f = std::fs::File::from(fd);
+                bytes = io::copy(entry, &mut f).map_err(|e| self.err(&raw, e))?;
+            }
+            EntryType::Directory => {
+                if !existing_dir {
+                    sys::mkdirat(p, name, 0o700).map_err(|e| self.err(&raw, e))?;
+                }
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.err(&raw, "symlink without target"))?
+                    .into_owned();
+                sys::symlinkat(OsStr::from_bytes(&target), p, name).map_err(|e| self.err(&raw, e))?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| self.err(&raw, e))?
+                    .ok_or_else(|| self.err(&raw, "hard link without target"))?
+                    .into_owned();
+                let tcomps = clean_path(&target);
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(self.err(&raw, format!("hard link to {} is not a file", target.display())));
+                };
+                let tfd = sys::open_in_root(self.root.as_raw_fd(), &join(tparent), libc::O_PATH | libc::O_DIRECTORY, 0)
+                    .map_err(|e| self.err(&raw, format!("hard link target {} not in layer: {e}", target.display())))?;
+                sys::linkat(tfd.as_raw_fd(), tname, p, name).map_err(|e| {
+                    self.err(&raw, format!("hard link target {} not in layer: {e}", target.display()))
+                })?;
+                // A hard link shares the target's inode: do not touch its metadata.
+                return Ok(0);
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let t = match kind {
+                    EntryType::Char => libc::S_IFCHR,
+                    EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                sys::mknodat(p, name, t | 0o600, sys::makedev(major, minor)).map_err(|e| self.err(&raw, e))?;
+            }
+            other => {
+                tracing::warn!(layer = self.layer, entry = %raw.display(), "skipping tar entry of type {other:?}");
+                return Ok(0);
+            }
+        }
+
+        // Ownership, xattrs, mode (after chown, which clears setuid), times.
+        sys::fchownat(p, name, uid, gid).map_err(|e| self.err(&raw, format!("chown: {e}")))?;
+        if let Some(exts) = entry.pax_extensions().map_err(|e| self.err(&raw, e))? {
+            for ext in exts {
+                let ext = ext.map_err(|e| self.err(&raw, e))?;
+                let Ok(key) = ext.key() else { continue };
+                if let Some(xname) = key.strip_prefix("SCHILY.xattr.") {
+                    if kind == EntryType::Symlink && xname.starts_with("user.") {
+                        continue;
+                    }
+                    if let Err(e) = sys::lsetxattr_at(p, name, xname, ext.value_bytes()) {
+                        if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) {
+                            tracing::warn!(layer = self.layer, entry = %raw.display(), xattr = xname, "cannot set xattr: {e}");
+                        } else {
+                            return Err(self.err(&raw, format!("xattr {xname}: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+        if kind != EntryType::Symlink {
+            sys::fchmodat(p, name, mode).map_err(|e| self.err(&raw, format!("chmod: {e}")))?;
+        }
+        if kind == EntryType::Directory {
+            self.dir_times.push((comps.clone(), mtime));
+        } else {
+            sys::utimensat(p, name, mtime, 0).map_err(|e| self.err(&raw, format!("mtime: {e}")))?;
+        }
+        Ok(bytes)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        for (comps, mtime) in self.dir_times.drain(..).rev() {
+            let r = match comps.split_last() {
+                None => sys::utimensat(self.root.as_raw_fd(), OsStr::new(""), mtime, 0),
+                Some((name, parent)) => {
+                    sys::open_in_root(self.root.as_raw_fd(), &join(parent), libc::O_PATH | libc::O_DIRECTORY, 0)
+                        .and_then(|fd| sys::utimensat(fd.as_raw_fd(), name, mtime, 0))
+                }
+            };
+            // A directory replaced by a later entry is gone: nothing to do.
+            if let Err(e) = r {
+                if e.raw_os_error() != Some(libc::ENOENT) && e.raw_os_error() != Some(libc::ENOTDIR) {
+                    tracing::debug!(layer = self.layer, "directory mtime: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Unpacks an uncompressed tar stream into `dest` (an existing, empty directory).
+/// `layer` names the layer in errors.
+pub fn unpack<R: Read>(layer: &str, reader: R, dest: &Path) -> Result<UnpackStats> {
+    let root = sys::open_dir(dest).map_err(|e| ImageError::io("open layer directory", dest, e))?;
+    let mut u = Unpacker { layer, root, dir_times: Vec::new() };
+    let mut ar = tar::Archive::new(reader);
+    let mut stats = UnpackStats::default();
+    let entries = ar.entries().map_err(|e| u.err(Path::new(""), e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| u.err(Path::new("?"), format!("reading tar: {e}")))?;
+        stats.bytes += u.entry(&mut entry)?;
+        stats.entries += 1;
+    }
+    u.finish()?;
+    // Drain trailing padding so that the caller's digest covers the whole stream.
+    let mut rest = ar.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| u.err(Path::new(""), format!("reading tar: {e}")))?;
+    Ok(stats)
+}
+
+/// Wraps a possibly compressed layer stream (gzip, zstd, or plain tar, detected from its magic
+/// bytes) in a decompressing reader.
+pub fn decompress<'a, R: Read + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < 4 {
+        let k = r.read(&mut magic[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    let chained = io::Cursor::new(magic[..n].to_vec()).chain(r);
+    if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(chained)))
+    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Ok(Box::new(zstd::stream::read::Decoder::new(chained)?))
+    } else {
+        Ok(Box::new(chained))
+    }
+}
+
+/// A reader that hashes (sha256) what passes through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        use sha2::Digest as _;
+        HashingReader { inner, hasher: sha2::Sha256::new(), count: 0 }
+    }
+    pub fn finish(self) -> (crate::reference::Digest, u64) {
+        (crate::reference::Digest::from_hasher(self.hasher), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Unpacks a (compressed) layer blob into `dest`, verifying the uncompressed stream against
+/// `diff_id`.
+pub fn unpack_layer_file(layer: &str, blob: &Path, diff_id: &crate::reference::Digest, dest: &Path) -> Result<UnpackStats> {
+    let f = std::fs::File::open(blob).map_err(|e| ImageError::io("open layer blob", blob, e))?;
+    let dec = decompress(io::BufReader::with_capacity(256 * 1024, f))
+        .map_err(|e| ImageError::io("read layer blob", blob, e))?;
+    let mut hr = HashingReader::new(dec);
+    let stats = unpack(layer, &mut hr, dest)?;
+    let (got, _) = hr.finish();
+    if &got != diff_id {
+        return Err(ImageError::DigestMismatch {
+            what: format!("uncompressed layer {layer} (diff id)"),
+            expected: diff_id.to_string(),
+            actual: got.to_string(),
+        });
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests;
