@@ -1,0 +1,90 @@
+//! Library-level pulls against the test registry on 127.0.0.1:5000 (started by
+//! `shared/testimages/registry-up`; CI starts it). Skipped when it is not running.
+
+use imagesvc::{ImageStore, ImageStoreConfig, RegistryConfig, RootfsMount};
+
+fn registry_up() -> bool {
+    std::net::TcpStream::connect("127.0.0.1:5000").is_ok()
+}
+
+async fn store(root: &std::path::Path) -> ImageStore {
+    let mut reg = RegistryConfig::default();
+    reg.mirrors.insert("registry.k8s.io".into(), vec!["http://127.0.0.1:5000".into()]);
+    ImageStore::open(ImageStoreConfig { root: root.to_path_buf(), registry: reg }).await.unwrap()
+}
+
+fn count_files(p: &std::path::Path) -> usize {
+    std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mount_release_remove() {
+    if !registry_up() {
+        eprintln!("test registry not running; skipped");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let s = store(root.path()).await;
+    // Through the mirror, keeping the upstream name; v2s2 image.
+    let rec = s.pull("registry.k8s.io/e2e-test-images/busybox:1.29-2", None).await.unwrap();
+    assert_eq!(rec.repo_tags, vec!["registry.k8s.io/e2e-test-images/busybox:1.29-2".to_string()]);
+    assert!(rec.repo_digests[0].starts_with("registry.k8s.io/e2e-test-images/busybox@sha256:"));
+    let img = s.resolve("registry.k8s.io/e2e-test-images/busybox:1.29-2").await.unwrap().unwrap();
+    let cmd = img.config.config().as_ref().unwrap().cmd().clone().unwrap();
+    assert_eq!(cmd, vec!["sh".to_string()]);
+    // by ID too
+    assert!(s.resolve(img.id()).await.unwrap().is_some());
+
+    // Index + non-root user, and a direct loopback registry reference.
+    let u = s.pull("127.0.0.1:5000/k8s-staging-cri-tools/test-image-user-username-group:latest", None).await.unwrap();
+    assert_eq!((u.uid, u.username.as_str()), (None, "www-data"));
+    let t = s.pull("127.0.0.1:5000/k8s-staging-cri-tools/test-image-tags:1", None).await.unwrap();
+    assert_eq!(t.chain_ids.len(), 2);
+    assert_eq!(t.chain_ids[0], rec.chain_ids[0], "base layer shared");
+
+    // Concurrent pulls of the same image share the work.
+    let (a, b) = tokio::join!(
+        s.pull("registry.k8s.io/e2e-test-images/nginx:1.14-2", None),
+        s.pull("registry.k8s.io/e2e-test-images/nginx:1.14-2", None)
+    );
+    assert_eq!(a.unwrap().id, b.unwrap().id);
+
+    // Rootfs: mount, read, unmount, release.
+    let m = s.prepare_rootfs("registry.k8s.io/e2e-test-images/nginx:1.14-2", "ctr-test-1").await.unwrap();
+    assert_eq!(m.lowerdirs.len(), 2);
+    let target = root.path().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let m2 = m.clone();
+    let t2 = target.clone();
+    tokio::task::spawn_blocking(move || m2.mount(&t2)).await.unwrap().unwrap();
+    assert!(target.join("bin/busybox").is_file());
+    assert!(target.join("usr/sbin/nginx").is_file());
+    std::fs::write(target.join("new-file"), b"x").unwrap();
+    assert!(m.upperdir.join("new-file").is_file());
+    RootfsMount::unmount(&target).unwrap();
+    RootfsMount::unmount(&target).unwrap();
+
+    // The image cannot lose its snapshots while the container holds them.
+    assert!(s.remove("registry.k8s.io/e2e-test-images/nginx:1.14-2").await.unwrap());
+    for c in &m.lowerdirs {
+        assert!(c.is_dir(), "held snapshot kept");
+    }
+    s.release_rootfs("ctr-test-1").await.unwrap();
+    s.release_rootfs("ctr-test-1").await.unwrap();
+    assert!(!m.lowerdirs[0].exists(), "unheld snapshot deleted");
+    assert!(m.lowerdirs[1].exists(), "base layer still used by busybox");
+
+    // Restart: still there.
+    drop(s);
+    let s = store(root.path()).await;
+    assert_eq!(s.list().await.unwrap().len(), 3);
+    for r in s.list().await.unwrap() {
+        assert!(s.remove(r.id.as_str()).await.unwrap());
+    }
+    assert!(!s.remove("busybox").await.unwrap(), "absent is fine");
+    assert_eq!(count_files(&root.path().join("content/blobs/sha256")), 0);
+    assert_eq!(count_files(&root.path().join("snapshots")), 0);
+    assert_eq!(count_files(&root.path().join("containers")), 0);
+    let fi = s.fs_info().await.unwrap();
+    assert!(fi.image.inodes_used >= 1);
+}
