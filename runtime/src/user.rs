@@ -1,0 +1,291 @@
+//! Resolving the container user like containerd: `run_as_user`, `run_as_username`,
+//! `run_as_group` and the image config `User` (`name`, `uid`, `uid:gid`, `name:group`, …),
+//! looked up in the rootfs' `/etc/passwd` and `/etc/group` (read inside the rootfs: symlinks are
+//! resolved with the rootfs as `/`, never on the host), plus supplemental groups from
+//! `/etc/group` membership and CRI `supplemental_groups`.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::ErrorKind;
+use crate::mounts::resolve_in_root;
+
+/// Files bigger than this are not user databases.
+const MAX_DB: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user {0:?} not found in the image's /etc/passwd")]
+    UnknownUser(String),
+    #[error("group {0:?} not found in the image's /etc/group")]
+    UnknownGroup(String),
+    #[error("invalid user specification {0:?}")]
+    Invalid(String),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UserError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            UserError::Io { .. } => ErrorKind::Internal,
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+/// What the CRI config and the image say about the user.
+#[derive(Debug, Clone, Default)]
+pub struct UserRequest<'a> {
+    /// `run_as_user` (takes precedence).
+    pub run_as_user: Option<i64>,
+    /// `run_as_username` (used when run_as_user is not set).
+    pub run_as_username: &'a str,
+    /// `run_as_group` (overrides the primary group).
+    pub run_as_group: Option<i64>,
+    /// The image config `User` (used when neither of the above is set).
+    pub image_user: &'a str,
+    /// CRI `supplemental_groups`.
+    pub supplemental_groups: &'a [i64],
+    /// CRI `supplemental_groups_policy` Strict: do not add groups from /etc/group.
+    pub strict_supplemental_groups: bool,
+}
+
+/// The resolved identity of the container process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplemental gids, starting with the primary gid (as containerd 2 does), no duplicates.
+    pub additional_gids: Vec<u32>,
+    /// The passwd entry name, when there is one.
+    pub username: Option<String>,
+    /// The passwd home directory (`/` when unknown), for HOME.
+    pub home: String,
+}
+
+#[derive(Debug, Clone)]
+struct Passwd {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    name: String,
+    gid: u32,
+    members: Vec<String>,
+}
+
+/// Reads a file of the rootfs safely (symlinks resolved inside `rootfs`, final open with
+/// O_NOFOLLOW); a missing file reads as empty.
+fn read_in_root(rootfs: &Path, path: &str) -> Result<String, UserError> {
+    let io = |source| UserError::Io { path: path.to_string(), source };
+    let p = resolve_in_root(rootfs, Path::new(path)).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&p);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(String::new()),
+        Err(e) => return Err(io(e)),
+    };
+    if !f.metadata().map_err(io)?.is_file() {
+        return Ok(String::new());
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_DB).read_to_end(&mut buf).map_err(io)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn parse_passwd(text: &str) -> Vec<Passwd> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            Some(Passwd {
+                name: f[0].to_string(),
+                uid: f[2].trim().parse().ok()?,
+                gid: f[3].trim().parse().ok()?,
+                home: f.get(5).map(|s| s.to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "/".into()),
+            })
+        })
+        .collect()
+}
+
+fn parse_group(text: &str) -> Vec<Group> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 3 {
+                return None;
+            }
+            Some(Group {
+                name: f[0].to_string(),
+                gid: f[2].trim().parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| m.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn to_id(v: i64, what: &str) -> Result<u32, UserError> {
+    u32::try_from(v).map_err(|_| UserError::Invalid(format!("{what} {v}")))
+}
+
+/// Resolves the user for a container whose rootfs is at `rootfs` (the image's unpacked files,
+/// e.g. the mounted overlay or its lower dirs merged).
+pub fn resolve(rootfs: &Path, req: &UserRequest<'_>) -> Result<ResolvedUser, UserError> {
+    let passwd = parse_passwd(&read_in_root(rootfs, "/etc/passwd")?);
+    let groups = parse_group(&read_in_root(rootfs, "/etc/group")?);
+    let by_uid = |uid: u32| passwd.iter().find(|p| p.uid == uid);
+    let by_name = |n: &str| passwd.iter().find(|p| p.name == n);
+
+    let (uid, mut gid, entry): (u32, u32, Option<&Passwd>);
+    let mut group_from_spec: Option<u32> = None;
+    if let Some(u) = req.run_as_user {
+        let u = to_id(u, "uid")?;
+        let e = by_uid(u);
+        (uid, gid, entry) = (u, e.map(|e| e.gid).unwrap_or(0), e);
+    } else if !req.run_as_username.is_empty() {
+        let e = by_name(req.run_as_username).ok_or_else(|| UserError::UnknownUser(req.run_as_username.to_string()))?;
+        (uid, gid, entry) = (e.uid, e.gid, Some(e));
+    } else if !req.image_user.is_empty() {
+        let (u, g) = match req.image_user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (req.image_user, None),
+        };
+        if u.is_empty() || g == Some("") {
+            return Err(UserError::Invalid(req.image_user.to_string()));
+        }
+        match u.parse::<u32>() {
+            Ok(n) => {
+                let e = by_uid(n);
+                (uid, gid, entry) = (n, e.map(|e| e.gid).unwrap_or(0), e);
+            }
+            Err(_) => {
+                let e = by_name(u).ok_or_else(|| UserError::UnknownUser(u.to_string()))?;
+                (uid, gid, entry) = (e.uid, e.gid, Some(e));
+            }
+        }
+        if let Some(g) = g {
+            let n = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => groups.iter().find(|x| x.name == g).map(|x| x.gid).ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
+            };
+            group_from_spec = Some(n);
+        }
+    } else {
+        let e = by_uid(0);
+        (uid, gid, entry) = (0, e.map(|e| e.gid).unwrap_or(0), e);
+    }
+    if let Some(g) = group_from_spec {
+        gid = g;
+    }
+    if let Some(g) = req.run_as_group {
+        gid = to_id(g, "gid")?;
+    }
+    let username = entry.map(|e| e.name.clone());
+    let mut additional = vec![gid];
+    if !req.strict_supplemental_groups {
+        if let Some(name) = &username {
+            for g in &groups {
+                if g.members.iter().any(|m| m == name) && !additional.contains(&g.gid) {
+                    additional.push(g.gid);
+                }
+            }
+        }
+    }
+    for g in req.supplemental_groups {
+        let g = to_id(*g, "supplemental group")?;
+        if !additional.contains(&g) {
+            additional.push(g);
+        }
+    }
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids: additional,
+        username,
+        home: entry.map(|e| e.home.clone()).unwrap_or_else(|| "/".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nwww:x:33:\nalice:x:1000:\nstaff:x:50:alice,bob\naudio:x:29:alice\n").unwrap();
+        d
+    }
+
+    fn req<'a>() -> UserRequest<'a> {
+        UserRequest::default()
+    }
+
+    #[test]
+    fn forms() {
+        let d = rootfs();
+        let r = |q: UserRequest| resolve(d.path(), &q);
+        let u = r(req()).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
+        let u = r(UserRequest { image_user: "alice", ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        assert_eq!(u.additional_gids, vec![1000, 50, 29]);
+        let u = r(UserRequest { image_user: "33", ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid, u.username.as_deref()), (33, 33, Some("www")));
+        let u = r(UserRequest { image_user: "4242", ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+        let u = r(UserRequest { image_user: "1000:50", ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 50));
+        let u = r(UserRequest { image_user: "www:staff", ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid), (33, 50));
+        let u = r(UserRequest { run_as_user: Some(1000), image_user: "www", supplemental_groups: &[7, 50], ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        assert_eq!(u.additional_gids, vec![1000, 50, 29, 7]);
+        let u = r(UserRequest { run_as_username: "www", run_as_group: Some(9), ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid), (33, 9));
+        let u = r(UserRequest { image_user: "alice", strict_supplemental_groups: true, ..req() }).unwrap();
+        assert_eq!(u.additional_gids, vec![1000]);
+        for bad in ["nobody", "alice:nogroup", ":1", "1:"] {
+            let e = r(UserRequest { image_user: bad, ..req() }).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+        assert!(r(UserRequest { run_as_username: "ghost", ..req() }).is_err());
+    }
+
+    #[test]
+    fn no_host_escape() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        // an absolute symlink must resolve inside the rootfs, not to the host's /etc/passwd
+        std::os::unix::fs::symlink("/etc/passwd-real", d.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../nonexistent/group", d.path().join("etc/group")).unwrap();
+        let e = resolve(d.path(), &UserRequest { image_user: "root", ..UserRequest::default() }).unwrap_err();
+        assert!(matches!(e, UserError::UnknownUser(_)), "{e}");
+        std::fs::write(d.path().join("etc/passwd-real"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let u = resolve(d.path(), &UserRequest { image_user: "root", ..UserRequest::default() }).unwrap();
+        assert_eq!(u.uid, 0);
+    }
+}
