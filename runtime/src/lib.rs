@@ -9,6 +9,7 @@ pub mod namespaces;
 pub mod podfiles;
 pub mod seccomp;
 pub mod user;
+pub mod monitor;
 pub mod util;
 
 pub use error::{Error, ErrorKind};

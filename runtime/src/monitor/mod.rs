@@ -1,0 +1,41 @@
+//! The per-container monitor (`skiff-monitor`) and skiffd's blocking client for it.
+//!
+//! One small, single-threaded, no-async process per container. Binary modes:
+//!
+//! * `skiff-monitor run <container-dir>`: reads `config.json` (OCI runtime spec) and
+//!   `monitor.json` ([`MonitorConfig`]), detaches from its spawner (fork + setsid, the
+//!   intermediate process exits so the monitor is reparented away from skiffd), creates the
+//!   container process as a mini OCI runtime (namespaces, cgroup join, rootfs + pivot_root,
+//!   masked/readonly paths, sysctls, rlimits, oom_score_adj, user, capabilities,
+//!   no_new_privs, seccomp, exec), reports `started{pid}` or a start error on its stdout
+//!   (read by [`spawn`]), then copies the container's stdout/stderr into the CRI log file,
+//!   serves `monitor.sock`, waits for the exit, detects an OOM kill, writes `exit.json`
+//!   atomically, notifies waiting clients and exits, removing its socket and pid file.
+//! * `skiff-monitor exec <container-dir> [--tty] -- cmd args…`: used by [`exec_sync`].
+//! * `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace ([`spawn_infra`]).
+//!
+//! ## PID 1 and zombies
+//! critest's "runtime should support ContainerPID" requires `/proc/1/cmdline` of a container
+//! with its own PID namespace to be the user's process (nginx's master), so the user process
+//! is exec'd as PID 1 of its namespace, like runc does; no init stub. Orphans are reaped by:
+//! * exec sessions: every exec'd command runs below a tiny in-namespace stub that is a child
+//!   subreaper (`PR_SET_CHILD_SUBREAPER`) and reaps everything the command leaves behind
+//!   (the usual source of zombies: probes like `sh -c 'cmd &'`);
+//! * pod-level PID namespaces: the `infra` process is PID 1 and reaps forever;
+//! * host PID namespace: the monitor itself is a child subreaper and reaps orphans;
+//! * a container's own PID namespace: its PID 1 is the user's process (OCI semantics); when
+//!   it exits the kernel kills and reaps the rest of the namespace.
+//!
+//! ## Protocol
+//! `monitor.sock` carries frames of a 4-byte big-endian length followed by a JSON object with
+//! a version field `v` (see [`protocol`]). Requests: status, signal, reopen_log, wait; an
+//! `exited` response is pushed to clients that sent `wait` when the container exits.
+
+mod client;
+pub mod protocol;
+#[doc(hidden)]
+pub mod server;
+mod types;
+
+pub use client::{exec_sync, read_exit_record, spawn, spawn_infra, Client};
+pub use types::*;

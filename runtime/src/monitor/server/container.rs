@@ -1,0 +1,142 @@
+//! Creating the container process: namespace plan (done partly in the monitor, pid, and
+//! partly in the forked child, the rest), then the child's setup up to exec.
+
+use std::convert::Infallible;
+use std::os::fd::{OwnedFd, RawFd};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
+
+use super::rootfs;
+use super::security;
+use super::util::{bail, reset_signals, write_all_raw, Ctx, Result};
+
+/// Which namespaces to join (opened fds) and which to create.
+pub struct NsPlan {
+    /// setns in the child, in this order (mount last).
+    pub join: Vec<(OwnedFd, CloneFlags, String)>,
+    /// PID namespace to join in the monitor before the fork.
+    pub pid_join: Option<(OwnedFd, String)>,
+    /// unshare in the child (everything but PID).
+    pub new: CloneFlags,
+    /// unshare(CLONE_NEWPID) in the monitor before the fork.
+    pub new_pid: bool,
+}
+
+pub fn plan(spec: &Spec) -> Result<NsPlan> {
+    let mut p = NsPlan { join: Vec::new(), pid_join: None, new: CloneFlags::empty(), new_pid: false };
+    let mut mnt_join = None;
+    for ns in spec.linux().as_ref().and_then(|l| l.namespaces().as_deref()).unwrap_or_default() {
+        let flag = match ns.typ() {
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            other => bail!("{other:?} namespaces are not supported"),
+        };
+        match ns.path() {
+            Some(path) => {
+                let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                    .ctx(|| format!("open {} namespace {}", ns.typ(), path.display()))?;
+                let what = format!("{} namespace {}", ns.typ(), path.display());
+                match flag {
+                    CloneFlags::CLONE_NEWPID => p.pid_join = Some((fd, what)),
+                    CloneFlags::CLONE_NEWNS => mnt_join = Some((fd, flag, what)),
+                    _ => p.join.push((fd, flag, what)),
+                }
+            }
+            None if flag == CloneFlags::CLONE_NEWPID => p.new_pid = true,
+            None => p.new |= flag,
+        }
+    }
+    if mnt_join.is_some() {
+        bail!("joining an existing mount namespace is not supported");
+    }
+    if !p.new.contains(CloneFlags::CLONE_NEWNS) {
+        bail!("the container needs a new mount namespace");
+    }
+    Ok(p)
+}
+
+/// The forked child: never returns; on failure writes the message to `errfd` and exits 127.
+pub fn child(spec: &Spec, plan: NsPlan, cgroups_path: Option<&str>, stdio: [RawFd; 3], errfd: RawFd) -> ! {
+    let e = match child_inner(spec, plan, cgroups_path, stdio) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let _ = write_all_raw(errfd, e.0.as_bytes());
+    unsafe { libc::_exit(127) }
+}
+
+fn child_inner(spec: &Spec, plan: NsPlan, cgroups_path: Option<&str>, stdio: [RawFd; 3]) -> Result<Infallible> {
+    reset_signals();
+    unsafe { libc::umask(0o022) };
+    for (i, fd) in stdio.iter().enumerate() {
+        super::util::dup_onto(*fd, i as RawFd)?;
+    }
+    if let Some(cg) = cgroups_path {
+        crate::cgroups::join(cg, 0).ctx(|| format!("join cgroup {cg}"))?;
+    }
+    for (fd, flag, what) in &plan.join {
+        nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;
+    }
+    drop(plan.join);
+    nix::sched::unshare(plan.new).ctx(|| "create namespaces".into())?;
+    rootfs::setup(spec, cgroups_path)?;
+    if plan.new.contains(CloneFlags::CLONE_NEWUTS) {
+        if let Some(h) = spec.hostname() {
+            nix::unistd::sethostname(h).ctx(|| format!("sethostname {h}"))?;
+        }
+    }
+    rootfs::finish(spec)?;
+    let Some(p) = spec.process() else { bail!("config.json has no process") };
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    exec_process(p, seccomp, None, true)
+}
+
+/// Process attributes and exec. `args` overrides `process.args` (exec mode).
+pub fn exec_process(
+    p: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    args: Option<&[String]>,
+    new_session: bool,
+) -> Result<Infallible> {
+    let args: &[String] = match args {
+        Some(a) => a,
+        None => p.args().as_deref().unwrap_or_default(),
+    };
+    let Some(arg0) = args.first() else { bail!("process.args is empty") };
+    let env: &[String] = p.env().as_deref().unwrap_or_default();
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    let caps = p.capabilities().as_ref();
+    if new_session {
+        nix::unistd::setsid().ctx(|| "setsid".into())?;
+    }
+    security::rlimits(p)?;
+    security::oom_score_adj(p)?;
+    security::bounding(caps)?;
+    if !nnp {
+        // Without no_new_privs the filter must be loaded while we still have CAP_SYS_ADMIN.
+        if let Some(s) = seccomp {
+            security::seccomp(s)?;
+        }
+    }
+    security::switch_user(p)?;
+    let cwd = p.cwd();
+    nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {:?} set in config.json", cwd))?;
+    security::capabilities(caps)?;
+    let exe = security::find_executable(arg0, env)?;
+    if nnp {
+        security::no_new_privs()?;
+        if let Some(s) = seccomp {
+            security::seccomp(s)?;
+        }
+    }
+    // Every fd but 0-2 closes on exec (our error pipe reports success that way).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */) };
+    Err(security::exec(&exe, args, env))
+}

@@ -1,0 +1,86 @@
+//! `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace. Joins the pod's
+//! `ns/{ipc,uts,net}` pins when present, creates the PID namespace, forks its PID 1 (which is
+//! reparented away from skiffd when this process exits), reports its pid on stdout. PID 1
+//! reaps orphans until SIGTERM/SIGINT (its exit makes the kernel kill the namespace).
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use super::util::*;
+use crate::monitor::protocol::StartReport;
+
+pub fn main(pod_dir: &Path) -> i32 {
+    let report_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    stdio_to_null();
+    match start(pod_dir) {
+        Ok(pid) => {
+            report(report_fd, &StartReport::Started { pid, monitor_pid: pid });
+            0
+        }
+        Err(e) => {
+            report(report_fd, &StartReport::Error { message: e.0 });
+            1
+        }
+    }
+}
+
+fn start(pod_dir: &Path) -> Result<i32> {
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+    ] {
+        let p = pod_dir.join("ns").join(name);
+        if !p.exists() {
+            continue;
+        }
+        let fd = nix::fcntl::open(&p, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .ctx(|| format!("open {}", p.display()))?;
+        nix::sched::setns(&fd, flag).ctx(|| format!("join {}", p.display()))?;
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+        Ok(ForkResult::Child) => init(),
+        Err(e) => bail!("fork: {e}"),
+    }
+}
+
+fn init() -> ! {
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::chdir("/");
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"skiff-infra".as_ptr(), 0, 0, 0) };
+    let sigfd = match signalfd(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT]) {
+        Ok(s) => s,
+        Err(_) => unsafe { libc::_exit(1) },
+    };
+    trim_heap();
+    loop {
+        let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+            if e != nix::errno::Errno::EINTR {
+                unsafe { libc::_exit(1) }
+            }
+        }
+        while let Ok(Some(si)) = sigfd.read_signal() {
+            match Signal::try_from(si.ssi_signo as i32) {
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => unsafe { libc::_exit(0) },
+                _ => {}
+            }
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}

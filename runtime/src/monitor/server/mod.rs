@@ -1,0 +1,30 @@
+//! The `skiff-monitor` binary's side. Single-threaded, no async runtime: it forks freely.
+//! Not a stable API; only `src/bin/skiff-monitor.rs` calls [`main`].
+
+mod container;
+mod exec;
+mod infra;
+mod log;
+mod rootfs;
+mod run;
+mod security;
+mod util;
+
+pub use log::format_timestamp;
+pub use log::LineSplitter;
+
+const USAGE: &str = "usage: skiff-monitor run <container-dir>\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir>";
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let mode = args.get(1).map(String::as_str).unwrap_or("");
+    match (mode, args.get(2)) {
+        ("run", Some(dir)) => run::main(std::path::Path::new(dir)),
+        ("exec", Some(dir)) => exec::main(std::path::Path::new(dir), &args[3..]),
+        ("infra", Some(dir)) => infra::main(std::path::Path::new(dir)),
+        _ => {
+            eprintln!("{USAGE}");
+            2
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Types shared by skiffd (client side) and the monitor binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File names inside a container directory.
+pub const CONFIG_FILE: &str = "config.json";
+pub const MONITOR_CONFIG_FILE: &str = "monitor.json";
+pub const SOCKET_FILE: &str = "monitor.sock";
+pub const PID_FILE: &str = "monitor.pid";
+pub const EXIT_FILE: &str = "exit.json";
+/// The monitor's own diagnostics (one line per event); skiffd may show it on errors.
+pub const MONITOR_LOG_FILE: &str = "monitor.log";
+
+/// Version of `monitor.json` written by this code.
+pub const MONITOR_CONFIG_VERSION: u32 = 1;
+/// Version of `exit.json` written by this code.
+pub const EXIT_RECORD_VERSION: u32 = 1;
+
+/// Settings of one monitor, `<container-dir>/monitor.json`, written by skiffd before
+/// [`spawn`](super::spawn). All paths absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorConfig {
+    pub version: u32,
+    pub container_id: String,
+    /// CRI log file (kubelet format). `None`: output is discarded.
+    #[serde(default)]
+    pub log_path: Option<PathBuf>,
+    /// Where the exit record is written (normally `<dir>/exit.json`).
+    pub exit_record_path: PathBuf,
+    /// The monitor's unix socket (normally `<dir>/monitor.sock`).
+    pub socket_path: PathBuf,
+    /// Monitor pid file (normally `<dir>/monitor.pid`); written at start, removed at exit.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+    /// Monitor diagnostics (normally `<dir>/monitor.log`). `None`: discarded.
+    #[serde(default)]
+    pub debug_log_path: Option<PathBuf>,
+    /// CRI `tty`: not implemented yet (the start fails with a clear error when set).
+    #[serde(default)]
+    pub tty: bool,
+    /// CRI `stdin`: accepted; the container's stdin is /dev/null until attach exists.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+}
+
+impl MonitorConfig {
+    /// Defaults for a container directory: every file inside `container_dir`.
+    pub fn new(container_dir: &Path, container_id: &str, log_path: Option<PathBuf>) -> Self {
+        MonitorConfig {
+            version: MONITOR_CONFIG_VERSION,
+            container_id: container_id.to_string(),
+            log_path,
+            exit_record_path: container_dir.join(EXIT_FILE),
+            socket_path: container_dir.join(SOCKET_FILE),
+            pid_file: Some(container_dir.join(PID_FILE)),
+            debug_log_path: Some(container_dir.join(MONITOR_LOG_FILE)),
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+        }
+    }
+
+    /// Reads `<container_dir>/monitor.json`.
+    pub fn load(container_dir: &Path) -> Result<Self, MonitorError> {
+        let path = container_dir.join(MONITOR_CONFIG_FILE);
+        let data = std::fs::read(&path)
+            .map_err(|e| MonitorError::Config(format!("read {}: {e}", path.display())))?;
+        let cfg: MonitorConfig = serde_json::from_slice(&data)
+            .map_err(|e| MonitorError::Config(format!("parse {}: {e}", path.display())))?;
+        if cfg.version == 0 || cfg.version > MONITOR_CONFIG_VERSION {
+            return Err(MonitorError::Config(format!(
+                "{}: unsupported version {}",
+                path.display(),
+                cfg.version
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// Writes `<container_dir>/monitor.json` atomically (temp file, fsync, rename, fsync dir).
+    pub fn write(&self, container_dir: &Path) -> Result<(), MonitorError> {
+        let data = serde_json::to_vec_pretty(self)
+            .map_err(|e| MonitorError::Config(format!("encode monitor.json: {e}")))?;
+        write_atomic(&container_dir.join(MONITOR_CONFIG_FILE), &data)?;
+        Ok(())
+    }
+}
+
+/// The durable record of a container's end, `exit.json`, written atomically by the monitor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub version: u32,
+    pub container_id: String,
+    /// Exit status; 128+signal when killed by a signal; 128 for a start error.
+    pub exit_code: i32,
+    /// The signal that killed the process, if any.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// The kernel OOM killer fired in the container's cgroup while it ran.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Unix nanos of the exec (None when the start failed).
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    /// Unix nanos of the exit (or of the start failure).
+    pub finished_at: i64,
+    /// Kubelet-style reason: `Completed`, `Error`, `OOMKilled`, `StartError`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Details, e.g. the start error message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A successful start: the container process (host pid) and the monitor's pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: i32,
+    pub monitor_pid: i32,
+}
+
+/// State reported by a monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Running,
+    /// The process has exited; the monitor is finishing (draining output, writing the record).
+    Exited,
+}
+
+/// Answer to [`Client::status`](super::Client::status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: i32,
+    pub state: ContainerState,
+    /// Unix nanos.
+    pub started_at: i64,
+    /// Present once the process has exited.
+    #[serde(default)]
+    pub exit: Option<ExitRecord>,
+}
+
+/// Result of [`exec_sync`](super::exec_sync).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Exit status, 128+signal when killed by a signal.
+    pub exit_code: i32,
+    /// Output beyond `max_output` was dropped.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// A started pod infra process (PID 1 of a pod-level PID namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfraStarted {
+    /// Host pid; containers join `/proc/<pid>/ns/pid`.
+    pub pid: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The monitor binary could not be started.
+    #[error("cannot run monitor {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container process (or exec'd command) could not be started: command not found,
+    /// bad mount, namespace join failure… The message is meant for the user.
+    #[error("{0}")]
+    StartError(String),
+    /// Bad or unreadable monitor.json / config.json.
+    #[error("monitor config: {0}")]
+    Config(String),
+    /// The monitor answered with an error.
+    #[error("monitor: {0}")]
+    Remote(String),
+    /// Malformed message or unexpected answer.
+    #[error("monitor protocol: {0}")]
+    Protocol(String),
+    /// The monitor is not running (socket missing, refused or closed): read the exit record.
+    #[error("monitor is gone")]
+    MonitorGone,
+    #[error("timed out")]
+    Timeout,
+    #[error("monitor i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
