@@ -38,6 +38,8 @@ pub enum ServerError {
     Listen { path: PathBuf, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error("image store: {0}")]
+    Images(#[from] imagesvc::ImageError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -111,7 +113,12 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(config.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let images = ImageServiceServer::new(ImageSvc::new(config.clone()))
+    let image_store = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {
+        root: config.root.clone(),
+        registry: config.registry.clone(),
+    })
+    .await?;
+    let images = ImageServiceServer::new(ImageSvc::new(image_store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let server = tonic::transport::Server::builder()

@@ -1,56 +1,136 @@
-//! CRI ImageService.
+//! CRI ImageService: a thin layer over [`imagesvc::ImageStore`]. Library errors become
+//! `tonic::Status` here (and only here); each RPC runs inside the per-RPC span of
+//! [`crate::logging::RpcSpanLayer`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
 
+use imagesvc::{ErrorKind, ImageError, ImageRecord, ImageStore};
 use proto::cri::image_service_server::ImageService;
 use proto::cri::*;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
-use crate::error::unimplemented;
-
 /// Serves the CRI ImageService.
 pub struct ImageSvc {
-    #[allow(dead_code)]
-    config: Arc<Config>,
+    store: ImageStore,
 }
 
 impl ImageSvc {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(store: ImageStore) -> Self {
+        Self { store }
+    }
+}
+
+/// An image-service error as a gRPC status, prefixed with what was being done.
+pub fn image_status(doing: &str, e: ImageError) -> Status {
+    let msg = format!("{doing}: {e}");
+    match e.kind() {
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::Unauthenticated => Status::unauthenticated(msg),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::DataLoss => Status::data_loss(msg),
+        ErrorKind::Internal => Status::internal(msg),
+    }
+}
+
+fn to_cri(r: &ImageRecord) -> Image {
+    Image {
+        id: r.id.to_string(),
+        repo_tags: r.repo_tags.clone(),
+        repo_digests: r.repo_digests.clone(),
+        size: r.size,
+        uid: r.uid.map(|value| Int64Value { value }),
+        username: r.username.clone(),
+        spec: Some(ImageSpec { image: r.id.to_string(), ..Default::default() }),
+        pinned: r.pinned,
+    }
+}
+
+fn image_name(spec: Option<&ImageSpec>, rpc: &str) -> Result<String, Status> {
+    match spec.map(|s| s.image.trim()) {
+        Some(s) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(Status::invalid_argument(format!("{rpc}: no image given"))),
+    }
+}
+
+fn usage(u: &imagesvc::FsUsage, timestamp: i64) -> FilesystemUsage {
+    FilesystemUsage {
+        timestamp,
+        fs_id: Some(FilesystemIdentifier { mountpoint: u.mountpoint.display().to_string() }),
+        used_bytes: Some(UInt64Value { value: u.used_bytes }),
+        inodes_used: Some(UInt64Value { value: u.inodes_used }),
     }
 }
 
 #[tonic::async_trait]
 impl ImageService for ImageSvc {
-    async fn list_images(
-        &self,
-        _r: Request<ListImagesRequest>,
-    ) -> Result<Response<ListImagesResponse>, Status> {
-        Err(unimplemented("ListImages"))
+    async fn list_images(&self, r: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        let filter = r.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.trim().is_empty());
+        let images = match filter {
+            Some(f) => match self.store.status(&f).await {
+                Ok(found) => found.iter().map(to_cri).collect(),
+                // A malformed filter matches nothing.
+                Err(e) if e.kind() == ErrorKind::InvalidArgument => Vec::new(),
+                Err(e) => return Err(image_status("listing images", e)),
+            },
+            None => self.store.list().await.map_err(|e| image_status("listing images", e))?.iter().map(to_cri).collect(),
+        };
+        Ok(Response::new(ListImagesResponse { images }))
     }
-    async fn image_status(
-        &self,
-        _r: Request<ImageStatusRequest>,
-    ) -> Result<Response<ImageStatusResponse>, Status> {
-        Err(unimplemented("ImageStatus"))
+
+    async fn image_status(&self, r: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+        let req = r.into_inner();
+        let name = image_name(req.image.as_ref(), "ImageStatus")?;
+        let doing = format!("image status of {name:?}");
+        let Some(img) = self.store.resolve(&name).await.map_err(|e| image_status(&doing, e))? else {
+            tracing::debug!(image = %name, "image not present");
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({
+                "imageSpec": &*img.config,
+                "chainIDs": img.record.chain_ids,
+                "manifestDigest": img.record.manifest_digest,
+                "layers": img.record.layers,
+                "pulledAt": img.record.pulled_at,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok(Response::new(ImageStatusResponse { image: Some(to_cri(&img.record)), info }))
     }
-    async fn pull_image(
-        &self,
-        _r: Request<PullImageRequest>,
-    ) -> Result<Response<PullImageResponse>, Status> {
-        Err(unimplemented("PullImage"))
+
+    async fn pull_image(&self, r: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+        let req = r.into_inner();
+        let name = image_name(req.image.as_ref(), "PullImage")?;
+        let auth = req.auth.map(|a| imagesvc::Auth {
+            username: a.username,
+            password: a.password,
+            auth: a.auth,
+            server_address: a.server_address,
+            identity_token: a.identity_token,
+            registry_token: a.registry_token,
+        });
+        let rec = self.store.pull(&name, auth).await.map_err(|e| image_status(&format!("pulling image {name:?}"), e))?;
+        Ok(Response::new(PullImageResponse { image_ref: rec.id.to_string() }))
     }
-    async fn remove_image(
-        &self,
-        _r: Request<RemoveImageRequest>,
-    ) -> Result<Response<RemoveImageResponse>, Status> {
-        Err(unimplemented("RemoveImage"))
+
+    async fn remove_image(&self, r: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+        let name = image_name(r.into_inner().image.as_ref(), "RemoveImage")?;
+        let removed =
+            self.store.remove(&name).await.map_err(|e| image_status(&format!("removing image {name:?}"), e))?;
+        if !removed {
+            tracing::debug!(image = %name, "remove: image not present");
+        }
+        Ok(Response::new(RemoveImageResponse {}))
     }
-    async fn image_fs_info(
-        &self,
-        _r: Request<ImageFsInfoRequest>,
-    ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        Err(unimplemented("ImageFsInfo"))
+
+    async fn image_fs_info(&self, _r: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+        let fi = self.store.fs_info().await.map_err(|e| image_status("image filesystem info", e))?;
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![usage(&fi.image, fi.timestamp)],
+            container_filesystems: vec![usage(&fi.container, fi.timestamp)],
+        }))
     }
 }
