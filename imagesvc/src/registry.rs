@@ -141,7 +141,8 @@ impl RegistryClient {
     }
 
     /// The endpoints for a registry domain, in the order they are tried: the configured mirrors,
-    /// then the registry itself (HTTPS; then plain HTTP when that host allows it).
+    /// then the registry itself: HTTPS, with plain HTTP first for loopback hosts and as a fallback
+/// for configured insecure hosts.
     pub fn endpoints(&self, domain: &str) -> Vec<Endpoint> {
         let mut out: Vec<Endpoint> = Vec::new();
         let mut push = |e: Endpoint| {
@@ -167,9 +168,18 @@ impl RegistryClient {
             push(Endpoint { base: format!("{scheme}://{host}{path}"), host, mirror: true });
         }
         let host = if domain == DOCKER_HUB { "registry-1.docker.io".to_string() } else { domain.to_string() };
-        push(Endpoint { base: format!("https://{host}/v2"), host: host.clone(), mirror: false });
-        if self.plain_http_allowed(&host) {
-            push(Endpoint { base: format!("http://{host}/v2"), host, mirror: false });
+        let https = Endpoint { base: format!("https://{host}/v2"), host: host.clone(), mirror: false };
+        let http = Endpoint { base: format!("http://{host}/v2"), host: host.clone(), mirror: false };
+        if is_loopback(&host) {
+            // Local registries nearly always speak plain HTTP: try that first (as containerd does).
+            push(http);
+            push(https);
+        } else if self.plain_http_allowed(&host) {
+            // Configured insecure hosts: HTTPS first, plain HTTP as the fallback (as Docker does).
+            push(https);
+            push(http);
+        } else {
+            push(https);
         }
         out
     }
@@ -609,7 +619,7 @@ mod tests {
         let e: Vec<_> = c.endpoints("myregistry.local:5000").into_iter().map(|e| e.base).collect();
         assert_eq!(e, vec!["https://myregistry.local:5000/v2", "http://myregistry.local:5000/v2"]);
         let e: Vec<_> = c.endpoints("127.0.0.1:5000").into_iter().map(|e| e.base).collect();
-        assert_eq!(e, vec!["https://127.0.0.1:5000/v2", "http://127.0.0.1:5000/v2"]);
+        assert_eq!(e, vec!["http://127.0.0.1:5000/v2", "https://127.0.0.1:5000/v2"]);
         assert!(is_loopback("localhost:5000") && is_loopback("[::1]:80") && is_loopback("127.0.0.2"));
         assert!(!is_loopback("10.0.0.1:5000") && !is_loopback("example.com"));
     }
