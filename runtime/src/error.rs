@@ -1,11 +1,19 @@
 //! Errors of the runtime crate.
 //!
-//! Every module has its own `thiserror` enum; [`Error`] wraps them all, and [`ErrorKind`] tells
-//! the gRPC edge (cri-server) which status code fits: `InvalidArgument` for bad CRI input (an
-//! unknown user name, a missing mount source, a malformed resource value), `NotFound`,
-//! `FailedPrecondition`, or `Internal` for everything the caller could not have avoided.
+//! Every module has its own `thiserror` enum with a `kind()`; [`Error`] wraps them all, and
+//! [`ErrorKind`] tells the gRPC edge (cri-server) which status code fits: `InvalidArgument` for
+//! bad CRI input (an unknown user name, a missing mount source, a malformed resource value),
+//! `NotFound`, `FailedPrecondition`, or `Internal` for everything the caller could not have
+//! avoided.
 
+pub use crate::caps::CapsError;
 pub use crate::cgroups::CgroupError;
+pub use crate::mounts::MountError;
+pub use crate::namespaces::NamespaceError;
+pub use crate::podfiles::PodFilesError;
+pub use crate::seccomp::SeccompError;
+pub use crate::spec::SpecError;
+pub use crate::user::UserError;
 
 /// How an error should be reported to a CRI client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +33,20 @@ pub enum ErrorKind {
 pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(transparent)]
+    PodFiles(#[from] PodFilesError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Caps(#[from] CapsError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
 }
 
 impl Error {
@@ -32,6 +54,13 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Cgroup(e) => e.kind(),
+            Error::Namespace(e) => e.kind(),
+            Error::PodFiles(e) => e.kind(),
+            Error::User(e) => e.kind(),
+            Error::Spec(e) => e.kind(),
+            Error::Caps(e) => e.kind(),
+            Error::Seccomp(e) => e.kind(),
+            Error::Mount(e) => e.kind(),
         }
     }
 }

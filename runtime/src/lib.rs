@@ -8,6 +8,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod podfiles;
 pub mod seccomp;
+pub mod spec;
 pub mod user;
 pub mod monitor;
 pub mod util;
