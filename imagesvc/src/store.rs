@@ -427,17 +427,18 @@ impl ImageStore {
         // Downloads in parallel, unpacks in order as soon as a layer and its parents are ready.
         let sem = Arc::new(Semaphore::new(inner.max_downloads));
         let n = m.layers.len();
-        let mut handles = Vec::with_capacity(n);
+        let mut handles: Vec<Option<tokio::task::JoinHandle<Result<()>>>> = Vec::with_capacity(n);
         for (i, l) in m.layers.iter().enumerate() {
             let me = self.clone();
             let sess = session.clone();
             let desc = l.clone();
             let sem = sem.clone();
             let what = format!("layer {}/{} {}", i + 1, n, l.digest.short());
-            handles.push(tokio::spawn(async move { me.fetch_blob(&sess, &desc, &what, &sem).await }));
+            handles.push(Some(tokio::spawn(async move { me.fetch_blob(&sess, &desc, &what, &sem).await })));
         }
         let mut result = Ok(());
-        for (i, h) in handles.iter_mut().enumerate() {
+        for i in 0..n {
+            let Some(h) = handles[i].take() else { continue };
             let r = match h.await {
                 Ok(r) => r,
                 Err(e) => Err(ImageError::Metadata(format!("download task failed: {e}"))),
@@ -453,10 +454,12 @@ impl ImageStore {
             }
         }
         if let Err(e) = result {
-            for h in &handles {
+            // Stop the other downloads; their ingest files go away with them.
+            let rest: Vec<_> = handles.into_iter().flatten().collect();
+            for h in &rest {
                 h.abort();
             }
-            for h in handles {
+            for h in rest {
                 let _ = h.await;
             }
             return Err(e);
