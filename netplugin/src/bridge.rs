@@ -118,7 +118,7 @@ impl BridgeNetwork {
             mtu: config.mtu,
             masquerade: config.masquerade,
             ipam: Arc::new(Ipam::new(&root.join("network"), ranges)),
-            nft: Nft::new(&config.nft_table)?,
+            nft: Nft::new(&config.nft_table_name())?,
             nft_lock: tokio::sync::Mutex::new(()),
             host_ready: tokio::sync::Mutex::new(false),
             fail_point: Mutex::new(None),

@@ -31,7 +31,9 @@ pub struct NetworkConfig {
     /// Masquerade pod traffic that leaves the pod range.
     pub masquerade: bool,
     /// nftables table (family `inet`) of the built-in bridge; must start with `skiff`. Only this
-    /// table is ever created, changed or deleted.
+    /// table is ever created, changed or deleted. "" = derived from the bridge name: `skiff` for
+    /// `skiff0`, else `skiff_<bridge>` (so that two skiffd instances with different bridges, e.g.
+    /// in tests, never share rules). See [`NetworkConfig::nft_table_name`].
     pub nft_table: String,
     /// Directory holding CNI network configurations.
     pub cni_conf_dir: PathBuf,
@@ -50,10 +52,40 @@ impl Default for NetworkConfig {
             pod_cidr_v6: String::new(),
             mtu: 1500,
             masquerade: true,
-            nft_table: "skiff".into(),
+            nft_table: String::new(),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin")],
             cni_timeout_secs: 60,
         }
+    }
+}
+
+impl NetworkConfig {
+    /// The nftables table actually used (`nft_table`, or derived from `bridge` when empty).
+    pub fn nft_table_name(&self) -> String {
+        if !self.nft_table.is_empty() {
+            return self.nft_table.clone();
+        }
+        if self.bridge == "skiff0" {
+            return "skiff".into();
+        }
+        let b: String =
+            self.bridge.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        format!("skiff_{b}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_table_name() {
+        let mut c = NetworkConfig::default();
+        assert_eq!(c.nft_table_name(), "skiff");
+        c.bridge = "skt-12ab".into();
+        assert_eq!(c.nft_table_name(), "skiff_skt_12ab");
+        c.nft_table = "skiff_x".into();
+        assert_eq!(c.nft_table_name(), "skiff_x");
     }
 }

@@ -154,8 +154,12 @@ impl Nft {
         self.apply(&script).await
     }
 
-    /// (handle, comment) of every rule in `hostports`; empty when the table is gone.
+    /// (handle, comment) of every rule in `hostports`; empty when the table is gone (or when
+    /// nft is not installed: then no rule can exist either).
     async fn hostport_rules(&self) -> Result<Vec<(u64, String)>> {
+        if nft_binary().is_none() {
+            return Ok(Vec::new());
+        }
         let out = match self.nft(&["-j", "-a", "list", "chain", "inet", &self.table, "hostports"], None).await {
             Ok(o) => o,
             Err(NetworkError::Nft(m)) if m.contains("No such file or directory") => return Ok(Vec::new()),

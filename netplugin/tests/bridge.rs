@@ -30,16 +30,14 @@ impl Env {
             bridge: bridge.clone(),
             pod_cidr: format!("10.89.{slot}.0/24"),
             pod_cidr_v6: if v6 { format!("fd00:89:{slot:x}::/64") } else { String::new() },
-            nft_table: table.clone(),
+            // the dual-stack test uses the table name derived from the bridge (skiff_<bridge>)
+            nft_table: if v6 { String::new() } else { table },
             mtu: 1400,
             ..Default::default()
         };
-        Self {
-            root: tempfile::tempdir().unwrap(),
-            cfg,
-            slot,
-            _cleanup: HostCleanup { bridge, nft_table: Some(table) },
-        }
+        let table = cfg.nft_table_name();
+        assert!(table.starts_with("skiff_"), "{table}");
+        Self { root: tempfile::tempdir().unwrap(), cfg, slot, _cleanup: HostCleanup { bridge, nft_table: Some(table) } }
     }
 
     fn net(&self) -> BridgeNetwork {
