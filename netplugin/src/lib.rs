@@ -11,6 +11,27 @@
 //!
 //! Implementations: [`BridgeNetwork`] (built in, default) and [`CniNetwork`] (`plugin = "cni"`).
 //! hostNetwork pods never call into this crate.
+//!
+//! Wiring in cri-server (sketch):
+//! ```ignore
+//! let net: Arc<dyn NetworkPlugin> = netplugin::open(&config.network, &config.root)?;
+//! net.recover(&live_pod_ids).await?;             // at startup, before serving
+//! let req = PodNetworkRequest {
+//!     id: pod_id.clone(),
+//!     name: meta.name.clone(), namespace: meta.namespace.clone(), uid: meta.uid.clone(),
+//!     netns_path: state.join("pods").join(&pod_id).join("ns/net"),
+//!     port_mappings: cfg.port_mappings.iter()
+//!         .map(|p| PortMapping::from_cri(p.protocol, p.container_port, p.host_port, &p.host_ip))
+//!         .collect::<Result<_, _>>()?,
+//!     hostname: cfg.hostname.clone(),
+//!     dns: None, cgroup_parent: String::new(), annotations: cfg.annotations.clone().into_iter().collect(),
+//! };
+//! let st = net.setup(&req).await?;               // rollback guard: net.teardown(&req)
+//! // PodSandboxNetworkStatus { ip: st.primary_ip(), additional_ips: st.additional_ips() }
+//! net.teardown(&req).await?;                     // StopPodSandbox / RemovePodSandbox
+//! match net.status().await { Ok(()) => ready, Err(nr) => (nr.reason, nr.message) }
+//! ```
+//! Everything must run inside a tokio runtime with IO enabled.
 
 pub mod bridge;
 pub mod cidr;

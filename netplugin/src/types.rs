@@ -45,6 +45,28 @@ pub struct PortMapping {
     pub host_ip: Option<IpAddr>,
 }
 
+impl PortMapping {
+    /// From the fields of a CRI `PortMapping` (`protocol`: the CRI enum value TCP=0, UDP=1,
+    /// SCTP=2; ports as i32; `host_ip` "" = all addresses). Bad values are `InvalidArgument`.
+    pub fn from_cri(protocol: i32, container_port: i32, host_port: i32, host_ip: &str) -> crate::Result<Self> {
+        let bad = |what: String| crate::NetworkError::InvalidArgument(format!("port mapping: {what}"));
+        let protocol = match protocol {
+            0 => Protocol::Tcp,
+            1 => Protocol::Udp,
+            2 => Protocol::Sctp,
+            p => return Err(bad(format!("unknown protocol {p}"))),
+        };
+        let container_port =
+            u16::try_from(container_port).map_err(|_| bad(format!("container port {container_port} out of range")))?;
+        let host_port = u16::try_from(host_port).map_err(|_| bad(format!("host port {host_port} out of range")))?;
+        let host_ip = match host_ip.trim() {
+            "" => None,
+            s => Some(s.parse::<IpAddr>().map_err(|_| bad(format!("host IP {s:?} is not an IP address")))?),
+        };
+        Ok(Self { protocol, container_port, host_port, host_ip })
+    }
+}
+
 /// DNS settings of the pod (passed to CNI plugins that declare the `dns` capability).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsConfig {
@@ -82,6 +104,18 @@ pub struct PodNetworkStatus {
     pub interface: String,
 }
 
+impl PodNetworkStatus {
+    /// CRI `PodSandboxNetworkStatus.ip` (the first address, IPv4 when there is one).
+    pub fn primary_ip(&self) -> Option<IpAddr> {
+        self.ips.first().copied()
+    }
+
+    /// CRI `PodSandboxNetworkStatus.additional_ips`.
+    pub fn additional_ips(&self) -> &[IpAddr] {
+        self.ips.get(1..).unwrap_or(&[])
+    }
+}
+
 /// Why the network is not ready (CRI `RuntimeCondition` NetworkReady = false).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotReady {
@@ -104,3 +138,25 @@ impl fmt::Display for NotReady {
 }
 
 impl std::error::Error for NotReady {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_mapping_from_cri() {
+        let m = PortMapping::from_cri(1, 53, 5353, "127.0.0.1").unwrap();
+        assert_eq!(m.protocol, Protocol::Udp);
+        assert_eq!((m.container_port, m.host_port), (53, 5353));
+        assert_eq!(m.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(PortMapping::from_cri(0, 80, 0, "").unwrap().host_ip, None);
+        assert!(PortMapping::from_cri(7, 80, 80, "").is_err());
+        assert!(PortMapping::from_cri(0, 70000, 80, "").is_err());
+        assert!(PortMapping::from_cri(0, 80, -1, "").is_err());
+        assert!(PortMapping::from_cri(0, 80, 80, "nope").is_err());
+        let st = PodNetworkStatus { ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()], interface: "eth0".into() };
+        assert_eq!(st.primary_ip(), Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(st.additional_ips().len(), 1);
+        assert!(PodNetworkStatus { ips: vec![], interface: String::new() }.additional_ips().is_empty());
+    }
+}
