@@ -2,8 +2,11 @@
 //! recovery. It is thin: the work is done by the `runtime`, `imagesvc` and `netplugin` crates.
 
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod logging;
 pub mod preflight;
+pub mod rollback;
 pub mod server;
 pub mod services;
+pub mod store;

@@ -17,6 +17,7 @@ pub fn init(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
@@ -66,7 +67,7 @@ where
         let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
             let result = fut.await;
-            let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+            let elapsed_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
             let _enter = span.enter();
             match &result {
                 Ok(resp) => {
@@ -83,15 +84,44 @@ where
                         let message = resp
                             .headers()
                             .get("grpc-message")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
+                            .map(|v| percent_decode(v.as_bytes()))
+                            .unwrap_or_default();
                         let code = tonic::Code::from_i32(code);
-                        tracing::info!(elapsed_ms, ?code, message, "rpc failed");
+                        tracing::info!(elapsed_ms, ?code, %message, "rpc failed");
                     }
                 }
                 Err(e) => tracing::warn!(elapsed_ms, error = %e, "rpc transport error"),
             }
             result
         })
+    }
+}
+
+/// Decodes the percent-encoding gRPC uses for `grpc-message`.
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decode() {
+        assert_eq!(super::percent_decode(b"a%20b%3A%"), "a b:%");
+        assert_eq!(super::percent_decode(b"%2"), "%2");
+        assert_eq!(super::percent_decode(b"plain"), "plain");
     }
 }

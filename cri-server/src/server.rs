@@ -38,6 +38,8 @@ pub enum ServerError {
     Listen { path: PathBuf, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error(transparent)]
+    Context(#[from] crate::context::ContextError),
     #[error("image store: {0}")]
     Images(#[from] imagesvc::ImageError),
     #[error("gRPC server failed: {0}")]
@@ -110,7 +112,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
-    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(config.clone()))
+    let ctx = Arc::new(crate::context::Context::open(config.clone())?);
+    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let image_store = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {

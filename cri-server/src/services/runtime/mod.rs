@@ -1,6 +1,9 @@
 //! CRI RuntimeService. The trait implementation here only dispatches; each RPC group lives in
 //! its own module (`status`: Version/Status/RuntimeConfig; later pods, containers, exec, stats).
 
+mod container;
+mod pod;
+mod pod_extras;
 mod status;
 
 use std::pin::Pin;
@@ -10,19 +13,19 @@ use proto::cri::runtime_service_server::RuntimeService;
 use proto::cri::*;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
+use crate::context::Context;
 use crate::error::unimplemented;
 
 pub use status::RUNTIME_NAME;
 
 /// Serves the CRI RuntimeService.
 pub struct RuntimeSvc {
-    config: Arc<Config>,
+    ctx: Arc<Context>,
 }
 
 impl RuntimeSvc {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
     }
 }
 
@@ -63,20 +66,20 @@ impl RuntimeService for RuntimeSvc {
         Err(unimplemented("GetContainerEvents"))
     }
 
-    async fn run_pod_sandbox(&self, _r: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+    async fn run_pod_sandbox(&self, r: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+        self.run_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn stop_pod_sandbox(&self, _r: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+    async fn stop_pod_sandbox(&self, r: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+        self.stop_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn remove_pod_sandbox(&self, _r: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+    async fn remove_pod_sandbox(&self, r: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        self.remove_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn pod_sandbox_status(&self, _r: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+    async fn pod_sandbox_status(&self, r: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        self.pod_sandbox_status_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_pod_sandbox(&self, _r: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+    async fn list_pod_sandbox(&self, r: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+        self.list_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
     async fn create_container(&self, _r: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
         Err(unimplemented("CreateContainer"))

@@ -38,7 +38,7 @@ impl RuntimeSvc {
         };
         let mut info = HashMap::new();
         if req.verbose {
-            let config = serde_json::to_string(&*self.config)
+            let config = serde_json::to_string(&*self.ctx.config)
                 .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
             info.insert("config".to_owned(), config);
         }

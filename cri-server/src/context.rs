@@ -1,0 +1,59 @@
+//! What every service shares: the configuration, the stores of pods and containers, and the
+//! library objects (cgroups, and later images and networking).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use runtime::cgroups::CgroupManager;
+
+use crate::config::Config;
+use crate::store::{ContainerRecord, PodRecord, RecordDir, StoreError, Table};
+
+/// Why the daemon's state cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cgroups: {0}")]
+    Cgroups(#[from] runtime::cgroups::CgroupError),
+}
+
+/// See the module doc.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub pods: Table<PodRecord>,
+    pub containers: Table<ContainerRecord>,
+    pub pod_store: RecordDir,
+    pub container_store: RecordDir,
+    pub cgroups: CgroupManager,
+    pub monitor_path: PathBuf,
+}
+
+impl Context {
+    pub fn open(config: Arc<Config>) -> Result<Self, ContextError> {
+        let meta = config.root.join("metadata");
+        let pod_store = RecordDir::open(meta.join("pods"))?;
+        let container_store = RecordDir::open(meta.join("containers"))?;
+        let cgroups = CgroupManager::detect(Some(config.state.join("cgroups.json")))?;
+        let monitor_path = config.monitor_path();
+        Ok(Self {
+            config,
+            pods: Table::default(),
+            containers: Table::default(),
+            pod_store,
+            container_store,
+            cgroups,
+            monitor_path,
+        })
+    }
+
+    /// `STATE/pods/<id>`.
+    pub fn pod_paths(&self, id: &str) -> runtime::podfiles::PodPaths {
+        runtime::podfiles::PodPaths::new(&self.config.state, id)
+    }
+
+    /// `STATE/containers/<id>`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.config.state.join("containers").join(id)
+    }
+}

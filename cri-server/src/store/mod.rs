@@ -1,0 +1,150 @@
+//! Durable metadata of pods and containers: one JSON file per object under
+//! `ROOT/metadata/{pods,containers}/<id>.json`, each written atomically (temp file, fsync,
+//! rename, fsync dir) inside a versioned envelope, and an in-memory index over them.
+
+pub mod records;
+pub mod table;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use records::*;
+pub use table::{Lookup, Table};
+
+/// The version written into every record file. A file of a newer version is refused.
+pub const STORE_VERSION: u32 = 1;
+
+/// A failure of the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u32,
+    record: T,
+}
+
+/// A directory of records, one file per id.
+#[derive(Debug, Clone)]
+pub struct RecordDir {
+    dir: PathBuf,
+}
+
+impl RecordDir {
+    pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { op: "create", path: dir.clone(), source })?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Writes the record of `id` atomically.
+    pub fn save<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
+        let path = self.path(id);
+        let bytes = serde_json::to_vec(&Envelope { version: STORE_VERSION, record })
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        runtime::util::write_atomic(&path, &bytes, 0o600)
+            .map_err(|source| StoreError::Io { op: "write", path, source })
+    }
+
+    /// Deletes the record of `id`; an absent record is fine.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Io { op: "sync", path: self.dir.clone(), source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { op: "remove", path, source }),
+        }
+    }
+
+    /// Reads every record; leftovers of interrupted writes are deleted. Unreadable records are
+    /// returned as errors (with their id) so that the caller can report them.
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<(String, Result<T, StoreError>)>, StoreError> {
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|source| StoreError::Io { op: "read", path: self.dir.clone(), source })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let Some(id) = name.strip_suffix(".json") else {
+                // A temp file of a write that never reached its rename.
+                let _ = fs::remove_file(&path);
+                continue;
+            };
+            out.push((id.to_owned(), read_record(&path)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+fn read_record<T: DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
+    let bytes = fs::read(path).map_err(|source| StoreError::Io { op: "read", path: path.to_owned(), source })?;
+    let env: Envelope<serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
+    if env.version > STORE_VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            message: format!("record version {} is newer than this skiffd's {STORE_VERSION}", env.version),
+        });
+    }
+    serde_json::from_value(env.record).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct R {
+        a: u32,
+    }
+
+    #[test]
+    fn save_load_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordDir::open(dir.path().join("x")).unwrap();
+        store.save("one", &R { a: 1 }).unwrap();
+        store.save("two", &R { a: 2 }).unwrap();
+        store.save("one", &R { a: 3 }).unwrap();
+        fs::write(dir.path().join("x/.one.json.tmp123"), b"partial").unwrap();
+        fs::write(dir.path().join("x/bad.json"), b"{not json").unwrap();
+        let all: Vec<(String, Result<R, StoreError>)> = store.load_all().unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(matches!(&all[0], (id, Err(StoreError::Corrupt { .. })) if id == "bad"));
+        assert_eq!(all[1].1.as_ref().unwrap(), &R { a: 3 });
+        assert_eq!(all[2].1.as_ref().unwrap(), &R { a: 2 });
+        assert!(!dir.path().join("x/.one.json.tmp123").exists());
+        store.remove("one").unwrap();
+        store.remove("one").unwrap();
+        assert_eq!(store.load_all::<R>().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordDir::open(dir.path().to_owned()).unwrap();
+        fs::write(dir.path().join("n.json"), br#"{"version":99,"record":{"a":1}}"#).unwrap();
+        let all: Vec<(String, Result<R, StoreError>)> = store.load_all().unwrap();
+        assert!(all[0].1.is_err());
+    }
+}
