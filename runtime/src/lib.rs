@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod error;
 pub mod mounts;
 pub mod namespaces;
+pub mod pod;
 pub mod podfiles;
 pub mod seccomp;
 pub mod spec;

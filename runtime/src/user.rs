@@ -146,11 +146,37 @@ fn to_id(v: i64, what: &str) -> Result<u32, UserError> {
     u32::try_from(v).map_err(|_| UserError::Invalid(format!("{what} {v}")))
 }
 
-/// Resolves the user for a container whose rootfs is at `rootfs` (the image's unpacked files,
-/// e.g. the mounted overlay or its lower dirs merged).
+/// Reads a file from an unmounted overlay stack: the top-most layer holding it wins; an
+/// overlay whiteout (char device 0:0) hides it. Symlinks are resolved within each layer only.
+fn read_in_layers(layers: &[std::path::PathBuf], path: &str) -> Result<String, UserError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for layer in layers {
+        let p = resolve_in_root(layer, Path::new(path))
+            .map_err(|e| UserError::Io { path: path.to_string(), source: std::io::Error::other(e.to_string()) })?;
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return Ok(String::new()),
+            Ok(m) if m.is_file() => return read_in_root(layer, path),
+            _ => continue,
+        }
+    }
+    Ok(String::new())
+}
+
+/// Resolves the user for a container whose rootfs is at `rootfs` (any directory showing the
+/// image's files, e.g. the mounted overlay).
 pub fn resolve(rootfs: &Path, req: &UserRequest<'_>) -> Result<ResolvedUser, UserError> {
-    let passwd = parse_passwd(&read_in_root(rootfs, "/etc/passwd")?);
-    let groups = parse_group(&read_in_root(rootfs, "/etc/group")?);
+    resolve_from(&read_in_root(rootfs, "/etc/passwd")?, &read_in_root(rootfs, "/etc/group")?, req)
+}
+
+/// Like [`resolve`], but reads the image's layers directly (overlay `lowerdir` order, top-most
+/// first), for CreateContainer before the rootfs is mounted.
+pub fn resolve_in_layers(layers: &[std::path::PathBuf], req: &UserRequest<'_>) -> Result<ResolvedUser, UserError> {
+    resolve_from(&read_in_layers(layers, "/etc/passwd")?, &read_in_layers(layers, "/etc/group")?, req)
+}
+
+fn resolve_from(passwd: &str, group: &str, req: &UserRequest<'_>) -> Result<ResolvedUser, UserError> {
+    let passwd = parse_passwd(passwd);
+    let groups = parse_group(group);
     let by_uid = |uid: u32| passwd.iter().find(|p| p.uid == uid);
     let by_name = |n: &str| passwd.iter().find(|p| p.name == n);
 
@@ -273,6 +299,21 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
         }
         assert!(r(UserRequest { run_as_username: "ghost", ..req() }).is_err());
+    }
+
+    #[test]
+    fn layers() {
+        let top = tempfile::tempdir().unwrap();
+        let bottom = rootfs();
+        std::fs::create_dir_all(top.path().join("etc")).unwrap();
+        std::fs::write(top.path().join("etc/passwd"), "app:x:500:500::/app:/bin/sh\n").unwrap();
+        let layers = vec![top.path().to_path_buf(), bottom.path().to_path_buf()];
+        let u = resolve_in_layers(&layers, &UserRequest { image_user: "app", ..req() }).unwrap();
+        assert_eq!((u.uid, u.gid), (500, 500));
+        // /etc/group comes from the lower layer
+        let u = resolve_in_layers(&layers, &UserRequest { image_user: "app:staff", ..req() }).unwrap();
+        assert_eq!(u.gid, 50);
+        assert!(resolve_in_layers(&layers, &UserRequest { image_user: "alice", ..req() }).is_err());
     }
 
     #[test]

@@ -84,7 +84,13 @@ impl CgroupManager {
                             v2::enable_subtree(parent)?;
                         }
                     }
-                    match std::fs::create_dir(&dir) {
+                    let mut r = std::fs::create_dir(&dir);
+                    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+                        // a parent shared with another skiff instance vanished meanwhile: recreate
+                        // the chain (the dirs made here are recorded as ours)
+                        r = std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).and_then(|_| std::fs::create_dir(&dir));
+                    }
+                    match r {
                         Ok(()) => {
                             made.push((sub.clone(), dir.clone()));
                             reg.add(&sub, dir.clone());
@@ -321,6 +327,12 @@ impl CgroupManager {
     /// (call [`kill_all`](Self::kill_all) first).
     pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
+        if self.registry().created(&rel).is_some() {
+            let live = self.procs(path)?.into_iter().filter(|p| !is_zombie(*p)).count();
+            if live > 0 {
+                return Err(CgroupError::Busy { path: path.to_string(), remaining: live });
+            }
+        }
         let mut reg = self.registry();
         let comps: Vec<&str> = rel.split('/').collect();
         let mut result = Ok(());

@@ -81,7 +81,7 @@ pub enum PidNamespace {
 }
 
 /// The pod's pinned namespaces to join; `None` = the host's namespace (CRI NODE).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodNamespacePaths {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
@@ -89,7 +89,7 @@ pub struct PodNamespacePaths {
 }
 
 /// The pod's files bind-mounted into each container (`None` leaves that mount out).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodFilePaths {
     pub resolv_conf: Option<PathBuf>,
     pub hosts: Option<PathBuf>,
