@@ -98,8 +98,7 @@ impl BridgeNetwork {
         let v6 = if config.pod_cidr_v6.trim().is_empty() {
             None
         } else {
-            let c: Cidr =
-                config.pod_cidr_v6.parse().map_err(|e| NetworkError::Config(format!("pod_cidr_v6: {e}")))?;
+            let c: Cidr = config.pod_cidr_v6.parse().map_err(|e| NetworkError::Config(format!("pod_cidr_v6: {e}")))?;
             if !c.is_ipv6() {
                 return Err(NetworkError::Config(format!("pod_cidr_v6 {c} must be an IPv6 range")));
             }
@@ -504,7 +503,10 @@ impl NetworkPlugin for BridgeNetwork {
     fn status(&self) -> BoxFuture<'_, Result<(), NotReady>> {
         Box::pin(async move {
             if nft_binary().is_none() {
-                return Err(NotReady::new("NftablesMissing", "the nft command (Debian package nftables) was not found"));
+                return Err(NotReady::new(
+                    "NftablesMissing",
+                    "the nft command (Debian package nftables) was not found",
+                ));
             }
             self.ensure_host()
                 .await

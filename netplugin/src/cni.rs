@@ -148,15 +148,13 @@ impl CniNetwork {
     /// Load the first network configuration of `cni_conf_dir`.
     pub fn load_config(&self) -> std::result::Result<ConfList, NotReady> {
         let dir = &self.conf_dir;
-        let rd = std::fs::read_dir(dir).map_err(|e| {
-            NotReady::new("NoCniConfig", format!("no network config found in {}: {e}", dir.display()))
-        })?;
+        let rd = std::fs::read_dir(dir)
+            .map_err(|e| NotReady::new("NoCniConfig", format!("no network config found in {}: {e}", dir.display())))?;
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| {
-                p.is_file()
-                    && matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json"))
+                p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json"))
             })
             .collect();
         files.sort();
@@ -288,9 +286,8 @@ impl CniNetwork {
             code,
             message,
         };
-        let bin = self
-            .find_plugin(plugin_type)
-            .ok_or_else(|| err(None, format!("not found in {:?}", self.bin_dirs)))?;
+        let bin =
+            self.find_plugin(plugin_type).ok_or_else(|| err(None, format!("not found in {:?}", self.bin_dirs)))?;
         let cni_path = std::env::join_paths(&self.bin_dirs).unwrap_or_else(|_| OsString::from("/opt/cni/bin"));
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.env_clear()
@@ -511,7 +508,9 @@ impl CniNetwork {
         };
         Ok(rd
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(&format!("-{IFNAME}.json")).map(String::from)))
+            .filter_map(|e| {
+                e.file_name().to_str().and_then(|n| n.strip_suffix(&format!("-{IFNAME}.json")).map(String::from))
+            })
             .filter(|id| !id.starts_with('.'))
             .collect())
     }
@@ -548,10 +547,8 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
             let iface = ifaces?.get(i)?;
             Some(iface.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
         };
-        let all: Vec<(IpAddr, Option<bool>)> = list
-            .iter()
-            .filter_map(|ip| Some((parse(ip.get("address")?.as_str()?)?, in_sandbox(ip))))
-            .collect();
+        let all: Vec<(IpAddr, Option<bool>)> =
+            list.iter().filter_map(|ip| Some((parse(ip.get("address")?.as_str()?)?, in_sandbox(ip)))).collect();
         let sandbox: Vec<IpAddr> = all.iter().filter(|(_, s)| *s == Some(true)).map(|(ip, _)| *ip).collect();
         ips = if sandbox.is_empty() { all.into_iter().map(|(ip, _)| ip).collect() } else { sandbox };
     } else {
@@ -639,11 +636,8 @@ mod tests {
         let nr = cni.load_config().unwrap_err();
         assert_eq!(nr.reason, "InvalidCniConfig");
         assert!(nr.message.contains("20-b.conflist"), "{nr}");
-        std::fs::write(
-            d.path().join("net.d/10-a.conf"),
-            r#"{"cniVersion":"0.4.0","name":"a","type":"loopback"}"#,
-        )
-        .unwrap();
+        std::fs::write(d.path().join("net.d/10-a.conf"), r#"{"cniVersion":"0.4.0","name":"a","type":"loopback"}"#)
+            .unwrap();
         let l = cni.load_config().unwrap();
         assert_eq!(l.name, "a");
         assert_eq!(l.plugins.len(), 1);
@@ -655,8 +649,11 @@ mod tests {
         let nr = cni.load_config().unwrap_err();
         assert_eq!(nr.reason, "CniPluginMissing");
         assert!(nr.message.contains("nonexistent-plugin") && nr.message.contains("05-c.conflist"), "{nr}");
-        std::fs::write(d.path().join("net.d/01-v.conflist"), r#"{"cniVersion":"9.9.9","name":"v","plugins":[{"type":"bridge"}]}"#)
-            .unwrap();
+        std::fs::write(
+            d.path().join("net.d/01-v.conflist"),
+            r#"{"cniVersion":"9.9.9","name":"v","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
         assert!(cni.load_config().unwrap_err().message.contains("cniVersion"));
     }
 
@@ -689,7 +686,12 @@ mod tests {
         let br: Map<String, Value> = serde_json::from_str(r#"{"type":"bridge"}"#).unwrap();
         assert!(CniNetwork::plugin_stdin(&list, &br, None, &rc).get("runtimeConfig").is_none());
         assert_eq!(
-            CniNetwork::cni_args(&PodNetworkRequest { id: "i".into(), name: "a".into(), namespace: "b".into(), ..Default::default() }),
+            CniNetwork::cni_args(&PodNetworkRequest {
+                id: "i".into(),
+                name: "a".into(),
+                namespace: "b".into(),
+                ..Default::default()
+            }),
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=b;K8S_POD_NAME=a;K8S_POD_INFRA_CONTAINER_ID=i"
         );
     }

@@ -69,8 +69,7 @@ impl NetworkConfig {
         if self.bridge == "skiff0" {
             return "skiff".into();
         }
-        let b: String =
-            self.bridge.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let b: String = self.bridge.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         format!("skiff_{b}")
     }
 }

@@ -24,9 +24,7 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         f.write_all(data).map_err(|e| NetworkError::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| NetworkError::io("fsync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| NetworkError::io("rename to", path, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| NetworkError::io("fsync directory", dir, e))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NetworkError::io("fsync directory", dir, e))
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -194,8 +194,7 @@ impl Ipam {
 
     /// The leases of one pod (range order).
     pub fn leases_of(&self, pod_id: &str) -> Result<Vec<IpAddr>> {
-        let mut ips: Vec<IpAddr> =
-            self.leases()?.into_iter().filter(|l| l.pod_id == pod_id).map(|l| l.ip).collect();
+        let mut ips: Vec<IpAddr> = self.leases()?.into_iter().filter(|l| l.pod_id == pod_id).map(|l| l.ip).collect();
         ips.sort_by_key(|ip| ip.is_ipv6());
         Ok(ips)
     }

@@ -46,9 +46,8 @@ pub struct Nft {
 
 /// Find the `nft` binary.
 pub(crate) fn nft_binary() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join("nft")).find(|p| p.is_file())
 }
@@ -83,9 +82,7 @@ impl Nft {
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| NetworkError::Nft(format!("run {}: {e}", bin.display())))?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes())
-                .await
-                .map_err(|e| NetworkError::Nft(format!("write to nft: {e}")))?;
+            pipe.write_all(input.as_bytes()).await.map_err(|e| NetworkError::Nft(format!("write to nft: {e}")))?;
             drop(pipe);
         }
         let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
@@ -146,17 +143,37 @@ impl Nft {
     }
 
     /// Add the DNAT rules of one pod's port mappings (one transaction).
+    /// A host port already mapped by another pod is refused (the first rule would win silently).
+    /// The caller serializes rule changes, so check and add cannot race.
     pub(crate) async fn add_pod(&self, pod_id: &str, mappings: &[PortMapping], ips: &[IpAddr]) -> Result<()> {
         let script = pod_rules(&self.table, pod_id, mappings, ips);
         if script.is_empty() {
             return Ok(());
         }
+        let tag = pod_tag(pod_id);
+        let existing = self.hostport_rules().await?;
+        for m in mappings.iter().filter(|m| m.host_port != 0) {
+            let host_ip = m.host_ip.filter(|ip| !ip.is_unspecified());
+            for r in existing.iter().filter(|r| r.comment != tag) {
+                let same_family = match (host_ip, r.daddr) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                };
+                if r.l4proto.as_deref() == Some(m.protocol.as_str()) && r.dport == Some(m.host_port) && same_family {
+                    let other = r.comment.strip_prefix(POD_TAG).unwrap_or(&r.comment);
+                    return Err(NetworkError::InvalidArgument(format!(
+                        "host port {}/{} is already mapped by pod {other}",
+                        m.host_port, m.protocol
+                    )));
+                }
+            }
+        }
         self.apply(&script).await
     }
 
-    /// (handle, comment) of every rule in `hostports`; empty when the table is gone (or when
-    /// nft is not installed: then no rule can exist either).
-    async fn hostport_rules(&self) -> Result<Vec<(u64, String)>> {
+    /// Every rule in `hostports`; empty when the table is gone (or when nft is not installed:
+    /// then no rule can exist either).
+    async fn hostport_rules(&self) -> Result<Vec<HostPortRule>> {
         if nft_binary().is_none() {
             return Ok(Vec::new());
         }
@@ -165,18 +182,7 @@ impl Nft {
             Err(NetworkError::Nft(m)) if m.contains("No such file or directory") => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let v: Value = serde_json::from_str(&out).map_err(|e| NetworkError::Nft(format!("parse nft -j output: {e}")))?;
-        let mut rules = Vec::new();
-        for item in v.get("nftables").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(rule) = item.get("rule") {
-                let handle = rule.get("handle").and_then(Value::as_u64);
-                let comment = rule.get("comment").and_then(Value::as_str).unwrap_or_default();
-                if let Some(h) = handle {
-                    rules.push((h, comment.to_string()));
-                }
-            }
-        }
-        Ok(rules)
+        parse_rules(&out)
     }
 
     async fn delete_handles(&self, handles: &[u64]) -> Result<()> {
@@ -194,7 +200,7 @@ impl Nft {
     pub async fn remove_pod(&self, pod_id: &str) -> Result<usize> {
         let tag = pod_tag(pod_id);
         let handles: Vec<u64> =
-            self.hostport_rules().await?.into_iter().filter(|(_, c)| *c == tag).map(|(h, _)| h).collect();
+            self.hostport_rules().await?.into_iter().filter(|r| r.comment == tag).map(|r| r.handle).collect();
         self.delete_handles(&handles).await?;
         Ok(handles.len())
     }
@@ -205,8 +211,8 @@ impl Nft {
             .hostport_rules()
             .await?
             .into_iter()
-            .filter(|(_, c)| c.strip_prefix(POD_TAG).is_some_and(|id| !live.contains(id)))
-            .map(|(h, _)| h)
+            .filter(|r| r.comment.strip_prefix(POD_TAG).is_some_and(|id| !live.contains(id)))
+            .map(|r| r.handle)
             .collect();
         self.delete_handles(&handles).await?;
         Ok(handles.len())
@@ -215,7 +221,7 @@ impl Nft {
     /// Number of rules tagged for `pod_id` (for tests and diagnostics).
     pub async fn pod_rule_count(&self, pod_id: &str) -> Result<usize> {
         let tag = pod_tag(pod_id);
-        Ok(self.hostport_rules().await?.iter().filter(|(_, c)| *c == tag).count())
+        Ok(self.hostport_rules().await?.iter().filter(|r| r.comment == tag).count())
     }
 
     /// Delete the whole table (tests; uninstall). A missing table is fine.
@@ -225,6 +231,56 @@ impl Nft {
         }
         Ok(())
     }
+}
+
+/// What skiff needs to know about one rule of `hostports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostPortRule {
+    handle: u64,
+    comment: String,
+    l4proto: Option<String>,
+    dport: Option<u16>,
+    daddr: Option<IpAddr>,
+}
+
+/// Parse `nft -j -a list chain ...` output.
+fn parse_rules(out: &str) -> Result<Vec<HostPortRule>> {
+    let v: Value = serde_json::from_str(out).map_err(|e| NetworkError::Nft(format!("parse nft -j output: {e}")))?;
+    let mut rules = Vec::new();
+    for item in v.get("nftables").and_then(Value::as_array).into_iter().flatten() {
+        let Some(rule) = item.get("rule") else { continue };
+        let Some(handle) = rule.get("handle").and_then(Value::as_u64) else { continue };
+        let mut r = HostPortRule {
+            handle,
+            comment: rule.get("comment").and_then(Value::as_str).unwrap_or_default().to_string(),
+            l4proto: None,
+            dport: None,
+            daddr: None,
+        };
+        for e in rule.get("expr").and_then(Value::as_array).into_iter().flatten() {
+            let Some(m) = e.get("match") else { continue };
+            let (left, right) = (m.get("left"), m.get("right"));
+            if left.and_then(|l| l.get("meta")).and_then(|m| m.get("key")).and_then(Value::as_str) == Some("l4proto") {
+                r.l4proto = right.and_then(Value::as_str).map(String::from);
+            }
+            if let Some(p) = left.and_then(|l| l.get("payload")) {
+                match p.get("field").and_then(Value::as_str) {
+                    Some("dport") => {
+                        r.dport = right.and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok());
+                        // nft folds `meta l4proto tcp th dport N` into `tcp dport N`
+                        match p.get("protocol").and_then(Value::as_str) {
+                            Some("th") | None => {}
+                            Some(proto) => r.l4proto = Some(proto.to_string()),
+                        }
+                    }
+                    Some("daddr") => r.daddr = right.and_then(Value::as_str).and_then(|s| s.parse().ok()),
+                    _ => {}
+                }
+            }
+        }
+        rules.push(r);
+    }
+    Ok(rules)
 }
 
 fn valid_table(t: &str) -> bool {
@@ -285,6 +341,40 @@ mod tests {
         );
         assert!(lines[1].contains("dnat ip6 to [fd00::2]:80"));
         assert!(lines[2].contains("ip daddr 127.0.0.1 meta l4proto udp th dport 5353 dnat ip to 10.1.0.2:53"));
+    }
+
+    #[test]
+    fn parse_listing() {
+        let out = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"chain": {"family": "inet", "table": "skiff", "name": "hostports", "handle": 4}},
+          {"rule": {"family": "inet", "table": "skiff", "chain": "hostports", "handle": 9, "comment": "skiff:pod=abc", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1"}},
+            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": 5353}},
+            {"dnat": {"family": "ip", "addr": "10.1.0.2", "port": 53}}]}},
+          {"rule": {"family": "inet", "table": "skiff", "chain": "hostports", "handle": 10, "comment": "skiff:pod=def", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "sctp", "field": "dport"}}, "right": 1235}},
+            {"dnat": {"family": "ip", "addr": "10.1.0.3", "port": 80}}]}}]}"#;
+        let r = parse_rules(out).unwrap();
+        assert_eq!(
+            r,
+            vec![
+                HostPortRule {
+                    handle: 9,
+                    comment: "skiff:pod=abc".into(),
+                    l4proto: Some("udp".into()),
+                    dport: Some(5353),
+                    daddr: Some("127.0.0.1".parse().unwrap()),
+                },
+                HostPortRule {
+                    handle: 10,
+                    comment: "skiff:pod=def".into(),
+                    l4proto: Some("sctp".into()),
+                    dport: Some(1235),
+                    daddr: None,
+                }
+            ]
+        );
     }
 
     #[test]

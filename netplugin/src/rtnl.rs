@@ -35,8 +35,8 @@ impl Drop for Rtnl {
 impl Rtnl {
     /// A connection in skiffd's own (host) network namespace.
     pub fn host() -> Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| NetworkError::io("open netlink socket", "NETLINK_ROUTE", e))?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetworkError::io("open netlink socket", "NETLINK_ROUTE", e))?;
         Ok(Self { handle, task: tokio::spawn(conn) })
     }
 

@@ -154,7 +154,10 @@ mod tests {
         assert!(PortMapping::from_cri(0, 70000, 80, "").is_err());
         assert!(PortMapping::from_cri(0, 80, -1, "").is_err());
         assert!(PortMapping::from_cri(0, 80, 80, "nope").is_err());
-        let st = PodNetworkStatus { ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()], interface: "eth0".into() };
+        let st = PodNetworkStatus {
+            ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+            interface: "eth0".into(),
+        };
         assert_eq!(st.primary_ip(), Some("10.0.0.2".parse().unwrap()));
         assert_eq!(st.additional_ips().len(), 1);
         assert!(PodNetworkStatus { ips: vec![], interface: String::new() }.additional_ips().is_empty());

@@ -201,6 +201,14 @@ async fn udp_and_host_ip_mappings() {
     ];
     let st = net.setup(&req("pod-u", &a, ports.clone())).await.unwrap();
     assert_eq!(net.nft().pod_rule_count("pod-u").await.unwrap(), 3);
+    // another pod cannot take the same host port (TCP on all addresses vs. 127.0.0.1 overlaps)
+    let other = Netns::new();
+    let err = net.setup(&req("pod-x", &other, vec![tcp(80, hp_ip)])).await.unwrap_err();
+    assert!(err.to_string().contains("already mapped by pod pod-u"), "{err}");
+    assert!(net.pod_ips("pod-x").await.unwrap().is_empty());
+    // same port number, other protocol: fine
+    net.setup(&req("pod-x", &other, vec![PortMapping { protocol: Protocol::Udp, ..tcp(80, hp_ip) }])).await.unwrap();
+    net.teardown(&req("pod-x", &other, vec![])).await.unwrap();
     let _srv = Server::start(&a.path, "0.0.0.0:8080".parse().unwrap(), "hello-ip");
     let r = tcp_get(None, sa("127.0.0.1".parse().unwrap(), hp_ip)).unwrap();
     assert!(r.contains("hello-ip"), "{r}");
