@@ -211,6 +211,15 @@ fn v1_real() {
         .unwrap();
     m.apply(&path, &r).unwrap();
     let rel = path.trim_start_matches('/');
+    if let Some(dev) = h.v1_mount("devices") {
+        let rules = vec![
+            oci_spec::runtime::LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
+            oci_spec::runtime::LinuxDeviceCgroupBuilder::default().allow(true).typ(oci_spec::runtime::LinuxDeviceType::C).major(1i64).minor(3i64).access("rwm").build().unwrap(),
+        ];
+        let dr = LinuxResourcesBuilder::default().devices(rules).build().unwrap();
+        m.apply(&path, &dr).unwrap();
+        assert_eq!(rd(dev.join(rel).join("devices.list")).trim(), "c 1:3 rwm");
+    }
     let cpu = h.v1_mount("cpu").unwrap().join(rel);
     assert_eq!(rd(cpu.join("cpu.shares")).trim(), "256");
     assert_eq!(rd(cpu.join("cpu.cfs_quota_us")).trim(), "20000");

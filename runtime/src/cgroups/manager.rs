@@ -154,8 +154,9 @@ impl CgroupManager {
         self.h.unified.as_ref().map(|u| join_rel(u, rel)).ok_or(CgroupError::NoHierarchy)
     }
 
-    /// Applies OCI resources (cpu, cpuset, memory, pids, hugetlb; `unified` on v2 only) to an
-    /// existing cgroup. Zero values mean "not set" (as in CRI).
+    /// Applies OCI resources (cpu, cpuset, memory, pids, hugetlb, device rules on v1; `unified`
+    /// on v2 only) to an existing cgroup. Zero values mean "not set" (as in CRI). Pass the spec's
+    /// `linux.resources` at CreateContainer (it carries the device rules).
     pub fn apply(&self, path: &str, r: &LinuxResources) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
         if !self.exists(path)? {
@@ -179,6 +180,9 @@ impl CgroupManager {
             if let Some(u) = r.unified() {
                 v2::unified::apply(&dir, u)?;
             }
+            if r.devices().as_ref().map(|d| !d.is_empty()).unwrap_or(false) {
+                tracing::debug!(cgroup = %rel, "cgroup v2: device rules need eBPF; not applied");
+            }
             return Ok(());
         }
         if let Some(c) = r.cpu() {
@@ -198,6 +202,11 @@ impl CgroupManager {
         if let Some(p) = r.pids() {
             if let Some(d) = self.v1_dir("pids", &rel) {
                 v1::pids::apply(&d, p)?;
+            }
+        }
+        if let Some(d) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+            if let Some(dir) = self.v1_dir("devices", &rel) {
+                v1::devices::apply(&dir, d)?;
             }
         }
         if let Some(h) = r.hugepage_limits().as_ref().filter(|h| !h.is_empty()) {

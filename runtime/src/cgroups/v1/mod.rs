@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod cpuacct;
 pub mod cpuset;
+pub mod devices;
 pub mod freezer;
 pub mod hugetlb;
 pub mod memory;

@@ -1,0 +1,41 @@
+//! v1 `devices`: the device allowlist (`devices.deny` / `devices.allow`). On v2 device control
+//! needs an eBPF program and is not applied by skiff (see [`crate::cgroups::CgroupManager::apply`]).
+
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+
+use crate::cgroups::util::write;
+use crate::cgroups::CgroupError;
+
+pub const ALLOW: &str = "devices.allow";
+pub const DENY: &str = "devices.deny";
+
+/// `c 1:3 rwm` style rule text.
+pub fn rule_text(r: &LinuxDeviceCgroup) -> Result<String, CgroupError> {
+    let t = match r.typ() {
+        None | Some(LinuxDeviceType::A) => 'a',
+        Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => 'c',
+        Some(LinuxDeviceType::B) => 'b',
+        Some(LinuxDeviceType::P) => {
+            return Err(CgroupError::InvalidResource("device cgroup rules cannot name FIFOs".into()))
+        }
+    };
+    let num = |n: Option<i64>| n.filter(|n| *n >= 0).map(|n| n.to_string()).unwrap_or_else(|| "*".into());
+    let access = r.access().clone().filter(|a| !a.is_empty()).unwrap_or_else(|| "rwm".into());
+    if !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        return Err(CgroupError::InvalidResource(format!("device access {access:?}")));
+    }
+    if t == 'a' {
+        return Ok(format!("a *:* {access}"));
+    }
+    Ok(format!("{t} {}:{} {access}", num(r.major()), num(r.minor())))
+}
+
+pub fn apply(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError> {
+    for r in rules {
+        let text = rule_text(r)?;
+        write(&dir.join(if r.allow() { ALLOW } else { DENY }), &text)?;
+    }
+    Ok(())
+}
