@@ -1,0 +1,176 @@
+//! The host side end to end: pod setup → user resolution → spec generation → container cgroup →
+//! the real `skiff-monitor` runs the generated spec → checks from inside → teardown leaves
+//! nothing. Needs root and /bin/busybox (busybox-static).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto::cri;
+use runtime::cgroups::CgroupManager;
+use runtime::monitor::{self, Client, MonitorConfig, MonitorError};
+use runtime::pod::{self, PodSetupRequest};
+use runtime::spec::{self, PidNamespace, SpecInput};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff-monitor");
+
+fn uniq() -> String {
+    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+}
+
+fn build_rootfs(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root", "home/alice"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n").unwrap();
+}
+
+struct Cleanup<'a> {
+    cg: &'a CgroupManager,
+    state: PathBuf,
+    pod_id: String,
+    pod_cgroup: String,
+    ctr_cgroup: Option<String>,
+    socket: Option<PathBuf>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = &self.socket {
+            if let Ok(mut c) = Client::connect(s) {
+                let _ = c.signal(9);
+                let _ = c.wait_exit(Some(Duration::from_secs(10)));
+            }
+        }
+        if let Some(c) = &self.ctr_cgroup {
+            let _ = self.cg.kill_all(c);
+            self.cg.remove(c).unwrap();
+        }
+        pod::teardown_pod(self.cg, &self.state, &self.pod_id, &self.pod_cgroup).unwrap();
+    }
+}
+
+#[test]
+fn generated_spec_runs_under_the_monitor() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIPPED: needs root and /bin/busybox");
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
+    let state = tmp.path().join("state");
+    let cg = CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap();
+    let pod_id = format!("pod{}", uniq());
+    let ctr_id = format!("ctr{}", uniq());
+    let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
+    let sandbox = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata { name: "e2e".into(), uid: "u".into(), namespace: "default".into(), attempt: 0 }),
+        hostname: "e2e-pod".into(),
+        dns_config: Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["default.svc".into()], options: vec!["ndots:5".into()] }),
+        linux: Some(cri::LinuxPodSandboxConfig { cgroup_parent: pod_cgroup.clone(), ..Default::default() }),
+        ..Default::default()
+    };
+    let res = pod::setup_pod(&cg, &PodSetupRequest {
+        state_dir: &state,
+        pod_id: &pod_id,
+        config: &sandbox,
+        host_resolv_conf: Path::new("/etc/resolv.conf"),
+        shm_size: 8 << 20,
+    })
+    .unwrap();
+    let mut guard = Cleanup { cg: &cg, state: state.clone(), pod_id: pod_id.clone(), pod_cgroup: pod_cgroup.clone(), ctr_cgroup: None, socket: None };
+
+    let dir = state.join("containers").join(&ctr_id);
+    let rootfs = dir.join("rootfs");
+    build_rootfs(&rootfs);
+    let script = "echo host=$(hostname); grep nameserver /etc/resolv.conf; echo uid=$(id -u) groups=$(id -G); \
+        echo foo=$FOO home=$HOME; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+        echo net=$(readlink /proc/self/ns/net); grep memory /proc/self/cgroup; \
+        touch /dev/shm/x && echo shm-ok; touch /nope 2>/dev/null || echo rootfs-ro; echo pid1=$$";
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec![script.into()],
+        envs: vec![cri::KeyValue { key: "FOO".into(), value: "bar".into() }],
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 64 << 20, cpu_shares: 256, ..Default::default() }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_username: "alice".into(),
+                readonly_rootfs: true,
+                no_new_privs: true,
+                seccomp: Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let user = runtime::user::resolve(&rootfs, &spec::user_request(&config, None)).unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+    let ctr_cgroup = format!("{pod_cgroup}/{ctr_id}");
+    let input = SpecInput {
+        container_id: &ctr_id,
+        sandbox_id: &pod_id,
+        config: &config,
+        sandbox: &sandbox,
+        image: None,
+        image_name: "busybox",
+        rootfs: &rootfs,
+        pod_files: res.files.clone(),
+        namespaces: res.namespaces.clone(),
+        pid: PidNamespace::Container,
+        cgroups_path: &ctr_cgroup,
+        user: &user,
+        oom_score_adj_min: spec::current_oom_score_adj(),
+        rlimits: vec![],
+        cgroup_v2: cg.mode() == runtime::cgroups::CgroupMode::Unified,
+    };
+    let s = spec::generate(&input).unwrap();
+    cg.create_with(&ctr_cgroup, s.linux().as_ref().unwrap().resources().as_ref()).unwrap();
+    guard.ctr_cgroup = Some(ctr_cgroup.clone());
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+    let log = dir.join("ctr.log");
+    let mcfg = MonitorConfig::new(&dir, &ctr_id, Some(log.clone()));
+    mcfg.write(&dir).unwrap();
+    guard.socket = Some(mcfg.socket_path.clone());
+
+    let started = monitor::spawn(Path::new(BIN), &dir).unwrap();
+    let rec = match Client::connect(&mcfg.socket_path).and_then(|mut c| c.wait_exit(Some(Duration::from_secs(20)))) {
+        Ok(r) => r,
+        Err(MonitorError::MonitorGone) => monitor::read_exit_record(&mcfg.exit_record_path).unwrap(),
+        Err(e) => panic!("wait: {e}"),
+    };
+    let text: String = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string() + "\n")
+        .collect();
+    assert_eq!(rec.exit_code, 0, "{text}\nmonitor log: {}", std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default());
+    assert!(started.pid > 0);
+    let net = format!("net:[{}]", runtime::namespaces::ns_inode(res.namespaces.net.as_ref().unwrap()).unwrap());
+    for want in [
+        "host=e2e-pod".to_string(),
+        "nameserver 10.96.0.10".into(),
+        "uid=1000 groups=1000 50".into(),
+        "foo=bar home=/home/alice".into(),
+        "NoNewPrivs:\t1".into(),
+        "Seccomp:\t2".into(),
+        format!("net={net}"),
+        format!("memory:{ctr_cgroup}"),
+        "shm-ok".into(),
+        "rootfs-ro".into(),
+        "pid1=1".into(),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    let stats = cg.stats(&ctr_cgroup).unwrap();
+    assert!(stats.cpu_usage_ns.unwrap() > 0);
+    drop(guard);
+    assert!(!cg.exists(&pod_cgroup).unwrap());
+    assert!(!state.join("pods").join(&pod_id).exists());
+}
