@@ -1,5 +1,25 @@
 //! Linux containers for skiff: namespaces, cgroups (v1 and v2), rootfs and mounts, OCI spec
 //! generation, seccomp, capabilities, and the per-container monitor binary.
+//!
+//! What skiffd calls (all blocking: use `tokio::task::spawn_blocking`):
+//!
+//! * RunPodSandbox: [`namespaces::pin`] (net/ipc/uts on a dedicated thread, hostname, lo up),
+//!   [`podfiles`] (`resolv.conf`, `hosts`, `hostname`, shm tmpfs; paths from
+//!   [`podfiles::PodPaths`]), [`cgroups::CgroupManager::create`] for the pod cgroup
+//!   ([`pod::cgroup_parent`] picks it). [`pod::setup_pod`] does all of it with rollback.
+//! * CreateContainer: [`spec::user_request`] + [`user::resolve_in_layers`] (or
+//!   [`user::resolve`] on a mounted rootfs), [`spec::generate`] → `config.json`,
+//!   [`cgroups::CgroupManager::create_with`] with the spec's `linux.resources`.
+//! * StartContainer: the monitor ([`monitor`]) runs the spec; it joins the cgroup with
+//!   [`cgroups::join`] and resolves mount targets with [`mounts::resolve_in_root`].
+//! * Stop/Remove: [`cgroups::CgroupManager::kill_all`], [`cgroups::CgroupManager::remove`]
+//!   (deletes only what skiff created), [`podfiles::unmount_shm`], [`namespaces::unpin`],
+//!   [`podfiles::remove_pod_files`]; or [`pod::teardown_pod`]. All idempotent.
+//! * Stats / OOM: [`cgroups::CgroupManager::stats`], [`cgroups::CgroupManager::oom_kills`].
+//! * UpdateContainerResources: [`spec::resources_from_cri`] + [`cgroups::CgroupManager::apply`].
+//!
+//! Errors: every module has a `thiserror` enum with `kind()`; [`Error`] wraps them and
+//! [`ErrorKind`] says which gRPC code fits.
 
 pub mod caps;
 pub mod cgroups;

@@ -33,7 +33,7 @@ impl SeccompError {
     }
 }
 
-/// Syscalls every container may use.
+/// Syscalls every container may use (ptrace & co. included, as docker does on kernels ≥ 4.8).
 const ALLOWED: &[&str] = &[
     "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "cachestat", "capget", "capset",
     "chdir", "chmod", "chown", "chown32", "clock_adjtime", "clock_adjtime64", "clock_getres",
@@ -52,17 +52,17 @@ const ALLOWED: &[&str] = &[
     "getsockname", "getsockopt", "get_thread_area", "gettid", "gettimeofday", "getuid", "getuid32",
     "getxattr", "getxattrat", "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch",
     "io_cancel", "ioctl", "io_destroy", "io_getevents", "io_pgetevents", "io_pgetevents_time64", "ioprio_get",
-    "ioprio_set", "io_setup", "io_submit", "ipc", "kill", "landlock_add_rule", "landlock_create_ruleset",
+    "ioprio_set", "io_setup", "io_submit", "ipc", "kcmp", "kill", "landlock_add_rule", "landlock_create_ruleset",
     "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link", "linkat", "listen", "listmount",
     "listxattr", "listxattrat", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr", "lstat",
     "lstat64", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "memfd_secret", "mincore",
     "mkdir", "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2", "mprotect",
     "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedreceive_time64", "mq_timedsend",
     "mq_timedsend_time64", "mq_unlink", "mremap", "mseal", "msgctl", "msgget", "msgrcv", "msgsnd", "msync",
-    "munlock", "munlockall", "munmap", "name_to_handle_at", "nanosleep", "newfstatat", "_newselect", "open",
+    "munlock", "munlockall", "munmap", "nanosleep", "newfstatat", "_newselect", "open",
     "openat", "openat2", "pause", "pidfd_open", "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc",
     "pkey_free", "pkey_mprotect", "poll", "ppoll", "ppoll_time64", "prctl", "pread64", "preadv", "preadv2",
-    "prlimit64", "process_mrelease", "pselect6", "pselect6_time64", "pwrite64", "pwritev", "pwritev2",
+    "prlimit64", "process_mrelease", "process_vm_readv", "process_vm_writev", "pselect6", "pselect6_time64", "ptrace", "pwrite64", "pwritev", "pwritev2",
     "read", "readahead", "readlink", "readlinkat", "readv", "recv", "recvfrom", "recvmmsg",
     "recvmmsg_time64", "recvmsg", "remap_file_pages", "removexattr", "removexattrat", "rename", "renameat",
     "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending", "rt_sigprocmask",
@@ -88,12 +88,12 @@ const ALLOWED: &[&str] = &[
 
 /// Syscalls allowed when the container holds a capability (bounding set).
 const BY_CAP: &[(&str, &[&str])] = &[
-    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    ("CAP_DAC_READ_SEARCH", &["name_to_handle_at", "open_by_handle_at"]),
     (
         "CAP_SYS_ADMIN",
         &[
             "bpf", "clone", "clone3", "fanotify_init", "fsconfig", "fsmount", "fsopen", "fspick",
-            "lookup_dcookie", "mount", "mount_setattr", "move_mount", "open_tree", "perf_event_open",
+            "lookup_dcookie", "mount", "mount_setattr", "name_to_handle_at", "move_mount", "open_tree", "perf_event_open",
             "quotactl", "quotactl_fd", "setdomainname", "sethostname", "setns", "syslog", "umount", "umount2",
             "unshare",
         ],
@@ -102,7 +102,7 @@ const BY_CAP: &[(&str, &[&str])] = &[
     ("CAP_SYS_CHROOT", &["chroot"]),
     ("CAP_SYS_MODULE", &["delete_module", "init_module", "finit_module"]),
     ("CAP_SYS_PACCT", &["acct"]),
-    ("CAP_SYS_PTRACE", &["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev", "ptrace"]),
+    ("CAP_SYS_PTRACE", &["pidfd_getfd", "process_madvise"]),
     ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
     ("CAP_SYS_TIME", &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
     ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
@@ -325,7 +325,7 @@ mod tests {
         let sc = p.syscalls().as_ref().unwrap();
         let allowed = |n: &str| sc.iter().any(|s| s.names().iter().any(|x| x == n) && s.action() == LinuxSeccompAction::ScmpActAllow && s.args().is_none());
         assert!(allowed("read") && allowed("execve"));
-        assert!(!allowed("mount") && !allowed("unshare") && !allowed("ptrace"));
+        assert!(!allowed("mount") && !allowed("unshare") && !allowed("bpf"));
         let admin = default_profile(&["CAP_SYS_ADMIN".into()]).unwrap();
         let sc = admin.syscalls().as_ref().unwrap();
         assert!(sc.iter().any(|s| s.names().iter().any(|x| x == "mount")));

@@ -258,7 +258,9 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
 /// sysctls with the host IPC namespace, kernel.hostname/domainname with the host UTS).
 fn sysctls(input: &SpecInput<'_>) -> Result<HashMap<String, String>, SpecError> {
     let Some(l) = input.sandbox.linux.as_ref() else { return Ok(HashMap::new()) };
-    for k in l.sysctls.keys() {
+    let mut out = HashMap::new();
+    for (k0, v) in &l.sysctls {
+        let k = &sysctl_dots(k0);
         let ipc = k.starts_with("kernel.shm") || k.starts_with("kernel.msg") || k == "kernel.sem" || k.starts_with("fs.mqueue.");
         let net = k.starts_with("net.");
         let uts = k == "kernel.hostname" || k == "kernel.domainname";
@@ -273,11 +275,24 @@ fn sysctls(input: &SpecInput<'_>) -> Result<HashMap<String, String>, SpecError> 
             };
             return Err(SpecError::invalid(format!("sysctl {k:?}"), why));
         }
-        if k.contains('/') || k.contains("..") {
-            return Err(SpecError::invalid(format!("sysctl {k:?}"), "malformed name"));
+        if k.contains("..") || k.starts_with('.') || k.ends_with('.') {
+            return Err(SpecError::invalid(format!("sysctl {k0:?}"), "malformed name"));
         }
+        out.insert(k.clone(), v.clone());
     }
-    Ok(l.sysctls.clone())
+    Ok(out)
+}
+
+/// Kubernetes accepts `kernel/shm_rmid_forced` as well as dots; when the first separator is a
+/// slash, slashes and dots swap roles (`net/ipv4/conf/eth0.100/rp_filter` →
+/// `net.ipv4.conf.eth0/100.rp_filter`).
+pub fn sysctl_dots(name: &str) -> String {
+    match name.find(['.', '/']) {
+        Some(i) if name.as_bytes()[i] == b'/' => {
+            name.chars().map(|c| match c { '/' => '.', '.' => '/', c => c }).collect()
+        }
+        _ => name.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -342,3 +342,17 @@ fn user_request_from_config() {
     assert_eq!(r.run_as_user, Some(1000));
     assert_eq!(r.supplemental_groups, &[5]);
 }
+
+#[test]
+fn sysctl_names() {
+    assert_eq!(sysctl_dots("kernel/shm_rmid_forced"), "kernel.shm_rmid_forced");
+    assert_eq!(sysctl_dots("net/ipv4/conf/eth0.100/rp_filter"), "net.ipv4.conf.eth0/100.rp_filter");
+    assert_eq!(sysctl_dots("net.ipv4.conf.eth0/100.rp_filter"), "net.ipv4.conf.eth0/100.rp_filter");
+    let f = fixture();
+    let mut sb = sandbox(false);
+    sb.linux.as_mut().unwrap().sysctls = HashMap::from([("kernel/shm_rmid_forced".to_string(), "1".to_string())]);
+    let s = gen(&f, &container(), &sb, PidNamespace::Container, pod_ns()).unwrap();
+    assert_eq!(s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["kernel.shm_rmid_forced"], "1");
+    sb.linux.as_mut().unwrap().sysctls = HashMap::from([("kernel.pid_max".to_string(), "1".to_string())]);
+    assert_eq!(gen(&f, &container(), &sb, PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
