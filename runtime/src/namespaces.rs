@@ -32,7 +32,7 @@ pub enum NsType {
 }
 
 impl NsType {
-    /// The name in /proc/<pid>/ns and of the pin file.
+    /// The name in `/proc/<pid>/ns` and of the pin file.
     pub fn name(self) -> &'static str {
         match self {
             NsType::Net => "net",
@@ -273,7 +273,7 @@ pub fn unpin(dir: &Path) -> Result<(), NamespaceError> {
     }
 }
 
-/// Runs `f` inside the network namespace at `netns` (a pin file or /proc/<pid>/ns/net) on a
+/// Runs `f` inside the network namespace at `netns` (a pin file or `/proc/<pid>/ns/net`) on a
 /// dedicated thread that exits afterwards, so no other thread ever changes namespace.
 pub fn run_in_netns<F, T>(netns: &Path, f: F) -> Result<T, NamespaceError>
 where

@@ -174,3 +174,110 @@ fn generated_spec_runs_under_the_monitor() {
     assert!(!cg.exists(&pod_cgroup).unwrap());
     assert!(!state.join("pods").join(&pod_id).exists());
 }
+
+#[test]
+fn privileged_host_namespaces_under_the_monitor() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIPPED: needs root and /bin/busybox");
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
+    let state = tmp.path().join("state");
+    let cg = CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap();
+    let pod_id = format!("pod{}", uniq());
+    let ctr_id = format!("ctr{}", uniq());
+    let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
+    let host_ns = cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        ipc: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    };
+    let sandbox = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata { name: "priv".into(), uid: "u".into(), namespace: "default".into(), attempt: 0 }),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: pod_cgroup.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext { privileged: true, namespace_options: Some(host_ns.clone()), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let res = pod::setup_pod(&cg, &PodSetupRequest {
+        state_dir: &state,
+        pod_id: &pod_id,
+        config: &sandbox,
+        host_resolv_conf: Path::new("/etc/resolv.conf"),
+        shm_size: 8 << 20,
+    })
+    .unwrap();
+    let mut guard = Cleanup { cg: &cg, state: state.clone(), pod_id: pod_id.clone(), pod_cgroup: pod_cgroup.clone(), ctr_cgroup: None, socket: None };
+    let dir = state.join("containers").join(&ctr_id);
+    let rootfs = dir.join("rootfs");
+    build_rootfs(&rootfs);
+    let script = "grep -E '^(Seccomp|CapEff):' /proc/self/status; echo net=$(readlink /proc/self/ns/net); \
+        echo pidns=$(readlink /proc/self/ns/pid); echo host=$(hostname); test -e /dev/null && echo devnull-ok";
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        linux: Some(cri::LinuxContainerConfig {
+            resources: None,
+            security_context: Some(cri::LinuxContainerSecurityContext { privileged: true, namespace_options: Some(host_ns), ..Default::default() }),
+        }),
+        ..Default::default()
+    };
+    let user = runtime::user::resolve(&rootfs, &spec::user_request(&config, None)).unwrap();
+    let ctr_cgroup = format!("{pod_cgroup}/{ctr_id}");
+    let input = SpecInput {
+        container_id: &ctr_id,
+        sandbox_id: &pod_id,
+        config: &config,
+        sandbox: &sandbox,
+        image: None,
+        image_name: "busybox",
+        rootfs: &rootfs,
+        pod_files: res.files.clone(),
+        namespaces: res.namespaces.clone(),
+        pid: PidNamespace::Node,
+        cgroups_path: &ctr_cgroup,
+        user: &user,
+        oom_score_adj_min: spec::current_oom_score_adj(),
+        rlimits: vec![],
+        cgroup_v2: cg.mode() == runtime::cgroups::CgroupMode::Unified,
+    };
+    let s = spec::generate(&input).unwrap();
+    cg.create_with(&ctr_cgroup, s.linux().as_ref().unwrap().resources().as_ref()).unwrap();
+    guard.ctr_cgroup = Some(ctr_cgroup.clone());
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+    let log = dir.join("ctr.log");
+    let mcfg = MonitorConfig::new(&dir, &ctr_id, Some(log.clone()));
+    mcfg.write(&dir).unwrap();
+    guard.socket = Some(mcfg.socket_path.clone());
+    monitor::spawn(Path::new(BIN), &dir).unwrap();
+    let rec = match Client::connect(&mcfg.socket_path).and_then(|mut c| c.wait_exit(Some(Duration::from_secs(20)))) {
+        Ok(r) => r,
+        Err(MonitorError::MonitorGone) => monitor::read_exit_record(&mcfg.exit_record_path).unwrap(),
+        Err(e) => panic!("wait: {e}"),
+    };
+    let text: String = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string() + "\n")
+        .collect();
+    assert_eq!(rec.exit_code, 0, "{text}\nmonitor log: {}", std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default());
+    let own_caps = std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("CapEff:")).unwrap().to_string();
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
+    let host_pid = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    let node = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    for want in [
+        "Seccomp:\t0".to_string(),
+        own_caps,
+        format!("net={host_net}"),
+        format!("pidns={host_pid}"),
+        format!("host={node}"),
+        "devnull-ok".into(),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    drop(guard);
+    assert!(!cg.exists(&pod_cgroup).unwrap());
+}
