@@ -70,50 +70,88 @@ impl CgroupManager {
     pub fn create(&self, path: &str) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
         let comps: Vec<&str> = rel.split('/').collect();
+        let unified = self.mode() == CgroupMode::Unified;
         let mut reg = self.registry();
-        let mut made: Vec<(String, PathBuf)> = Vec::new();
-        let res = (|| {
-            for root in self.roots() {
-                let is_cpuset = self.is_cpuset_root(&root);
-                let unified = self.mode() == CgroupMode::Unified;
-                for i in 0..comps.len() {
-                    let sub = comps[..=i].join("/");
-                    let dir = join_rel(&root, &sub);
-                    if unified {
-                        if let Some(parent) = dir.parent() {
-                            v2::enable_subtree(parent)?;
-                        }
-                    }
-                    let mut r = std::fs::create_dir(&dir);
-                    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
-                        // a parent shared with another skiff instance vanished meanwhile: recreate
-                        // the chain (the dirs made here are recorded as ours)
-                        r = std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).and_then(|_| std::fs::create_dir(&dir));
-                    }
-                    match r {
-                        Ok(()) => {
-                            made.push((sub.clone(), dir.clone()));
-                            reg.add(&sub, dir.clone());
-                            if is_cpuset {
-                                v1::cpuset::inherit(&dir)?;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(CgroupError::io("mkdir", &dir, e)),
-                    }
+        // Plan the missing directories and record them before making them, so that a crash in
+        // between leaves a registry entry for a dir that may not exist (harmless) rather than
+        // an unrecorded dir (a leak).
+        let mut plan: Vec<(String, PathBuf, bool)> = Vec::new();
+        for root in self.roots() {
+            let is_cpuset = self.is_cpuset_root(&root);
+            for i in 0..comps.len() {
+                let sub = comps[..=i].join("/");
+                let dir = join_rel(&root, &sub);
+                if !dir.is_dir() {
+                    plan.push((sub, dir, is_cpuset));
                 }
             }
-            reg.save()
+        }
+        if plan.is_empty() {
+            return Ok(());
+        }
+        for (sub, dir, _) in &plan {
+            reg.add(sub, dir.clone());
+        }
+        if let Err(e) = reg.save() {
+            for (sub, dir, _) in &plan {
+                reg.remove_dir(sub, dir);
+            }
+            return Err(e);
+        }
+        let mut made: Vec<(String, PathBuf)> = Vec::new();
+        let res = (|| {
+            for (sub, dir, is_cpuset) in &plan {
+                if unified {
+                    if let Some(parent) = dir.parent() {
+                        v2::enable_subtree(parent)?;
+                    }
+                }
+                let mut r = std::fs::create_dir(dir);
+                if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+                    // a parent shared with another skiff instance vanished meanwhile: recreate
+                    // the chain and record it as ours
+                    let mut missing = Vec::new();
+                    let mut p = dir.parent();
+                    while let Some(d) = p.filter(|d| !d.exists()) {
+                        missing.push(d.to_path_buf());
+                        p = d.parent();
+                    }
+                    for d in missing.iter().rev() {
+                        if std::fs::create_dir(d).is_ok() {
+                            if let Some(s) = d.strip_prefix(dir.ancestors().nth(sub.split('/').count()).unwrap_or(d)).ok().and_then(|s| s.to_str()) {
+                                reg.add(s, d.clone());
+                                made.push((s.to_string(), d.clone()));
+                            }
+                        }
+                    }
+                    r = std::fs::create_dir(dir);
+                }
+                match r {
+                    Ok(()) => {
+                        made.push((sub.clone(), dir.clone()));
+                        if *is_cpuset {
+                            v1::cpuset::inherit(dir)?;
+                        }
+                    }
+                    // made by someone else meanwhile: not ours
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => reg.remove_dir(sub, dir),
+                    Err(e) => return Err(CgroupError::io("mkdir", dir, e)),
+                }
+            }
+            Ok(())
         })();
         if let Err(e) = res {
             for (sub, dir) in made.iter().rev() {
                 let _ = rmdir_retry(dir, false);
-                let left: Vec<PathBuf> = reg.created(sub).into_iter().flatten().filter(|d| *d != dir).cloned().collect();
-                reg.set(sub, left);
+                reg.remove_dir(sub, dir);
+            }
+            for (sub, dir, _) in &plan {
+                reg.remove_dir(sub, dir);
             }
             let _ = reg.save();
             return Err(e);
         }
+        reg.save()?;
         tracing::debug!(cgroup = %rel, created = made.len(), "cgroup created");
         Ok(())
     }

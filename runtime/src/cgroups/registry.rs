@@ -58,6 +58,15 @@ impl Registry {
         }
     }
 
+    pub(crate) fn remove_dir(&mut self, rel: &str, dir: &Path) {
+        if let Some(v) = self.data.created.get_mut(rel) {
+            v.retain(|d| d != dir);
+            if v.is_empty() {
+                self.data.created.remove(rel);
+            }
+        }
+    }
+
     pub(crate) fn set(&mut self, rel: &str, dirs: Vec<PathBuf>) {
         if dirs.is_empty() {
             self.data.created.remove(rel);
