@@ -16,6 +16,10 @@ pub enum ContextError {
     Store(#[from] StoreError),
     #[error("cgroups: {0}")]
     Cgroups(#[from] runtime::cgroups::CgroupError),
+    #[error("image store: {0}")]
+    Images(#[from] imagesvc::ImageError),
+    #[error("network: {0}")]
+    Network(#[from] netplugin::NetworkError),
 }
 
 /// See the module doc.
@@ -26,16 +30,33 @@ pub struct Context {
     pub pod_store: RecordDir,
     pub container_store: RecordDir,
     pub cgroups: CgroupManager,
+    pub images: imagesvc::ImageStore,
+    pub network: Arc<dyn netplugin::NetworkPlugin>,
     pub monitor_path: PathBuf,
+    /// skiffd's own oom_score_adj: without CAP_SYS_RESOURCE no container may go below it.
+    pub oom_score_adj_min: i32,
 }
 
 impl Context {
-    pub fn open(config: Arc<Config>) -> Result<Self, ContextError> {
+    pub async fn open(config: Arc<Config>) -> Result<Self, ContextError> {
         let meta = config.root.join("metadata");
         let pod_store = RecordDir::open(meta.join("pods"))?;
         let container_store = RecordDir::open(meta.join("containers"))?;
         let cgroups = CgroupManager::detect(Some(config.state.join("cgroups.json")))?;
         let monitor_path = config.monitor_path();
+        let images = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {
+            root: config.root.clone(),
+            registry: config.registry.clone(),
+        })
+        .await?;
+        let network = netplugin::open(&config.network, &config.root)?;
+        let oom_score_adj_min = runtime::spec::current_oom_score_adj();
+        if oom_score_adj_min > -1000 {
+            tracing::info!(
+                oom_score_adj_min,
+                "containers' oom_score_adj is clamped to skiffd's own value (lowering it needs CAP_SYS_RESOURCE)"
+            );
+        }
         Ok(Self {
             config,
             pods: Table::default(),
@@ -43,7 +64,10 @@ impl Context {
             pod_store,
             container_store,
             cgroups,
+            images,
+            network,
             monitor_path,
+            oom_score_adj_min,
         })
     }
 

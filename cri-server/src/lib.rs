@@ -6,6 +6,7 @@ pub mod context;
 pub mod error;
 pub mod logging;
 pub mod preflight;
+pub mod recovery;
 pub mod rollback;
 pub mod server;
 pub mod services;

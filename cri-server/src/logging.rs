@@ -13,7 +13,7 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. `level` is a tracing filter (validated by the config).
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter_directives(level)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -24,6 +24,27 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
+}
+
+/// skiff's own crates; a bare level ("debug") applies to them, while the libraries below
+/// (h2, hyper, tower…) stay at info at most, so that a debug log is readable.
+const SKIFF_TARGETS: [&str; 6] = ["skiffd", "cri_server", "runtime", "imagesvc", "netplugin", "proto"];
+
+/// The tracing filter for `log_level`: a full filter is used as it is.
+pub fn filter_directives(level: &str) -> String {
+    let level = level.trim();
+    if level.contains(['=', ',']) {
+        return level.to_owned();
+    }
+    let deps = match level.to_ascii_lowercase().as_str() {
+        "debug" | "trace" => "info".to_owned(),
+        other => other.to_owned(),
+    };
+    let mut out = deps;
+    for t in SKIFF_TARGETS {
+        out.push_str(&format!(",{t}={level}"));
+    }
+    out
 }
 
 /// Wraps every gRPC call in a `rpc` span (method name) and logs its gRPC status and duration.
@@ -118,6 +139,14 @@ fn percent_decode(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bare_levels_apply_to_skiff() {
+        let f = super::filter_directives("debug");
+        assert!(f.starts_with("info,") && f.contains("cri_server=debug") && f.contains("imagesvc=debug"), "{f}");
+        assert_eq!(super::filter_directives("warn,h2=trace"), "warn,h2=trace");
+        assert!(super::filter_directives("error").starts_with("error,"));
+    }
+
     #[test]
     fn percent_decode() {
         assert_eq!(super::percent_decode(b"a%20b%3A%"), "a b:%");

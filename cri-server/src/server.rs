@@ -40,8 +40,6 @@ pub enum ServerError {
     Signals(io::Error),
     #[error(transparent)]
     Context(#[from] crate::context::ContextError),
-    #[error("image store: {0}")]
-    Images(#[from] imagesvc::ImageError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -112,16 +110,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
-    let ctx = Arc::new(crate::context::Context::open(config.clone())?);
+    let ctx = Arc::new(crate::context::Context::open(config.clone()).await?);
+    crate::recovery::recover(&ctx).await.map_err(crate::context::ContextError::from)?;
+    crate::services::runtime::start_background(ctx.clone());
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let image_store = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {
-        root: config.root.clone(),
-        registry: config.registry.clone(),
-    })
-    .await?;
-    let images = ImageServiceServer::new(ImageSvc::new(image_store.clone()))
+    let images = ImageServiceServer::new(ImageSvc::new(ctx.images.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let server = tonic::transport::Server::builder()

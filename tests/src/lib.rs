@@ -28,6 +28,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use proto::cri;
 
+pub mod pods;
+
 /// The test registry's address.
 pub fn registry() -> String {
     std::env::var("SKIFF_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
@@ -261,6 +263,12 @@ pod_cidr = "10.{}.{}.0/24"
                 out.push(format!("cgroup {}", path.display()));
             }
         }
+        let leases = self.root().join("network/leases.json");
+        if let Ok(text) = fs::read_to_string(&leases) {
+            if text.contains("\"pod\"") || text.contains("\"pod_id\"") {
+                out.push(format!("IP leases in {}: {text}", leases.display()));
+            }
+        }
         let brif = PathBuf::from("/sys/class/net").join(&self.bridge).join("brif");
         if let Ok(entries) = fs::read_dir(&brif) {
             for e in entries.flatten() {
@@ -293,6 +301,11 @@ pod_cidr = "10.{}.{}.0/24"
         if Path::new("/sys/class/net").join(&self.bridge).exists() {
             let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
         }
+        // The bridge plugin's nftables table is named after the bridge.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &format!("skiff_{}", self.bridge)])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -13,6 +13,12 @@ pub enum Lookup<T> {
     Ambiguous,
 }
 
+impl<T> Lookup<T> {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Lookup::NotFound)
+    }
+}
+
 struct Inner<T> {
     by_id: HashMap<String, Arc<Mutex<T>>>,
     /// Reserved name → ID.

@@ -1,9 +1,10 @@
 //! CRI RuntimeService. The trait implementation here only dispatches; each RPC group lives in
 //! its own module (`status`: Version/Status/RuntimeConfig; later pods, containers, exec, stats).
 
-mod container;
+pub(crate) mod container;
+mod exec;
 mod pod;
-mod pod_extras;
+pub(crate) mod pod_extras;
 mod status;
 
 use std::pin::Pin;
@@ -17,6 +18,11 @@ use crate::context::Context;
 use crate::error::unimplemented;
 
 pub use status::RUNTIME_NAME;
+
+/// Starts the daemon's background work (noticing container exits).
+pub fn start_background(ctx: Arc<Context>) {
+    container::spawn_exit_sweeper(ctx);
+}
 
 /// Serves the CRI RuntimeService.
 pub struct RuntimeSvc {
@@ -81,32 +87,32 @@ impl RuntimeService for RuntimeSvc {
     async fn list_pod_sandbox(&self, r: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
         self.list_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn create_container(&self, _r: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+    async fn create_container(&self, r: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+        self.create_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn start_container(&self, _r: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+    async fn start_container(&self, r: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+        self.start_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn stop_container(&self, _r: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+    async fn stop_container(&self, r: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+        self.stop_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn remove_container(&self, _r: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+    async fn remove_container(&self, r: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.remove_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_containers(&self, _r: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+    async fn list_containers(&self, r: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        self.list_containers_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn container_status(&self, _r: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+    async fn container_status(&self, r: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+        self.container_status_impl(r.into_inner()).await.map(Response::new)
     }
     async fn update_container_resources(&self, _r: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         Err(unimplemented("UpdateContainerResources"))
     }
-    async fn reopen_container_log(&self, _r: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+    async fn reopen_container_log(&self, r: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        self.reopen_container_log_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn exec_sync(&self, _r: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, r: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        self.exec_sync_impl(r.into_inner()).await.map(Response::new)
     }
     async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         Err(unimplemented("Exec"))

@@ -1,24 +1,132 @@
 //! The parts of a pod beyond namespaces, files and cgroup: its network (netplugin) and, for
 //! pods with a pod-level PID namespace, the infra process holding it.
 
+use std::sync::Arc;
+
+use netplugin::{NetworkError, PodNetworkRequest, PortMapping};
+use proto::cri::NamespaceMode;
 use tonic::Status;
 
+use super::container::process_alive;
+use super::pod::namespace_options;
 use super::RuntimeSvc;
+use crate::context::Context;
+use crate::error::join_error;
 use crate::rollback::Rollback;
 use crate::store::PodRecord;
 
+/// A netplugin error as a gRPC status.
+pub(crate) fn network_status(doing: &str, e: NetworkError) -> Status {
+    let msg = format!("{doing}: {e}");
+    match e {
+        NetworkError::InvalidArgument(_) => Status::invalid_argument(msg),
+        NetworkError::NotReady(_) => Status::failed_precondition(msg),
+        NetworkError::AddressesExhausted(_) => Status::resource_exhausted(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+/// Whether the pod shares the node's network namespace.
+pub(crate) fn host_network(pod: &PodRecord) -> bool {
+    NamespaceMode::try_from(namespace_options(&pod.config).network) == Ok(NamespaceMode::Node)
+}
+
+/// The netplugin request for a pod.
+pub(crate) fn network_request(ctx: &Context, pod: &PodRecord) -> Result<PodNetworkRequest, Status> {
+    let md = pod.config.metadata.clone().unwrap_or_default();
+    let port_mappings = pod
+        .config
+        .port_mappings
+        .iter()
+        .map(|p| PortMapping::from_cri(p.protocol, p.container_port, p.host_port, &p.host_ip))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| network_status("port mappings", e))?;
+    Ok(PodNetworkRequest {
+        id: pod.id.clone(),
+        name: md.name,
+        namespace: md.namespace,
+        uid: md.uid,
+        netns_path: ctx.pod_paths(&pod.id).netns(),
+        port_mappings,
+        hostname: pod.config.hostname.clone(),
+        dns: None,
+        cgroup_parent: pod.cgroup_parent.clone(),
+        annotations: pod.config.annotations.clone().into_iter().collect(),
+    })
+}
+
+/// The start time of a process (field 22 of /proc/<pid>/stat), to recognise it later.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills a pod's PID namespace holder if it is still the process we started.
+pub(crate) fn kill_infra(pid: i32, start_time: Option<u64>) {
+    if process_alive(pid) && process_start_time(pid) == start_time {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        for _ in 0..100 {
+            if !process_alive(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 impl RuntimeSvc {
     /// Sets up the pod's PID namespace holder and network; registers their undo in `rb`.
-    pub(super) async fn setup_pod_extras(
-        &self,
-        _record: &mut PodRecord,
-        _rb: &mut Rollback,
-    ) -> Result<(), Status> {
+    pub(super) async fn setup_pod_extras(&self, record: &mut PodRecord, rb: &mut Rollback) -> Result<(), Status> {
+        let ctx = self.ctx.clone();
+        if NamespaceMode::try_from(namespace_options(&record.config).pid) == Ok(NamespaceMode::Pod) {
+            let (bin, dir) = (ctx.monitor_path.clone(), ctx.pod_paths(&record.id).dir);
+            let infra = tokio::task::spawn_blocking(move || runtime::monitor::spawn_infra(&bin, &dir))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| Status::internal(format!("start the pod's PID namespace holder: {e}")))?;
+            let start_time = process_start_time(infra.pid);
+            record.namespaces.infra_pid = Some(infra.pid);
+            record.namespaces.infra_start_time = start_time;
+            rb.push_blocking("pid namespace holder", move || {
+                kill_infra(infra.pid, start_time);
+                Ok(())
+            });
+        }
+        if !host_network(record) {
+            let req = network_request(&ctx, record)?;
+            let status = ctx.network.setup(&req).await.map_err(|e| network_status("set up the pod network", e))?;
+            record.network_set_up = true;
+            record.ips = status.ips.iter().map(|ip| ip.to_string()).collect();
+            let net = ctx.network.clone();
+            rb.push("network", move || async move {
+                net.teardown(&req).await.map_err(|e| e.to_string())
+            });
+            let hostname = runtime::podfiles::pod_hostname(&record.config.hostname);
+            self.write_pod_hosts(record, &hostname)?;
+        }
         Ok(())
     }
 
     /// Releases the pod's network and stops its PID namespace holder. Idempotent.
-    pub(super) async fn teardown_pod_extras(&self, _pod: &mut PodRecord) -> Result<(), Status> {
-        Ok(())
+    pub(super) async fn teardown_pod_extras(&self, pod: &mut PodRecord) -> Result<(), Status> {
+        teardown_pod_extras(&self.ctx, pod).await
     }
+}
+
+/// See [`RuntimeSvc::teardown_pod_extras`]; also used by recovery.
+pub(crate) async fn teardown_pod_extras(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result<(), Status> {
+    if pod.network_set_up {
+        let req = network_request(ctx, pod)?;
+        ctx.network.teardown(&req).await.map_err(|e| network_status("tear down the pod network", e))?;
+        pod.network_set_up = false;
+        ctx.pod_store
+            .save(&pod.id, &*pod)
+            .map_err(|e| Status::internal(format!("persist the pod: {e}")))?;
+    }
+    if let Some(pid) = pod.namespaces.infra_pid {
+        let start = pod.namespaces.infra_start_time;
+        tokio::task::spawn_blocking(move || kill_infra(pid, start)).await.map_err(join_error)?;
+    }
+    Ok(())
 }

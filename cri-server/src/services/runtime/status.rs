@@ -59,11 +59,10 @@ impl RuntimeSvc {
 
     /// Whether pods can get a network: (ready, reason, message).
     async fn network_ready(&self) -> (bool, String, String) {
-        (
-            false,
-            "NetworkPluginNotReady".into(),
-            "skiff's pod networking is not set up yet".into(),
-        )
+        match self.ctx.network.status().await {
+            Ok(()) => (true, String::new(), String::new()),
+            Err(nr) => (false, nr.reason, nr.message),
+        }
     }
 
     pub(super) fn runtime_config_impl(&self) -> RuntimeConfigResponse {

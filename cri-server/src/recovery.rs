@@ -1,0 +1,142 @@
+//! Startup reconciliation: rebuild the in-memory state from the records on disk and from the
+//! monitors, so that a skiffd killed at any point comes back consistent.
+//!
+//! - Pods or containers caught half-created ("creating") are rolled back.
+//! - A READY pod whose namespace pins are gone (the state dir did not survive a reboot) or
+//!   whose PID namespace holder died becomes NOTREADY and releases its network.
+//! - RUNNING containers are checked against their monitor: still running, or EXITED with the
+//!   exit record the monitor wrote meanwhile (or reason Unknown when it died without one).
+//! - The network plugin releases the leases of pods that are no longer alive, and the image
+//!   store the writable layers of containers that no longer exist.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::context::Context;
+use crate::services::runtime::container::refresh;
+use crate::services::runtime::pod_extras::{network_request, process_start_time, teardown_pod_extras};
+use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState, StoreError};
+
+/// Runs the reconciliation; problems with single objects are logged and the object is kept
+/// visible, never dropped silently.
+pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
+    let mut live_pods = HashSet::new();
+    for (id, rec) in ctx.pod_store.load_all::<PodRecord>()? {
+        let mut pod = match rec {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(pod_id = %id, error = %e, "unreadable pod record kept aside");
+                continue;
+            }
+        };
+        if pod.state == PodState::Creating {
+            tracing::info!(pod_id = %id, "rolling back a pod sandbox whose creation was interrupted");
+            match remove_pod_leftovers(ctx, &mut pod).await {
+                Ok(()) => {
+                    let _ = ctx.pod_store.remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    pod.state = PodState::NotReady;
+                    pod.error = Some(format!("interrupted creation, cleanup incomplete: {e}"));
+                }
+            }
+        }
+        if pod.state == PodState::Ready {
+            let pins_ok = [&pod.namespaces.net, &pod.namespaces.ipc, &pod.namespaces.uts]
+                .iter()
+                .all(|p| p.as_ref().map(|p| runtime::podfiles::is_mountpoint(p)).unwrap_or(true));
+            let infra_ok = match pod.namespaces.infra_pid {
+                Some(pid) => process_start_time(pid) == pod.namespaces.infra_start_time,
+                None => true,
+            };
+            if !pins_ok || !infra_ok {
+                tracing::warn!(pod_id = %id, pins_ok, infra_ok, "pod sandbox lost its namespaces: NOTREADY");
+                pod.state = PodState::NotReady;
+                if let Err(e) = teardown_pod_extras(ctx, &mut pod).await {
+                    pod.error = Some(format!("network teardown: {}", e.message()));
+                }
+            }
+        }
+        if pod.state == PodState::Ready && pod.network_set_up {
+            live_pods.insert(pod.id.clone());
+        }
+        let _ = ctx.pod_store.save(&id, &pod);
+        if let Err(holder) = ctx.pods.reserve(&pod.name, &pod.id) {
+            tracing::error!(pod_id = %id, holder = %holder, "two pod records hold the same name");
+        }
+        ctx.pods.insert(&id, pod);
+    }
+
+    let mut containers = HashSet::new();
+    for (id, rec) in ctx.container_store.load_all::<ContainerRecord>()? {
+        let mut c = match rec {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(container_id = %id, error = %e, "unreadable container record kept aside");
+                continue;
+            }
+        };
+        if c.state == ContainerState::Creating {
+            tracing::info!(container_id = %id, "rolling back a container whose creation was interrupted");
+            let released = ctx.images.release_rootfs(&id).await;
+            let dir = ctx.container_dir(&id);
+            let removed = match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+            if released.is_ok() && removed.is_ok() {
+                let _ = ctx.container_store.remove(&id);
+                continue;
+            }
+            c.state = ContainerState::Unknown;
+            c.error = Some(format!("interrupted creation, cleanup incomplete: {released:?} {removed:?}"));
+        }
+        refresh(ctx, &mut c).await;
+        if ctx.pods.lookup(&c.pod_id).is_not_found() {
+            tracing::warn!(container_id = %id, pod_id = %c.pod_id, "container of a pod that no longer exists");
+        }
+        if let Err(holder) = ctx.containers.reserve(&c.name, &c.id) {
+            tracing::error!(container_id = %id, holder = %holder, "two container records hold the same name");
+        }
+        containers.insert(id.clone());
+        tracing::info!(container_id = %id, state = ?c.state, "container recovered");
+        ctx.containers.insert(&id, c);
+    }
+
+    if let Err(e) = ctx.network.recover(&live_pods).await {
+        tracing::warn!(error = %e, "network recovery incomplete");
+    }
+    for holder in ctx.images.rootfs_holders().await {
+        if !containers.contains(&holder) {
+            tracing::info!(container_id = %holder, "releasing the writable layer of a container that no longer exists");
+            if let Err(e) = ctx.images.release_rootfs(&holder).await {
+                tracing::warn!(container_id = %holder, error = %e, "cannot release a leftover writable layer");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Undoes whatever an interrupted RunPodSandbox may have done.
+async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result<(), String> {
+    // The network may have been set up before the crash even if the record does not say so.
+    if !crate::services::runtime::pod_extras::host_network(pod) {
+        if let Ok(req) = network_request(ctx, pod) {
+            ctx.network.teardown(&req).await.map_err(|e| e.to_string())?;
+        }
+    }
+    pod.network_set_up = false;
+    teardown_pod_extras(ctx, pod).await.map_err(|e| e.message().to_owned())?;
+    let ctx2 = ctx.clone();
+    let (id, cgroup) = (pod.id.clone(), pod.cgroup_parent.clone());
+    tokio::task::spawn_blocking(move || {
+        let paths = ctx2.pod_paths(&id);
+        runtime::podfiles::unmount_shm(&paths.shm()).map_err(|e| e.to_string())?;
+        runtime::namespaces::unpin(&paths.ns_dir()).map_err(|e| e.to_string())?;
+        runtime::podfiles::remove_pod_files(&paths).map_err(|e| e.to_string())?;
+        ctx2.cgroups.remove(&cgroup).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
