@@ -234,6 +234,20 @@ fn v1_real() {
         .unwrap();
     m.apply(&path, &r2).unwrap();
     assert_eq!(rd(mem.join("memory.limit_in_bytes")).trim(), (256u64 << 20).to_string());
+    // memory+swap in both directions (the write order matters to the kernel)
+    if mem.join("memory.memsw.limit_in_bytes").exists() {
+        for (l, sw) in [(64i64 << 20, 64i64 << 20), (512 << 20, 1024 << 20), (32 << 20, 32 << 20), (128 << 20, -1)] {
+            let r3 = LinuxResourcesBuilder::default()
+                .memory(LinuxMemoryBuilder::default().limit(l).swap(sw).build().unwrap())
+                .build()
+                .unwrap();
+            m.apply(&path, &r3).unwrap();
+            assert_eq!(rd(mem.join("memory.limit_in_bytes")).trim(), l.to_string());
+            if sw > 0 {
+                assert_eq!(rd(mem.join("memory.memsw.limit_in_bytes")).trim(), sw.to_string());
+            }
+        }
+    }
 
     // a process joins, is counted, is killed
     let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();

@@ -51,7 +51,11 @@ pub fn resources_from_cri(r: &cri::LinuxContainerResources) -> Result<LinuxResou
         if r.memory_limit_in_bytes > 0 {
             m = m.limit(r.memory_limit_in_bytes);
         }
-        if r.memory_swap_limit_in_bytes != 0 {
+        if r.memory_swap_limit_in_bytes == 0 && r.memory_limit_in_bytes > 0 {
+            // no swap asked: memory+swap = memory, so the container cannot swap (containerd does
+            // the same; ignored where swap accounting is off)
+            m = m.swap(r.memory_limit_in_bytes);
+        } else if r.memory_swap_limit_in_bytes != 0 {
             if r.memory_swap_limit_in_bytes > 0
                 && r.memory_limit_in_bytes > 0
                 && r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes

@@ -356,3 +356,15 @@ fn sysctl_names() {
     sb.linux.as_mut().unwrap().sysctls = HashMap::from([("kernel.pid_max".to_string(), "1".to_string())]);
     assert_eq!(gen(&f, &container(), &sb, PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn minimal_config() {
+    let f = fixture();
+    let c = cri::ContainerConfig { command: vec!["/pause".into()], ..Default::default() };
+    let sb = cri::PodSandboxConfig::default();
+    let s = gen(&f, &c, &sb, PidNamespace::Container, pod_ns()).unwrap();
+    assert_eq!(s.process().as_ref().unwrap().args().as_ref().unwrap(), &vec!["/pause".to_string()]);
+    assert!(s.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().is_none());
+    let r = resources_from_cri(&cri::LinuxContainerResources { memory_limit_in_bytes: 100, ..Default::default() }).unwrap();
+    assert_eq!(r.memory().as_ref().unwrap().swap(), Some(100), "no swap unless asked");
+}

@@ -36,10 +36,10 @@ pub fn apply(dir: &Path, mem: &LinuxMemory) -> Result<(), CgroupError> {
                     "memory+swap limit {s} is below the memory limit {l}"
                 )));
             }
-            // memory ≤ memsw must hold after each write: raise memsw first when growing.
-            let cur_memsw = read_u64(&memsw).unwrap_or(u64::MAX);
-            let growing = s == -1 || (s as u64) > cur_memsw || cur_memsw >= UNLIMITED;
-            if growing {
+            // memory ≤ memsw must hold after each write (runc's order): when the new memsw is
+            // above the current memory limit, write memsw first, else memory first.
+            let cur_limit = read_u64(&dir.join(LIMIT)).unwrap_or(u64::MAX);
+            if s == -1 || (s as u64) > cur_limit {
                 write(&memsw, &s.to_string())?;
                 write(&dir.join(LIMIT), &l.to_string())?;
             } else {
