@@ -307,3 +307,37 @@ pub fn ns_inode(path: &Path) -> Result<u64, NamespaceError> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).map(|m| m.ino()).map_err(|e| NamespaceError::io("stat", path, e))
 }
+
+/// Counters of one network interface (from `/proc/net/dev` of a network namespace).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetDevStats {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
+/// Parses the text of `/proc/net/dev`.
+pub fn parse_net_dev(text: &str) -> Vec<NetDevStats> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if f.len() < 11 {
+                return None;
+            }
+            Some(NetDevStats { name: name.trim().to_string(), rx_bytes: f[0], rx_errors: f[2], tx_bytes: f[8], tx_errors: f[10] })
+        })
+        .collect()
+}
+
+/// Interface counters inside the network namespace at `netns` (for CRI pod stats). Read on a
+/// dedicated thread through `/proc/thread-self/net/dev` (`/proc/self` would show the main
+/// thread's namespace).
+pub fn net_dev_stats(netns: &Path) -> Result<Vec<NetDevStats>, NamespaceError> {
+    let text = run_in_netns(netns, || std::fs::read_to_string("/proc/thread-self/net/dev"))?
+        .map_err(|e| NamespaceError::io("read", "/proc/thread-self/net/dev", e))?;
+    Ok(parse_net_dev(&text))
+}

@@ -53,6 +53,11 @@ fn pin_and_unpin() {
     })
     .unwrap();
     assert_eq!(name.to_str().unwrap(), "skiff-pod-test");
+    // interface counters come from the pod's namespace: only lo there
+    let devs = namespaces::net_dev_stats(&net).unwrap();
+    assert_eq!(devs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), vec!["lo"]);
+    assert!(devs[0].rx_bytes > 0, "the UDP packet above went over lo");
+    assert!(namespaces::net_dev_stats(Path::new("/nonexistent/ns")).is_err());
     // pinning twice is refused
     assert!(namespaces::pin(&dir, &[NsType::Net], None).is_err());
     namespaces::unpin(&dir).unwrap();
