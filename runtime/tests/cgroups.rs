@@ -283,3 +283,30 @@ impl Drop for Cleanup<'_> {
         assert!(!self.0.exists(&self.2).unwrap());
     }
 }
+
+#[test]
+fn v1_real_oom_counter() {
+    if !real_v1_available() {
+        return;
+    }
+    let path = format!("/skiff-test-{}/oom", uniq());
+    let m = CgroupManager::detect(None).unwrap();
+    m.create(&path).unwrap();
+    let guard = Cleanup(&m, path.clone(), path.rsplit_once('/').unwrap().0.to_string());
+    let r = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(8i64 << 20).swap(8i64 << 20).build().unwrap())
+        .build()
+        .unwrap();
+    m.apply(&path, &r).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 0.3; exec dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null"])
+        .spawn()
+        .unwrap();
+    cgroups::join(&path, child.id() as i32).unwrap();
+    let st = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(9), "dd was OOM-killed: {st:?}");
+    assert_eq!(m.oom_kills(&path).unwrap(), 1);
+    assert_eq!(m.stats(&path).unwrap().oom_kills, Some(1));
+    drop(guard);
+}
