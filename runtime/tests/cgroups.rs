@@ -104,6 +104,28 @@ fn v2_fake_tree() {
 }
 
 #[test]
+fn pod_cgroup_outlives_its_containers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let reg = root.join("reg.json");
+    let m = CgroupManager::new(Hierarchies::unified_at(root.join("cg")), Some(reg.clone())).unwrap();
+    std::fs::create_dir(root.join("cg")).unwrap();
+    m.create("/kubepods/besteffort/pod1").unwrap();
+    m.create("/kubepods/besteffort/pod1/c1").unwrap();
+    m.create("/kubepods/besteffort/pod1/c2").unwrap();
+    m.remove("/kubepods/besteffort/pod1/c1").unwrap();
+    m.remove("/kubepods/besteffort/pod1/c2").unwrap();
+    assert!(root.join("cg/kubepods/besteffort/pod1").is_dir(), "the pod cgroup stays until the pod goes");
+    // after a restart too
+    let m = CgroupManager::new(Hierarchies::unified_at(root.join("cg")), Some(reg)).unwrap();
+    m.create("/kubepods/besteffort/pod1/c3").unwrap();
+    m.remove("/kubepods/besteffort/pod1/c3").unwrap();
+    assert!(root.join("cg/kubepods/besteffort/pod1").is_dir());
+    m.remove("/kubepods/besteffort/pod1").unwrap();
+    assert!(!root.join("cg/kubepods").exists(), "parents made on the way go with the pod");
+}
+
+#[test]
 fn v2_parent_shared_by_two_pods() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();

@@ -87,11 +87,17 @@ impl CgroupManager {
             }
         }
         if plan.is_empty() {
+            // already there; if skiff made it on the way to another cgroup, it is a target now
+            if reg.created(&rel).is_some() && !reg.is_explicit(&rel) {
+                reg.set_explicit(&rel, true);
+                reg.save()?;
+            }
             return Ok(());
         }
         for (sub, dir, _) in &plan {
             reg.add(sub, dir.clone());
         }
+        reg.set_explicit(&rel, true);
         if let Err(e) = reg.save() {
             for (sub, dir, _) in &plan {
                 reg.remove_dir(sub, dir);
@@ -368,8 +374,9 @@ impl CgroupManager {
         }
     }
 
-    /// Removes the cgroup if skiff created it, then each parent skiff created that is now
-    /// empty. Directories skiff did not create are never removed. Idempotent: a cgroup that is
+    /// Removes the cgroup if skiff created it, then each parent skiff created on the way (not
+    /// one that was itself the target of a create, like a pod's cgroup) that is now empty.
+    /// Directories skiff did not create are never removed. Idempotent: a cgroup that is
     /// already gone is fine. Fails with [`CgroupError::Busy`] when processes are still inside
     /// (call [`kill_all`](Self::kill_all) first).
     pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
@@ -392,6 +399,10 @@ impl CgroupManager {
                 }
                 break;
             };
+            if !is_target && reg.is_explicit(&sub) {
+                // a pod cgroup outlives its containers
+                break;
+            }
             let mut left = Vec::new();
             let mut stop = false;
             for d in dirs {

@@ -2,7 +2,7 @@
 //! (parents such as `/kubepods` that existed before skiff are never touched). Kept as a small
 //! JSON file under the state dir (cgroups, like the state dir, do not survive a reboot).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,10 @@ struct RegistryFile {
     version: u32,
     /// Normalized relative cgroup path → the directories skiff created for it.
     created: BTreeMap<String, Vec<PathBuf>>,
+    /// Paths that were the target of a create call (pods, containers), as opposed to parents
+    /// made on the way: removing a child never takes an explicit parent with it.
+    #[serde(default)]
+    explicit: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -27,7 +31,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// Loads the registry (`None` = in memory only, for tests and tools).
     pub(crate) fn open(file: Option<PathBuf>) -> Result<Self, CgroupError> {
-        let mut data = RegistryFile { version: VERSION, created: BTreeMap::new() };
+        let mut data = RegistryFile { version: VERSION, created: BTreeMap::new(), explicit: BTreeSet::new() };
         if let Some(f) = &file {
             match std::fs::read(f) {
                 Ok(bytes) => {
@@ -58,11 +62,24 @@ impl Registry {
         }
     }
 
+    pub(crate) fn is_explicit(&self, rel: &str) -> bool {
+        self.data.explicit.contains(rel)
+    }
+
+    pub(crate) fn set_explicit(&mut self, rel: &str, on: bool) {
+        if on {
+            self.data.explicit.insert(rel.to_string());
+        } else {
+            self.data.explicit.remove(rel);
+        }
+    }
+
     pub(crate) fn remove_dir(&mut self, rel: &str, dir: &Path) {
         if let Some(v) = self.data.created.get_mut(rel) {
             v.retain(|d| d != dir);
             if v.is_empty() {
                 self.data.created.remove(rel);
+                self.data.explicit.remove(rel);
             }
         }
     }
@@ -70,6 +87,7 @@ impl Registry {
     pub(crate) fn set(&mut self, rel: &str, dirs: Vec<PathBuf>) {
         if dirs.is_empty() {
             self.data.created.remove(rel);
+            self.data.explicit.remove(rel);
         } else {
             self.data.created.insert(rel.to_string(), dirs);
         }
