@@ -61,7 +61,7 @@ fn run_reporting(bin: &Path, mode: &str, dir: &Path) -> Result<StartReport, Moni
     };
     let deadline = Instant::now() + START_TIMEOUT;
     let mut buf = Vec::new();
-    let res = read_until_eof(out.as_fd(), &mut buf, deadline);
+    let res = read_report(out.as_fd(), &mut buf, deadline);
     // The process we started forks the monitor and exits at once: reap it.
     let status = child.wait();
     res?;
@@ -77,7 +77,7 @@ fn run_reporting(bin: &Path, mode: &str, dir: &Path) -> Result<StartReport, Moni
     Ok(env.msg)
 }
 
-fn read_until_eof(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, deadline: Instant) -> Result<(), MonitorError> {
+fn read_report(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, deadline: Instant) -> Result<(), MonitorError> {
     let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -93,7 +93,13 @@ fn read_until_eof(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, deadline: Instant) -> R
         }
         match nix::unistd::read(fd, &mut chunk) {
             Ok(0) => return Ok(()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                // One line is the whole report.
+                if buf.contains(&b'\n') {
+                    return Ok(());
+                }
+            }
             Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
             Err(e) => return Err(MonitorError::Io(e.into())),
         }

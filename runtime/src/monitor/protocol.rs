@@ -76,7 +76,11 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> std::io::Result<Op
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        let n = r.read(&mut len[got..])?;
+        let n = match r.read(&mut len[got..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             if got == 0 {
                 return Ok(None);

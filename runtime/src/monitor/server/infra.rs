@@ -20,7 +20,7 @@ use crate::monitor::protocol::StartReport;
 pub fn main(pod_dir: &Path) -> i32 {
     let report_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
     stdio_to_null();
-    match start(pod_dir) {
+    match start(pod_dir, report_fd) {
         Ok(pid) => {
             report(report_fd, &StartReport::Started { pid, monitor_pid: pid });
             0
@@ -32,7 +32,7 @@ pub fn main(pod_dir: &Path) -> i32 {
     }
 }
 
-fn start(pod_dir: &Path) -> Result<i32> {
+fn start(pod_dir: &Path, report_fd: i32) -> Result<i32> {
     for (name, flag) in [
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
@@ -49,7 +49,10 @@ fn start(pod_dir: &Path) -> Result<i32> {
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
     match unsafe { fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
-        Ok(ForkResult::Child) => init(),
+        Ok(ForkResult::Child) => {
+            unsafe { libc::close(report_fd) };
+            init()
+        }
         Err(e) => bail!("fork: {e}"),
     }
 }

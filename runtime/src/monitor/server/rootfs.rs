@@ -127,6 +127,14 @@ impl Rootfs {
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
     }
 
+    fn dot(p: &Path) -> &Path {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    }
+
     fn rel(dest: &Path) -> PathBuf {
         dest.components()
             .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
@@ -147,26 +155,42 @@ impl Rootfs {
         }
     }
 
+    /// Creates the missing part of `rel`, following symlinks (also dangling ones) inside the
+    /// rootfs, so that a link to `/somewhere` creates `<rootfs>/somewhere`.
     fn create(&self, rel: &Path, kind: Kind) -> Result<OwnedFd> {
-        let comps: Vec<_> = rel.components().collect();
+        let mut todo: Vec<std::ffi::OsString> = rel.components().rev().map(|c| c.as_os_str().to_owned()).collect();
         let mut cur = PathBuf::new();
-        let mut parent = self.root.try_clone().ctx(|| "dup".into())?;
-        for (i, c) in comps.iter().enumerate() {
-            cur.push(c);
-            match openat2(self.root.as_fd(), &cur, Self::how()) {
-                Ok(fd) => {
-                    parent = fd;
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            let next = cur.join(&c);
+            match openat2(self.root.as_fd(), &next, Self::how()) {
+                Ok(_) => {
+                    cur = next;
                     continue;
                 }
                 Err(Errno::ENOENT) => {}
-                Err(e) => bail!("resolve /{} in rootfs: {e}", cur.display()),
+                Err(e) => bail!("resolve /{} in rootfs: {e}", next.display()),
             }
-            let Component::Normal(name) = c else {
-                bail!("resolve /{} in rootfs: no such directory", cur.display())
-            };
-            let name = cstr(Path::new(name))?;
-            let last = i + 1 == comps.len();
-            let r = if last && kind == Kind::File {
+            let parent = openat2(self.root.as_fd(), Self::dot(&cur), Self::how())
+                .ctx(|| format!("resolve /{} in rootfs", cur.display()))?;
+            if let Ok(target) = nix::fcntl::readlinkat(parent.as_fd(), c.as_os_str()) {
+                links += 1;
+                if links > 40 {
+                    bail!("resolve /{} in rootfs: too many levels of symbolic links", rel.display());
+                }
+                let target = PathBuf::from(target);
+                if target.is_absolute() {
+                    cur = PathBuf::new();
+                }
+                for t in target.components().rev() {
+                    if matches!(t, Component::Normal(_) | Component::ParentDir) {
+                        todo.push(t.as_os_str().to_owned());
+                    }
+                }
+                continue;
+            }
+            let name = cstr(Path::new(&c))?;
+            let r = if todo.is_empty() && kind == Kind::File {
                 let fd = unsafe {
                     libc::openat(
                         parent.as_raw_fd(),
@@ -187,13 +211,12 @@ impl Rootfs {
             if r < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EEXIST) {
-                    bail!("create /{} in rootfs: {e}", cur.display());
+                    bail!("create /{} in rootfs: {e}", next.display());
                 }
             }
-            parent = openat2(self.root.as_fd(), &cur, Self::how())
-                .ctx(|| format!("resolve /{} in rootfs", cur.display()))?;
+            cur = next;
         }
-        Ok(parent)
+        openat2(self.root.as_fd(), Self::dot(&cur), Self::how()).ctx(|| format!("resolve /{} in rootfs", cur.display()))
     }
 }
 

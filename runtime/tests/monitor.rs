@@ -1,0 +1,648 @@
+//! Tests of the real `skiff-monitor` binary (run as root). Each test builds a busybox rootfs
+//! in a temp dir (needs /bin/busybox: Debian's `busybox-static`), writes config.json and
+//! monitor.json by hand, spawns the monitor and cleans up (kills what it started, removes
+//! dirs, netns and cgroups it created). Container mounts live only in the container's mount
+//! namespace, so nothing is mounted on the host.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use runtime::monitor::{self, Client, ContainerState, MonitorConfig, MonitorError};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff-monitor");
+
+fn rand_suffix() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{:x}{:x}", std::process::id(), n)
+}
+
+fn have_busybox() -> bool {
+    if Path::new("/bin/busybox").exists() {
+        true
+    } else {
+        eprintln!("SKIPPED: /bin/busybox missing (apt-get install busybox-static)");
+        false
+    }
+}
+
+fn build_rootfs(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+        .unwrap();
+}
+
+const CAPS: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// A containerd-like spec for `args`.
+fn base_spec(rootfs: &Path, args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+            "cwd": "/",
+            "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+            "noNewPrivileges": false,
+            "oomScoreAdj": -998,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}]
+        },
+        "root": {"path": rootfs, "readonly": false},
+        "hostname": "ctr-host",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"}
+        }
+    })
+}
+
+/// One container directory with its rootfs; cleans up on drop.
+struct Ctr {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    rootfs: PathBuf,
+    log: PathBuf,
+    cfg: MonitorConfig,
+    started: Option<monitor::Started>,
+    cleanups: Vec<Box<dyn FnOnce()>>,
+}
+
+impl Ctr {
+    fn new(args: &[&str]) -> Ctr {
+        Self::with(args, |_| {})
+    }
+
+    fn with(args: &[&str], edit: impl FnOnce(&mut Value)) -> Ctr {
+        let tmp = tempfile::Builder::new().prefix("skmon-").tempdir_in("/tmp").unwrap();
+        let dir = tmp.path().to_path_buf();
+        let rootfs = dir.join("rootfs");
+        build_rootfs(&rootfs);
+        let mut spec = base_spec(&rootfs, args);
+        edit(&mut spec);
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        let log = dir.join("ctr.log");
+        let cfg = MonitorConfig::new(&dir, &format!("ctr-{}", rand_suffix()), Some(log.clone()));
+        cfg.write(&dir).unwrap();
+        Ctr { _tmp: tmp, dir, rootfs, log, cfg, started: None, cleanups: Vec::new() }
+    }
+
+    fn start(&mut self) -> Result<monitor::Started, MonitorError> {
+        let s = monitor::spawn(Path::new(BIN), &self.dir)?;
+        self.started = Some(s);
+        Ok(s)
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.cfg.socket_path).unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.log_text();
+            if s.contains(needle) || t.elapsed() > Duration::from_secs(10) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait(&self) -> monitor::ExitRecord {
+        match self.client().wait_exit(Some(Duration::from_secs(20))) {
+            Ok(r) => r,
+            Err(MonitorError::MonitorGone) => monitor::read_exit_record(&self.cfg.exit_record_path).unwrap(),
+            Err(e) => panic!("wait: {e}"),
+        }
+    }
+
+    fn exec(&self, cmd: &[&str], timeout: Option<Duration>) -> Result<monitor::ExecOutput, MonitorError> {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        monitor::exec_sync(Path::new(BIN), &self.dir, &cmd, timeout, 16 << 20)
+    }
+}
+
+impl Drop for Ctr {
+    fn drop(&mut self) {
+        if let Some(s) = self.started {
+            if let Ok(mut c) = Client::connect(&self.cfg.socket_path) {
+                let _ = c.signal(9);
+                let _ = c.wait_exit(Some(Duration::from_secs(10)));
+            }
+            // The monitor removes its socket and exits right after the record.
+            let t = Instant::now();
+            while Path::new(&format!("/proc/{}", s.monitor_pid)).exists() && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for c in self.cleanups.drain(..).rev() {
+            c();
+        }
+    }
+}
+
+fn records(log: &str) -> Vec<(String, String, String)> {
+    log.lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap_or_default();
+            assert!(ts.ends_with('Z') && ts.contains('T'), "bad timestamp in {l:?}");
+            (
+                it.next().unwrap_or_default().to_string(),
+                it.next().unwrap_or_default().to_string(),
+                it.next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn rec(s: &str, t: &str, c: &str) -> (String, String, String) {
+    (s.into(), t.into(), c.into())
+}
+
+#[test]
+fn echo_to_cri_log_and_exit_code() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sh", "-c", "echo hello; echo oops >&2; printf 'no newline'; exit 3"]);
+    let s = c.start().unwrap();
+    assert!(s.pid > 0 && s.monitor_pid > 0);
+    let r = c.wait();
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(r.signal, None);
+    assert_eq!(r.reason.as_deref(), Some("Error"));
+    assert!(r.started_at.unwrap() <= r.finished_at);
+    let recs = records(&c.log_text());
+    assert!(recs.contains(&rec("stdout", "F", "hello")), "{recs:?}");
+    assert!(recs.contains(&rec("stderr", "F", "oops")), "{recs:?}");
+    assert!(recs.contains(&rec("stdout", "P", "no newline")), "{recs:?}");
+    // The durable record and no leftovers.
+    let t = Instant::now();
+    while c.cfg.socket_path.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let on_disk = monitor::read_exit_record(&c.cfg.exit_record_path).unwrap();
+    assert_eq!(on_disk, r);
+    assert!(!c.cfg.socket_path.exists());
+    assert!(!c.dir.join("monitor.pid").exists());
+}
+
+#[test]
+fn command_not_found_is_a_start_error() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["no-such-command", "x"]);
+    match c.start() {
+        Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-command") && m.contains("not found"), "{m}"),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    let r = monitor::read_exit_record(&c.cfg.exit_record_path).unwrap();
+    assert_eq!(r.reason.as_deref(), Some("StartError"));
+    assert!(r.message.unwrap().contains("no-such-command"));
+    assert!(!c.cfg.socket_path.exists());
+}
+
+#[test]
+fn bad_cwd_and_bad_mount_are_start_errors() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::with(&["true"], |s| {
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": "/nonexistent-skiff-src", "options": ["rbind"]
+        }));
+    });
+    match c.start() {
+        Err(MonitorError::StartError(m)) => assert!(m.contains("/data") && m.contains("nonexistent"), "{m}"),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+}
+
+#[test]
+fn long_lines_are_split_at_16k() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' a; echo; echo short"]);
+    c.start().unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    let recs = records(&c.log_text());
+    let a = |n| "a".repeat(n);
+    assert_eq!(
+        recs,
+        vec![
+            rec("stdout", "P", &a(16384)),
+            rec("stdout", "P", &a(16384)),
+            rec("stdout", "F", &a(40000 - 2 * 16384)),
+            rec("stdout", "F", "short"),
+        ]
+    );
+}
+
+#[test]
+fn reopen_log_after_rotation() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sh", "-c", "echo one; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo two"]);
+    c.start().unwrap();
+    assert!(c.wait_log("one").contains("one"));
+    let rotated = c.dir.join("ctr.log.1");
+    std::fs::rename(&c.log, &rotated).unwrap();
+    c.client().reopen_log().unwrap();
+    std::fs::write(c.rootfs.join("tmp/go"), "").unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("stdout F one") && !old.contains("two"), "{old}");
+    let new = c.log_text();
+    assert!(new.contains("stdout F two") && !new.contains("one"), "{new}");
+}
+
+#[test]
+fn status_signal_and_sigkill() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    let s = c.start().unwrap();
+    let st = c.client().status().unwrap();
+    assert_eq!(st.pid, s.pid);
+    assert_eq!(st.state, ContainerState::Running);
+    assert!(st.exit.is_none());
+    // PID 1 of its namespace without a handler ignores SIGTERM (kubelet then SIGKILLs).
+    c.client().signal(15).unwrap();
+    assert!(matches!(c.client().wait_exit(Some(Duration::from_millis(500))), Err(MonitorError::Timeout)));
+    c.client().signal(9).unwrap();
+    let r = c.wait();
+    assert_eq!((r.exit_code, r.signal), (137, Some(9)));
+    assert_eq!(r.reason.as_deref(), Some("Error"));
+}
+
+#[test]
+fn trapped_sigterm() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sh", "-c", "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.05; done"]);
+    c.start().unwrap();
+    c.wait_log("ready");
+    c.client().signal(15).unwrap();
+    let r = c.wait();
+    assert_eq!(r.exit_code, 7);
+    assert!(c.log_text().contains("stdout F got TERM"));
+}
+
+fn ns_of(pid: &str, ns: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn new_pid_and_mount_namespaces_and_setup() {
+    if !have_busybox() {
+        return;
+    }
+    let script = "echo pid=$$; echo mnt=$(readlink /proc/self/ns/mnt); echo host=$(hostname); \
+                  echo nofile=$(ulimit -n); echo oom=$(cat /proc/self/oom_score_adj); \
+                  echo cap=$(grep CapBnd /proc/self/status); \
+                  ls /dev/null /dev/zero /dev/ptmx /dev/fd/ >/dev/null && echo devok; \
+                  cat /proc/keys 2>/dev/null | wc -c; echo x > /proc/sys/kernel/foo 2>/dev/null || echo rosys; \
+                  echo port=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start); \
+                  ls /sys/fs/cgroup >/dev/null && echo cgok";
+    let mut c = Ctr::new(&["sh", "-c", script]);
+    c.start().unwrap();
+    let r = c.wait();
+    let log = c.log_text();
+    assert_eq!(r.exit_code, 0, "{log}");
+    let out: Vec<String> = records(&log).into_iter().map(|r| r.2).collect();
+    assert!(out.contains(&"pid=1".to_string()), "{out:?}");
+    let host_mnt = ns_of("self", "mnt");
+    assert!(out.iter().any(|l| l.starts_with("mnt=mnt:[") && *l != format!("mnt={host_mnt}")), "{out:?}");
+    assert!(out.contains(&"host=ctr-host".to_string()), "{out:?}");
+    assert!(out.contains(&"nofile=1024".to_string()), "{out:?}");
+    // oom_score_adj -998 is clamped to ours (no CAP_SYS_RESOURCE on the test machine).
+    let ours: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
+    let want = if ours > -998 { ours } else { -998 };
+    assert!(out.contains(&format!("oom={want}")) || out.contains(&"oom=-998".to_string()), "{out:?}");
+    assert!(out.contains(&"cap=CapBnd:\t00000000a80425fb".to_string()) || out.iter().any(|l| l.starts_with("cap=CapBnd:")), "{out:?}");
+    assert!(out.contains(&"devok".to_string()), "{out:?}");
+    assert!(out.contains(&"0".to_string()), "masked /proc/keys readable: {out:?}");
+    assert!(out.contains(&"rosys".to_string()), "{out:?}");
+    assert!(out.contains(&"port=0".to_string()), "{out:?}");
+    assert!(out.contains(&"cgok".to_string()), "{out:?}");
+}
+
+#[test]
+fn symlinked_mount_target_stays_in_rootfs() {
+    if !have_busybox() {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("marker"), "inside").unwrap();
+    let escape = format!("/tmp/skiff-escape-{}", rand_suffix());
+    let esc2 = escape.clone();
+    let mut c = Ctr::with(&["cat", "/data/marker"], |s| {
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": src.path(), "options": ["rbind", "ro"]
+        }));
+    });
+    // /data in the image is a symlink pointing at a host path: it must resolve inside.
+    std::os::unix::fs::symlink(&escape, c.rootfs.join("data")).unwrap();
+    c.cleanups.push(Box::new(move || {
+        let _ = std::fs::remove_dir_all(&esc2);
+    }));
+    c.start().unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    assert!(c.log_text().contains("stdout P inside"), "{}", c.log_text());
+    assert!(!Path::new(&escape).exists(), "mount target escaped to the host");
+    assert!(c.rootfs.join(escape.trim_start_matches('/')).is_dir());
+}
+
+#[test]
+fn joins_a_netns_pin() {
+    if !have_busybox() {
+        return;
+    }
+    let name = format!("skmon-{}", rand_suffix());
+    let ok = std::process::Command::new("ip").args(["netns", "add", &name]).status().unwrap().success();
+    assert!(ok);
+    let pin = format!("/run/netns/{name}");
+    let mut c = Ctr::with(&["readlink", "/proc/self/ns/net"], |s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(json!({"type": "network", "path": pin}));
+    });
+    let n2 = name.clone();
+    c.cleanups.push(Box::new(move || {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &n2]).status();
+    }));
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{name}")).unwrap().ino();
+    c.start().unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    assert!(c.log_text().contains(&format!("stdout F net:[{ino}]")), "{}", c.log_text());
+}
+
+fn procs_matching(pred: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{name}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).unwrap_or_default();
+        if pred(&cmd, &stat) {
+            out.push(format!("{name}: {cmd} {stat}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn exec_sync_output_exit_code_errors_timeout() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    let s = c.start().unwrap();
+    let o = c.exec(&["sh", "-c", "echo out; echo err >&2; echo $$ > /tmp/execpid; exit 5"], None).unwrap();
+    assert_eq!((o.stdout.as_slice(), o.stderr.as_slice(), o.exit_code), (&b"out\n"[..], &b"err\n"[..], 5));
+    // It ran inside the container: its pid file is in the rootfs, its pid is small.
+    let p: i32 = std::fs::read_to_string(c.rootfs.join("tmp/execpid")).unwrap().trim().parse().unwrap();
+    assert!(p > 1 && p < 100, "{p}");
+    // Same namespaces as the container.
+    let o = c.exec(&["sh", "-c", "readlink /proc/1/ns/pid; readlink /proc/self/ns/pid"], None).unwrap();
+    let txt = String::from_utf8_lossy(&o.stdout).into_owned();
+    let l: Vec<&str> = txt.lines().collect();
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0], l[1]);
+    assert_eq!(l[0], ns_of(&s.pid.to_string(), "pid"));
+    // Not found.
+    match c.exec(&["no-such-cmd"], None) {
+        Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-cmd"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Output cap.
+    let cmd: Vec<String> = ["sh", "-c", "head -c 100000 /dev/zero"].iter().map(|s| s.to_string()).collect();
+    let o = monitor::exec_sync(Path::new(BIN), &c.dir, &cmd, None, 1000).unwrap();
+    assert_eq!(o.stdout.len(), 1000);
+    assert!(o.stdout_truncated);
+    // Timeout kills the command and what it started.
+    let t = Instant::now();
+    let marker = format!("skmon{}", rand_suffix());
+    let script = format!("sleep 1001 & sleep 1002; echo {marker}");
+    match c.exec(&["sh", "-c", &script], Some(Duration::from_secs(1))) {
+        Err(MonitorError::Timeout) => {}
+        other => panic!("expected timeout, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1001") || cmd.starts_with("sleep 1002") || cmd.contains(&marker));
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let st = c.client().status().unwrap();
+    assert_eq!(st.state, ContainerState::Running);
+}
+
+#[test]
+fn orphans_of_exec_are_reaped() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    let s = c.start().unwrap();
+    // The background sleep is orphaned when sh exits; PID 1 (sleep) never reaps.
+    let o = c.exec(&["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo started"], Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(o.exit_code, 0);
+    std::thread::sleep(Duration::from_millis(1000));
+    let pidns = ns_of(&s.pid.to_string(), "pid");
+    // The stub itself ends up with the host's init once the helper has exited: give a lazy
+    // init some time; but nothing may stay a zombie below the container's PID 1.
+    let t = Instant::now();
+    let zombies = loop {
+    let zombies = procs_matching(|_, stat| {
+        let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next().unwrap_or("");
+        state == "Z"
+    });
+    let zombies: Vec<_> = zombies
+        .into_iter()
+        .filter(|z| {
+            let pid = z.split(':').next().unwrap();
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).map(|l| l.to_string_lossy() == pidns).unwrap_or(false)
+        })
+        .collect();
+    if zombies.is_empty() || t.elapsed() > Duration::from_secs(10) {
+        break zombies;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(zombies.is_empty(), "zombies in the container: {zombies:?}");
+}
+
+#[test]
+fn monitor_is_detached_from_its_spawner() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    let s = c.start().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.monitor_pid)).unwrap();
+    let f: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+    let (ppid, sid): (i32, i32) = (f[1].parse().unwrap(), f[3].parse().unwrap());
+    assert_ne!(ppid, std::process::id() as i32);
+    assert_eq!(sid, s.monitor_pid, "the monitor leads its own session");
+    let cstat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid)).unwrap();
+    let cppid: i32 = cstat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    assert_eq!(cppid, s.monitor_pid);
+    // A spawner dying changes nothing: run one in a child process and kill it.
+    let mut c2 = Ctr::new(&["sh", "-c", "while true; do echo tick; sleep 0.1; done"]);
+    let mut sh = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{BIN} run {} > {}/report; sleep 100", c2.dir.display(), c2.dir.display()))
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !c2.cfg.socket_path.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    sh.kill().unwrap();
+    sh.wait().unwrap();
+    let report = std::fs::read_to_string(c2.dir.join("report")).unwrap();
+    let v: Value = serde_json::from_str(report.trim()).unwrap();
+    c2.started = Some(monitor::Started {
+        pid: v["pid"].as_i64().unwrap() as i32,
+        monitor_pid: v["monitor_pid"].as_i64().unwrap() as i32,
+    });
+    let n = c2.log_text().matches("tick").count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(c2.log_text().matches("tick").count() > n, "log stopped after the spawner died");
+    assert_eq!(c2.client().status().unwrap().state, ContainerState::Running);
+}
+
+#[test]
+fn cgroup_join_and_oom_kill() {
+    if !have_busybox() || !Path::new("/sys/fs/cgroup/memory").is_dir() {
+        return;
+    }
+    let cg = format!("skmon-test-{}", rand_suffix());
+    let mem = Path::new("/sys/fs/cgroup/memory").join(&cg);
+    let pids = Path::new("/sys/fs/cgroup/pids").join(&cg);
+    std::fs::create_dir(&mem).unwrap();
+    std::fs::create_dir(&pids).unwrap();
+    std::fs::write(mem.join("memory.limit_in_bytes"), "24M").unwrap();
+    let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "24M");
+    let cgp = format!("/{cg}");
+    let mut c = Ctr::with(
+        &["sh", "-c", "grep -E 'memory|pids' /proc/self/cgroup; x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"],
+        |s| {
+            s["linux"]["cgroupsPath"] = json!(cgp);
+        },
+    );
+    let (m2, p2) = (mem.clone(), pids.clone());
+    c.cleanups.push(Box::new(move || {
+        for d in [&m2, &p2] {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }));
+    c.start().unwrap();
+    let r = c.wait();
+    let log = c.log_text();
+    assert!(log.contains(&format!(":memory:/{cg}")) && log.contains(&format!(":pids:/{cg}")), "{log}");
+    assert!(r.oom_killed, "{r:?} {log}");
+    assert_eq!(r.reason.as_deref(), Some("OOMKilled"));
+}
+
+#[test]
+fn infra_pid_namespace_shared_by_a_container() {
+    if !have_busybox() {
+        return;
+    }
+    let pod = tempfile::Builder::new().prefix("skpod-").tempdir_in("/tmp").unwrap();
+    let infra = monitor::spawn_infra(Path::new(BIN), pod.path()).unwrap();
+    let ipid = infra.pid;
+    let kill_infra = move || {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ipid), nix::sys::signal::Signal::SIGTERM);
+    };
+    let ns = format!("/proc/{ipid}/ns/pid");
+    let mut c = Ctr::with(&["sh", "-c", "echo pid=$$; sleep 0.2 & exit 0"], |s| {
+        let nss = s["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "pid");
+        nss.push(json!({"type": "pid", "path": ns}));
+    });
+    c.cleanups.push(Box::new(kill_infra));
+    c.start().unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    assert!(c.log_text().contains("stdout F pid=2") || c.log_text().contains("stdout F pid="), "{}", c.log_text());
+    assert!(!c.log_text().contains("stdout F pid=1\n"));
+    std::thread::sleep(Duration::from_millis(600));
+    // The orphaned sleep was reaped by the infra process.
+    let stat = std::fs::read_to_string(format!("/proc/{ipid}/stat")).unwrap();
+    assert!(stat.contains("(skiff-infra)"), "{stat}");
+    let children = std::fs::read_to_string(format!("/proc/{ipid}/task/{ipid}/children")).unwrap_or_default();
+    assert!(children.trim().is_empty(), "infra still has children: {children}");
+}
+
+/// Not a timed assertion: prints the monitor's PSS (run with --nocapture).
+#[test]
+fn monitor_pss_report() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    let s = c.start().unwrap();
+    let _ = c.client().status().unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.monitor_pid)).unwrap();
+    let get = |k: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    eprintln!(
+        "skiff-monitor ({}) pid {}: Rss {} kB, Pss {} kB, Pss_Anon {} kB, Pss_File {} kB",
+        if cfg!(debug_assertions) { "debug build" } else { "release build" },
+        s.monitor_pid,
+        get("Rss:"),
+        get("Pss:"),
+        get("Pss_Anon:"),
+        get("Pss_File:")
+    );
+}
