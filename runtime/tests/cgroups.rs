@@ -332,3 +332,44 @@ fn v1_real_oom_counter() {
     assert_eq!(m.stats(&path).unwrap().oom_kills, Some(1));
     drop(guard);
 }
+
+/// The host's cgroup2 mount has no useful controller, but creation, join, cgroup.kill, freeze and
+/// removal work there for real. The test root is a dir this test creates below it.
+#[test]
+fn v2_real_without_controllers() {
+    let h = Hierarchies::detect().unwrap();
+    let Some(unified) = h.unified.clone() else { return };
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let base = unified.join(format!("skiff-v2test-{}", uniq()));
+    std::fs::create_dir(&base).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            // on failure: kill what is left and remove the dirs, deepest first
+            let m = CgroupManager::new(Hierarchies::unified_at(&self.0), None).unwrap();
+            let _ = m.kill_all("/pod");
+            for d in ["pod/ctr", "pod", ""] {
+                let _ = std::fs::remove_dir(self.0.join(d));
+            }
+        }
+    }
+    let _rm = Rm(base.clone());
+    let m = CgroupManager::new(Hierarchies::unified_at(&base), None).unwrap();
+    m.create("/pod/ctr").unwrap();
+    let mut child = std::process::Command::new("sh").args(["-c", "sleep 0.3; sleep 100 & sleep 100; wait"]).spawn().unwrap();
+    runtime::cgroups::join_in(m.hierarchies(), "/pod/ctr", child.id() as i32).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let procs = m.procs("/pod/ctr").unwrap();
+    assert!(procs.contains(&(child.id() as i32)));
+    assert!(procs.len() >= 2, "children forked after the join are inside too: {procs:?}");
+    assert!(m.procs("/pod").unwrap().len() >= 2, "a pod sees its containers' processes");
+    assert!(m.stats("/pod/ctr").unwrap().cpu_usage_ns.is_some());
+    assert!(m.remove("/pod/ctr").is_err(), "busy");
+    m.kill_all("/pod/ctr").unwrap();
+    child.wait().unwrap();
+    assert!(m.procs("/pod/ctr").unwrap().is_empty());
+    m.remove("/pod/ctr").unwrap();
+    assert!(!base.join("pod").exists());
+}
