@@ -83,11 +83,7 @@ impl Hierarchies {
                         v1.push(V1Hierarchy { mountpoint, controllers });
                     }
                 }
-                "cgroup2" => {
-                    if unified.is_none() {
-                        unified = Some(mountpoint);
-                    }
-                }
+                "cgroup2" if unified.is_none() => unified = Some(mountpoint),
                 _ => {}
             }
         }
@@ -141,7 +137,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
