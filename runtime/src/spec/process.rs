@@ -95,14 +95,21 @@ pub(super) fn build(
             ambient_set.insert(c);
         }
     }
-    let mut cb = LinuxCapabilitiesBuilder::default()
+    // The builder's defaults fill every set (inheritable and ambient included) with the
+    // default caps: set each one explicitly. Inheritable/ambient stay empty unless ambient caps
+    // are asked for (CVE-2022-24769).
+    let mut capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(set.clone())
         .effective(set.clone())
-        .permitted(set.clone());
-    if !ambient_set.is_empty() {
-        cb = cb.inheritable(ambient_set.clone()).ambient(ambient_set);
+        .permitted(set.clone())
+        .build()?;
+    if ambient_set.is_empty() {
+        capabilities.set_inheritable(None);
+        capabilities.set_ambient(None);
+    } else {
+        capabilities.set_inheritable(Some(ambient_set.clone()));
+        capabilities.set_ambient(Some(ambient_set));
     }
-    let capabilities = cb.build()?;
 
     let want_oom = config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0);
     let oom = clamp_oom_score_adj(want_oom, input.oom_score_adj_min)?;

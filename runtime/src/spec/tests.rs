@@ -129,6 +129,11 @@ fn basic_container() {
     assert_eq!(p.no_new_privileges(), None);
     let caps = p.capabilities().as_ref().unwrap();
     assert_eq!(crate::caps::names(caps.bounding().as_ref().unwrap()), crate::caps::names(&crate::caps::compute(false, &[], &[]).unwrap()));
+    assert!(caps.inheritable().is_none() && caps.ambient().is_none(), "no inheritable/ambient caps unless asked");
+    let rules = serde_json::to_value(s.linux().as_ref().unwrap().resources().as_ref().unwrap().devices()).unwrap();
+    assert_eq!(rules[0], serde_json::json!({"allow": false, "access": "rwm"}));
+    assert_eq!(rules[1], serde_json::json!({"allow": true, "type": "c", "access": "m"}));
+    assert_eq!(rules[3], serde_json::json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}));
     assert_eq!(s.hostname().as_deref(), Some("web-0"));
     assert_eq!(s.root().as_ref().unwrap().path(), Path::new("/run/skiff/containers/c1/rootfs"));
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(false));
@@ -160,6 +165,9 @@ fn basic_container() {
     assert_eq!(a["io.kubernetes.cri.container-name"], "app");
     // round-trips through JSON (what the monitor reads)
     let j = serde_json::to_string(&s).unwrap();
+    if std::env::var_os("SKIFF_DUMP_SPEC").is_some() {
+        eprintln!("{}", serde_json::to_string_pretty(&s).unwrap());
+    }
     let back: Spec = serde_json::from_str(&j).unwrap();
     assert_eq!(back.process().as_ref().unwrap().args(), p.args());
 }
