@@ -90,7 +90,7 @@ fn generated_spec_runs_under_the_monitor() {
     let rootfs = dir.join("rootfs");
     build_rootfs(&rootfs);
     let script = "echo host=$(hostname); grep nameserver /etc/resolv.conf; echo uid=$(id -u) groups=$(id -G); \
-        echo foo=$FOO home=$HOME; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+        echo foo=$FOO home=$HOME; grep -E '^(Seccomp|NoNewPrivs|CapInh|CapAmb):' /proc/self/status; \
         echo net=$(readlink /proc/self/ns/net); grep memory /proc/self/cgroup; \
         touch /dev/shm/x && echo shm-ok; touch /nope 2>/dev/null || echo rootfs-ro; echo pid1=$$";
     let config = cri::ContainerConfig {
@@ -160,6 +160,8 @@ fn generated_spec_runs_under_the_monitor() {
         "foo=bar home=/home/alice".into(),
         "NoNewPrivs:\t1".into(),
         "Seccomp:\t2".into(),
+        "CapInh:\t0000000000000000".into(),
+        "CapAmb:\t0000000000000000".into(),
         format!("net={net}"),
         format!("memory:{ctr_cgroup}"),
         "shm-ok".into(),
