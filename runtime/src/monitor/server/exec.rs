@@ -185,6 +185,7 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
                     ("X", code) => {
                         let code: i32 = code.trim().parse().unwrap_or(255);
                         send(status_fd, &ExecReport::Exited { exit_code: code });
+                        reap_stub(stub);
                         return Ok(code);
                     }
                     _ => {}
@@ -193,6 +194,24 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
         }
     }
 }
+
+/// Waits (a bounded time) for the stub, which exits once the command's orphans are gone. If
+/// we exited first, the stub would be reparented to the node's init (outside the container)
+/// and linger as a zombie wherever that init does not reap.
+fn reap_stub(stub: Pid) {
+    for _ in 0..STUB_WAIT_TICKS {
+        match waitpid(stub, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => return,
+        }
+    }
+}
+
+/// 10 ms ticks the helper waits for its stub after the command exited (the client's drain
+/// grace for lingering output is 1 s too).
+const STUB_WAIT_TICKS: u32 = 100;
 
 fn kill_group(stub: Pid) {
     let _ = nix::sys::signal::kill(Pid::from_raw(-stub.as_raw()), Signal::SIGKILL);
