@@ -102,3 +102,35 @@ fn shm_mount() {
     assert!(!p.shm().exists());
     podfiles::unmount_shm(&p.shm()).unwrap();
 }
+
+#[test]
+fn many_pods_in_parallel() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let host_net = namespaces::ns_inode(Path::new("/proc/self/ns/net")).unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..16).map(|i| tmp.path().join(format!("p{i}")).join("ns")).collect();
+    let inodes: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                s.spawn(move || {
+                    let p = namespaces::pin(d, &NsType::ALL, Some("x")).unwrap();
+                    namespaces::ns_inode(p.net.as_ref().unwrap()).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut uniq = inodes.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 16, "every pod has its own netns");
+    assert!(!inodes.contains(&host_net));
+    assert_eq!(namespaces::ns_inode(Path::new("/proc/self/ns/net")).unwrap(), host_net);
+    for d in &dirs {
+        namespaces::unpin(d).unwrap();
+    }
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*tmp.path().to_string_lossy()));
+}
