@@ -66,6 +66,39 @@ async fn lifecycle_logs_exec_stop_remove() {
     let out = d.exec(&id, &["ps"], 10).await.unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("sleep 77"), "{}", String::from_utf8_lossy(&out.stdout));
 
+    // Stats: CPU, memory and the writable layer of the container; the pod's network too.
+    let stats = d
+        .runtime()
+        .container_stats(cri::ContainerStatsRequest { container_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.writable_layer.unwrap().used_bytes.is_some());
+    let listed = d
+        .runtime()
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    let pod_stats = d
+        .runtime()
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .linux
+        .unwrap();
+    assert_eq!(pod_stats.containers.len(), 1);
+    assert_eq!(pod_stats.network.unwrap().default_interface.unwrap().name, "eth0");
+
     // List with filters.
     let list = d
         .runtime()
@@ -184,8 +217,9 @@ async fn bad_container_requests() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // The name is free again after the failures.
     let id = d.create(&pod, &pc, container_config("x", &["true"])).await.unwrap();
-    // Unknown container: NotFound for stop/status/start, fine for remove.
-    let err = d.runtime().stop_container(cri::StopContainerRequest { container_id: "zzz".into(), timeout: 0 }).await.unwrap_err();
+    // Unknown container: NotFound for status and start; stop and remove are idempotent.
+    d.runtime().stop_container(cri::StopContainerRequest { container_id: "zzz".into(), timeout: 0 }).await.unwrap();
+    let err = d.runtime().start_container(cri::StartContainerRequest { container_id: "zzz".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     d.runtime().remove_container(cri::RemoveContainerRequest { container_id: "zzz".into() }).await.unwrap();
     d.runtime().remove_container(cri::RemoveContainerRequest { container_id: id }).await.unwrap();

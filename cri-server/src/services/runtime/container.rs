@@ -90,7 +90,15 @@ impl RuntimeSvc {
         if md.name.is_empty() {
             return Err(Status::invalid_argument("CreateContainer: metadata.name is required"));
         }
-        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+        if let Some(sc) = sc {
+            if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+                return Err(Status::invalid_argument(
+                    "CreateContainer: run_as_group needs run_as_user or run_as_username",
+                ));
+            }
+        }
+                let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image.is_empty() {
             return Err(Status::invalid_argument("CreateContainer: config.image is required"));
         }
@@ -398,7 +406,10 @@ impl RuntimeSvc {
     }
 
     pub(super) async fn stop_container_impl(&self, req: StopContainerRequest) -> Result<StopContainerResponse, Status> {
-        let entry = self.container_or_not_found(&req.container_id)?;
+        // Idempotent: stopping a container that does not exist (any more) is not an error.
+        let Some(entry) = self.find_container(&req.container_id)? else {
+            return Ok(StopContainerResponse {});
+        };
         let id = entry.lock().await.id.clone();
         let span = tracing::info_span!("stop_container", container_id = %id);
         stop_container(&self.ctx, &entry, Duration::from_secs(req.timeout.max(0) as u64))

@@ -4,6 +4,7 @@
 pub(crate) mod container;
 mod exec;
 mod pod;
+mod stats;
 pub(crate) mod pod_extras;
 mod status;
 
@@ -27,11 +28,12 @@ pub fn start_background(ctx: Arc<Context>) {
 /// Serves the CRI RuntimeService.
 pub struct RuntimeSvc {
     ctx: Arc<Context>,
+    cpu_samples: stats::CpuSamples,
 }
 
 impl RuntimeSvc {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
+        Self { ctx, cpu_samples: stats::CpuSamples::default() }
     }
 }
 
@@ -123,17 +125,17 @@ impl RuntimeService for RuntimeSvc {
     async fn port_forward(&self, _r: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
         Err(unimplemented("PortForward"))
     }
-    async fn container_stats(&self, _r: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, r: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+        self.container_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_container_stats(&self, _r: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+    async fn list_container_stats(&self, r: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+        self.list_container_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn pod_sandbox_stats(&self, _r: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, r: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        self.pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_pod_sandbox_stats(&self, _r: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+    async fn list_pod_sandbox_stats(&self, r: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        self.list_pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
     async fn checkpoint_container(&self, _r: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
         Err(unimplemented("CheckpointContainer"))

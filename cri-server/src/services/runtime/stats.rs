@@ -1,0 +1,222 @@
+//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: CPU and memory
+//! from the cgroups, the writable layer's disk use, and the pod's network counters.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use proto::cri::*;
+use tonic::Status;
+
+use super::container::refresh;
+use super::pod::labels_match;
+use super::RuntimeSvc;
+use crate::error::join_error;
+use crate::store::{now_nanos, ContainerRecord, ContainerState, PodRecord, PodState};
+
+/// The previous CPU sample of each cgroup, for `usage_nano_cores`: (time ns, usage ns).
+#[derive(Default)]
+pub struct CpuSamples(Mutex<HashMap<String, (i64, u64)>>);
+
+impl CpuSamples {
+    /// Records a sample and returns the rate since the previous one, in nanocores.
+    fn rate(&self, key: &str, now: i64, usage: u64) -> Option<u64> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = m.insert(key.to_owned(), (now, usage));
+        let (t0, u0) = prev?;
+        let dt = now.checked_sub(t0).filter(|d| *d > 0)? as u128;
+        let du = usage.checked_sub(u0)? as u128;
+        Some((du * 1_000_000_000 / dt) as u64)
+    }
+
+    fn forget(&self, keep: &dyn Fn(&str) -> bool) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| keep(k));
+    }
+}
+
+fn v(x: Option<u64>) -> Option<UInt64Value> {
+    x.map(|value| UInt64Value { value })
+}
+
+impl RuntimeSvc {
+    /// CPU and memory of one cgroup as CRI usage messages.
+    fn cgroup_usage(&self, cgroup: &str, now: i64) -> (Option<CpuUsage>, Option<MemoryUsage>, Option<u64>) {
+        let Ok(st) = self.ctx.cgroups.stats(cgroup) else {
+            return (None, None, None);
+        };
+        let cpu = st.cpu_usage_ns.map(|usage| CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: v(Some(usage)),
+            usage_nano_cores: v(self.cpu_samples.rate(cgroup, now, usage)),
+        });
+        let memory = Some(MemoryUsage {
+            timestamp: now,
+            working_set_bytes: v(st.memory_working_set_bytes),
+            available_bytes: v(st.memory_available_bytes()),
+            usage_bytes: v(st.memory_usage_bytes),
+            rss_bytes: v(st.memory_rss_bytes),
+            page_faults: v(st.page_faults),
+            major_page_faults: v(st.major_page_faults),
+        });
+        (cpu, memory, st.pids_current)
+    }
+
+    async fn container_stats_of(&self, c: &ContainerRecord) -> Result<ContainerStats, Status> {
+        let now = now_nanos();
+        let (cpu, memory) = if c.state == ContainerState::Running {
+            let (cpu, memory, _) = self.cgroup_usage(&c.cgroup_path, now);
+            (cpu, memory)
+        } else {
+            (None, None)
+        };
+        let upper = self.ctx.config.root.join("containers").join(&c.id).join("upper");
+        let usage = tokio::task::spawn_blocking(move || imagesvc::store::usage(&upper).ok())
+            .await
+            .map_err(join_error)?;
+        let writable_layer = Some(FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: self.ctx.config.root.join("containers").display().to_string(),
+            }),
+            used_bytes: v(usage.as_ref().map(|u| u.used_bytes).or(Some(0))),
+            inodes_used: v(usage.as_ref().map(|u| u.inodes_used).or(Some(0))),
+        });
+        Ok(ContainerStats {
+            attributes: Some(ContainerAttributes {
+                id: c.id.clone(),
+                metadata: c.config.metadata.clone(),
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+            }),
+            cpu,
+            memory,
+            writable_layer,
+            swap: None,
+        })
+    }
+
+    pub(super) async fn container_stats_impl(&self, req: ContainerStatsRequest) -> Result<ContainerStatsResponse, Status> {
+        let entry = self.container_or_not_found(&req.container_id)?;
+        let mut c = entry.lock().await;
+        refresh(&self.ctx, &mut c).await;
+        let stats = self.container_stats_of(&c).await?;
+        Ok(ContainerStatsResponse { stats: Some(stats) })
+    }
+
+    /// Records of the containers matching a filter (creating ones excluded).
+    async fn containers_matching(&self, id: &str, pod_id: &str, labels: &HashMap<String, String>) -> Vec<ContainerRecord> {
+        let mut out = Vec::new();
+        for (cid, entry) in self.ctx.containers.all() {
+            if !id.is_empty() && !cid.starts_with(id) {
+                continue;
+            }
+            let mut c = entry.lock().await;
+            if c.state == ContainerState::Creating
+                || (!pod_id.is_empty() && !c.pod_id.starts_with(pod_id))
+                || !labels_match(&c.config.labels, labels)
+            {
+                continue;
+            }
+            refresh(&self.ctx, &mut c).await;
+            out.push(c.clone());
+        }
+        out
+    }
+
+    pub(super) async fn list_container_stats_impl(
+        &self,
+        req: ListContainerStatsRequest,
+    ) -> Result<ListContainerStatsResponse, Status> {
+        let f = req.filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for c in self.containers_matching(&f.id, &f.pod_sandbox_id, &f.label_selector).await {
+            stats.push(self.container_stats_of(&c).await?);
+        }
+        // Forget the samples of cgroups that no longer exist.
+        let mut live = std::collections::HashSet::new();
+        for (_, c) in self.ctx.containers.all() {
+            live.insert(c.lock().await.cgroup_path.clone());
+        }
+        for (_, p) in self.ctx.pods.all() {
+            live.insert(p.lock().await.cgroup_parent.clone());
+        }
+        self.cpu_samples.forget(&|k| live.contains(k));
+        Ok(ListContainerStatsResponse { stats })
+    }
+
+    async fn pod_stats_of(&self, pod: &PodRecord) -> Result<PodSandboxStats, Status> {
+        let now = now_nanos();
+        let (cpu, memory, pids) = if pod.state == PodState::Ready {
+            self.cgroup_usage(&pod.cgroup_parent, now)
+        } else {
+            (None, None, None)
+        };
+        let network = match (&pod.namespaces.net, pod.state) {
+            (Some(netns), PodState::Ready) => {
+                let netns = netns.clone();
+                let devs = tokio::task::spawn_blocking(move || runtime::namespaces::net_dev_stats(&netns))
+                    .await
+                    .map_err(join_error)?
+                    .unwrap_or_default();
+                let interfaces: Vec<NetworkInterfaceUsage> = devs
+                    .into_iter()
+                    .filter(|d| d.name != "lo")
+                    .map(|d| NetworkInterfaceUsage {
+                        name: d.name,
+                        rx_bytes: v(Some(d.rx_bytes)),
+                        rx_errors: v(Some(d.rx_errors)),
+                        tx_bytes: v(Some(d.tx_bytes)),
+                        tx_errors: v(Some(d.tx_errors)),
+                    })
+                    .collect();
+                let default_interface = interfaces.iter().find(|i| i.name == "eth0").cloned();
+                Some(NetworkUsage { timestamp: now, default_interface, interfaces })
+            }
+            _ => None,
+        };
+        let mut containers = Vec::new();
+        for c in self.containers_matching("", &pod.id, &HashMap::new()).await {
+            containers.push(self.container_stats_of(&c).await?);
+        }
+        Ok(PodSandboxStats {
+            attributes: Some(PodSandboxAttributes {
+                id: pod.id.clone(),
+                metadata: pod.config.metadata.clone(),
+                labels: pod.config.labels.clone(),
+                annotations: pod.config.annotations.clone(),
+            }),
+            linux: Some(LinuxPodSandboxStats {
+                cpu,
+                memory,
+                network,
+                process: Some(ProcessUsage { timestamp: now, process_count: v(pids) }),
+                containers,
+            }),
+            windows: None,
+        })
+    }
+
+    pub(super) async fn pod_sandbox_stats_impl(&self, req: PodSandboxStatsRequest) -> Result<PodSandboxStatsResponse, Status> {
+        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?;
+        let pod = pod.lock().await.clone();
+        Ok(PodSandboxStatsResponse { stats: Some(self.pod_stats_of(&pod).await?) })
+    }
+
+    pub(super) async fn list_pod_sandbox_stats_impl(
+        &self,
+        req: ListPodSandboxStatsRequest,
+    ) -> Result<ListPodSandboxStatsResponse, Status> {
+        let f = req.filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for (id, pod) in self.ctx.pods.all() {
+            if !f.id.is_empty() && !id.starts_with(&f.id) {
+                continue;
+            }
+            let pod = pod.lock().await.clone();
+            if !labels_match(&pod.config.labels, &f.label_selector) {
+                continue;
+            }
+            stats.push(self.pod_stats_of(&pod).await?);
+        }
+        Ok(ListPodSandboxStatsResponse { stats })
+    }
+}
