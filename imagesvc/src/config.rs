@@ -17,6 +17,9 @@ pub struct RegistryConfig {
     pub max_concurrent_downloads: usize,
     /// A pull whose bytes stop flowing for this many seconds fails.
     pub stall_timeout_secs: u64,
+    /// Flush each unpacked layer to disk (syncfs) before it becomes visible, so that a power
+    /// loss cannot leave a recorded image with truncated files. Costs pull time on busy disks.
+    pub sync_after_unpack: bool,
 }
 
 impl Default for RegistryConfig {
@@ -26,6 +29,7 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             max_concurrent_downloads: 3,
             stall_timeout_secs: 60,
+            sync_after_unpack: true,
         }
     }
 }

@@ -116,7 +116,7 @@ impl RegistryClient {
                 (Some(h), None) => h.to_string(),
                 _ => String::new(),
             };
-            if url.scheme() == "http" && (is_loopback(&host) || insecure.iter().any(|i| *i == host)) {
+            if url.scheme() == "http" && (is_loopback(&host) || insecure.contains(&host)) {
                 attempt.follow()
             } else {
                 attempt.error(format!("refusing redirect to plain-HTTP host {host}"))

@@ -70,7 +70,15 @@ impl Snapshots {
 
     /// Unpacks a layer blob into the snapshot `chain` (blocking). Idempotent: an existing
     /// snapshot is kept. Nothing is visible under the final name unless unpacking completed.
-    pub fn unpack(&self, chain: &Digest, blob: &Path, diff_id: &Digest, layer: &str) -> Result<crate::unpack::UnpackStats> {
+    /// With `sync`, the file system is flushed (syncfs) before the rename.
+    pub fn unpack(
+        &self,
+        chain: &Digest,
+        blob: &Path,
+        diff_id: &Digest,
+        layer: &str,
+        sync: bool,
+    ) -> Result<crate::unpack::UnpackStats> {
         if self.exists(chain) {
             return Ok(Default::default());
         }
@@ -82,7 +90,7 @@ impl Snapshots {
         std::fs::create_dir_all(tmp.join("fs")).map_err(|e| cleanup(ImageError::io("create snapshot", &tmp, e)))?;
         let stats = crate::unpack::unpack_layer_file(layer, blob, diff_id, &tmp.join("fs")).map_err(cleanup)?;
         // Flush the unpacked files before the snapshot becomes visible.
-        if let Ok(f) = std::fs::File::open(&tmp) {
+        if let Some(f) = sync.then(|| std::fs::File::open(&tmp).ok()).flatten() {
             use std::os::fd::AsRawFd;
             // SAFETY: syncfs on a descriptor we hold.
             unsafe { libc::syncfs(f.as_raw_fd()) };

@@ -108,6 +108,7 @@ struct Inner {
     locks: KeyedLocks,
     configs: Mutex<HashMap<Digest, Arc<ImageConfiguration>>>,
     max_downloads: usize,
+    sync_after_unpack: bool,
 }
 
 /// The image store. Cheap to clone.
@@ -195,6 +196,7 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 configs: Mutex::new(HashMap::new()),
                 max_downloads: registry.max_concurrent_downloads.max(1),
+                sync_after_unpack: registry.sync_after_unpack,
             })
         })
         .await?;
@@ -591,7 +593,8 @@ impl ImageStore {
         let (c, d) = (chain.clone(), diff_id.clone());
         let start = Instant::now();
         let l2 = label.clone();
-        let stats = blocking(move || snaps.unpack(&c, &path, &d, &l2)).await?;
+        let sync = self.inner.sync_after_unpack;
+        let stats = blocking(move || snaps.unpack(&c, &path, &d, &l2, sync)).await?;
         tracing::info!(
             layer = label,
             entries = stats.entries,
