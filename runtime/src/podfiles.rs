@@ -163,8 +163,7 @@ pub fn pod_hostname(cri_hostname: &str) -> String {
 }
 
 /// Mounts a tmpfs (mode 1777, nosuid/nodev/noexec) of `size` bytes at `path`, creating the dir.
-/// Fails if something is mounted there already? No: mounting again would stack, so an existing
-/// mount is detected and kept (idempotent).
+/// Idempotent: when something is mounted there already it is kept (mounting again would stack).
 pub fn mount_shm(path: &Path, size: u64) -> Result<(), PodFilesError> {
     std::fs::create_dir_all(path).map_err(|e| PodFilesError::io("create", path, e))?;
     if is_mountpoint(path) {

@@ -107,9 +107,9 @@ pub(super) fn build(
                 "rslave"
             }
             Ok(cri::MountPropagation::PropagationBidirectional) => {
-                if privileged_or_ok(privileged) {
-                    propagation = Some("rshared");
-                }
+                // containerd also checks that the source is on a shared mount; skiff leaves
+                // that to the kernel (without it the mount simply does not propagate)
+                propagation = Some("rshared");
                 "rshared"
             }
             Err(_) => return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "unknown propagation")),
@@ -150,10 +150,4 @@ pub(super) fn build(
     rest.sort_by_key(|m| depth(m.destination()));
     out.extend(rest);
     Ok((out, propagation.map(str::to_string)))
-}
-
-fn privileged_or_ok(_privileged: bool) -> bool {
-    // containerd checks that the source is on a shared mount; the runtime will fail the bind
-    // propagation otherwise. Bidirectional is honoured either way here.
-    true
 }
