@@ -618,31 +618,97 @@ fn infra_pid_namespace_shared_by_a_container() {
     assert!(children.trim().is_empty(), "infra still has children: {children}");
 }
 
-/// Not a timed assertion: prints the monitor's PSS (run with --nocapture).
+/// Not a timed assertion: prints the monitors' PSS (run with --nocapture). Runs 8 monitors
+/// at once, as on a node, so that shared pages are shared. `SKIFF_MONITOR_BIN` may point at a
+/// release build to measure that.
 #[test]
 fn monitor_pss_report() {
     if !have_busybox() {
         return;
     }
-    let mut c = Ctr::new(&["sleep", "1000"]);
-    let s = c.start().unwrap();
-    let _ = c.client().status().unwrap();
-    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.monitor_pid)).unwrap();
-    let get = |k: &str| {
+    let bin = std::env::var("SKIFF_MONITOR_BIN").unwrap_or_else(|_| BIN.to_string());
+    let mut ctrs = Vec::new();
+    for _ in 0..8 {
+        let mut c = Ctr::new(&["sh", "-c", "while true; do echo tick; sleep 0.2; done"]);
+        let s = monitor::spawn(Path::new(&bin), &c.dir).unwrap();
+        c.started = Some(s);
+        ctrs.push((c, s));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    for (c, _) in &ctrs {
+        let _ = c.client().status().unwrap();
+    }
+    let field = |pid: i32, k: &str| -> u64 {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
         rollup
             .lines()
             .find(|l| l.starts_with(k))
             .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_string()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
+    let n = ctrs.len() as u64;
+    let sum = |k: &str| ctrs.iter().map(|(_, s)| field(s.monitor_pid, k)).sum::<u64>() / n;
     eprintln!(
-        "skiff-monitor ({}) pid {}: Rss {} kB, Pss {} kB, Pss_Anon {} kB, Pss_File {} kB",
-        if cfg!(debug_assertions) { "debug build" } else { "release build" },
-        s.monitor_pid,
-        get("Rss:"),
-        get("Pss:"),
-        get("Pss_Anon:"),
-        get("Pss_File:")
+        "skiff-monitor {bin}: {n} monitors, average per monitor: Rss {} kB, Pss {} kB (Pss_Anon {} kB, Pss_File {} kB)",
+        sum("Rss:"),
+        sum("Pss:"),
+        sum("Pss_Anon:"),
+        sum("Pss_File:")
     );
+}
+
+#[test]
+fn user_caps_no_new_privs_and_seccomp() {
+    if !have_busybox() {
+        return;
+    }
+    let script = "echo id=$(id -u):$(id -g):$(id -G); grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status; \
+                  mkdir /tmp/x 2>&1; echo mkdir=$?; echo cwd=$(pwd)";
+    let mut c = Ctr::with(&["sh", "-c", script], |s| {
+        s["process"]["user"] = json!({"uid": 65534, "gid": 65534, "additionalGids": [5, 65534]});
+        s["process"]["cwd"] = json!("/work/dir");
+        s["process"]["noNewPrivileges"] = json!(true);
+        s["process"]["capabilities"] = json!({
+            "bounding": ["CAP_NET_BIND_SERVICE", "CAP_KILL"],
+            "effective": ["CAP_NET_BIND_SERVICE"],
+            "permitted": ["CAP_NET_BIND_SERVICE"],
+            "inheritable": ["CAP_NET_BIND_SERVICE"],
+            "ambient": ["CAP_NET_BIND_SERVICE"]
+        });
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+        });
+    });
+    std::fs::create_dir_all(c.rootfs.join("tmp")).unwrap();
+    std::fs::set_permissions(c.rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    c.start().unwrap();
+    let r = c.wait();
+    let log = c.log_text();
+    assert_eq!(r.exit_code, 0, "{log}");
+    let out: Vec<String> = records(&log).into_iter().map(|r| r.2).collect();
+    assert!(out.contains(&"id=65534:65534:65534 5".to_string()) || out.contains(&"id=65534:65534:5 65534".to_string()), "{out:?}");
+    // NET_BIND_SERVICE = bit 10 (0x400), KILL = bit 5 (0x20).
+    assert!(out.contains(&"CapEff:\t0000000000000400".to_string()), "{out:?}");
+    assert!(out.contains(&"CapPrm:\t0000000000000400".to_string()), "{out:?}");
+    assert!(out.contains(&"CapBnd:\t0000000000000420".to_string()), "{out:?}");
+    assert!(out.contains(&"NoNewPrivs:\t1".to_string()), "{out:?}");
+    // ENOSYS (38) from the seccomp filter, not EACCES.
+    assert!(out.iter().any(|l| l.contains("mkdir") && l.contains("not implemented")), "{out:?}");
+    assert!(out.contains(&"cwd=/work/dir".to_string()), "{out:?}");
+    // exec_sync gets the same user and filter.
+    let mut c2 = Ctr::with(&["sleep", "1000"], |s| {
+        s["process"]["user"] = json!({"uid": 65534, "gid": 65534});
+        s["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+        });
+    });
+    c2.start().unwrap();
+    let o = c2.exec(&["sh", "-c", "echo $(id -u) $FOO; mkdir /tmp/y 2>&1; true"], None).unwrap();
+    let txt = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(txt.starts_with("65534 bar\n") && txt.contains("not implemented"), "{txt}");
 }
