@@ -373,3 +373,65 @@ fn v2_real_without_controllers() {
     m.remove("/pod/ctr").unwrap();
     assert!(!base.join("pod").exists());
 }
+
+/// v2 device rules as an eBPF program, for real on the host's cgroup2 mount.
+#[test]
+fn v2_real_device_filter() {
+    let h = Hierarchies::detect().unwrap();
+    let Some(unified) = h.unified.clone() else { return };
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let base = unified.join(format!("skiff-v2dev-{}", uniq()));
+    std::fs::create_dir(&base).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let m = CgroupManager::new(Hierarchies::unified_at(&self.0), None).unwrap();
+            let _ = m.kill_all("/c");
+            let _ = std::fs::remove_dir(self.0.join("c"));
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(base.clone());
+    let m = CgroupManager::new(Hierarchies::unified_at(&base), None).unwrap();
+    m.create("/c").unwrap();
+    let rule = |allow: bool, maj: Option<i64>, min: Option<i64>, acc: &str| {
+        let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(acc.to_string());
+        if maj.is_some() {
+            b = b.typ(LinuxDeviceType::C);
+        }
+        if let Some(x) = maj {
+            b = b.major(x);
+        }
+        if let Some(x) = min {
+            b = b.minor(x);
+        }
+        b.build().unwrap()
+    };
+    // deny all, allow /dev/zero (1:5) fully and /dev/null (1:3) read-only
+    let rules = vec![rule(false, None, None, "rwm"), rule(true, Some(1), Some(5), "rwm"), rule(true, Some(1), Some(3), "r")];
+    let res = LinuxResourcesBuilder::default().devices(rules).build().unwrap();
+    m.apply("/c", &res).unwrap();
+    let run = |m: &CgroupManager| {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3; head -c1 /dev/zero | wc -c; cat /dev/null && echo null-read-ok; (echo x > /dev/null) 2>/dev/null || echo null-write-denied; (head -c1 /dev/urandom | wc -c) 2>/dev/null || echo urandom-denied"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        runtime::cgroups::join_in(m.hierarchies(), "/c", child.id() as i32).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let out = run(&m);
+    assert!(out.contains("1\n"), "{out}");
+    assert!(out.contains("null-read-ok"), "{out}");
+    assert!(out.contains("null-write-denied"), "{out}");
+    assert!(out.contains("urandom-denied"), "{out}");
+    // applying again replaces the program: now everything is allowed
+    let res = LinuxResourcesBuilder::default().devices(vec![rule(true, None, None, "rwm")]).build().unwrap();
+    m.apply("/c", &res).unwrap();
+    let out = run(&m);
+    assert!(!out.contains("denied"), "{out}");
+    m.remove("/c").unwrap();
+}

@@ -198,8 +198,8 @@ impl CgroupManager {
         self.h.unified.as_ref().map(|u| join_rel(u, rel)).ok_or(CgroupError::NoHierarchy)
     }
 
-    /// Applies OCI resources (cpu, cpuset, memory, pids, hugetlb, device rules on v1; `unified`
-    /// on v2 only) to an existing cgroup. Zero values mean "not set" (as in CRI). Pass the spec's
+    /// Applies OCI resources (cpu, cpuset, memory, pids, hugetlb, device rules — v1 files or a
+    /// v2 eBPF program; `unified` on v2 only) to an existing cgroup. Zero values mean "not set" (as in CRI). Pass the spec's
     /// `linux.resources` at CreateContainer (it carries the device rules).
     pub fn apply(&self, path: &str, r: &LinuxResources) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
@@ -224,8 +224,8 @@ impl CgroupManager {
             if let Some(u) = r.unified() {
                 v2::unified::apply(&dir, u)?;
             }
-            if r.devices().as_ref().map(|d| !d.is_empty()).unwrap_or(false) {
-                tracing::debug!(cgroup = %rel, "cgroup v2: device rules need eBPF; not applied");
+            if let Some(d) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+                v2::devices::apply(&dir, d)?;
             }
             return Ok(());
         }

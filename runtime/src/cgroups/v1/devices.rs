@@ -1,5 +1,5 @@
-//! v1 `devices`: the device allowlist (`devices.deny` / `devices.allow`). On v2 device control
-//! needs an eBPF program and is not applied by skiff (see [`crate::cgroups::CgroupManager::apply`]).
+//! v1 `devices`: the device allowlist (`devices.deny` / `devices.allow`). v2 uses an eBPF
+//! program instead ([`crate::cgroups::v2::devices`]).
 
 use std::path::Path;
 

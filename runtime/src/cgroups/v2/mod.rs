@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod cpuset;
+pub mod devices;
 pub mod freezer;
 pub mod hugetlb;
 pub mod memory;
