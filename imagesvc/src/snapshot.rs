@@ -142,10 +142,10 @@ impl RootfsMount {
 
     /// Mounts the overlay at `target` (blocking; call from `spawn_blocking`).
     ///
-    /// Long lowerdir lists would overflow the one-page mount data, so the mount is done on a
-    /// dedicated thread that unshares its filesystem attributes (`unshare(CLONE_FS)`, which only
-    /// affects that thread), changes into the common parent of the layers and passes relative
-    /// lowerdirs. The thread exits afterwards.
+    /// Long lowerdir lists would overflow the one-page mount data of mount(2): they are passed
+    /// one by one with the new mount API (`fsconfig` `lowerdir+`, Linux 6.8+), or on older
+    /// kernels as paths relative to their common parent, which this dedicated thread changes
+    /// into after `unshare(CLONE_FS)` (affecting only itself). The thread exits afterwards.
     pub fn mount(&self, target: &Path) -> Result<()> {
         let me = self.clone();
         let target = target.to_path_buf();
@@ -158,53 +158,116 @@ impl RootfsMount {
     }
 
     fn mount_on_this_thread(&self, target: &Path) -> Result<()> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let mut opts = self.options();
-        // Common parent of the lowerdirs (…/snapshots), if they share one two levels up.
+        let opts = self.options();
+        if opts.len() < 4000 {
+            return legacy_mount(target, &opts);
+        }
+        // Many layers: the new mount API takes one `lowerdir+` per layer (Linux 6.8+) …
+        match self.fsconfig_mount(target) {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::debug!("lowerdir+ mount not available ({e}); using relative lowerdirs"),
+        }
+        self.relative_mount(target)
+    }
+
+    /// Relative lowerdirs from their common parent (…/snapshots), after unsharing this thread's
+    /// cwd. Call on a dedicated thread only.
+    fn relative_mount(&self, target: &Path) -> Result<()> {
         let base = self.lowerdirs.first().and_then(|p| p.parent()).and_then(|p| p.parent()).map(Path::to_path_buf);
-        if let Some(base) = base.filter(|b| self.lowerdirs.iter().all(|l| l.starts_with(b))) {
-            let rel: Vec<String> = self
-                .lowerdirs
-                .iter()
-                .filter_map(|l| l.strip_prefix(&base).ok())
-                .map(|p| p.display().to_string())
-                .collect();
-            let short = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                rel.join(":"),
-                self.upperdir.display(),
-                self.workdir.display()
-            );
-            if opts.len() >= 4000 {
-                // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask.
-                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-                    return Err(ImageError::Mount(format!("unshare(CLONE_FS): {}", std::io::Error::last_os_error())));
-                }
-                std::env::set_current_dir(&base).map_err(|e| ImageError::Mount(format!("chdir {}: {e}", base.display())))?;
-                opts = short;
-            }
-        }
-        if opts.len() >= 4096 {
-            return Err(ImageError::Mount(format!(
-                "too many layers ({}) for one overlay mount",
-                self.lowerdirs.len()
-            )));
-        }
-        let c = |s: &[u8]| CString::new(s).map_err(|_| ImageError::Mount("path contains NUL".into()));
-        let src = c(b"overlay")?;
-        let tgt = c(target.as_os_str().as_bytes())?;
-        let data = c(opts.as_bytes())?;
-        // SAFETY: valid C strings; data is a NUL-terminated option string.
-        let r = unsafe {
-            libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, data.as_ptr().cast())
+        let Some(base) = base.filter(|b| self.lowerdirs.iter().all(|l| l.starts_with(b))) else {
+            return Err(ImageError::Mount(format!("too many layers ({}) for one overlay mount", self.lowerdirs.len())));
         };
-        if r != 0 {
-            return Err(ImageError::Mount(format!(
-                "overlay on {}: {}",
-                target.display(),
-                std::io::Error::last_os_error()
-            )));
+        let rel: Vec<String> = self
+            .lowerdirs
+            .iter()
+            .filter_map(|l| l.strip_prefix(&base).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        let short =
+            format!("lowerdir={},upperdir={},workdir={}", rel.join(":"), self.upperdir.display(), self.workdir.display());
+        if short.len() >= 4096 {
+            return Err(ImageError::Mount(format!("too many layers ({}) for one overlay mount", self.lowerdirs.len())));
+        }
+        // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return Err(ImageError::Mount(format!("unshare(CLONE_FS): {}", std::io::Error::last_os_error())));
+        }
+        std::env::set_current_dir(&base).map_err(|e| ImageError::Mount(format!("chdir {}: {e}", base.display())))?;
+        legacy_mount(target, &short)
+    }
+
+    /// fsopen/fsconfig(`lowerdir+` per layer)/fsmount/move_mount.
+    fn fsconfig_mount(&self, target: &Path) -> std::io::Result<()> {
+        use std::ffi::CString;
+        use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        const FSOPEN_CLOEXEC: libc::c_uint = 1;
+        const FSCONFIG_SET_STRING: libc::c_uint = 1;
+        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+        const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+        let cs = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
+        let fstype = cs(b"overlay")?;
+        // SAFETY: valid C string; returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor we own.
+        let fsfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let set = |key: &str, val: &[u8]| -> std::io::Result<()> {
+            let k = cs(key.as_bytes())?;
+            let v = cs(val)?;
+            // SAFETY: valid fd and C strings.
+            let r = unsafe {
+                libc::syscall(libc::SYS_fsconfig, fsfd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        for l in &self.lowerdirs {
+            set("lowerdir+", l.as_os_str().as_bytes())?;
+        }
+        set("upperdir", self.upperdir.as_os_str().as_bytes())?;
+        set("workdir", self.workdir.as_os_str().as_bytes())?;
+        // SAFETY: valid fd; no key/value for CMD_CREATE.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fsfd.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: valid fs context fd.
+        let m = unsafe { libc::syscall(libc::SYS_fsmount, fsfd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+        if m < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor we own.
+        let mfd = unsafe { OwnedFd::from_raw_fd(m as i32) };
+        let empty = cs(b"")?;
+        let tgt = cs(target.as_os_str().as_bytes())?;
+        // SAFETY: valid fds and C strings.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mfd.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                tgt.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }
@@ -231,6 +294,22 @@ impl RootfsMount {
     }
 }
 
+/// mount(2) of an overlay with the given option string.
+fn legacy_mount(target: &Path, opts: &str) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |s: &[u8]| CString::new(s).map_err(|_| ImageError::Mount("path contains NUL".into()));
+    let src = c(b"overlay")?;
+    let tgt = c(target.as_os_str().as_bytes())?;
+    let data = c(opts.as_bytes())?;
+    // SAFETY: valid C strings; data is a NUL-terminated option string.
+    let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, data.as_ptr().cast()) };
+    if r != 0 {
+        return Err(ImageError::Mount(format!("overlay on {}: {}", target.display(), std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
 /// What `ROOT/containers/<id>/rootfs.json` records: the container's hold on its snapshots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRootfs {
@@ -243,6 +322,50 @@ pub struct ContainerRootfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lowerdir_lists_mount() {
+        long_lowerdirs(70, false);
+    }
+
+    #[test]
+    fn long_lowerdir_lists_mount_on_old_kernels() {
+        long_lowerdirs(55, true);
+    }
+
+    fn long_lowerdirs(n: u32, relative: bool) {
+        // Many layers under a deep path: the absolute option string is far beyond one page.
+        let base = tempfile::tempdir().unwrap();
+        let snaps = base.path().join("a-rather-long-directory-name-for-the-root/snapshots");
+        let mut lowerdirs = Vec::new();
+        for i in 0..n {
+            let d = Digest::of(&i.to_le_bytes());
+            let fs = snaps.join(d.hex()).join("fs");
+            std::fs::create_dir_all(&fs).unwrap();
+            std::fs::write(fs.join(format!("f{i}")), b"x").unwrap();
+            lowerdirs.push(fs);
+        }
+        lowerdirs.reverse();
+        let ctr = base.path().join("ctr");
+        let m = RootfsMount { lowerdirs, upperdir: ctr.join("upper"), workdir: ctr.join("work") };
+        std::fs::create_dir_all(&m.upperdir).unwrap();
+        std::fs::create_dir_all(&m.workdir).unwrap();
+        assert!(m.options().len() > 4096);
+        let target = base.path().join("mnt");
+        std::fs::create_dir(&target).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        if relative {
+            let (m2, t2) = (m.clone(), target.clone());
+            std::thread::spawn(move || m2.relative_mount(&t2)).join().unwrap().unwrap();
+        } else {
+            m.mount(&target).unwrap();
+        }
+        let ok = (0..n).all(|i| target.join(format!("f{i}")).is_file());
+        RootfsMount::unmount(&target).unwrap();
+        assert!(ok, "all layers visible");
+        assert_eq!(std::env::current_dir().unwrap(), cwd, "the process cwd is untouched");
+        RootfsMount::unmount(&target).unwrap();
+    }
 
     #[test]
     fn chain_id_formula() {
