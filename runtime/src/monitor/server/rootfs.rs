@@ -230,9 +230,10 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
         Some("slave") | Some("rslave") => MsFlags::MS_SLAVE,
         _ => MsFlags::MS_PRIVATE,
     };
-    // Nothing we mount may propagate back to the host.
-    do_mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
-        .ctx(|| "make / rprivate".into())?;
+    // Nothing we mount may propagate back to the host, but the host's mount events must still
+    // reach rslave volumes: "/" becomes rslave (runc's default), not rprivate.
+    do_mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
+        .ctx(|| "make / rslave".into())?;
     let rs = root.to_string_lossy().into_owned();
     do_mount(Some(&rs), &rs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
         .ctx(|| format!("bind rootfs {rs}"))?;
