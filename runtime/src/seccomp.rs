@@ -93,7 +93,7 @@ const BY_CAP: &[(&str, &[&str])] = &[
         "CAP_SYS_ADMIN",
         &[
             "bpf", "clone", "clone3", "fanotify_init", "fsconfig", "fsmount", "fsopen", "fspick",
-            "lookup_dcookie", "mount", "mount_setattr", "name_to_handle_at", "move_mount", "open_tree", "perf_event_open",
+            "lookup_dcookie", "mount", "mount_setattr", "name_to_handle_at", "pivot_root", "move_mount", "open_tree", "perf_event_open",
             "quotactl", "quotactl_fd", "setdomainname", "sethostname", "setns", "syslog", "umount", "umount2",
             "unshare",
         ],
