@@ -186,7 +186,20 @@ async fn token_auth_flow() {
     let auth = AuthConfig { auth: "YWxpY2U6czNjcjN0LXBhc3M=".into(), ..Default::default() };
     try_pull(&d, &image, Some(auth)).await.expect("pull with auth field");
 
+    // Identity token: OAuth2 refresh-token grant (POST) at the realm.
+    d.images().remove_image(RemoveImageRequest { image: spec(&image) }).await.unwrap();
+    let auth = AuthConfig { identity_token: images_support::REFRESH.into(), ..Default::default() };
+    try_pull(&d, &image, Some(auth)).await.expect("pull with identity token");
+    assert!(reg.log().iter().any(|l| l.starts_with("POST /token")), "{:?}", reg.log());
+    // Registry token: sent as the bearer token directly.
+    d.images().remove_image(RemoveImageRequest { image: spec(&image) }).await.unwrap();
+    let n_token = reg.log().iter().filter(|l| l.contains("/token")).count();
+    let auth = AuthConfig { registry_token: images_support::TOKEN.into(), ..Default::default() };
+    try_pull(&d, &image, Some(auth)).await.expect("pull with registry token");
+    assert_eq!(reg.log().iter().filter(|l| l.contains("/token")).count(), n_token, "no token exchange");
+
     assert!(!d.log().contains("s3cr3t-pass") && !d.log().contains("YWxpY2U6"), "credentials logged");
+    assert!(!d.log().contains(images_support::REFRESH), "identity token logged");
     assert!(!d.log().contains("tok-abc123"), "token logged");
 }
 
@@ -224,4 +237,34 @@ async fn failing_mirror_then_working_one() {
     assert!(e.message().contains("500"), "{e}");
     assert_eq!(store_files(&d.root()), before);
     still_serves(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_pull_leaves_nothing_after_restart() {
+    let reg = MiniRegistry::start().await;
+    let mut d = Daemon::start().await;
+    seeded(&reg, &d).await;
+    let before = store_files(&d.root());
+    let l1 = TarBuilder::new().file("one", b"1").build();
+    let l2 = TarBuilder::new().file("two", &vec![7u8; 200_000]).build();
+    reg.push_image("slow/app", "1", &[l1, l2], &[Serve::Normal, Serve::Stall], None);
+    let image = format!("{}/slow/app:1", reg.host());
+    let mut client = d.images();
+    let pull = tokio::spawn(async move {
+        client.pull_image(PullImageRequest { image: spec(&image), ..Default::default() }).await
+    });
+    // Wait until the stalled layer sits in the ingest area and the first layer is unpacked.
+    let ingest = d.root().join("content/ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&ingest).map(|r| r.count()).unwrap_or(0) == 0 || store_files(&d.root()).len() <= before.len() + 2 {
+        assert!(std::time::Instant::now() < deadline, "pull did not progress:\n{}", d.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    d.kill();
+    let _ = pull.await;
+    assert_ne!(store_files(&d.root()), before, "the killed pull had left partial state");
+    d.start_again().await;
+    assert_eq!(store_files(&d.root()), before, "startup cleaned the interrupted pull");
+    let imgs = d.images().list_images(ListImagesRequest::default()).await.unwrap().into_inner().images;
+    assert_eq!(imgs.len(), 1, "only the seed image");
 }

@@ -58,7 +58,9 @@ impl Drop for MiniRegistry {
     }
 }
 
-const TOKEN: &str = "tok-abc123";
+pub const TOKEN: &str = "tok-abc123";
+/// The identity (refresh) token the token endpoint accepts with the OAuth2 POST flow.
+pub const REFRESH: &str = "refresh-xyz789";
 
 impl MiniRegistry {
     pub async fn start() -> MiniRegistry {
@@ -159,7 +161,21 @@ async fn handle(mut sock: tokio::net::TcpStream, st: Arc<Mutex<State>>, addr: So
             break;
         }
     }
-    let req = String::from_utf8_lossy(&buf).into_owned();
+    // Read a request body announced by Content-Length (token POSTs).
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(buf.len());
+    let clen = String::from_utf8_lossy(&buf[..head_end])
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .unwrap_or(0);
+    while buf.len() < head_end + clen {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+    let req = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = req.split("\r\n");
     let first = lines.next().unwrap_or("");
     let mut parts = first.split_whitespace();
@@ -192,6 +208,11 @@ async fn handle(mut sock: tokio::net::TcpStream, st: Arc<Mutex<State>>, addr: So
     }
     if path == "/token" {
         let ok = match &auth {
+            Some(_) if method == "POST" => {
+                body.contains("grant_type=refresh_token")
+                    && body.contains(&format!("refresh_token={REFRESH}"))
+                    && body.contains("scope=repository")
+            }
             Some((u, p)) => {
                 let want = format!("Basic {}", b64(format!("{u}:{p}").as_bytes()));
                 authz == want && query.contains("scope=repository")
