@@ -268,3 +268,21 @@ async fn killed_mid_pull_leaves_nothing_after_restart() {
     let imgs = d.images().list_images(ListImagesRequest::default()).await.unwrap().into_inner().images;
     assert_eq!(imgs.len(), 1, "only the seed image");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_and_uncompressed_layers() {
+    let reg = MiniRegistry::start().await;
+    reg.require_basic("bob", "b0b-pass");
+    let d = Daemon::start().await;
+    let l1 = TarBuilder::new().dir("data/").file("data/plain", b"uncompressed layer").build();
+    let l2 = TarBuilder::new().file("data/second", b"2").build();
+    reg.push_image_with("basic/app", "1", &[l1, l2], &[], None, false);
+    let image = format!("{}/basic/app:1", reg.host());
+    let e = try_pull(&d, &image, None).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let auth = AuthConfig { username: "bob".into(), password: "b0b-pass".into(), ..Default::default() };
+    try_pull(&d, &image, Some(auth)).await.expect("basic auth pull");
+    let found = walk_names(&d.root().join("snapshots"));
+    assert!(found.iter().any(|n| n.ends_with("data/plain")) && found.iter().any(|n| n.ends_with("data/second")));
+    assert!(!d.log().contains("b0b-pass"), "password logged");
+}

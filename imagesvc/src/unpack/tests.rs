@@ -221,3 +221,46 @@ fn clean_path_clamps() {
     assert_eq!(join(&clean_path(Path::new("/a/../../b/./c"))), PathBuf::from("b/c"));
     assert!(clean_path(Path::new("../..")).is_empty());
 }
+
+#[test]
+fn whiteouts_hide_lower_layers_under_overlay() {
+    // Layer 1: files and a directory; layer 2: deletes a file, makes a dir opaque, adds files.
+    let mut t = T::new();
+    t.dir("etc/");
+    t.file("etc/gone", b"1");
+    t.file("etc/stays", b"1");
+    t.dir("var/");
+    t.file("var/old", b"1");
+    let l1 = t.done();
+    let mut t = T::new();
+    t.dir("etc/");
+    t.file("etc/.wh.gone", b"");
+    t.dir("var/");
+    t.file("var/.wh..wh..opq", b"");
+    t.file("var/new", b"2");
+    let l2 = t.done();
+    let base = tempfile::tempdir().unwrap();
+    let (d1, d2) = (base.path().join("l1"), base.path().join("l2"));
+    for (d, l) in [(&d1, &l1), (&d2, &l2)] {
+        std::fs::create_dir(d).unwrap();
+        unpack("t", &l[..], d).unwrap();
+    }
+    let m = crate::snapshot::RootfsMount {
+        lowerdirs: vec![d2.clone(), d1.clone()],
+        upperdir: base.path().join("upper"),
+        workdir: base.path().join("work"),
+    };
+    std::fs::create_dir(&m.upperdir).unwrap();
+    std::fs::create_dir(&m.workdir).unwrap();
+    let target = base.path().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    m.mount(&target).unwrap();
+    let seen = (
+        target.join("etc/gone").exists(),
+        target.join("etc/stays").exists(),
+        target.join("var/old").exists(),
+        target.join("var/new").exists(),
+    );
+    crate::snapshot::RootfsMount::unmount(&target).unwrap();
+    assert_eq!(seen, (false, true, false, true));
+}

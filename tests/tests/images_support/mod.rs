@@ -42,6 +42,8 @@ struct State {
     auth: Option<(String, String)>,
     /// Every request answered with 500.
     broken: bool,
+    /// (user, password) required as HTTP basic auth on /v2/.
+    basic: Option<(String, String)>,
     log: Vec<String>,
 }
 
@@ -89,6 +91,10 @@ impl MiniRegistry {
         self.state.lock().unwrap().auth = Some((user.into(), pass.into()));
     }
 
+    pub fn require_basic(&self, user: &str, pass: &str) {
+        self.state.lock().unwrap().basic = Some((user.into(), pass.into()));
+    }
+
     pub fn set_broken(&self, b: bool) {
         self.state.lock().unwrap().broken = b;
     }
@@ -114,16 +120,33 @@ impl MiniRegistry {
     /// Pushes an image of uncompressed layer tars (gzipped here). `config` overrides the config
     /// blob; `serve[i]` how layer i is served. Returns the manifest digest.
     pub fn push_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>], serve: &[Serve], config: Option<Vec<u8>>) -> String {
+        self.push_image_with(repo, tag, layers, serve, config, true)
+    }
+
+    /// [`MiniRegistry::push_image`] with uncompressed layers when `gzip` is false.
+    pub fn push_image_with(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        serve: &[Serve],
+        config: Option<Vec<u8>>,
+        gzip: bool,
+    ) -> String {
         let mut ldescs = Vec::new();
         let mut diff_ids = Vec::new();
         for (i, raw) in layers.iter().enumerate() {
             diff_ids.push(sha256(raw));
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(raw).unwrap();
-            let gz = gz.finish().unwrap();
-            let size = gz.len();
-            let d = self.put_blob(gz, serve.get(i).copied().unwrap_or(Serve::Normal));
-            ldescs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": size}));
+            let (blob, mt) = if gzip {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(raw).unwrap();
+                (gz.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+            } else {
+                (raw.clone(), "application/vnd.oci.image.layer.v1.tar")
+            };
+            let size = blob.len();
+            let d = self.put_blob(blob, serve.get(i).copied().unwrap_or(Serve::Normal));
+            ldescs.push(serde_json::json!({"mediaType": mt, "digest": d, "size": size}));
         }
         let cfg = config.unwrap_or_else(|| {
             serde_json::to_vec(&serde_json::json!({
@@ -189,9 +212,9 @@ async fn handle(mut sock: tokio::net::TcpStream, st: Arc<Mutex<State>>, addr: So
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     st.lock().unwrap().log.push(format!("{method} {target} auth={}", authz.split(' ').next().unwrap_or("")));
 
-    let (broken, auth) = {
+    let (broken, auth, basic) = {
         let s = st.lock().unwrap();
-        (s.broken, s.auth.clone())
+        (s.broken, s.auth.clone(), s.basic.clone())
     };
     let respond = |status: &str, ctype: &str, extra: &str, body: &[u8]| -> Vec<u8> {
         let mut r = format!(
@@ -233,6 +256,13 @@ async fn handle(mut sock: tokio::net::TcpStream, st: Arc<Mutex<State>>, addr: So
         );
         sock.write_all(&respond("401 Unauthorized", "application/json", &ch, b"{}")).await?;
         return Ok(());
+    }
+    if let Some((u, p)) = &basic {
+        if authz != format!("Basic {}", b64(format!("{u}:{p}").as_bytes())) {
+            let ch = "WWW-Authenticate: Basic realm=\"mini\"\r\n";
+            sock.write_all(&respond("401 Unauthorized", "application/json", ch, b"{}")).await?;
+            return Ok(());
+        }
     }
     if path == "/v2/" || path == "/v2" {
         sock.write_all(&respond("200 OK", "application/json", "", b"{}")).await?;
