@@ -156,10 +156,26 @@ fn read_in_layers(layers: &[std::path::PathBuf], path: &str) -> Result<String, U
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return Ok(String::new()),
             Ok(m) if m.is_file() => return read_in_root(layer, path),
-            _ => continue,
+            _ => {}
+        }
+        // an opaque directory on the way hides the lower layers
+        if p.ancestors().skip(1).take_while(|a| a.starts_with(layer) && *a != layer).any(is_opaque) {
+            return Ok(String::new());
         }
     }
     Ok(String::new())
+}
+
+/// Whether `dir` carries overlayfs' `trusted.overlay.opaque=y`.
+fn is_opaque(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let mut buf = [0u8; 4];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len())
+    };
+    n == 1 && buf[0] == b'y'
 }
 
 /// Resolves the user for a container whose rootfs is at `rootfs` (any directory showing the
@@ -314,6 +330,16 @@ mod tests {
         let u = resolve_in_layers(&layers, &UserRequest { image_user: "app:staff", ..req() }).unwrap();
         assert_eq!(u.gid, 50);
         assert!(resolve_in_layers(&layers, &UserRequest { image_user: "alice", ..req() }).is_err());
+        // an opaque /etc in the top layer hides the lower /etc/group (needs root for trusted.*)
+        let etc = std::ffi::CString::new(top.path().join("etc").to_str().unwrap()).unwrap();
+        // SAFETY: valid strings and value buffer.
+        let r = unsafe { libc::lsetxattr(etc.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr() as *const libc::c_void, 1, 0) };
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(r, 0, "set trusted.overlay.opaque");
+        }
+        if r == 0 {
+            assert!(resolve_in_layers(&layers, &UserRequest { image_user: "app:staff", ..req() }).is_err());
+        }
     }
 
     #[test]
