@@ -467,8 +467,11 @@ fn rmdir_retry(dir: &Path, is_target: bool) -> Result<(), CgroupError> {
                     }
                     continue;
                 }
+                // cgroupfs answers EBUSY (not ENOTEMPTY) for a cgroup with child cgroups: for a
+                // parent that still holds other cgroups that is final, not worth retrying.
+                let parent_in_use = !is_target && has_subdirs(dir);
                 let retryable = errno == libc::EBUSY || (is_target && errno == libc::ENOTEMPTY);
-                if !retryable || attempt >= 8 {
+                if !retryable || parent_in_use || attempt >= 8 {
                     return Err(CgroupError::io("rmdir", dir, e));
                 }
                 std::thread::sleep(delay);
