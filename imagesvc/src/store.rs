@@ -690,23 +690,32 @@ impl ImageStore {
     /// Prepares the writable layer of a container: creates `ROOT/containers/<id>/{upper,work}`,
     /// records the container's hold on the image's snapshots (kept until
     /// [`ImageStore::release_rootfs`], across restarts) and returns the overlay layout.
-    /// Calling it again for the same container and image returns the same layout.
+    /// Calling it again for the same container returns the same layout (also when the image was
+    /// removed meanwhile: the container's hold keeps its snapshots).
     pub async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount> {
         if !valid_container_id(container_id) {
             return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
         }
         let mut st = self.inner.state.lock().await;
-        let img = Self::find(&st.images, image_ref_or_id)
-            .cloned()
-            .ok_or_else(|| ImageError::ImageNotFound(image_ref_or_id.to_string()))?;
+        let dir = self.inner.containers_dir.join(container_id);
         if let Some(h) = st.holds.get(container_id) {
-            if h.image_id != img.id {
+            // Prepared before (CreateContainer, then StartContainer): the hold keeps the
+            // snapshots even if the image was removed meanwhile.
+            let same = Self::find(&st.images, image_ref_or_id).is_none_or(|i| i.id == h.image_id)
+                || image_ref_or_id == h.image_id.as_str();
+            if !same {
                 return Err(ImageError::InvalidArgument(format!(
                     "container {container_id} already has a rootfs from image {}",
                     h.image_id
                 )));
             }
+            if dir.join("upper").is_dir() && dir.join("work").is_dir() {
+                return Ok(self.layout(&dir, &h.chain_ids));
+            }
         }
+        let img = Self::find(&st.images, image_ref_or_id)
+            .cloned()
+            .ok_or_else(|| ImageError::ImageNotFound(image_ref_or_id.to_string()))?;
         for c in &img.chain_ids {
             if !self.inner.snapshots.exists(c) {
                 return Err(ImageError::ImageNotFound(format!(
@@ -715,7 +724,6 @@ impl ImageStore {
                 )));
             }
         }
-        let dir = self.inner.containers_dir.join(container_id);
         let hold = ContainerRootfs {
             version: 1,
             container_id: container_id.to_string(),
@@ -737,11 +745,15 @@ impl ImageStore {
         })
         .await?;
         st.holds.insert(container_id.to_string(), hold);
-        let mut lowerdirs: Vec<PathBuf> = img.chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect();
+        Ok(self.layout(&dir, &img.chain_ids))
+    }
+
+    fn layout(&self, dir: &Path, chain_ids: &[Digest]) -> RootfsMount {
+        let mut lowerdirs: Vec<PathBuf> = chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect();
         if lowerdirs.is_empty() {
             lowerdirs.push(dir.join("lower"));
         }
-        Ok(RootfsMount { lowerdirs, upperdir: dir.join("upper"), workdir: dir.join("work") })
+        RootfsMount { lowerdirs, upperdir: dir.join("upper"), workdir: dir.join("work") }
     }
 
     /// Drops a container's writable layer and its hold on the snapshots (unmount first).

@@ -65,9 +65,20 @@ async fn pull_mount_release_remove() {
     RootfsMount::unmount(&target).unwrap();
 
     // The image cannot lose its snapshots while the container holds them.
+    let nginx_id = s.status("registry.k8s.io/e2e-test-images/nginx:1.14-2").await.unwrap().unwrap().id;
     assert!(s.remove("registry.k8s.io/e2e-test-images/nginx:1.14-2").await.unwrap());
     for c in &m.lowerdirs {
         assert!(c.is_dir(), "held snapshot kept");
+    }
+    // StartContainer prepares again: same layout although the image is gone.
+    assert_eq!(s.prepare_rootfs(nginx_id.as_str(), "ctr-test-1").await.unwrap(), m);
+    assert!(s.prepare_rootfs(nginx_id.as_str(), "ctr-test-2").await.is_err(), "new containers need the image");
+    // The hold survives a restart too.
+    drop(s);
+    let s = store(root.path()).await;
+    assert_eq!(s.rootfs_holders().await, vec!["ctr-test-1".to_string()]);
+    for c in &m.lowerdirs {
+        assert!(c.is_dir(), "held snapshot kept across restart");
     }
     s.release_rootfs("ctr-test-1").await.unwrap();
     s.release_rootfs("ctr-test-1").await.unwrap();
