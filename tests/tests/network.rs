@@ -1,0 +1,275 @@
+//! Pod networking through the real daemon with the built-in bridge: pods reach each other and
+//! the nginx test image's page by IP, PodSandboxStatus reports the IP, host ports answer from
+//! 127.0.0.1 and from another network namespace, hostNetwork pods see the node's interfaces,
+//! 50 pods leave nothing behind, and a skiffd killed with SIGKILL keeps the addresses of
+//! running pods. Traffic stays on loopback, the daemon's test bridge and namespaces the tests make.
+
+mod net_support;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+
+use net_support::*;
+use skiff_tests::pods::{container_config, pod_config, BUSYBOX, NGINX};
+use skiff_tests::{cri, Daemon};
+
+fn sa(ip: impl AsRef<str>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.as_ref().parse::<IpAddr>().unwrap(), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_each_other_and_host_ports_answer() {
+    let d = Daemon::start().await;
+    let mut rt = d.runtime();
+    let ready = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let net = ready.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(net.status, "{net:?}");
+    d.pull(BUSYBOX).await;
+    d.pull(NGINX).await;
+    let (prefix, gateway) = pod_range(&d);
+    let hp = random_host_port();
+
+    let pa = pod_config(&d, "client");
+    let a = d.run_pod(&pa).await;
+    let pb = pod_with_ports(&d, "web", &[(80, hp as i32)]);
+    let b = d.run_pod(&pb).await;
+    let (state, ip_a, extra) = pod_status(&d, &a).await;
+    assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
+    assert!(ip_a.starts_with(&prefix), "{ip_a} not in {prefix}0/24");
+    assert!(extra.is_empty(), "{extra:?}");
+    let ip_b = pod_ip(&d, &b).await;
+    assert!(ip_b.starts_with(&prefix) && ip_b != ip_a, "{ip_b}");
+    assert_eq!(bridge_ports(&d.bridge).len(), 2);
+    assert_eq!(leases(&d).len(), 2);
+    assert_eq!(nft_pod_rules(&d), vec![format!("skiff:pod={b}")]);
+
+    let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
+    let _cb = d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+
+    // Inside the pod: eth0 with the reported address, default route via the gateway, and the
+    // pod's /etc/hosts names it.
+    let (_, addr) = exec(&d, &ca, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).await;
+    assert!(addr.contains(&format!("inet {ip_a}/24")), "{addr}");
+    let (_, route) = exec(&d, &ca, &["ip", "route"]).await;
+    assert!(route.contains(&format!("default via {gateway}")), "{route}");
+    let (_, hosts) = exec(&d, &ca, &["cat", "/etc/hosts"]).await;
+    assert!(hosts.lines().any(|l| l.starts_with(&ip_a) && l.contains("client")), "{hosts}");
+
+    // Pod to pod: ping (CAP_NET_RAW is in the default set) and the nginx page. (Debian's
+    // busybox 1.35 wget segfaults with -T: `timeout` limits it instead.)
+    exec_until_ok(&d, &ca, &["ping", "-c1", "-W2", &ip_b]).await;
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+
+    // The host port from the node itself: 127.0.0.1 and the gateway address.
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    let r = http_get(None, SocketAddr::new(gateway, hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    // From another network namespace ("another host" behind a veth), to a node address.
+    let client = Client::new();
+    let r = http_get(Some(&client.ns.path), SocketAddr::new(gateway, hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    // From a pod through the host port (hairpin through the node).
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{gateway}:{hp}/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+    drop(client);
+
+    // Stop releases the network (the IP stays in the status, as with containerd); remove
+    // leaves nothing.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: b.clone() }).await.unwrap();
+    assert!(nft_pod_rules(&d).is_empty());
+    assert_eq!(bridge_ports(&d.bridge).len(), 1);
+    assert!(http_once(sa("127.0.0.1", hp)).map(|r| !r.contains(WELCOME)).unwrap_or(true));
+    d.remove_pod(&b).await;
+    d.remove_pod(&a).await;
+    assert!(bridge_ports(&d.bridge).is_empty());
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert_eq!(netns_pins(&d), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pods_see_the_node() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let mut pc = pod_config(&d, "hostnet");
+    pc.hostname = String::new();
+    pc.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let before = host_interfaces();
+    let pod = d.run_pod(&pc).await;
+    let (state, ip, _) = pod_status(&d, &pod).await;
+    assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
+    assert!(ip.is_empty(), "a hostNetwork pod has no pod IP: {ip}");
+    assert!(bridge_ports(&d.bridge).is_empty());
+    assert!(leases(&d).is_empty());
+    assert_eq!(netns_pins(&d), 0);
+
+    let ctr = d.create_and_start(&pod, &pc, container_config("sh", &["sleep", "1000"])).await;
+    let seen = container_interfaces(&d, &ctr).await;
+    let after = host_interfaces();
+    // Interfaces that existed all along (parallel tests add and remove veths).
+    let stable: Vec<&String> = before.iter().filter(|i| after.contains(i)).collect();
+    for i in &stable {
+        assert!(seen.contains(i), "host interface {i} not seen in the pod: {seen:?}");
+    }
+    assert!(seen.contains(&d.bridge), "{seen:?}");
+    let (_, hostname) = exec(&d, &ctr, &["hostname"]).await;
+    assert_eq!(hostname.trim(), nix::unistd::gethostname().unwrap().to_str().unwrap());
+
+    // An ordinary pod next to it sees only lo and eth0.
+    let po = pod_config(&d, "ordinary");
+    let other = d.run_pod(&po).await;
+    let octr = d.create_and_start(&other, &po, container_config("sh", &["sleep", "1000"])).await;
+    let mut seen: Vec<String> = container_interfaces(&d, &octr).await;
+    seen.sort();
+    assert_eq!(seen, vec!["eth0".to_string(), "lo".into()]);
+    assert_eq!(leases(&d).len(), 1);
+
+    d.remove_pod(&pod).await;
+    d.remove_pod(&other).await;
+    assert!(leases(&d).is_empty());
+    assert!(bridge_ports(&d.bridge).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pods_leave_nothing_behind() {
+    let d = Daemon::start().await;
+    const N: usize = 50;
+    const BATCH: usize = 10;
+    let base_port = 30000 + (rand::random::<u16>() % 9000);
+    let mut pods: Vec<String> = Vec::new();
+    for batch in 0..N / BATCH {
+        let runs = (0..BATCH).map(|i| {
+            let n = batch * BATCH + i;
+            // Every other pod with a host port.
+            let pc = if n % 2 == 0 {
+                pod_with_ports(&d, &format!("p{n}"), &[(80, (base_port + n as u16) as i32)])
+            } else {
+                pod_config(&d, &format!("p{n}"))
+            };
+            let d = &d;
+            async move { d.run_pod(&pc).await }
+        });
+        pods.extend(futures_join_all(runs).await);
+    }
+    let ips: HashSet<String> = {
+        let mut s = HashSet::new();
+        for p in &pods {
+            s.insert(pod_ip(&d, p).await);
+        }
+        s
+    };
+    assert_eq!(ips.len(), N, "every pod has its own address");
+    assert_eq!(bridge_ports(&d.bridge).len(), N);
+    assert_eq!(leases(&d).len(), N);
+    assert_eq!(nft_pod_rules(&d).len(), N / 2);
+    assert_eq!(netns_pins(&d), N);
+
+    for chunk in pods.chunks(BATCH) {
+        futures_join_all(chunk.iter().map(|p| d.remove_pod(p))).await;
+    }
+    assert!(bridge_ports(&d.bridge).is_empty(), "{:?}", bridge_ports(&d.bridge));
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
+    assert_eq!(netns_pins(&d), 0);
+    assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0);
+}
+
+/// Runs futures concurrently on the test's task (the daemon does the work in parallel).
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = futs.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                out[*i] = Some(v);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_keeps_addresses_of_running_pods() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    d.pull(NGINX).await;
+    let hp = random_host_port();
+    let pa = pod_config(&d, "a");
+    let a = d.run_pod(&pa).await;
+    let pb = pod_with_ports(&d, "b", &[(80, hp as i32)]);
+    let b = d.run_pod(&pb).await;
+    let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
+    d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+    // A stopped pod: its lease is gone and stays gone across the restart.
+    let pstopped = pod_config(&d, "stopped");
+    let stopped = d.run_pod(&pstopped).await;
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: stopped.clone() }).await.unwrap();
+    let (ip_a, ip_b) = (pod_ip(&d, &a).await, pod_ip(&d, &b).await);
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME));
+
+    d.kill();
+    // The pods keep working while skiffd is down.
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    d.start_again().await;
+
+    assert_eq!(pod_ip(&d, &a).await, ip_a);
+    assert_eq!(pod_ip(&d, &b).await, ip_b);
+    let (state, _, _) = pod_status(&d, &a).await;
+    assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
+    let l = leases(&d);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[&a], vec![ip_a.clone()]);
+    assert_eq!(l[&b], vec![ip_b.clone()]);
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME));
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    assert_eq!(nft_pod_rules(&d).len(), 1);
+
+    // New pods get fresh addresses, never those of the running pods.
+    let mut new_ips = HashSet::new();
+    let mut new_pods = Vec::new();
+    for i in 0..3 {
+        let pc = pod_config(&d, &format!("new{i}"));
+        let p = d.run_pod(&pc).await;
+        let ip = pod_ip(&d, &p).await;
+        assert!(ip != ip_a && ip != ip_b, "{ip} handed out twice");
+        assert!(new_ips.insert(ip));
+        new_pods.push(p);
+    }
+    // The new pods reach the old ones.
+    let pc = pod_config(&d, "late");
+    let late = d.run_pod(&pc).await;
+    let cl = d.create_and_start(&late, &pc, container_config("sh", &["sleep", "1000"])).await;
+    let page = exec_until_ok(&d, &cl, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME));
+    exec_until_ok(&d, &cl, &["ping", "-c1", "-W2", &ip_a]).await;
+
+    for p in new_pods.iter().chain([&late, &a, &b, &stopped]) {
+        d.remove_pod(p).await;
+    }
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert!(nft_pod_rules(&d).is_empty());
+    assert!(bridge_ports(&d.bridge).is_empty());
+}
