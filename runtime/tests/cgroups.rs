@@ -418,6 +418,7 @@ fn v2_real_device_filter() {
         let child = std::process::Command::new("sh")
             .args(["-c", "sleep 0.3; head -c1 /dev/zero | wc -c; cat /dev/null && echo null-read-ok; (echo x > /dev/null) 2>/dev/null || echo null-write-denied; (head -c1 /dev/urandom | wc -c) 2>/dev/null || echo urandom-denied"])
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         runtime::cgroups::join_in(m.hierarchies(), "/c", child.id() as i32).unwrap();
@@ -434,4 +435,24 @@ fn v2_real_device_filter() {
     let out = run(&m);
     assert!(!out.contains("denied"), "{out}");
     m.remove("/c").unwrap();
+}
+
+/// Removing a cgroup that still has child cgroups fails at once (no retry loop under the lock).
+#[test]
+fn v1_real_remove_with_children_fails_fast() {
+    if !real_v1_available() {
+        return;
+    }
+    let base = format!("/skiff-test-{}", uniq());
+    let m = CgroupManager::detect(None).unwrap();
+    m.create(&format!("{base}/pod")).unwrap();
+    m.create(&format!("{base}/pod/ctr")).unwrap();
+    let t = std::time::Instant::now();
+    let busy = m.remove(&format!("{base}/pod"));
+    let took = t.elapsed();
+    m.remove(&format!("{base}/pod/ctr")).unwrap();
+    m.remove(&format!("{base}/pod")).unwrap();
+    assert!(!m.exists(&base).unwrap());
+    assert!(busy.is_err());
+    assert!(took < std::time::Duration::from_millis(500), "{took:?}");
 }

@@ -467,11 +467,12 @@ fn rmdir_retry(dir: &Path, is_target: bool) -> Result<(), CgroupError> {
                     }
                     continue;
                 }
-                // cgroupfs answers EBUSY (not ENOTEMPTY) for a cgroup with child cgroups: for a
-                // parent that still holds other cgroups that is final, not worth retrying.
-                let parent_in_use = !is_target && has_subdirs(dir);
+                // cgroupfs answers EBUSY (not ENOTEMPTY) for a cgroup with child cgroups: that
+                // is final (for a parent still holding other cgroups, or a pod whose container
+                // cgroups are still there), not worth retrying.
+                let has_children = has_subdirs(dir);
                 let retryable = errno == libc::EBUSY || (is_target && errno == libc::ENOTEMPTY);
-                if !retryable || parent_in_use || attempt >= 8 {
+                if !retryable || has_children || attempt >= 8 {
                     return Err(CgroupError::io("rmdir", dir, e));
                 }
                 std::thread::sleep(delay);
