@@ -35,8 +35,8 @@ pub enum ImageError {
     InvalidArgument(String),
     #[error("image {0:?} not found")]
     ImageNotFound(String),
-    #[error("{what} not found in registry for {reference}")]
-    RegistryNotFound { reference: String, what: String },
+    #[error("{reference}: {what} not found ({details})")]
+    RegistryNotFound { reference: String, what: String, details: String },
     #[error("registry {registry} refused access to {reference}: {status}")]
     Unauthorized { reference: String, registry: String, status: String },
     #[error("pulling {reference}: {message}")]

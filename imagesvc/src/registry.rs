@@ -449,7 +449,7 @@ impl Session {
         if unauth {
             ImageError::Unauthorized { reference: self.refname(), registry: self.reference.domain.clone(), status: joined }
         } else if nf {
-            ImageError::RegistryNotFound { reference: self.refname(), what: format!("{what} ({joined})") }
+            ImageError::RegistryNotFound { reference: self.refname(), what: what.to_string(), details: joined }
         } else {
             self.reg_err(format!("fetching {what}: {joined}"))
         }
@@ -491,7 +491,7 @@ impl Session {
                 }
             }
         }
-        Err(self.combine(&format!("manifest {tag_or_digest}"), fails))
+        Err(self.combine(&format!("manifest {tag_or_digest:?}"), fails))
     }
 
     async fn read_small(&self, mut resp: reqwest::Response, max: usize, what: &str) -> Result<Vec<u8>> {
