@@ -1,0 +1,204 @@
+//! skiffd killed with SIGKILL and started again: running containers keep running (and logging)
+//! under their monitors, containers that exited meanwhile are EXITED with their real exit
+//! code, a container whose monitor died is EXITED with reason Unknown, names stay reserved,
+//! and pods/containers caught half-created are rolled back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use skiff_tests::pods::{container_config, pod_config, read_log, BUSYBOX};
+use skiff_tests::{cri, Daemon};
+use tonic::Code;
+
+async fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn verbose_info(d: &Daemon, id: &str) -> serde_json::Value {
+    let st = d
+        .runtime()
+        .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&st.info["info"]).unwrap()
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_skiffd_leaves_containers_alone() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let trigger = d.dir().join("trigger");
+    std::fs::create_dir_all(&trigger).unwrap();
+    let pc = pod_config(&d, "survivor");
+    let pod = d.run_pod(&pc).await;
+    let runner = d
+        .create_and_start(
+            &pod,
+            &pc,
+            container_config("runner", &["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 20000; done"]),
+        )
+        .await;
+    let mut cfg = container_config("exiter", &["sh", "-c", "while [ ! -e /trigger/go ]; do usleep 20000; done; exit 7"]);
+    cfg.mounts.push(cri::Mount {
+        container_path: "/trigger".into(),
+        host_path: trigger.display().to_string(),
+        ..Default::default()
+    });
+    let exiter = d.create_and_start(&pod, &pc, cfg).await;
+    let orphan = d.create_and_start(&pod, &pc, container_config("orphan", &["sleep", "1000"])).await;
+    let runner_info = verbose_info(&d, &runner).await;
+    let orphan_monitor = verbose_info(&d, &orphan).await["monitorPid"].as_i64().unwrap();
+    let log = PathBuf::from(d.container_status(&runner).await.log_path);
+    wait_until(Duration::from_secs(10), "the runner's first lines", || read_log(&log).len() > 3).await;
+
+    d.kill();
+    // While skiffd is down: one container exits, one loses its monitor, the runner logs on.
+    std::fs::write(trigger.join("go"), b"").unwrap();
+    let exit_record = d.state().join("containers").join(&exiter).join("exit.json");
+    wait_until(Duration::from_secs(10), "the exit record of the exiter", || exit_record.exists()).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(orphan_monitor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let before = read_log(&log).len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(read_log(&log).len() > before, "no log lines written while skiffd was down");
+
+    d.start_again().await;
+    let st = d.container_status(&runner).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32, "{st:?}");
+    let info = verbose_info(&d, &runner).await;
+    assert_eq!(info["pid"], runner_info["pid"]);
+    assert!(alive(info["pid"].as_i64().unwrap()));
+    let st = d.container_status(&exiter).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"), "{st:?}");
+    assert!(st.finished_at > st.started_at);
+    let st = d.container_status(&orphan).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!(st.reason, "Unknown", "{st:?}");
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+
+    // The runner still logs, answers exec and stops; its log has no gap.
+    let before = read_log(&log).len();
+    wait_until(Duration::from_secs(5), "more log lines", || read_log(&log).len() > before + 3).await;
+    let out = d.exec(&runner, &["echo", "still-here"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
+    d.runtime().stop_container(cri::StopContainerRequest { container_id: runner.clone(), timeout: 0 }).await.unwrap();
+    let st = d.container_status(&runner).await;
+    assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 137), "{st:?}");
+    let numbers: Vec<u64> =
+        read_log(&log).iter().map(|l| l.2.strip_prefix("tick-").unwrap().parse().unwrap()).collect();
+    assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>());
+
+    // Names stay reserved across the restart.
+    let err = d.create(&pod, &pc, container_config("runner", &["true"])).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let err = d
+        .runtime()
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), runtime_handler: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    d.remove_pod(&pod).await;
+}
+
+/// Copies the record `from` in `dir` to `to` with state "creating" and `name`.
+fn fake_creating_record(dir: &Path, from: &str, to: &str, name: &str) {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{from}.json"))).unwrap()).unwrap();
+    let rec = v.get_mut("record").expect("versioned envelope with a record");
+    rec["id"] = to.into();
+    rec["name"] = name.into();
+    rec["state"] = "creating".into();
+    // As first persisted: nothing acquired recorded yet.
+    if rec.get("namespaces").is_some() {
+        rec["namespaces"] = serde_json::json!({});
+        rec["ips"] = serde_json::json!([]);
+        rec["network_set_up"] = false.into();
+        rec["shm_mounted"] = false.into();
+    }
+    std::fs::write(dir.join(format!("{to}.json")), serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_created_pods_and_containers_are_rolled_back() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "half");
+    let pod = d.run_pod(&pc).await;
+    let ctr = d.create(&pod, &pc, container_config("done", &["sleep", "1000"])).await.unwrap();
+    let pod_name = d.runtime().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .metadata
+        .unwrap();
+    d.kill();
+
+    // A pod and a container caught in the middle of their creation: records in "creating"
+    // state with some of their files made.
+    let meta = d.root().join("metadata");
+    let half_pod = format!("{:064x}", 0xdead_beefu64);
+    let half_ctr = format!("{:064x}", 0xfeed_faceu64);
+    let half_pod_name = format!("{}_{}_{}_1", pod_name.name, pod_name.namespace, pod_name.uid);
+    fake_creating_record(&meta.join("pods"), &pod, &half_pod, &half_pod_name);
+    let pod_dir = d.state().join("pods").join(&half_pod);
+    std::fs::create_dir_all(pod_dir.join("ns")).unwrap();
+    std::fs::create_dir_all(pod_dir.join("shm")).unwrap();
+    std::fs::write(pod_dir.join("hostname"), "half\n").unwrap();
+    // A pinned namespace and the shm tmpfs, as RunPodSandbox makes them before it persists.
+    std::fs::write(pod_dir.join("ns/uts"), b"").unwrap();
+    nix::mount::mount(
+        Some("/proc/self/ns/uts"),
+        &pod_dir.join("ns/uts"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    nix::mount::mount(Some("shm"), &pod_dir.join("shm"), Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+        .unwrap();
+    let half_ctr_name = format!("later_{}_{}_{}_0", pod_name.name, pod_name.namespace, pod_name.uid);
+    fake_creating_record(&meta.join("containers"), &ctr, &half_ctr, &half_ctr_name);
+    let ctr_dir = d.state().join("containers").join(&half_ctr);
+    std::fs::create_dir_all(ctr_dir.join("rootfs")).unwrap();
+
+    d.start_again().await;
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec![pod.as_str()]);
+    let ctrs = d.runtime().list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert_eq!(ctrs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec![ctr.as_str()]);
+    assert_eq!(ctrs[0].state, cri::ContainerState::ContainerCreated as i32);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    assert!(!pod_dir.exists(), "{} left", pod_dir.display());
+    assert!(!ctr_dir.exists(), "{} left", ctr_dir.display());
+    assert!(!meta.join("pods").join(format!("{half_pod}.json")).exists());
+    assert!(!meta.join("containers").join(format!("{half_ctr}.json")).exists());
+    let err = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: half_pod.clone(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Their names are free; the surviving container starts.
+    let mut again = pc.clone();
+    again.metadata.as_mut().unwrap().attempt = 1;
+    let pod2 = d.run_pod(&again).await;
+    d.create(&pod, &pc, container_config("later", &["true"])).await.unwrap();
+    d.runtime().start_container(cri::StartContainerRequest { container_id: ctr.clone() }).await.unwrap();
+    assert_eq!(d.container_status(&ctr).await.state, cri::ContainerState::ContainerRunning as i32);
+    d.remove_pod(&pod2).await;
+    d.remove_pod(&pod).await;
+}
