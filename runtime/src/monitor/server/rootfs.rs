@@ -230,11 +230,21 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
         Some("slave") | Some("rslave") => MsFlags::MS_SLAVE,
         _ => MsFlags::MS_PRIVATE,
     };
-    // Nothing we mount may propagate back to the host, but the host's mount events must still
-    // reach rslave volumes: "/" becomes rslave (runc's default), not rprivate.
-    do_mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
-        .ctx(|| "make / rslave".into())?;
     let rs = root.to_string_lossy().into_owned();
+    // Bidirectional volumes (rootfsPropagation rshared) must stay in the host's peer group, so
+    // the copies of the host's mounts keep their propagation; only "/" itself (pivot_root wants
+    // the current root's parent not shared) and the rootfs mount (new_root's parent) are made
+    // non-shared, and every bind that asks for nothing becomes rslave below.
+    let bidirectional = prop == MsFlags::MS_SHARED;
+    if bidirectional {
+        do_mount(None, "/", None, MsFlags::MS_SLAVE, None).ctx(|| "make / slave".into())?;
+        do_mount(None, &rs, None, MsFlags::MS_PRIVATE, None).ctx(|| format!("make {rs} private"))?;
+    } else {
+        // Nothing we mount may propagate back to the host, but the host's mount events must
+        // still reach rslave volumes: "/" becomes rslave (runc's default), not rprivate.
+        do_mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
+            .ctx(|| "make / rslave".into())?;
+    }
     do_mount(Some(&rs), &rs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
         .ctx(|| format!("bind rootfs {rs}"))?;
     let rootfd = nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
@@ -246,7 +256,7 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&fs, m, cgroups_path).map_err(|e| {
+        mount_one(&fs, m, cgroups_path, bidirectional).map_err(|e| {
             super::util::Error(format!("mount {}: {}", m.destination().display(), e.0))
         })?;
     }
@@ -270,8 +280,13 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>) -> Result<()> {
-    let o = parse_options(m.options().as_deref().unwrap_or_default());
+fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: bool) -> Result<()> {
+    let mut o = parse_options(m.options().as_deref().unwrap_or_default());
+    if bidirectional && o.propagation.is_empty() {
+        // "/" was not made rslave recursively: a bind of a shared host mount that asks for no
+        // propagation must still not propagate back to the host.
+        o.propagation = MsFlags::MS_SLAVE | MsFlags::MS_REC;
+    }
     let typ = m.typ().as_deref().unwrap_or(if o.bind { "bind" } else { "none" });
     let bind = o.bind || typ == "bind";
     let data = o.data.join(",");
