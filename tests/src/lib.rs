@@ -385,6 +385,15 @@ pub fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
 }
 
 fn remove_cgroup_tree(path: &Path) {
+    // Container processes do not name the daemon's directory: kill what the cgroups hold.
+    if let Ok(procs) = fs::read_to_string(path.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if !procs.trim().is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     if let Ok(entries) = fs::read_dir(path) {
         for e in entries.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
