@@ -273,3 +273,118 @@ async fn sigkill_keeps_addresses_of_running_pods() {
     assert!(nft_pod_rules(&d).is_empty());
     assert!(bridge_ports(&d.bridge).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    d.pull(NGINX).await;
+    let (_, gateway) = pod_range(&d);
+    let hp = random_host_port();
+    let mut pa = pod_with_ports(&d, "a", &[(80, hp as i32)]);
+    pa.port_mappings[0].host_ip = "127.0.0.1".into();
+    let a = d.run_pod(&pa).await;
+    d.create_and_start(&a, &pa, nginx_config("nginx")).await;
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    // Bound to 127.0.0.1 only: the gateway address does not forward it.
+    assert!(http_once(SocketAddr::new(gateway, hp)).map(|r| !r.contains(WELCOME)).unwrap_or(true));
+
+    let refused = |config: cri::PodSandboxConfig| {
+        let mut rt = d.runtime();
+        async move {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+                .await
+                .unwrap_err()
+        }
+    };
+    // The same host port (all addresses overlaps 127.0.0.1): refused, everything rolled back.
+    let err = refused(pod_with_ports(&d, "b", &[(80, hp as i32)])).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Bad mappings: a host port out of range, an unknown protocol, a host IP that is no IP.
+    let err = refused(pod_with_ports(&d, "b", &[(80, 70000)])).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let mut bad = pod_with_ports(&d, "b", &[(80, hp as i32 + 1)]);
+    bad.port_mappings[0].protocol = 9;
+    let err = refused(bad).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let mut bad = pod_with_ports(&d, "b", &[(80, hp as i32 + 1)]);
+    bad.port_mappings[0].host_ip = "localhost:1".into();
+    let err = refused(bad).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(bridge_ports(&d.bridge).len(), 1);
+    assert_eq!(leases(&d).len(), 1, "{:?}", leases(&d));
+    assert_eq!(nft_pod_rules(&d).len(), 1);
+    assert_eq!(netns_pins(&d), 1);
+    assert_eq!(std::fs::read_dir(d.state().join("pods")).unwrap().count(), 1);
+
+    // The name is free again; another port works.
+    let pb = pod_with_ports(&d, "b", &[(80, hp as i32 + 1)]);
+    let b = d.run_pod(&pb).await;
+    assert_eq!(nft_pod_rules(&d).len(), 2);
+    d.remove_pod(&a).await;
+    d.remove_pod(&b).await;
+    assert!(nft_pod_rules(&d).is_empty());
+    assert!(leases(&d).is_empty());
+}
+
+/// A reboot loses the state dir (tmpfs) and the cgroups: the namespace pins, and with them the
+/// pods' veths, are gone.
+/// The next start marks the pods NOTREADY and releases their leases and host ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_state_dir_releases_leases_and_rules() {
+    let mut d = Daemon::start().await;
+    let hp = random_host_port();
+    let pa = pod_with_ports(&d, "a", &[(80, hp as i32)]);
+    let a = d.run_pod(&pa).await;
+    let pb = pod_config(&d, "b");
+    let b = d.run_pod(&pb).await;
+    assert_eq!(leases(&d).len(), 2);
+    d.kill();
+    // "Reboot": unmount everything under the state dir and empty it.
+    let state = d.state().to_string_lossy().into_owned();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|mp| mp.starts_with(&state))
+        .collect();
+    mounts.reverse();
+    for mp in mounts {
+        nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    std::fs::remove_dir_all(d.state()).unwrap();
+    // cgroupfs does not survive a reboot either.
+    for h in skiff_tests::cgroup_v1_hierarchies() {
+        let top = h.join(d.cgroup_parent.trim_start_matches('/'));
+        for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                std::fs::remove_dir(e.path()).unwrap();
+            }
+        }
+        let _ = std::fs::remove_dir(&top);
+    }
+    // The netns are gone, so are the pod ends of the veths and with them the host ends.
+    for _ in 0..50 {
+        if bridge_ports(&d.bridge).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    d.start_again().await;
+    for p in [&a, &b] {
+        let (state, _, _) = pod_status(&d, p).await;
+        assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
+    }
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
+    assert!(bridge_ports(&d.bridge).is_empty());
+    // New pods work and removal of the old ones is clean.
+    let pc = pod_config(&d, "c");
+    let c = d.run_pod(&pc).await;
+    assert!(!pod_ip(&d, &c).await.is_empty());
+    for p in [&a, &b, &c] {
+        d.remove_pod(p).await;
+    }
+    assert!(leases(&d).is_empty());
+}
