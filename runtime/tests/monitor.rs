@@ -137,7 +137,8 @@ impl Ctr {
     }
 
     fn wait(&self) -> monitor::ExitRecord {
-        match self.client().wait_exit(Some(Duration::from_secs(20))) {
+        let res = Client::connect(&self.cfg.socket_path).and_then(|mut c| c.wait_exit(Some(Duration::from_secs(20))));
+        match res {
             Ok(r) => r,
             Err(MonitorError::MonitorGone) => monitor::read_exit_record(&self.cfg.exit_record_path).unwrap(),
             Err(e) => panic!("wait: {e}"),
@@ -711,4 +712,32 @@ fn user_caps_no_new_privs_and_seccomp() {
     let o = c2.exec(&["sh", "-c", "echo $(id -u) $FOO; mkdir /tmp/y 2>&1; true"], None).unwrap();
     let txt = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(txt.starts_with("65534 bar\n") && txt.contains("not implemented"), "{txt}");
+}
+
+#[test]
+fn stdin_pipe_keeps_a_shell_running_and_tty_logs_as_stdout() {
+    if !have_busybox() {
+        return;
+    }
+    // stdin: true, like critest's shell container: `sh` waits on its stdin instead of exiting.
+    let mut c = Ctr::new(&["sh"]);
+    c.cfg.stdin = true;
+    c.cfg.stdin_once = true;
+    c.cfg.write(&c.dir).unwrap();
+    c.start().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
+    c.client().signal(9).unwrap();
+    assert_eq!(c.wait().signal, Some(9));
+
+    let mut t = Ctr::new(&["sh", "-c", "tty; echo to-stderr >&2; [ -t 0 ] && echo stdin-is-tty"]);
+    t.cfg.tty = true;
+    t.cfg.write(&t.dir).unwrap();
+    t.start().unwrap();
+    assert_eq!(t.wait().exit_code, 0);
+    let recs = records(&t.log_text());
+    assert!(recs.contains(&rec("stdout", "F", "/dev/pts/0")) || recs.iter().any(|r| r.2.starts_with("/dev/")), "{recs:?}");
+    assert!(recs.contains(&rec("stdout", "F", "to-stderr")), "{recs:?}");
+    assert!(recs.contains(&rec("stdout", "F", "stdin-is-tty")), "{recs:?}");
+    assert!(recs.iter().all(|r| r.0 == "stdout"), "{recs:?}");
 }

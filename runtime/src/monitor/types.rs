@@ -38,10 +38,12 @@ pub struct MonitorConfig {
     /// Monitor diagnostics (normally `<dir>/monitor.log`). `None`: discarded.
     #[serde(default)]
     pub debug_log_path: Option<PathBuf>,
-    /// CRI `tty`: not implemented yet (the start fails with a clear error when set).
+    /// CRI `tty`: the container gets a pseudo terminal as stdin/stdout/stderr (its
+    /// controlling terminal); everything it prints is logged as `stdout`.
     #[serde(default)]
     pub tty: bool,
-    /// CRI `stdin`: accepted; the container's stdin is /dev/null until attach exists.
+    /// CRI `stdin`: the container's stdin is a pipe the monitor holds open (reads block, as
+    /// with containerd when nobody is attached); otherwise /dev/null.
     #[serde(default)]
     pub stdin: bool,
     #[serde(default)]

@@ -63,8 +63,15 @@ pub fn plan(spec: &Spec) -> Result<NsPlan> {
 }
 
 /// The forked child: never returns; on failure writes the message to `errfd` and exits 127.
-pub fn child(spec: &Spec, plan: NsPlan, cgroups_path: Option<&str>, stdio: [RawFd; 3], errfd: RawFd) -> ! {
-    let e = match child_inner(spec, plan, cgroups_path, stdio) {
+pub fn child(
+    spec: &Spec,
+    plan: NsPlan,
+    cgroups_path: Option<&str>,
+    stdio: [RawFd; 3],
+    console: Option<RawFd>,
+    errfd: RawFd,
+) -> ! {
+    let e = match child_inner(spec, plan, cgroups_path, stdio, console) {
         Err(e) => e,
         Ok(never) => match never {},
     };
@@ -72,7 +79,13 @@ pub fn child(spec: &Spec, plan: NsPlan, cgroups_path: Option<&str>, stdio: [RawF
     unsafe { libc::_exit(127) }
 }
 
-fn child_inner(spec: &Spec, plan: NsPlan, cgroups_path: Option<&str>, stdio: [RawFd; 3]) -> Result<Infallible> {
+fn child_inner(
+    spec: &Spec,
+    plan: NsPlan,
+    cgroups_path: Option<&str>,
+    stdio: [RawFd; 3],
+    console: Option<RawFd>,
+) -> Result<Infallible> {
     reset_signals();
     unsafe { libc::umask(0o022) };
     for (i, fd) in stdio.iter().enumerate() {
@@ -95,7 +108,12 @@ fn child_inner(spec: &Spec, plan: NsPlan, cgroups_path: Option<&str>, stdio: [Ra
     rootfs::finish(spec)?;
     let Some(p) = spec.process() else { bail!("config.json has no process") };
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    exec_process(p, seccomp, None, true)
+    // A session of its own; with a tty, that terminal becomes its controlling terminal.
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    if let Some(sock) = console {
+        setup_terminal(sock)?;
+    }
+    exec_process(p, seccomp, None, false)
 }
 
 /// Process attributes and exec. `args` overrides `process.args` (exec mode).
@@ -139,4 +157,31 @@ pub fn exec_process(
     // Every fd but 0-2 closes on exec (our error pipe reports success that way).
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */) };
     Err(security::exec(&exe, args, env))
+}
+
+/// Allocates a terminal in the container's devpts (after pivot_root), makes it stdio and the
+/// controlling terminal, and sends the master to the monitor over `sock`.
+fn setup_terminal(sock: RawFd) -> Result<()> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let m = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).ctx(|| "open /dev/ptmx".into())?;
+    grantpt(&m).ctx(|| "grantpt".into())?;
+    unlockpt(&m).ctx(|| "unlockpt".into())?;
+    let name = ptsname_r(&m).ctx(|| "ptsname".into())?;
+    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open {name}"))?;
+    let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+    unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    for i in 0..3 {
+        super::util::dup_onto(slave.as_raw_fd(), i)?;
+    }
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        bail!("set controlling terminal: {}", std::io::Error::last_os_error());
+    }
+    let fds = [m.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"t")];
+    sendmsg::<()>(sock, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .ctx(|| "send the terminal to the monitor".into())?;
+    Ok(())
 }

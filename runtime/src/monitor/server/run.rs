@@ -44,9 +44,6 @@ pub fn main(dir: &Path) -> i32 {
         Ok(s) => s,
         Err(e) => return start_failed(&cfg, report_fd, &format!("read config.json: {e}"), None),
     };
-    if cfg.tty {
-        return start_failed(&cfg, report_fd, "tty containers are not supported yet", None);
-    }
     // Detach: the process skiffd started exits at once; the monitor is reparented away.
     match unsafe { fork() } {
         Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
@@ -124,6 +121,81 @@ struct Monitor {
     exited: Option<(i32, Option<i32>, i64, Instant)>,
     cgroups_path: Option<String>,
     oom_before: Option<u64>,
+    /// Write end of the container's stdin pipe (CRI `stdin`), held open so that reads block.
+    _stdin: Option<OwnedFd>,
+}
+
+/// The container's stdio: pipes, or a pseudo terminal (CRI `tty`: everything is "stdout").
+/// The terminal is allocated by the child in the container's own devpts instance (so that
+/// `ttyname` works inside) and its master sent back over a socketpair, as runc does.
+enum Stdio {
+    Pipes { stdin_r: OwnedFd, stdin_w: Option<OwnedFd>, out: (OwnedFd, OwnedFd), err: (OwnedFd, OwnedFd) },
+    Pty { null: OwnedFd, ours: OwnedFd, theirs: OwnedFd },
+}
+
+impl Stdio {
+    fn new(cfg: &MonitorConfig) -> Result<Stdio> {
+        let null = || -> Result<OwnedFd> {
+            Ok(OwnedFd::from(std::fs::File::open("/dev/null").ctx(|| "open /dev/null".into())?))
+        };
+        if cfg.tty {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .ctx(|| "socketpair".into())?;
+            return Ok(Stdio::Pty { null: null()?, ours, theirs });
+        }
+        let (stdin_r, stdin_w) = if cfg.stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (null()?, None)
+        };
+        Ok(Stdio::Pipes { stdin_r, stdin_w, out: pipe()?, err: pipe()? })
+    }
+
+    fn child_fds(&self) -> [RawFd; 3] {
+        match self {
+            Stdio::Pipes { stdin_r, out, err, .. } => [stdin_r.as_raw_fd(), out.1.as_raw_fd(), err.1.as_raw_fd()],
+            Stdio::Pty { null, .. } => [null.as_raw_fd(); 3],
+        }
+    }
+
+    fn console_socket(&self) -> Option<RawFd> {
+        match self {
+            Stdio::Pty { theirs, .. } => Some(theirs.as_raw_fd()),
+            Stdio::Pipes { .. } => None,
+        }
+    }
+
+    /// Parent side after a successful start: (stdout reader, stderr reader, stdin writer).
+    fn into_parent(self) -> Result<(OwnedFd, Option<OwnedFd>, Option<OwnedFd>)> {
+        match self {
+            Stdio::Pipes { stdin_w, out, err, .. } => Ok((out.0, Some(err.0), stdin_w)),
+            Stdio::Pty { ours, theirs, .. } => {
+                drop(theirs);
+                Ok((recv_fd(&ours)?, None, None))
+            }
+        }
+    }
+}
+
+/// Receives one fd (SCM_RIGHTS) from a unix socket.
+fn recv_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .ctx(|| "receive the terminal".into())?;
+    for c in msg.cmsgs().ctx(|| "receive the terminal".into())? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    bail!("the container did not send its terminal")
 }
 
 fn oom_count(cg: Option<&str>) -> Option<u64> {
@@ -168,34 +240,36 @@ impl Monitor {
             .map(|p| p.to_string_lossy().into_owned());
         let oom_before = oom_count(cgroups_path.as_deref());
         let plan = container::plan(&spec)?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
         let (sync_r, sync_w) = pipe()?;
-        let null = std::fs::File::open("/dev/null").ctx(|| "open /dev/null".into())?;
+        let io = Stdio::new(cfg)?;
         if let Some((fd, what)) = &plan.pid_join {
             nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID).ctx(|| format!("join {what}"))?;
         } else if plan.new_pid {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
         }
         let pid = match unsafe { fork() } {
-            Ok(ForkResult::Child) => container::child(
-                &spec,
-                plan,
-                cgroups_path.as_deref(),
-                [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-                sync_w.as_raw_fd(),
-            ),
+            Ok(ForkResult::Child) => {
+                container::child(
+                    &spec,
+                    plan,
+                    cgroups_path.as_deref(),
+                    io.child_fds(),
+                    io.console_socket(),
+                    sync_w.as_raw_fd(),
+                )
+            }
             Ok(ForkResult::Parent { child }) => child,
             Err(e) => bail!("fork: {e}"),
         };
-        drop((out_w, err_w, sync_w, null, plan));
+        drop((sync_w, plan));
         let msg = read_to_end_raw(sync_r.as_raw_fd());
         if !msg.is_empty() {
             let _ = waitpid(pid, None);
             bail!("{}", String::from_utf8_lossy(&msg));
         }
         let started_at = now_nanos();
-        for fd in [&out_r, &err_r] {
+        let (out_r, err_r, stdin_keep) = io.into_parent()?;
+        for fd in [Some(&out_r), err_r.as_ref()].into_iter().flatten() {
             let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
         }
         Ok(Monitor {
@@ -205,8 +279,9 @@ impl Monitor {
             log,
             out: [
                 Some(Output { fd: out_r, split: LineSplitter::new("stdout") }),
-                Some(Output { fd: err_r, split: LineSplitter::new("stderr") }),
+                err_r.map(|fd| Output { fd, split: LineSplitter::new("stderr") }),
             ],
+            _stdin: stdin_keep,
             listener,
             clients: Vec::new(),
             sigfd,
