@@ -131,11 +131,7 @@ async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result
     let ctx2 = ctx.clone();
     let (id, cgroup) = (pod.id.clone(), pod.cgroup_parent.clone());
     tokio::task::spawn_blocking(move || {
-        let paths = ctx2.pod_paths(&id);
-        runtime::podfiles::unmount_shm(&paths.shm()).map_err(|e| e.to_string())?;
-        runtime::namespaces::unpin(&paths.ns_dir()).map_err(|e| e.to_string())?;
-        runtime::podfiles::remove_pod_files(&paths).map_err(|e| e.to_string())?;
-        ctx2.cgroups.remove(&cgroup).map_err(|e| e.to_string())
+        runtime::pod::teardown_pod(&ctx2.cgroups, &ctx2.config.state, &id, &cgroup).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?

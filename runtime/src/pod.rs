@@ -25,6 +25,9 @@ pub struct PodSetupRequest<'a> {
     pub host_resolv_conf: &'a Path,
     /// Size of the pod's /dev/shm tmpfs ([`podfiles::DEFAULT_SHM_SIZE`]).
     pub shm_size: u64,
+    /// Parent of the pod cgroup when the config names none (skiffd's
+    /// `runtime.default_cgroup_parent`, normally `/skiff`).
+    pub default_cgroup_parent: &'a str,
 }
 
 /// What a pod holds on the host; store it in the pod record (serde) and hand its parts to
@@ -37,7 +40,7 @@ pub struct PodResources {
     pub namespaces: PodNamespacePaths,
     /// The files to bind-mount into containers (shm = the pod tmpfs, or /dev/shm for IPC=NODE).
     pub files: PodFilePaths,
-    /// The pod cgroup, cgroupfs form (CRI cgroup_parent or `/skiff/<pod-id>`).
+    /// The pod cgroup, cgroupfs form (CRI cgroup_parent or `<default parent>/<pod-id>`).
     pub cgroup_parent: String,
     /// The hostname the pod's containers see.
     pub hostname: String,
@@ -57,12 +60,12 @@ pub fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption
         .unwrap_or_default()
 }
 
-/// The pod cgroup in cgroupfs form: the CRI cgroup_parent, or `/skiff/<pod-id>` when empty.
-/// systemd slice names are refused (skiff manages cgroupfs paths only).
-pub fn cgroup_parent(config: &cri::PodSandboxConfig, pod_id: &str) -> Result<String, CgroupError> {
+/// The pod cgroup in cgroupfs form: the CRI cgroup_parent, or `<default_parent>/<pod-id>` when
+/// empty. systemd slice names are refused (skiff manages cgroupfs paths only).
+pub fn cgroup_parent(config: &cri::PodSandboxConfig, pod_id: &str, default_parent: &str) -> Result<String, CgroupError> {
     let p = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or("");
     if p.is_empty() {
-        return Ok(format!("/skiff/{pod_id}"));
+        return Ok(format!("/{}/{pod_id}", normalize(default_parent)?));
     }
     if p.ends_with(".slice") || p.contains(".slice/") {
         return Err(CgroupError::InvalidPath {
@@ -80,7 +83,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
     let nso = namespace_options(req.config);
     let host_net = mode(nso.network) == cri::NamespaceMode::Node;
     let host_ipc = mode(nso.ipc) == cri::NamespaceMode::Node;
-    let cg = cgroup_parent(req.config, req.pod_id)?;
+    let cg = cgroup_parent(req.config, req.pod_id, req.default_cgroup_parent)?;
     let hostname = podfiles::pod_hostname(if host_net { "" } else { &req.config.hostname });
 
     let mut undo: Vec<Box<dyn FnOnce() + '_>> = Vec::new();

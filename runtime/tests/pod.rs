@@ -35,7 +35,7 @@ fn setup_and_teardown() {
     let id = format!("pod{}", uniq());
     let parent = format!("/skiff-test-{}/burstable/{id}", uniq());
     let cfg = config(&parent);
-    let req = PodSetupRequest { state_dir: tmp.path(), pod_id: &id, config: &cfg, host_resolv_conf: Path::new("/etc/resolv.conf"), shm_size: 1 << 20 };
+    let req = PodSetupRequest { state_dir: tmp.path(), pod_id: &id, config: &cfg, host_resolv_conf: Path::new("/etc/resolv.conf"), shm_size: 1 << 20, default_cgroup_parent: "/skiff" };
     let r = pod::setup_pod(&cg, &req).unwrap();
     assert_eq!(r.cgroup_parent, parent);
     assert!(cg.exists(&parent).unwrap());
@@ -66,7 +66,7 @@ fn host_network_and_rollback() {
         namespace_options: Some(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ipc: cri::NamespaceMode::Node as i32, ..Default::default() }),
         ..Default::default()
     });
-    let req = PodSetupRequest { state_dir: tmp.path(), pod_id: &id, config: &cfg, host_resolv_conf: Path::new("/etc/resolv.conf"), shm_size: 1 << 20 };
+    let req = PodSetupRequest { state_dir: tmp.path(), pod_id: &id, config: &cfg, host_resolv_conf: Path::new("/etc/resolv.conf"), shm_size: 1 << 20, default_cgroup_parent: "/skiff" };
     let r = pod::setup_pod(&cg, &req).unwrap();
     assert!(r.namespaces.net.is_none() && r.namespaces.uts.is_none() && r.namespaces.ipc.is_none());
     assert_eq!(r.files.shm.as_deref(), Some(Path::new("/dev/shm")));

@@ -82,6 +82,7 @@ fn generated_spec_runs_under_the_monitor() {
         config: &sandbox,
         host_resolv_conf: Path::new("/etc/resolv.conf"),
         shm_size: 8 << 20,
+        default_cgroup_parent: "/skiff",
     })
     .unwrap();
     let mut guard = Cleanup { cg: &cg, state: state.clone(), pod_id: pod_id.clone(), pod_cgroup: pod_cgroup.clone(), ctr_cgroup: None, socket: None };
@@ -210,6 +211,7 @@ fn privileged_host_namespaces_under_the_monitor() {
         config: &sandbox,
         host_resolv_conf: Path::new("/etc/resolv.conf"),
         shm_size: 8 << 20,
+        default_cgroup_parent: "/skiff",
     })
     .unwrap();
     let mut guard = Cleanup { cg: &cg, state: state.clone(), pod_id: pod_id.clone(), pod_cgroup: pod_cgroup.clone(), ctr_cgroup: None, socket: None };

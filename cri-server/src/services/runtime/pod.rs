@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use proto::cri::*;
-use runtime::namespaces::NsType;
+use std::path::Path;
+
 use tokio::sync::Mutex;
 use tonic::Status;
 use tracing::Instrument;
@@ -20,17 +21,9 @@ use crate::rollback::Rollback;
 use crate::store::{new_id, now_nanos, Lookup, PodNamespaces, PodRecord, PodState};
 
 /// Size of a pod's /dev/shm tmpfs (as Docker and containerd default to).
-const SHM_SIZE: u64 = 64 * 1024 * 1024;
+const SHM_SIZE: u64 = runtime::podfiles::DEFAULT_SHM_SIZE;
 
-/// The namespace modes a pod asks for (POD when unset).
-pub(crate) fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone())
-        .unwrap_or_default()
-}
+pub(crate) use runtime::pod::namespace_options;
 
 fn mode(m: i32) -> NamespaceMode {
     NamespaceMode::try_from(m).unwrap_or(NamespaceMode::Pod)
@@ -99,18 +92,7 @@ impl RuntimeSvc {
         runtime_handler: String,
     ) -> Result<(), Status> {
         let ctx = self.ctx.clone();
-        let paths = ctx.pod_paths(id);
-        let ns = namespace_options(&config);
-        let host_net = mode(ns.network) == NamespaceMode::Node;
-        let host_ipc = mode(ns.ipc) == NamespaceMode::Node;
-        let cgroup_parent = config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| format!("{}/{id}", ctx.config.runtime.default_cgroup_parent));
-        let hostname = runtime::podfiles::pod_hostname(&config.hostname);
-
+        let host_ipc = mode(namespace_options(&config).ipc) == NamespaceMode::Node;
         let mut record = PodRecord {
             id: id.to_owned(),
             name: name.to_owned(),
@@ -118,7 +100,7 @@ impl RuntimeSvc {
             runtime_handler,
             state: PodState::Creating,
             created_at: now_nanos(),
-            cgroup_parent: cgroup_parent.clone(),
+            cgroup_parent: String::new(),
             namespaces: PodNamespaces::default(),
             ips: Vec::new(),
             network_set_up: false,
@@ -133,78 +115,40 @@ impl RuntimeSvc {
                 let id = id.to_owned();
                 rb.push_blocking("pod record", move || ctx.pod_store.remove(&id).map_err(|e| e.to_string()));
             }
-            std::fs::create_dir_all(&paths.dir)
-                .map_err(|e| Status::internal(format!("create {}: {e}", paths.dir.display())))?;
-            {
-                let paths = paths.clone();
-                rb.push_blocking("pod files", move || {
-                    runtime::podfiles::remove_pod_files(&paths).map_err(|e| e.to_string())
-                });
-            }
 
-            // Namespaces: new net/ipc/uts unless the pod shares the node's.
-            let mut types = Vec::new();
-            if !host_net {
-                types.push(NsType::Net);
-                types.push(NsType::Uts);
-            }
-            if !host_ipc {
-                types.push(NsType::Ipc);
-            }
-            let ns_dir = paths.ns_dir();
-            let pinned = {
-                let ns_dir = ns_dir.clone();
-                let hostname = hostname.clone();
+            // Namespaces (new net/ipc/uts unless the pod shares the node's), resolv.conf,
+            // hosts, hostname, the /dev/shm tmpfs and the pod cgroup; runtime::pod undoes its
+            // own steps when one fails.
+            let resources = {
+                let (ctx, id, config) = (ctx.clone(), id.to_owned(), config.clone());
                 tokio::task::spawn_blocking(move || {
-                    runtime::namespaces::pin(&ns_dir, &types, Some(&hostname))
+                    runtime::pod::setup_pod(
+                        &ctx.cgroups,
+                        &runtime::pod::PodSetupRequest {
+                            state_dir: &ctx.config.state,
+                            pod_id: &id,
+                            config: &config,
+                            host_resolv_conf: Path::new("/etc/resolv.conf"),
+                            shm_size: SHM_SIZE,
+                            default_cgroup_parent: &ctx.config.runtime.default_cgroup_parent,
+                        },
+                    )
                 })
                 .await
                 .map_err(join_error)?
-                .status("create the pod's namespaces")?
+                .status("set up the pod")?
             };
-            rb.push_blocking("namespaces", move || {
-                runtime::namespaces::unpin(&ns_dir).map_err(|e| e.to_string())
-            });
-            record.namespaces.net = pinned.net;
-            record.namespaces.ipc = pinned.ipc;
-            record.namespaces.uts = pinned.uts;
-
-            // Files bind-mounted into the containers.
-            let dns = config.dns_config.as_ref();
-            runtime::podfiles::write_resolv_conf(
-                &paths.resolv_conf(),
-                dns,
-                std::path::Path::new("/etc/resolv.conf"),
-            )
-            .status("write the pod's resolv.conf")?;
-            runtime::podfiles::write_hostname(&paths.hostname(), &hostname)
-                .status("write the pod's hostname")?;
-            self.write_pod_hosts(&record, &hostname)?;
-            if !host_ipc {
-                let shm = paths.shm();
-                let s = shm.clone();
-                tokio::task::spawn_blocking(move || runtime::podfiles::mount_shm(&s, SHM_SIZE))
-                    .await
-                    .map_err(join_error)?
-                    .status("mount the pod's /dev/shm")?;
-                record.shm_mounted = true;
-                rb.push_blocking("shm", move || {
-                    runtime::podfiles::unmount_shm(&shm).map_err(|e| e.to_string())
+            {
+                let (ctx, id, cgroup) = (ctx.clone(), id.to_owned(), resources.cgroup_parent.clone());
+                rb.push_blocking("pod namespaces, files and cgroup", move || {
+                    runtime::pod::teardown_pod(&ctx.cgroups, &ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
                 });
             }
-
-            // The pod cgroup (parents created as needed; only what skiff created is removed).
-            {
-                let ctx2 = ctx.clone();
-                let cg = cgroup_parent.clone();
-                tokio::task::spawn_blocking(move || ctx2.cgroups.create(&cg))
-                    .await
-                    .map_err(join_error)?
-                    .status("create the pod cgroup")?;
-                let ctx2 = ctx.clone();
-                let cg = cgroup_parent.clone();
-                rb.push_blocking("pod cgroup", move || ctx2.cgroups.remove(&cg).map_err(|e| e.to_string()));
-            }
+            record.cgroup_parent = resources.cgroup_parent;
+            record.namespaces.net = resources.namespaces.net;
+            record.namespaces.ipc = resources.namespaces.ipc;
+            record.namespaces.uts = resources.namespaces.uts;
+            record.shm_mounted = !host_ipc;
 
             self.setup_pod_extras(&mut record, &mut rb).await?;
 
@@ -294,28 +238,14 @@ impl RuntimeSvc {
             let ctx = self.ctx.clone();
             let id = pod.id.clone();
             let cgroup = pod.cgroup_parent.clone();
-            let shm = pod.shm_mounted;
-            let failures = tokio::task::spawn_blocking(move || {
-                let paths = ctx.pod_paths(&id);
-                let mut failures = Vec::new();
-                if shm {
-                    if let Err(e) = runtime::podfiles::unmount_shm(&paths.shm()) {
-                        failures.push(format!("shm: {e}"));
-                    }
-                }
-                if let Err(e) = runtime::namespaces::unpin(&paths.ns_dir()) {
-                    failures.push(format!("namespaces: {e}"));
-                }
-                if let Err(e) = runtime::podfiles::remove_pod_files(&paths) {
-                    failures.push(format!("files: {e}"));
-                }
-                if let Err(e) = ctx.cgroups.remove(&cgroup) {
-                    failures.push(format!("cgroup {cgroup}: {e}"));
-                }
-                failures
+            let failures: Vec<String> = tokio::task::spawn_blocking(move || {
+                runtime::pod::teardown_pod(&ctx.cgroups, &ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
             })
             .await
-            .map_err(join_error)?;
+            .map_err(join_error)?
+            .err()
+            .into_iter()
+            .collect();
             if !failures.is_empty() {
                 pod.error = Some(format!("removal incomplete: {}", failures.join("; ")));
                 let _ = self.ctx.pod_store.save(&pod.id, &*pod);
