@@ -14,6 +14,33 @@
 //! * `skiff-monitor exec <container-dir> [--tty] -- cmd args…`: used by [`exec_sync`].
 //! * `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace ([`spawn_infra`]).
 //!
+//! ## Client API (blocking; call from `spawn_blocking`)
+//! * [`MonitorConfig::new`] + [`MonitorConfig::write`]: `monitor.json` in the container dir.
+//! * [`spawn`]`(monitor_bin, container_dir) -> Result<Started{pid, monitor_pid}, MonitorError>`;
+//!   a container that cannot start gives `MonitorError::StartError(message)` and an exit
+//!   record with reason `StartError`.
+//! * [`Client::connect`]`(socket)`, then [`Client::status`], [`Client::signal`],
+//!   [`Client::reopen_log`], [`Client::wait_exit`]`(timeout)`. `MonitorError::MonitorGone`
+//!   means the monitor has exited: read the record with [`read_exit_record`].
+//! * [`exec_sync`]`(monitor_bin, container_dir, cmd, timeout, max_output)`;
+//!   `MonitorError::Timeout` after killing the command's process group.
+//! * [`spawn_infra`]`(monitor_bin, pod_dir) -> InfraStarted{pid}`; stop it with SIGTERM.
+//!
+//! ## config.json support
+//! Namespaces (new: pid, mount, ipc, uts, net, cgroup; joined by path: pid, ipc, uts, net,
+//! cgroup; user/time and joining a mount namespace are refused), `linux.cgroupsPath`
+//! (cgroupfs form, joined with [`crate::cgroups::join`]), `root.path`/`root.readonly`,
+//! `linux.rootfsPropagation`, mounts in order (bind/rbind with ro/nosuid/nodev/noexec/… and
+//! propagation, proc, sysfs, tmpfs, devpts, mqueue, cgroup: v1 = tmpfs + read-only binds of
+//! the container's own cgroup per hierarchy, v2 = cgroup2), `linux.devices` plus the standard
+//! /dev nodes and links when /dev is a tmpfs, `maskedPaths`, `readonlyPaths`, `hostname`
+//! (only in a new UTS namespace), `linux.sysctl`, `process.{args,env,cwd (created if
+//! missing, as runc), user (uid, gid, additionalGids, umask), capabilities (all five sets),
+//! noNewPrivileges, rlimits, oomScoreAdj (clamped to the monitor's own value when lower and
+//! CAP_SYS_RESOURCE is missing; logged to monitor.log)}`, `linux.seccomp` (libseccomp).
+//! Ignored: hooks, apparmor/selinux labels, `linux.resources` (skiffd applies them to the
+//! cgroup), `process.terminal` (the CRI tty flag in `monitor.json` decides).
+//!
 //! ## PID 1 and zombies
 //! critest's "runtime should support ContainerPID" requires `/proc/1/cmdline` of a container
 //! with its own PID namespace to be the user's process (nginx's master), so the user process

@@ -515,7 +515,7 @@ pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
     if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
         for (k, v) in sysctl {
-            if k.contains("..") || k.contains('/') && k.contains('.') && k.starts_with('/') {
+            if k.is_empty() || k.contains("..") || k.contains('/') {
                 bail!("bad sysctl name {k:?}");
             }
             let p = Path::new("/proc/sys").join(k.replace('.', "/"));
