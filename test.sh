@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
 # Builds skiff and runs every test: unit tests and the integration tests in tests/, which run
-# the real skiffd against the real kernel. Needs root and the test registry on 127.0.0.1:5000
-# (../shared/testimages/registry-up starts it). .ci/run installs the packages and calls this.
+# the real skiffd against the real kernel, as root. On a fresh Debian 12 machine it first
+# installs the packages the tests need and starts the test registry on 127.0.0.1:5000
+# (../shared/testimages/registry-up); both steps are skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ "$(id -u)" = 0 ] || { echo "test.sh: the tests need root" >&2; exit 1; }
+
+need=()
+for pkg in libseccomp-dev pkg-config nftables iproute2 containernetworking-plugins busybox-static curl; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "${need[@]}" >/dev/null
+fi
+registry=${SKIFF_TEST_REGISTRY:-127.0.0.1:5000}
+if ! curl -fsS "http://$registry/v2/" >/dev/null 2>&1; then
+    REGISTRY_ADDR=$registry ../shared/testimages/registry-up
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${SKIFF_TEST_THREADS:-4}"
