@@ -225,3 +225,39 @@ async fn bad_container_requests() {
     d.runtime().remove_container(cri::RemoveContainerRequest { container_id: id }).await.unwrap();
     d.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_container_resources() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "upd");
+    let pod = d.run_pod(&pc).await;
+    let mut cfg = container_config("c", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]);
+    cfg.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() });
+    let id = d.create_and_start(&pod, &pc, cfg).await;
+    async fn limit(d: &Daemon, id: &str) -> u64 {
+        let out = d.exec(id, &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], 10).await.unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap()
+    }
+    assert_eq!(limit(&d, &id).await, 64 << 20);
+    d.runtime()
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 96 << 20, cpu_shares: 512, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limit(&d, &id).await, 96 << 20);
+    let err = d
+        .runtime()
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    d.remove_pod(&pod).await;
+}

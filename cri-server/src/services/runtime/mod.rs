@@ -7,6 +7,7 @@ mod pod;
 mod stats;
 pub(crate) mod pod_extras;
 mod status;
+mod update;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -107,8 +108,8 @@ impl RuntimeService for RuntimeSvc {
     async fn container_status(&self, r: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
         self.container_status_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn update_container_resources(&self, _r: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+    async fn update_container_resources(&self, r: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        self.update_container_resources_impl(r.into_inner()).await.map(Response::new)
     }
     async fn reopen_container_log(&self, r: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
         self.reopen_container_log_impl(r.into_inner()).await.map(Response::new)
