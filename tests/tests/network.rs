@@ -322,6 +322,26 @@ async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
     let pb = pod_with_ports(&d, "b", &[(80, hp as i32 + 1)]);
     let b = d.run_pod(&pb).await;
     assert_eq!(nft_pod_rules(&d).len(), 2);
+
+    // Two pods asking for the same host port at the same time: exactly one gets it.
+    let race = |name: &'static str| {
+        let config = pod_with_ports(&d, name, &[(80, hp as i32 + 2)]);
+        let mut rt = d.runtime();
+        async move {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+                .await
+                .map(|r| r.into_inner().pod_sandbox_id)
+        }
+    };
+    let results = futures_join_all([race("r1"), race("r2")]).await;
+    let won: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    let lost = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert_eq!(lost.code(), tonic::Code::InvalidArgument, "{lost:?}");
+    assert_eq!(nft_pod_rules(&d).len(), 3);
+    assert_eq!(leases(&d).len(), 3);
+    assert_eq!(bridge_ports(&d.bridge).len(), 3);
+    d.remove_pod(won[0]).await;
     d.remove_pod(&a).await;
     d.remove_pod(&b).await;
     assert!(nft_pod_rules(&d).is_empty());
@@ -386,5 +406,37 @@ async fn lost_state_dir_releases_leases_and_rules() {
     for p in [&a, &b, &c] {
         d.remove_pod(p).await;
     }
+    assert!(leases(&d).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods() {
+    let v6 = format!("fd00:200:{:x}::", rand::random::<u16>());
+    let d = Daemon::start_with_config(&format!("[network]\npod_cidr_v6 = \"{v6}/64\"\n")).await;
+    d.pull(BUSYBOX).await;
+    d.pull(NGINX).await;
+    let pa = pod_config(&d, "a");
+    let a = d.run_pod(&pa).await;
+    let pb = pod_config(&d, "b");
+    let b = d.run_pod(&pb).await;
+    let (_, ip_a, extra_a) = pod_status(&d, &a).await;
+    let (_, ip_b, extra_b) = pod_status(&d, &b).await;
+    assert!(ip_a.parse::<IpAddr>().unwrap().is_ipv4(), "{ip_a}");
+    assert_eq!(extra_a.len(), 1, "{extra_a:?}");
+    assert_eq!(extra_b.len(), 1, "{extra_b:?}");
+    let (v6_a, v6_b) = (&extra_a[0], &extra_b[0]);
+    assert!(v6_a.starts_with(&v6) && v6_b.starts_with(&v6), "{v6_a} {v6_b}");
+    assert_eq!(leases(&d)[&a].len(), 2);
+
+    let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
+    d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+    let (_, hosts) = exec(&d, &ca, &["cat", "/etc/hosts"]).await;
+    assert!(hosts.contains(&ip_a) && hosts.contains(v6_a.as_str()), "{hosts}");
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://[{v6_b}]/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+    d.remove_pod(&a).await;
+    d.remove_pod(&b).await;
     assert!(leases(&d).is_empty());
 }
