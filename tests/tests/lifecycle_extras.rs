@@ -1,0 +1,108 @@
+//! Pod and container details beyond the basic lifecycle: a kubelet-style cgroup_parent (missing
+//! parents created, only skiff-made ones removed), the termination message (file, and
+//! FallbackToLogsOnError), ExecSync output cap, ListContainers state filter.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
+use skiff_tests::{cri, Daemon};
+
+fn memory_hierarchy() -> std::path::PathBuf {
+    skiff_tests::cgroup_v1_hierarchies()
+        .into_iter()
+        .find(|h| h.file_name().is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "memory")))
+        .expect("v1 memory hierarchy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_style_cgroup_parent() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let mem = memory_hierarchy();
+    // The kubelet made .../kubepods itself; burstable and pod<uid> are for skiff to create.
+    let kubepods = format!("{}/kubepods", d.cgroup_parent);
+    std::fs::create_dir_all(mem.join(kubepods.trim_start_matches('/'))).unwrap();
+    let parent = format!("{kubepods}/burstable/poduid-cg");
+    let mut pc = pod_config(&d, "cg");
+    pc.linux = Some(cri::LinuxPodSandboxConfig { cgroup_parent: parent.clone(), ..Default::default() });
+    let pod = d.run_pod(&pc).await;
+    assert!(mem.join(parent.trim_start_matches('/')).is_dir());
+    let id = d.create_and_start(&pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    let ctr_cg = mem.join(parent.trim_start_matches('/')).join(&id);
+    assert!(ctr_cg.is_dir(), "{}", ctr_cg.display());
+    d.remove_pod(&pod).await;
+    assert!(!mem.join(format!("{kubepods}/burstable").trim_start_matches('/')).exists(), "skiff's parents left");
+    assert!(mem.join(kubepods.trim_start_matches('/')).is_dir(), "the kubelet's cgroup was removed");
+    // Ours to clean (the other hierarchies got only what skiff made, now removed).
+    std::fs::remove_dir(mem.join(kubepods.trim_start_matches('/'))).unwrap();
+    std::fs::remove_dir(mem.join(d.cgroup_parent.trim_start_matches('/'))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_message_exec_cap_and_state_filter() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "term");
+    let pod = d.run_pod(&pc).await;
+    let with = |name: &str, cmd: &str, policy: &str| {
+        let mut c = container_config(name, &["sh", "-c", cmd]);
+        c.annotations = HashMap::from([
+            ("io.kubernetes.container.terminationMessagePath".into(), "/tmp/termination-log".into()),
+            ("io.kubernetes.container.terminationMessagePolicy".into(), policy.into()),
+        ]);
+        c
+    };
+    let file = d.create_and_start(&pod, &pc, with("file", "echo boom > /tmp/termination-log; exit 2", "File")).await;
+    let logs = d
+        .create_and_start(&pod, &pc, with("fallback", "echo first; echo last words; exit 1", "FallbackToLogsOnError"))
+        .await;
+    let ok = d.create_and_start(&pod, &pc, with("ok", "echo fine; exit 0", "FallbackToLogsOnError")).await;
+    let st = d.wait_exited(&file, Duration::from_secs(20)).await;
+    assert_eq!((st.exit_code, st.message.trim()), (2, "boom"), "{st:?}");
+    let st = d.wait_exited(&logs, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 1);
+    assert!(st.message.contains("last words"), "{st:?}");
+    let st = d.wait_exited(&ok, Duration::from_secs(20)).await;
+    assert_eq!((st.exit_code, st.message.as_str()), (0, ""), "{st:?}");
+
+    // ExecSync output is capped (16 MiB per stream, and the response fits the 16 MiB gRPC
+    // message limit): the caller gets the output, not an encoding error.
+    let runner = d.create_and_start(&pod, &pc, container_config("runner", &["sleep", "1000"])).await;
+    let out = d.exec(&runner, &["sh", "-c", "head -c 20000000 /dev/zero; echo done >&2"], 30).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(out.stdout.len() > (15 << 20) && out.stdout.len() + out.stderr.len() < (16 << 20), "{}", out.stdout.len());
+    assert!(out.stdout.iter().all(|b| *b == 0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "done\n");
+
+    // ListContainers by state.
+    let by_state = |s: cri::ContainerState| {
+        let mut rt = d.runtime();
+        let pod = pod.clone();
+        async move {
+            let mut ids: Vec<String> = rt
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        state: Some(cri::ContainerStateValue { state: s as i32 }),
+                        pod_sandbox_id: pod,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(by_state(cri::ContainerState::ContainerRunning).await, vec![runner.clone()]);
+    let mut exited = vec![file, logs, ok];
+    exited.sort();
+    assert_eq!(by_state(cri::ContainerState::ContainerExited).await, exited);
+    assert!(by_state(cri::ContainerState::ContainerCreated).await.is_empty());
+    d.remove_pod(&pod).await;
+}
