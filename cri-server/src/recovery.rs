@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::services::runtime::container::refresh;
-use crate::services::runtime::pod_extras::{network_request, process_start_time, teardown_pod_extras};
+use crate::services::runtime::pod_extras::{kill_infra, network_request, process_start_time, teardown_pod_extras};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState, StoreError};
 
 /// Runs the reconciliation; problems with single objects are logged and the object is kept
@@ -128,6 +128,16 @@ async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result
     }
     pod.network_set_up = false;
     teardown_pod_extras(ctx, pod).await.map_err(|e| e.message().to_owned())?;
+    // A PID namespace holder started before the crash is not in the record yet.
+    let dir = ctx.pod_paths(&pod.id).dir;
+    tokio::task::spawn_blocking(move || {
+        for pid in infra_processes(&dir) {
+            tracing::info!(pid, "stopping the PID namespace holder of an interrupted pod");
+            kill_infra(pid, process_start_time(pid));
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let ctx2 = ctx.clone();
     let (id, cgroup) = (pod.id.clone(), pod.cgroup_parent.clone());
     tokio::task::spawn_blocking(move || {
@@ -135,4 +145,21 @@ async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// The PID namespace holders (`skiff-monitor infra <pod dir>`) of a pod, found by their
+/// command line: a skiffd killed between starting one and recording it leaves no pid on disk.
+fn infra_processes(pod_dir: &std::path::Path) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let want = pod_dir.as_os_str().as_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.len() >= 3 && args[1] == b"infra" && args[2] == want
+        })
+        .collect()
 }

@@ -440,3 +440,46 @@ async fn dual_stack_pods() {
     d.remove_pod(&b).await;
     assert!(leases(&d).is_empty());
 }
+
+/// skiffd killed in the middle of RunPodSandbox, after the network was set up but before the
+/// pod was recorded READY (simulated by rewriting the record as it is on disk at that point):
+/// the next start rolls the pod back completely (lease, veth, host port, netns, holder process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_run_pod_sandbox_is_rolled_back() {
+    let mut d = Daemon::start().await;
+    let hp = random_host_port();
+    let pc = pod_with_ports(&d, "half", &[(80, hp as i32)]);
+    let pod = d.run_pod(&pc).await;
+    let keep = d.run_pod(&pod_config(&d, "keep")).await;
+    d.kill();
+    let file = d.root().join("metadata/pods").join(format!("{pod}.json"));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let r = &mut v["record"];
+    r["state"] = "creating".into();
+    r["namespaces"] = serde_json::json!({ "net": null, "ipc": null, "uts": null, "infra_pid": null, "infra_start_time": null });
+    r["ips"] = serde_json::json!([]);
+    r["network_set_up"] = false.into();
+    r["shm_mounted"] = false.into();
+    std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+    d.start_again().await;
+
+    let err = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let l = leases(&d);
+    assert_eq!(l.keys().collect::<Vec<_>>(), vec![&keep], "{l:?}");
+    assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
+    assert_eq!(bridge_ports(&d.bridge).len(), 1);
+    assert_eq!(netns_pins(&d), 1);
+    let pod_dir = d.state().join("pods").join(&pod);
+    assert!(!pod_dir.exists());
+    let procs = skiff_tests::processes_mentioning(&pod_dir.to_string_lossy());
+    assert!(procs.is_empty(), "processes of the rolled-back pod: {procs:?}");
+    // The name is free again.
+    let again = d.run_pod(&pc).await;
+    d.remove_pod(&again).await;
+    d.remove_pod(&keep).await;
+}
