@@ -741,3 +741,26 @@ fn stdin_pipe_keeps_a_shell_running_and_tty_logs_as_stdout() {
     assert!(recs.contains(&rec("stdout", "F", "stdin-is-tty")), "{recs:?}");
     assert!(recs.iter().all(|r| r.0 == "stdout"), "{recs:?}");
 }
+
+#[test]
+fn container_dies_with_its_monitor() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::with(&["sleep", "1000"], |s| {
+        s["process"]["user"] = json!({"uid": 65534, "gid": 65534});
+    });
+    let s = c.start().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.monitor_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let t = Instant::now();
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|st| st.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+            .unwrap_or(true)
+    };
+    while !gone(s.pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(s.pid), "the container outlived its monitor");
+    c.started = None;
+}

@@ -87,6 +87,14 @@ fn child_inner(
     console: Option<RawFd>,
 ) -> Result<Infallible> {
     reset_signals();
+    // The container lives only as long as its monitor: if the monitor is killed, nothing would
+    // copy its output or record its exit, so it gets SIGKILL (skiffd then reports the
+    // container EXITED/Unknown, never an unmonitored RUNNING one).
+    let monitor = nix::unistd::getppid();
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    if nix::unistd::getppid() != monitor {
+        bail!("the monitor died during the start");
+    }
     unsafe { libc::umask(0o022) };
     for (i, fd) in stdio.iter().enumerate() {
         super::util::dup_onto(*fd, i as RawFd)?;
@@ -144,6 +152,8 @@ pub fn exec_process(
         }
     }
     security::switch_user(p)?;
+    // A credential change clears the parent-death signal: set it again.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     let cwd = p.cwd();
     nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {:?} set in config.json", cwd))?;
     security::capabilities(caps)?;

@@ -52,9 +52,9 @@ pub fn main(dir: &Path) -> i32 {
     }
     let _ = nix::unistd::setsid();
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let mut m = match Monitor::start(cfg, spec) {
+    let mut m = match Monitor::start(&cfg, spec) {
         Ok(m) => m,
-        Err((cfg, e)) => return start_failed(&cfg, report_fd, &e.0, Some(())),
+        Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
     diag!("container {} started, pid {}", m.cfg.container_id, m.pid);
     report(
@@ -217,14 +217,8 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 impl Monitor {
-    fn start(cfg: MonitorConfig, spec: Spec) -> std::result::Result<Monitor, (MonitorConfig, Error)> {
-        match Self::start_inner(&cfg, spec) {
-            Ok(parts) => Ok(Monitor { cfg, ..parts }),
-            Err(e) => Err((cfg, e)),
-        }
-    }
 
-    fn start_inner(cfg: &MonitorConfig, spec: Spec) -> Result<Monitor> {
+    fn start(cfg: &MonitorConfig, spec: Spec) -> Result<Monitor> {
         let listener = bind_unix(&cfg.socket_path).ctx(|| format!("listen on {}", cfg.socket_path.display()))?;
         listener.set_nonblocking(true).ctx(|| "socket".into())?;
         if let Some(p) = &cfg.pid_file {
@@ -355,11 +349,9 @@ impl Monitor {
         while let Ok(Some(si)) = self.sigfd.read_signal() {
             match Signal::try_from(si.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => self.reap(),
-                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
-                    // Stop request aimed at the monitor: pass it on to the container.
-                    if self.exited.is_none() {
-                        let _ = nix::sys::signal::kill(self.pid, Signal::SIGTERM);
-                    }
+                // Stop request aimed at the monitor: pass it on to the container.
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) if self.exited.is_none() => {
+                    let _ = nix::sys::signal::kill(self.pid, Signal::SIGTERM);
                 }
                 _ => {}
             }
@@ -428,7 +420,7 @@ impl Monitor {
                 Ok(Some(x)) => x,
                 Ok(None) => return,
                 Err(e) => {
-                    let _ = self.send(i, &Response::Error { message: format!("bad request: {e}") });
+                    self.send(i, &Response::Error { message: format!("bad request: {e}") });
                     self.clients[i].closed = true;
                     return;
                 }
