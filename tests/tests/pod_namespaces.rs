@@ -168,6 +168,18 @@ async fn pod_level_pid_namespace() {
     let z = zombies(&d, &a).await;
     assert!(z.is_empty(), "zombies: {z:?}");
 
+    // Stopping a container kills all its processes, not only the main one: in a shared PID
+    // namespace the others would outlive it (and hold its log pipes open).
+    let mut cc = container_config("c", &["sh", "-c", "sleep 1006 & exec sleep 1007"]);
+    pid_mode(&mut cc, cri::NamespaceMode::Pod, "");
+    let c = d.create_and_start(&pod, &pc, cc).await;
+    wait_for(Duration::from_secs(5), "the background sleep", || async { sh(&d, &a, "ps").await.contains("sleep 1006") }).await;
+    let t = Instant::now();
+    d.runtime().stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
+    let took = t.elapsed();
+    assert!(!sh(&d, &a, "ps").await.contains("sleep 1006"), "a process of the stopped container lives on");
+    assert!(took < Duration::from_millis(1500), "stop took {took:?}");
+
     // Stopping the pod ends the namespace holder too.
     d.remove_pod(&pod).await;
     wait_for(Duration::from_secs(5), "the infra process to exit", || async move {

@@ -720,6 +720,10 @@ pub(crate) async fn stop_container(ctx: &Arc<Context>, entry: &Arc<Mutex<Contain
             Err(MonitorError::MonitorGone) => return Ok(()),
             Err(e) => return Err(e),
         }
+        // Every other process of the container too (containerd's `kill --all`): in a shared
+        // (pod or node) PID namespace they outlive the main process and hold its output open,
+        // so the exit would be recorded only after the monitor's drain grace.
+        let _ = ctx2.cgroups.kill_all(&cgroup);
         match client.wait_exit(Some(KILL_WAIT)) {
             Ok(_) | Err(MonitorError::MonitorGone) => Ok(()),
             Err(MonitorError::Timeout) => {
