@@ -764,3 +764,33 @@ fn container_dies_with_its_monitor() {
     assert!(gone(s.pid), "the container outlived its monitor");
     c.started = None;
 }
+
+#[test]
+fn recursive_readonly_bind() {
+    if !have_busybox() {
+        return;
+    }
+    // A host dir with a tmpfs below it, bound with rbind+ro+rro: the submount is read-only too.
+    let src = tempfile::Builder::new().prefix("skmon-rro-").tempdir_in("/tmp").unwrap();
+    let sub = src.path().join("tmpfs");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(Some("tmpfs"), &sub, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m")).unwrap();
+    let sub2 = sub.clone();
+    let srcp = src.path().to_path_buf();
+    let mut c = Ctr::with(
+        &["sh", "-c", "touch /mnt/tmpfs/f 2>&1; touch /mnt/f 2>&1; touch /rw/tmpfs/f && echo rw-ok"],
+        |s| {
+            let m = s["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/mnt", "type": "bind", "source": srcp, "options": ["rbind", "ro", "rro", "rprivate"]}));
+            m.push(json!({"destination": "/rw", "type": "bind", "source": srcp, "options": ["rbind", "rw", "rprivate"]}));
+        },
+    );
+    c.cleanups.push(Box::new(move || {
+        let _ = nix::mount::umount2(&sub2, nix::mount::MntFlags::MNT_DETACH);
+    }));
+    c.start().unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    let log = c.log_text();
+    assert_eq!(log.matches("Read-only file system").count(), 2, "{log}");
+    assert!(log.contains("stdout F rw-ok"), "{log}");
+}

@@ -48,6 +48,7 @@ struct Opts {
     propagation: MsFlags,
     bind: bool,
     rec: bool,
+    rro: bool,
     data: Vec<String>,
 }
 
@@ -57,6 +58,7 @@ fn parse_options(opts: &[String]) -> Opts {
         propagation: MsFlags::empty(),
         bind: false,
         rec: false,
+        rro: false,
         data: Vec::new(),
     };
     for opt in opts {
@@ -88,6 +90,11 @@ fn parse_options(opts: &[String]) -> Opts {
             "rbind" => {
                 o.bind = true;
                 o.rec = true;
+                continue;
+            }
+            // Recursive read-only (CRI recursive_read_only): mount_setattr(AT_RECURSIVE).
+            "rro" => {
+                o.rro = true;
                 continue;
             }
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
@@ -313,6 +320,9 @@ fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: 
             do_mount(None, &t, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | o.flags, None)
                 .ctx(|| "remount bind".into())?;
         }
+        if o.rro {
+            set_recursive_readonly(&target)?;
+        }
         if !o.propagation.is_empty() {
             do_mount(None, &t, None, o.propagation, None).ctx(|| "set propagation".into())?;
         }
@@ -337,6 +347,34 @@ fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: 
     if !o.propagation.is_empty() {
         let target = fs.resolve(m.destination(), None)?;
         do_mount(None, &proc_fd(&target), None, o.propagation, None).ctx(|| "set propagation".into())?;
+    }
+    Ok(())
+}
+
+/// Makes a mount and everything below it read-only (Linux 5.12+ `mount_setattr`).
+fn set_recursive_readonly(target: &OwnedFd) -> Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        bail!("recursive read-only: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }
