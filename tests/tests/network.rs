@@ -145,7 +145,7 @@ async fn fifty_pods_leave_nothing_behind() {
     let d = Daemon::start().await;
     const N: usize = 50;
     const BATCH: usize = 10;
-    let base_port = 30000 + (rand::random::<u16>() % 9000);
+    let base_port = 40000 + (rand::random::<u16>() % 8000);
     let mut pods: Vec<String> = Vec::new();
     for batch in 0..N / BATCH {
         let runs = (0..BATCH).map(|i| {
