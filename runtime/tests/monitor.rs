@@ -462,15 +462,19 @@ fn exec_sync_output_exit_code_errors_timeout() {
     // Timeout kills the command and what it started.
     let t = Instant::now();
     let marker = format!("skmon{}", rand_suffix());
-    let script = format!("sleep 1001 & sleep 1002; echo {marker}");
+    // Even a process that left the process group (setsid) is found: the stub is a subreaper.
+    let script = format!("setsid sleep 1005 & sleep 1001 & sleep 1002; echo {marker}");
     match c.exec(&["sh", "-c", &script], Some(Duration::from_secs(1))) {
         Err(MonitorError::Timeout) => {}
         other => panic!("expected timeout, got {other:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
-    let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1001") || cmd.starts_with("sleep 1002") || cmd.contains(&marker));
+    let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1001") || cmd.starts_with("sleep 1002") || cmd.starts_with("sleep 1005") || cmd.contains(&marker));
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Not even zombies: the stub reaped what it killed (PID 1, sleep, never reaps).
+    let z = zombies_in(&ns_of(&s.pid.to_string(), "pid"));
+    assert!(z.is_empty(), "zombies after the timeout: {z:?}");
     let st = c.client().status().unwrap();
     assert_eq!(st.state, ContainerState::Running);
 }
@@ -793,4 +797,22 @@ fn recursive_readonly_bind() {
     let log = c.log_text();
     assert_eq!(log.matches("Read-only file system").count(), 2, "{log}");
     assert!(log.contains("stdout F rw-ok"), "{log}");
+}
+
+/// Zombies whose pid namespace is `pidns` (waits up to 10 s for them to go).
+fn zombies_in(pidns: &str) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let z: Vec<String> = procs_matching(|_, stat| stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+            .into_iter()
+            .filter(|z| {
+                let pid = z.split(':').next().unwrap_or("");
+                std::fs::read_link(format!("/proc/{pid}/ns/pid")).map(|l| l.to_string_lossy() == pidns).unwrap_or(false)
+            })
+            .collect();
+        if z.is_empty() || t.elapsed() > Duration::from_secs(10) {
+            return z;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

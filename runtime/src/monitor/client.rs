@@ -292,10 +292,7 @@ fn exec_loop(
         let now = Instant::now();
         if let Some(d) = deadline {
             if now >= d {
-                if let Some(g) = pgid {
-                    kill_group(g);
-                }
-                let _ = child.kill();
+                stop_exec(child, pgid);
                 return Err(MonitorError::Timeout);
             }
         }
@@ -380,6 +377,25 @@ fn exec_loop(
             }
         }
     }
+}
+
+/// On timeout: SIGTERM to the helper, which has the in-container stub kill and reap the
+/// command's whole tree; if that takes too long, SIGKILL the stub's process group and the
+/// helper.
+fn stop_exec(child: &mut std::process::Child, pgid: Option<i32>) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(g) = pgid {
+        kill_group(g);
+    }
+    let _ = child.kill();
 }
 
 /// SIGKILLs a process group (and its leader).

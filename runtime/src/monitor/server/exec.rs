@@ -11,8 +11,10 @@
 //!     └─ command (container user, caps, no_new_privs, seccomp, env, cwd)
 //! ```
 //!
-//! Killing: SIGTERM/SIGINT/SIGHUP to the helper SIGKILLs the stub's process group; the
-//! client also kills `-pgid` itself on timeout.
+//! Killing: SIGTERM/SIGINT/SIGHUP to the helper makes it send SIGTERM to the stub, which
+//! SIGKILLs its children round after round (orphans are reparented to it) and reaps them, so
+//! nothing is left, not even a zombie; if the stub does not finish within 3 s the helper kills
+//! its process group. [`exec_sync`](crate::monitor::exec_sync) sends that SIGTERM on timeout.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
@@ -137,12 +139,14 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
     // The command holds the client's pipes now; our copies must not delay its EOF.
     stdio_to_null();
     let mut buf: Vec<u8> = Vec::new();
+    let mut killing: Option<std::time::Instant> = None;
     loop {
         let mut fds = [
             PollFd::new(sp_r.as_fd(), PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = if killing.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => bail!("poll: {e}"),
@@ -151,7 +155,14 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
         let pipe_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
         if sig_ready {
             while let Ok(Some(_)) = sigfd.read_signal() {}
+            // Ask the stub to kill the command's whole tree (it reaps as it goes).
+            let _ = nix::sys::signal::kill(stub, Signal::SIGTERM);
+            killing.get_or_insert_with(std::time::Instant::now);
+        }
+        if killing.is_some_and(|t| t.elapsed() > KILL_GRACE) {
+            // The stub does not answer: kill its process group and be done.
             kill_group(stub);
+            let _ = waitpid(stub, None);
             send(status_fd, &ExecReport::Exited { exit_code: 137 });
             return Ok(137);
         }
@@ -209,6 +220,9 @@ fn reap_stub(stub: Pid) {
     }
 }
 
+/// How long the helper waits for the stub to kill the command after SIGTERM.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// 10 ms ticks the helper waits for its stub after the command exited (the client's drain
 /// grace for lingering output is 1 s too).
 const STUB_WAIT_TICKS: u32 = 100;
@@ -230,6 +244,11 @@ fn stub_main(
     unsafe { libc::close(status_fd) };
     let _ = nix::unistd::setsid();
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SIGCHLD: reap; SIGTERM (from the helper, on a timeout): kill the command's whole tree.
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGTERM);
+    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None);
     let say = |s: &str| {
         let _ = write_all_raw(sp, s.as_bytes());
     };
@@ -243,6 +262,7 @@ fn stub_main(
     let cmd_pid = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(er_r);
+            reset_signals();
             let e = match container::exec_process(process, seccomp, Some(cmd), false) {
                 Err(e) => e,
                 Ok(never) => match never {},
@@ -265,18 +285,44 @@ fn stub_main(
         unsafe { libc::_exit(0) }
     }
     say("S\n");
+    let mut killing = false;
     loop {
-        match waitpid(None, None) {
-            Ok(st) => {
-                if st.pid() == Some(cmd_pid) {
-                    if let Some((code, _)) = decode_wait(st) {
-                        say(&format!("X{code}\n"));
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(st) => {
+                    if st.pid() == Some(cmd_pid) {
+                        if let Some((code, _)) = decode_wait(st) {
+                            say(&format!("X{code}\n"));
+                        }
                     }
                 }
+                Err(nix::errno::Errno::EINTR) => {}
+                // No child left: the command and everything it left behind are gone.
+                Err(_) => unsafe { libc::_exit(0) },
             }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => break,
+        }
+        if killing {
+            kill_children(cmd_pid);
+        }
+        if let Ok(Signal::SIGTERM) = set.wait() {
+            killing = true;
+            kill_children(cmd_pid);
         }
     }
-    unsafe { libc::_exit(0) }
+}
+
+/// SIGKILLs every child of the stub (orphans of the command are reparented to it, the
+/// subreaper, and are found on the next round).
+fn kill_children(cmd_pid: Pid) {
+    let me = nix::unistd::getpid();
+    let list = std::fs::read_to_string(format!("/proc/self/task/{me}/children")).unwrap_or_default();
+    let mut any = false;
+    for p in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+        any = true;
+    }
+    if !any {
+        let _ = nix::sys::signal::kill(cmd_pid, Signal::SIGKILL);
+    }
 }
