@@ -816,3 +816,20 @@ fn zombies_in(pidns: &str) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn host_pid_namespace_orphans_reaped_by_the_monitor() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::with(&["sh", "-c", "sleep 0.3 & echo pid=$$"], |s| {
+        s["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    });
+    let s = c.start().unwrap();
+    let r = c.wait();
+    assert_eq!(r.exit_code, 0);
+    assert!(c.log_text().contains(&format!("stdout F pid={}", s.pid)), "{}", c.log_text());
+    // The orphaned sleep went to the monitor (child subreaper), which reaped it before exiting.
+    let z = procs_matching(|cmd, stat| cmd.starts_with("sleep 0.3") || stat.contains(&format!(" {} ", s.monitor_pid)) && stat.contains(") Z"));
+    assert!(z.is_empty(), "{z:?}");
+}
