@@ -483,3 +483,43 @@ async fn interrupted_run_pod_sandbox_is_rolled_back() {
     d.remove_pod(&again).await;
     d.remove_pod(&keep).await;
 }
+
+/// A link with the bridge's name that is no bridge: NetworkReady false with the reason, pods
+/// refused with FailedPrecondition and rolled back; once the link is gone the network heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_not_ready_when_the_bridge_cannot_be_made() {
+    struct Link(String);
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let _ = sh("ip", &["link", "del", &self.0]);
+            let _ = sh("nft", &["delete", "table", "inet", &format!("skiff_{}", self.0)]);
+        }
+    }
+    let link = Link(format!("skt{}", skiff_tests::unique_suffix()));
+    sh_ok("ip", &["link", "add", &link.0, "type", "veth", "peer", "name", &format!("{}p", link.0)]);
+    let d = Daemon::start_with_config(&format!("[network]\nbridge = \"{}\"\n", link.0)).await;
+    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(!nr.status);
+    assert_eq!(nr.reason, "BridgeSetupFailed", "{nr:?}");
+    assert!(nr.message.contains(&link.0), "{nr:?}");
+    let err = d
+        .runtime()
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config(&d, "x")), runtime_handler: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("not a bridge"), "{err:?}");
+    assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0);
+    assert_eq!(netns_pins(&d), 0);
+    assert!(leases(&d).is_empty());
+
+    sh_ok("ip", &["link", "del", &link.0]);
+    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(nr.status, "{nr:?}");
+    let pod = d.run_pod(&pod_config(&d, "x")).await;
+    assert!(!pod_ip(&d, &pod).await.is_empty());
+    d.remove_pod(&pod).await;
+    drop(d);
+}

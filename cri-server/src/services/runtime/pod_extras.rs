@@ -20,7 +20,8 @@ pub(crate) fn network_status(doing: &str, e: NetworkError) -> Status {
     let msg = format!("{doing}: {e}");
     match e {
         NetworkError::InvalidArgument(_) => Status::invalid_argument(msg),
-        NetworkError::NotReady(_) => Status::failed_precondition(msg),
+        // The node's network is not usable (NetworkReady is false with the reason): no bad request.
+        NetworkError::NotReady(_) | NetworkError::Config(_) => Status::failed_precondition(msg),
         NetworkError::AddressesExhausted(_) => Status::resource_exhausted(msg),
         _ => Status::internal(msg),
     }
