@@ -35,7 +35,10 @@ use crate::monitor::types::*;
 
 pub fn main(dir: &Path, rest: &[String]) -> i32 {
     ignore_sigpipe();
-    let status_fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    let status_fd = {
+        close_inherited_fds();
+        unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) }
+    };
     if let Ok(f) = std::fs::File::open("/dev/null") {
         let _ = dup_onto(f.as_raw_fd(), 0);
     }

@@ -18,7 +18,10 @@ use super::util::*;
 use crate::monitor::protocol::StartReport;
 
 pub fn main(pod_dir: &Path) -> i32 {
-    let report_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    let report_fd = {
+        close_inherited_fds();
+        unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
+    };
     stdio_to_null();
     match start(pod_dir, report_fd) {
         Ok(pid) => {

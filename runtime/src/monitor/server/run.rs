@@ -24,7 +24,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 pub fn main(dir: &Path) -> i32 {
     ignore_sigpipe();
     // fd 1 is the report pipe read by `spawn`; keep it aside, stdio goes to /dev/null.
-    let report_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    let report_fd = {
+        close_inherited_fds();
+        unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
+    };
     stdio_to_null();
     let cfg = match MonitorConfig::load(dir) {
         Ok(c) => c,

@@ -206,3 +206,8 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Closes every fd above 2 that the spawner leaked to us (the monitor lives long).
+pub fn close_inherited_fds() {
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
