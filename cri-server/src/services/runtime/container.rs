@@ -685,14 +685,8 @@ pub(crate) async fn stop_container(ctx: &Arc<Context>, entry: &Arc<Mutex<Contain
     let (socket, signal, cgroup) = {
         let mut c = entry.lock().await;
         refresh(ctx, &mut c).await;
-        if c.state == ContainerState::Created {
-            // Never started: it becomes EXITED without running.
-            c.state = ContainerState::Exited;
-            c.finished_at = now_nanos();
-            c.reason = "Completed".into();
-            ctx.container_store.save(&c.id, &*c).status("persist the container")?;
-            return Ok(());
-        }
+        // Never started, or already exited: nothing to stop (containerd leaves a created
+        // container CREATED too).
         if c.state != ContainerState::Running {
             return Ok(());
         }
