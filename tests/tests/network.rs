@@ -151,7 +151,7 @@ async fn fifty_pods_leave_nothing_behind() {
         let runs = (0..BATCH).map(|i| {
             let n = batch * BATCH + i;
             // Every other pod with a host port.
-            let pc = if n % 2 == 0 {
+            let pc = if n.is_multiple_of(2) {
                 pod_with_ports(&d, &format!("p{n}"), &[(80, (base_port + n as u16) as i32)])
             } else {
                 pod_config(&d, &format!("p{n}"))
@@ -456,7 +456,8 @@ async fn interrupted_run_pod_sandbox_is_rolled_back() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let r = &mut v["record"];
     r["state"] = "creating".into();
-    r["namespaces"] = serde_json::json!({ "net": null, "ipc": null, "uts": null, "infra_pid": null, "infra_start_time": null });
+    r["namespaces"] =
+        serde_json::json!({ "net": null, "ipc": null, "uts": null, "infra_pid": null, "infra_start_time": null });
     r["ips"] = serde_json::json!([]);
     r["network_set_up"] = false.into();
     r["shm_mounted"] = false.into();
@@ -505,7 +506,10 @@ async fn network_not_ready_when_the_bridge_cannot_be_made() {
     assert!(nr.message.contains(&link.0), "{nr:?}");
     let err = d
         .runtime()
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config(&d, "x")), runtime_handler: String::new() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&d, "x")),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");

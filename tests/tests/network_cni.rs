@@ -32,12 +32,7 @@ impl CniEnv {
         let dir = tempfile::Builder::new().prefix("skiff-cni-").tempdir_in("/tmp").unwrap();
         let u = skiff_tests::unique_suffix();
         let x = rand::random::<u8>();
-        let env = Self {
-            name: format!("sktcni-{u}"),
-            bridge: format!("skn{u}"),
-            prefix: format!("10.216.{x}."),
-            dir,
-        };
+        let env = Self { name: format!("sktcni-{u}"), bridge: format!("skn{u}"), prefix: format!("10.216.{x}."), dir };
         std::fs::create_dir_all(env.conf_dir()).unwrap();
         env
     }
@@ -117,10 +112,7 @@ impl CniEnv {
         for table in ["nat", "filter"] {
             let out = sh("iptables-save", &["-t", table]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let mine: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("-A ") && l.contains(&self.name))
-                .collect();
+            let mine: Vec<&str> = text.lines().filter(|l| l.starts_with("-A ") && l.contains(&self.name)).collect();
             let chains: HashSet<&str> = mine
                 .iter()
                 .filter_map(|l| l.split(" -j ").nth(1)?.split_whitespace().next())
@@ -273,7 +265,10 @@ async fn cni_network_not_ready_without_config() {
     // A pod cannot get a network: a clear error, and nothing is left.
     let err = d
         .runtime()
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config(&d, "x")), runtime_handler: String::new() })
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&d, "x")),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");

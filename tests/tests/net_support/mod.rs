@@ -171,7 +171,10 @@ impl Client {
         let r = rand::random::<u16>();
         let ip: IpAddr = format!("172.30.{}.{}", r >> 8, 1 + (r & 0xff) % 254).parse().unwrap();
         let client = Self { ns, host_if, ip };
-        sh_ok("ip", &["link", "add", &client.host_if, "type", "veth", "peer", "name", "eth0", "netns", &client.ns.name]);
+        sh_ok(
+            "ip",
+            &["link", "add", &client.host_if, "type", "veth", "peer", "name", "eth0", "netns", &client.ns.name],
+        );
         sh_ok("ip", &["link", "set", &client.host_if, "up"]);
         sh_ok("ip", &["route", "add", &format!("{ip}/32"), "dev", &client.host_if]);
         client.ns.exec_ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
@@ -202,9 +205,7 @@ pub fn leases(d: &Daemon) -> HashMap<String, Vec<String>> {
     let Ok(text) = std::fs::read_to_string(d.root().join("network/leases.json")) else { return out };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     for l in v["leases"].as_array().into_iter().flatten() {
-        out.entry(l["pod_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(l["ip"].as_str().unwrap().to_owned());
+        out.entry(l["pod_id"].as_str().unwrap().to_owned()).or_default().push(l["ip"].as_str().unwrap().to_owned());
     }
     out
 }
