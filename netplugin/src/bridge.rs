@@ -433,12 +433,43 @@ impl BridgeNetwork {
         }
         if let Err(e) = self.ensure_host().await {
             errors.push(e);
+        } else if let Err(e) = self.reattach_live_veths(live).await {
+            errors.push(e);
         }
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
             _ => Err(NetworkError::Multiple(errors)),
         }
+    }
+
+    /// Live pods' host veths that are on no bridge (the bridge was deleted while skiffd was down
+    /// and has just been made again): attach them again, so that the pods are reachable.
+    async fn reattach_live_veths(&self, live: &HashSet<String>) -> Result<()> {
+        let nl = Rtnl::host()?;
+        let bridge_idx = nl.index(&self.bridge).await?;
+        for id in live {
+            let name = self.host_veth_name(id);
+            let Some(link) = nl.link(&name).await? else { continue };
+            if rtnl::link_controller(&link) == Some(bridge_idx) {
+                continue;
+            }
+            let idx = link.header.index;
+            nl.handle
+                .link()
+                .set(LinkUnspec::new_with_index(idx).controller(bridge_idx).up().build())
+                .execute()
+                .await
+                .map_err(|e| NetworkError::netlink(format!("attach {name} to {}", self.bridge), e))?;
+            nl.handle
+                .link()
+                .set_port(LinkBridgePort::new(idx).hairpin(true).build())
+                .execute()
+                .await
+                .map_err(|e| NetworkError::netlink(format!("hairpin mode on {name}"), e))?;
+            tracing::info!(pod = %id, veth = %name, bridge = %self.bridge, "attached a live pod's veth to the bridge again");
+        }
+        Ok(())
     }
 
     async fn stale_veths(&self, keep: &HashSet<String>) -> Result<Vec<String>> {

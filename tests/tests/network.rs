@@ -527,3 +527,30 @@ async fn network_not_ready_when_the_bridge_cannot_be_made() {
     d.remove_pod(&pod).await;
     drop(d);
 }
+
+/// The bridge deleted while skiffd was down: the next start makes it again and attaches the
+/// running pods' veths to it, so they are reachable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_deleted_while_skiffd_was_down() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    d.pull(NGINX).await;
+    let hp = random_host_port();
+    let pa = pod_config(&d, "a");
+    let a = d.run_pod(&pa).await;
+    let pb = pod_with_ports(&d, "b", &[(80, hp as i32)]);
+    let b = d.run_pod(&pb).await;
+    let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
+    d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+    let ip_b = pod_ip(&d, &b).await;
+    d.kill();
+    sh_ok("ip", &["link", "del", &d.bridge]);
+    d.start_again().await;
+    assert_eq!(bridge_ports(&d.bridge).len(), 2);
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    d.remove_pod(&a).await;
+    d.remove_pod(&b).await;
+}
