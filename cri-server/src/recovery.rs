@@ -4,6 +4,8 @@
 //! - Pods or containers caught half-created ("creating") are rolled back.
 //! - A READY pod whose namespace pins are gone (the state dir did not survive a reboot) or
 //!   whose PID namespace holder died becomes NOTREADY and releases its network.
+//! - CREATED containers whose start was interrupted after their monitor started them are
+//!   adopted (RUNNING or EXITED); otherwise their rootfs mount and cgroup are released.
 //! - RUNNING containers are checked against their monitor: still running, or EXITED with the
 //!   exit record the monitor wrote meanwhile (or reason Unknown when it died without one).
 //! - The network plugin releases the leases of pods that are no longer alive, and the image
@@ -92,6 +94,9 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
             c.state = ContainerState::Unknown;
             c.error = Some(format!("interrupted creation, cleanup incomplete: {released:?} {removed:?}"));
         }
+        if c.state == ContainerState::Created {
+            recover_created(ctx, &mut c).await;
+        }
         refresh(ctx, &mut c).await;
         if ctx.pods.lookup(&c.pod_id).is_not_found() {
             tracing::warn!(container_id = %id, pod_id = %c.pod_id, "container of a pod that no longer exists");
@@ -116,6 +121,50 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// A CREATED container whose StartContainer was interrupted: if its monitor got to start it,
+/// adopt it (RUNNING, or EXITED through the exit record the monitor wrote); otherwise undo
+/// what the start acquired (rootfs mount, container cgroup) so that the next start begins
+/// afresh. Never CREATED while a process runs, never started twice.
+async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
+    use runtime::monitor;
+    let cdir = ctx.container_dir(&c.id);
+    let monitor_pid = std::fs::read_to_string(cdir.join(monitor::PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE)).is_some() {
+        tracing::info!(container_id = %c.id, "interrupted start: the container ran and exited");
+        c.state = ContainerState::Running;
+        c.monitor_pid = None;
+        return;
+    }
+    let socket = cdir.join(monitor::SOCKET_FILE);
+    let status = tokio::task::spawn_blocking(move || monitor::Client::connect(&socket)?.status()).await;
+    match status {
+        Ok(Ok(st)) if st.state == monitor::ContainerState::Running => {
+            tracing::info!(container_id = %c.id, pid = st.pid, "interrupted start: adopting the running container");
+            c.state = ContainerState::Running;
+            c.pid = Some(st.pid);
+            c.monitor_pid = monitor_pid;
+            c.started_at = st.started_at;
+        }
+        Ok(Ok(_)) => {
+            // Exited meanwhile: the monitor is writing its exit record; refresh reads it.
+            c.state = ContainerState::Running;
+            c.monitor_pid = monitor_pid;
+        }
+        _ => {
+            if cdir.join(monitor::PID_FILE).exists() || runtime::podfiles::is_mountpoint(&cdir.join("rootfs")) {
+                tracing::info!(container_id = %c.id, "interrupted start: releasing its rootfs mount and cgroup");
+            }
+            crate::services::runtime::container::release_runtime_resources(ctx, c).await;
+            let _ = std::fs::remove_file(cdir.join(monitor::PID_FILE));
+        }
+    }
+    if let Err(e) = ctx.container_store.save(&c.id, &*c) {
+        tracing::warn!(container_id = %c.id, error = %e, "cannot persist the recovered container");
+    }
 }
 
 /// Undoes whatever an interrupted RunPodSandbox may have done.

@@ -202,3 +202,45 @@ async fn half_created_pods_and_containers_are_rolled_back() {
     d.remove_pod(&pod2).await;
     d.remove_pod(&pod).await;
 }
+
+/// Sets the state of a container record on disk.
+fn set_state(dir: &Path, id: &str, state: &str) {
+    let path = dir.join(format!("{id}.json"));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["record"]["state"] = state.into();
+    if state == "created" {
+        // As persisted before the start: no pids, no start time.
+        v["record"]["pid"] = serde_json::Value::Null;
+        v["record"]["monitor_pid"] = serde_json::Value::Null;
+        v["record"]["started_at"] = 0.into();
+    }
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_start_container() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "midstart");
+    let pod = d.run_pod(&pc).await;
+    let id = d.create_and_start(&pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    let pid = verbose_info(&d, &id).await["pid"].as_i64().unwrap();
+    d.kill();
+    // As if skiffd died after the monitor started the container but before it persisted
+    // RUNNING: the record still says "created".
+    set_state(&d.root().join("metadata/containers"), &id, "created");
+    d.start_again().await;
+    let st = d.container_status(&id).await;
+    // The running container is adopted (never CREATED while it runs, never started twice).
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32, "{st:?}");
+    let err = d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(alive(pid));
+    assert_eq!(verbose_info(&d, &id).await["pid"].as_i64(), Some(pid));
+    assert!(st.started_at > 0, "{st:?}");
+    d.runtime().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await.unwrap();
+    assert!(!alive(pid), "the container survived its stop");
+    let st = d.container_status(&id).await;
+    assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 137), "{st:?}");
+    d.remove_pod(&pod).await;
+}

@@ -654,7 +654,7 @@ fn termination_message(ctx: &Arc<Context>, c: &ContainerRecord) -> String {
 }
 
 /// After the exit: unmount the rootfs and remove the container cgroup. Failures are recorded.
-async fn release_runtime_resources(ctx: &Arc<Context>, c: &mut ContainerRecord) {
+pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &mut ContainerRecord) {
     let ctx2 = ctx.clone();
     let (id, cg) = (c.id.clone(), c.cgroup_path.clone());
     let res = tokio::task::spawn_blocking(move || {
