@@ -106,3 +106,90 @@ async fn termination_message_exec_cap_and_state_filter() {
     assert!(by_state(cri::ContainerState::ContainerCreated).await.is_empty());
     d.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_name() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "race");
+    // Five RunPodSandbox of the same pod at once: one wins, the others get AlreadyExists.
+    let runs = (0..5).map(|_| {
+        let mut rt = d.runtime();
+        let pc = pc.clone();
+        async move { rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc), runtime_handler: String::new() }).await }
+    });
+    let results = futures_join_all(runs).await;
+    let ok: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().map(|r| r.get_ref().pod_sandbox_id.clone())).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        }
+    }
+    let pod = ok[0].clone();
+    let creates = (0..5).map(|_| d.create(&pod, &pc, container_config("same", &["sleep", "1000"])));
+    let results = futures_join_all(creates).await;
+    let ok: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.as_ref().err().is_none_or(|e| e.code() == tonic::Code::AlreadyExists)));
+    assert_eq!(std::fs::read_dir(d.state().join("containers")).unwrap().count(), 1);
+    d.remove_pod(&pod).await;
+}
+
+/// Awaits all futures concurrently (on this task).
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut handles: Vec<Option<std::pin::Pin<Box<F>>>> = handles.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, h) in handles.iter_mut().enumerate() {
+            if let Some(f) = h {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out[i] = Some(v);
+                        *h = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_failures_and_image_removed_under_a_container() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let mut pc = pod_config(&d, "failures");
+    // The log directory cannot be created (a file is in the way): the start fails cleanly.
+    let blocker = d.dir().join("blocker");
+    std::fs::write(&blocker, b"").unwrap();
+    pc.log_directory = blocker.join("logs").display().to_string();
+    let pod = d.run_pod(&pc).await;
+    let id = d.create(&pod, &pc, container_config("nolog", &["sleep", "1000"])).await.unwrap();
+    let err = d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap_err();
+    assert!(err.message().contains("blocker"), "{err:?}");
+    let st = d.container_status(&id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert!(skiff_tests::processes_mentioning(&id).is_empty(), "a monitor was left running");
+    d.runtime().remove_container(cri::RemoveContainerRequest { container_id: id }).await.unwrap();
+    d.remove_pod(&pod).await;
+
+    // The image is removed after CreateContainer: the container still starts and runs.
+    let pc = pod_config(&d, "noimage");
+    let pod = d.run_pod(&pc).await;
+    let id = d.create(&pod, &pc, container_config("c", &["sh", "-c", "echo still-here; sleep 1000"])).await.unwrap();
+    d.images()
+        .remove_image(cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: BUSYBOX.into(), ..Default::default() }) })
+        .await
+        .unwrap();
+    d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let out = d.exec(&id, &["cat", "/bin/sh"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(!out.stdout.is_empty());
+    d.remove_pod(&pod).await;
+}
