@@ -830,6 +830,15 @@ fn host_pid_namespace_orphans_reaped_by_the_monitor() {
     assert_eq!(r.exit_code, 0);
     assert!(c.log_text().contains(&format!("stdout F pid={}", s.pid)), "{}", c.log_text());
     // The orphaned sleep went to the monitor (child subreaper), which reaped it before exiting.
-    let z = procs_matching(|cmd, stat| cmd.starts_with("sleep 0.3") || stat.contains(&format!(" {} ", s.monitor_pid)) && stat.contains(") Z"));
+    let t = Instant::now();
+    let z = loop {
+        let z = procs_matching(|cmd, stat| {
+            cmd.starts_with("sleep 0.3") || stat.contains(&format!(" {} ", s.monitor_pid)) && stat.contains(") Z")
+        });
+        if z.is_empty() || t.elapsed() > Duration::from_secs(3) {
+            break z;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(z.is_empty(), "{z:?}");
 }

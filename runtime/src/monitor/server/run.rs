@@ -500,6 +500,16 @@ impl Monitor {
     }
 
     fn finish(&mut self) -> i32 {
+        // Orphans we adopted (host PID namespace) that just exited: reap them rather than
+        // leave zombies to the node's init (bounded: live ones stay with init).
+        let children = format!("/proc/self/task/{}/children", std::process::id());
+        for _ in 0..20 {
+            self.reap();
+            if std::fs::read_to_string(&children).map(|c| c.trim().is_empty()).unwrap_or(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for o in self.out.iter_mut() {
             if let Some(o) = o.as_mut() {
                 o.split.flush(&mut self.log);
