@@ -244,3 +244,70 @@ async fn killed_during_start_container() {
     assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 137), "{st:?}");
     d.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_empties_the_state_dir() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "reboot");
+    let pod = d.run_pod(&pc).await;
+    let id = d.create_and_start(&pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    let created = d.create(&pod, &pc, container_config("never", &["true"])).await.unwrap();
+    d.kill();
+
+    // "Reboot": every process gone, every mount under the state dir gone, the dir empty.
+    let dir = d.dir().display().to_string();
+    for pid in skiff_tests::processes_mentioning(&dir) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    for h in skiff_tests::cgroup_v1_hierarchies() {
+        let procs = h.join(d.cgroup_parent.trim_start_matches('/')).join(&pod).join(&id).join("cgroup.procs");
+        for p in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.parse().unwrap()), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // cgroupfs does not survive a reboot either.
+    fn rmdir_tree(p: &Path) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(p);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for h in skiff_tests::cgroup_v1_hierarchies() {
+        rmdir_tree(&h.join(d.cgroup_parent.trim_start_matches('/')));
+    }
+    let state = d.state().display().to_string();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|mp| mp.starts_with(&state))
+        .collect();
+    mounts.reverse();
+    for mp in mounts {
+        nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    std::fs::remove_dir_all(d.state()).unwrap();
+
+    d.start_again().await;
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
+    let st = d.container_status(&id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!(st.reason, "Unknown", "{st:?}");
+    // The never-started container cannot start in a pod that is gone.
+    let err = d.runtime().start_container(cri::StartContainerRequest { container_id: created.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // The kubelet then removes the pod; a new pod of the same name works.
+    d.remove_pod(&pod).await;
+    let mut again = pc.clone();
+    again.metadata.as_mut().unwrap().attempt = 1;
+    let pod2 = d.run_pod(&again).await;
+    let id2 = d.create_and_start(&pod2, &again, container_config("c", &["sleep", "1000"])).await;
+    assert_eq!(d.container_status(&id2).await.state, cri::ContainerState::ContainerRunning as i32);
+    d.remove_pod(&pod2).await;
+}
