@@ -112,3 +112,36 @@ async fn reopen_log_after_rotation() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     d.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_and_stdin_containers() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "tty");
+    let pod = d.run_pod(&pc).await;
+    // A tty: the process sees a terminal; everything is logged as stdout, CRLF turned to LF.
+    let mut cfg = container_config("tty", &["sh", "-c", "test -t 1 && echo is-a-tty; echo to-stderr >&2"]);
+    cfg.tty = true;
+    let id = d.create_and_start(&pod, &pc, cfg).await;
+    let st = d.wait_exited(&id, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 0);
+    let lines = read_log(&PathBuf::from(&st.log_path));
+    assert_eq!(
+        lines,
+        vec![
+            ("stdout".to_owned(), "F".to_owned(), "is-a-tty".to_owned()),
+            ("stdout".to_owned(), "F".to_owned(), "to-stderr".to_owned())
+        ]
+    );
+    // stdin open (nobody attached): `cat` waits instead of seeing EOF at once.
+    let mut cfg = container_config("stdin", &["cat"]);
+    cfg.stdin = true;
+    let id = d.create_and_start(&pod, &pc, cfg).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.container_status(&id).await.state, cri::ContainerState::ContainerRunning as i32);
+    // Without stdin, `cat` reads /dev/null and ends at once.
+    let id = d.create_and_start(&pod, &pc, container_config("nostdin", &["cat"])).await;
+    let st = d.wait_exited(&id, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 0);
+    d.remove_pod(&pod).await;
+}
