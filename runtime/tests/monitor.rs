@@ -633,9 +633,12 @@ fn monitor_pss_report() {
     }
     let bin = std::env::var("SKIFF_MONITOR_BIN").unwrap_or_else(|_| BIN.to_string());
     let mut ctrs = Vec::new();
+    let mut spawn_time = Duration::ZERO;
     for _ in 0..8 {
         let mut c = Ctr::new(&["sh", "-c", "while true; do echo tick; sleep 0.2; done"]);
+        let t = Instant::now();
         let s = monitor::spawn(Path::new(&bin), &c.dir).unwrap();
+        spawn_time += t.elapsed();
         c.started = Some(s);
         ctrs.push((c, s));
     }
@@ -654,6 +657,7 @@ fn monitor_pss_report() {
     };
     let n = ctrs.len() as u64;
     let sum = |k: &str| ctrs.iter().map(|(_, s)| field(s.monitor_pid, k)).sum::<u64>() / n;
+    eprintln!("skiff-monitor {bin}: spawn() until started: {:?} on average", spawn_time / n as u32);
     eprintln!(
         "skiff-monitor {bin}: {n} monitors, average per monitor: Rss {} kB, Pss {} kB (Pss_Anon {} kB, Pss_File {} kB)",
         sum("Rss:"),
