@@ -29,6 +29,7 @@ pub fn main(dir: &Path) -> i32 {
         unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
     };
     stdio_to_null();
+    let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let cfg = match MonitorConfig::load(dir) {
         Ok(c) => c,
         Err(e) => {
