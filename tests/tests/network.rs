@@ -554,3 +554,35 @@ async fn bridge_deleted_while_skiffd_was_down() {
     d.remove_pod(&a).await;
     d.remove_pod(&b).await;
 }
+
+/// Pod traffic leaving the pod range is masqueraded (`network.masquerade`, default on): a
+/// server in another network namespace sees the node's address, not the pod's; with
+/// masquerade off it sees the pod's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_traffic_is_masqueraded() {
+    for masquerade in [true, false] {
+        let d = Daemon::start_with_config(&format!("[network]\nmasquerade = {masquerade}\n")).await;
+        d.pull(BUSYBOX).await;
+        let pc = pod_config(&d, "out");
+        let pod = d.run_pod(&pc).await;
+        let ctr = d.create_and_start(&pod, &pc, container_config("sh", &["sleep", "1000"])).await;
+        let ip = pod_ip(&d, &pod).await;
+        let client = Client::new();
+        if !masquerade {
+            // Unmasqueraded replies go to the pod's address: the node answers ARP for it on the
+            // client's veth (only there).
+            sh_ok("sysctl", &["-qw", &format!("net.ipv4.conf.{}.proxy_arp=1", client.host_if)]);
+        }
+        let _srv = PeerEcho::start(&client.ns.path, SocketAddr::new(client.ip, 8080));
+        let url = format!("http://{}:8080/", client.ip);
+        let out = exec_until_ok(&d, &ctr, &["timeout", "5", "wget", "-q", "-O-", &url]).await;
+        let peer = out.trim().strip_prefix("peer=").unwrap_or_else(|| panic!("{out}")).to_owned();
+        if masquerade {
+            assert_ne!(peer, ip, "not masqueraded");
+        } else {
+            assert_eq!(peer, ip);
+        }
+        drop(client);
+        d.remove_pod(&pod).await;
+    }
+}
