@@ -846,3 +846,34 @@ fn host_pid_namespace_orphans_reaped_by_the_monitor() {
     };
     assert!(z.is_empty(), "{z:?}");
 }
+
+#[test]
+fn capabilities_outside_what_we_hold_do_not_fail_the_start() {
+    if !have_busybox() {
+        return;
+    }
+    // Drop ALL (empty bounding set) with a leftover inheritable set, and a privileged-style
+    // permitted set naming every capability (this node lacks CAP_SYS_RESOURCE).
+    let all: Vec<String> = (0..41).map(|n| {
+        ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+         "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+         "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+         "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+         "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+         "CHECKPOINT_RESTORE"][n].to_string()
+    }).map(|c| format!("CAP_{c}")).collect();
+    let mut c = Ctr::with(&["grep", "-E", "^Cap(Bnd|Inh)", "/proc/self/status"], |s| {
+        s["process"]["capabilities"] = json!({"bounding": [], "effective": [], "permitted": [], "inheritable": CAPS});
+    });
+    c.start().unwrap();
+    assert_eq!(c.wait().exit_code, 0);
+    assert!(c.log_text().contains("CapBnd:\t0000000000000000"), "{}", c.log_text());
+    let all2 = all.clone();
+    let mut p = Ctr::with(&["grep", "^CapEff", "/proc/self/status"], move |s| {
+        s["process"]["capabilities"] = json!({"bounding": all2, "effective": all2, "permitted": all2, "inheritable": all2, "ambient": all2});
+    });
+    p.start().unwrap();
+    assert_eq!(p.wait().exit_code, 0);
+    assert!(p.log_text().contains("CapEff:"), "{}", p.log_text());
+    let _ = all;
+}

@@ -170,9 +170,30 @@ pub fn switch_user(p: &Process) -> Result<()> {
 /// Effective, permitted, inheritable (one capset) and ambient.
 pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
     let Some(caps) = caps else { return Ok(()) };
-    let e = mask(caps.effective());
-    let p = mask(caps.permitted());
-    let i = mask(caps.inheritable());
+    // Only what the kernel allows: permitted within ours (the node may lack some, e.g.
+    // CAP_SYS_RESOURCE), effective within permitted, inheritable within ours or the bounding
+    // set. Asking for more would fail the whole start with EPERM; log what is left out.
+    let (_, cur) = capget();
+    let cur_p = cur[0].permitted as u64 | (cur[1].permitted as u64) << 32;
+    let cur_i = cur[0].inheritable as u64 | (cur[1].inheritable as u64) << 32;
+    let mut bset = 0u64;
+    for n in 0..=last_cap().min(63) {
+        if unsafe { libc::prctl(libc::PR_CAPBSET_READ, n as libc::c_ulong, 0, 0, 0) } == 1 {
+            bset |= 1 << n;
+        }
+    }
+    let want_p = mask(caps.permitted());
+    let want_i = mask(caps.inheritable());
+    let p = want_p & cur_p;
+    let e = mask(caps.effective()) & p;
+    let i = want_i & (cur_i | bset);
+    if p != want_p || i != want_i {
+        diag!(
+            "capabilities not available here, left out: permitted {:#x}, inheritable {:#x}",
+            want_p & !p,
+            want_i & !i
+        );
+    }
     let mut h = CapHeader { version: CAP_V3, pid: 0 };
     let d = [
         CapData { effective: e as u32, permitted: p as u32, inheritable: i as u32 },
@@ -182,7 +203,8 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
     if r != 0 {
         bail!("capset: {}", std::io::Error::last_os_error());
     }
-    let a = mask(caps.ambient());
+    // Ambient caps must be permitted and inheritable.
+    let a = mask(caps.ambient()) & p & i;
     for n in 0..64u32 {
         if a & (1 << n) != 0 {
             let r = unsafe {
