@@ -877,3 +877,53 @@ fn capabilities_outside_what_we_hold_do_not_fail_the_start() {
     assert!(p.log_text().contains("CapEff:"), "{}", p.log_text());
     let _ = all;
 }
+
+fn sh(cmd: &str) {
+    let ok = std::process::Command::new("sh").arg("-c").arg(cmd).status().unwrap().success();
+    assert!(ok, "{cmd}");
+}
+
+#[test]
+fn mount_propagation_rslave_and_rshared() {
+    if !have_busybox() {
+        return;
+    }
+    for (prop, root_prop) in [("rslave", "rslave"), ("rshared", "rshared"), ("rprivate", "rslave")] {
+        let src = tempfile::Builder::new().prefix("skmon-prop-").tempdir_in("/tmp").unwrap();
+        let s = src.path().display().to_string();
+        sh(&format!("mount --bind {s} {s} && mount --make-rshared {s} && mkdir {s}/host {s}/ctr"));
+        let s2 = s.clone();
+        let mut c = Ctr::with(&["sleep", "1000"], |spec| {
+            spec["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/vol", "type": "bind", "source": s, "options": ["rbind", prop]
+            }));
+            spec["linux"]["rootfsPropagation"] = json!(root_prop);
+            let caps = spec["process"]["capabilities"]["effective"].as_array().unwrap().clone();
+            let mut caps: Vec<Value> = caps;
+            caps.push(json!("CAP_SYS_ADMIN"));
+            for set in ["bounding", "effective", "permitted"] {
+                spec["process"]["capabilities"][set] = json!(caps);
+            }
+        });
+        c.cleanups.push(Box::new(move || {
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("umount -R {s2}/host {s2}/ctr 2>/dev/null; umount -l {s2}"))
+                .status();
+        }));
+        c.start().unwrap();
+        // Host → container.
+        let sp = src.path().display();
+        sh(&format!("mount -t tmpfs tmpfs {sp}/host && touch {sp}/host/from-host"));
+        let o = c.exec(&["ls", "/vol/host"], None).unwrap();
+        let seen = String::from_utf8_lossy(&o.stdout).contains("from-host");
+        assert_eq!(seen, prop != "rprivate", "{prop}: host mount seen in the container: {seen}");
+        // Container → host.
+        let o = c.exec(&["sh", "-c", "mount -t tmpfs tmpfs /vol/ctr && touch /vol/ctr/from-ctr"], None).unwrap();
+        assert_eq!(o.exit_code, 0, "{prop}: {}", String::from_utf8_lossy(&o.stderr));
+        let back = src.path().join("ctr/from-ctr").exists();
+        assert_eq!(back, prop == "rshared", "{prop}: container mount seen on the host: {back}");
+        drop(c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

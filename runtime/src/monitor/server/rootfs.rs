@@ -245,7 +245,11 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
     let bidirectional = prop == MsFlags::MS_SHARED;
     if bidirectional {
         do_mount(None, "/", None, MsFlags::MS_SLAVE, None).ctx(|| "make / slave".into())?;
-        do_mount(None, &rs, None, MsFlags::MS_PRIVATE, None).ctx(|| format!("make {rs} private"))?;
+        // (When the rootfs is a plain directory, not a mount point, make it one first.)
+        if do_mount(None, &rs, None, MsFlags::MS_PRIVATE, None) == Err(Errno::EINVAL) {
+            do_mount(Some(&rs), &rs, None, MsFlags::MS_BIND, None).ctx(|| format!("bind {rs}"))?;
+            do_mount(None, &rs, None, MsFlags::MS_PRIVATE, None).ctx(|| format!("make {rs} private"))?;
+        }
     } else {
         // Nothing we mount may propagate back to the host, but the host's mount events must
         // still reach rslave volumes: "/" becomes rslave (runc's default), not rprivate.

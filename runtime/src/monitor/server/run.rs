@@ -125,6 +125,10 @@ struct Monitor {
     exited: Option<(i32, Option<i32>, i64, Instant)>,
     cgroups_path: Option<String>,
     oom_before: Option<u64>,
+    /// The container shares a PID namespace (the pod's, another container's or the node's):
+    /// when its main process exits, the rest of its processes are killed (as containerd's
+    /// shim does), instead of living on and holding its output open.
+    kill_rest_on_exit: bool,
     /// Write end of the container's stdin pipe (CRI `stdin`), held open so that reads block.
     _stdin: Option<OwnedFd>,
 }
@@ -202,6 +206,16 @@ fn recv_fd(sock: &OwnedFd) -> Result<OwnedFd> {
     bail!("the container did not send its terminal")
 }
 
+/// SIGKILLs every process left in the container's cgroup (a no-op without one).
+fn kill_rest(cg: Option<&str>) {
+    let Some(cg) = cg else { return };
+    let Ok(h) = crate::cgroups::Hierarchies::detect() else { return };
+    let Ok(m) = crate::cgroups::CgroupManager::new(h, None) else { return };
+    if let Err(e) = m.kill_all(cg) {
+        diag!("kill the container's remaining processes: {e}");
+    }
+}
+
 fn oom_count(cg: Option<&str>) -> Option<u64> {
     let cg = cg?;
     let h = crate::cgroups::Hierarchies::detect().ok()?;
@@ -238,6 +252,7 @@ impl Monitor {
             .map(|p| p.to_string_lossy().into_owned());
         let oom_before = oom_count(cgroups_path.as_deref());
         let plan = container::plan(&spec)?;
+        let kill_rest_on_exit = !plan.new_pid;
         let (sync_r, sync_w) = pipe()?;
         let io = Stdio::new(cfg)?;
         if let Some((fd, what)) = &plan.pid_join {
@@ -286,6 +301,7 @@ impl Monitor {
             exited: None,
             cgroups_path,
             oom_before,
+            kill_rest_on_exit,
         })
     }
 
@@ -371,6 +387,9 @@ impl Monitor {
                         if let Some((code, sig)) = decode_wait(st) {
                             diag!("container exited: code {code} signal {sig:?}");
                             self.exited = Some((code, sig, now_nanos(), Instant::now()));
+                            if self.kill_rest_on_exit {
+                                kill_rest(self.cgroups_path.as_deref());
+                            }
                         }
                     }
                 }
