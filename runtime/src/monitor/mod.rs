@@ -11,7 +11,12 @@
 //!   (read by [`spawn`]), then copies the container's stdout/stderr into the CRI log file,
 //!   serves `monitor.sock`, waits for the exit, detects an OOM kill, writes `exit.json`
 //!   atomically, notifies waiting clients and exits, removing its socket and pid file.
-//! * `skiff-monitor exec <container-dir> [--tty] -- cmd args…`: used by [`exec_sync`].
+//!   The container process has `PR_SET_PDEATHSIG(SIGKILL)` towards its monitor: if the monitor
+//!   is killed, so is the container (nothing would log it or record its exit otherwise). CRI
+//!   `stdin` gives it a pipe the monitor holds open; CRI `tty` a terminal allocated in the
+//!   container's own devpts (master passed back over SCM_RIGHTS), logged as `stdout`.
+//! * `skiff-monitor exec <container-dir> [--tty] -- cmd args…`: used by [`exec_sync`]
+//!   (`--tty` is refused for now).
 //! * `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace ([`spawn_infra`]).
 //!
 //! ## Client API (blocking; call from `spawn_blocking`)
