@@ -181,7 +181,11 @@ impl BridgeNetwork {
         *ready = false;
         self.setup_host(&nl).await?;
         *ready = true;
-        Ok(())
+        drop(ready);
+        // The bridge may have been deleted and made again: pods holding addresses get their
+        // veths back on it.
+        let pods: HashSet<String> = self.ipam_call(|i| i.leases()).await?.into_iter().map(|l| l.pod_id).collect();
+        self.reattach_live_veths(&pods).await
     }
 
     async fn setup_host(&self, nl: &Rtnl) -> Result<()> {
@@ -443,8 +447,9 @@ impl BridgeNetwork {
         }
     }
 
-    /// Live pods' host veths that are on no bridge (the bridge was deleted while skiffd was down
-    /// and has just been made again): attach them again, so that the pods are reachable.
+    /// Pods' host veths that are on no bridge (the bridge was deleted, while skiffd was down or
+    /// behind its back, and has just been made again): attach them again, so that the pods are
+    /// reachable. Failures are logged.
     async fn reattach_live_veths(&self, live: &HashSet<String>) -> Result<()> {
         let nl = Rtnl::host()?;
         let bridge_idx = nl.index(&self.bridge).await?;
@@ -455,19 +460,25 @@ impl BridgeNetwork {
                 continue;
             }
             let idx = link.header.index;
-            nl.handle
+            let attached = nl
+                .handle
                 .link()
                 .set(LinkUnspec::new_with_index(idx).controller(bridge_idx).up().build())
                 .execute()
-                .await
-                .map_err(|e| NetworkError::netlink(format!("attach {name} to {}", self.bridge), e))?;
-            nl.handle
-                .link()
-                .set_port(LinkBridgePort::new(idx).hairpin(true).build())
-                .execute()
-                .await
-                .map_err(|e| NetworkError::netlink(format!("hairpin mode on {name}"), e))?;
-            tracing::info!(pod = %id, veth = %name, bridge = %self.bridge, "attached a live pod's veth to the bridge again");
+                .await;
+            let hairpin = match attached {
+                Ok(()) => nl.handle.link().set_port(LinkBridgePort::new(idx).hairpin(true).build()).execute().await,
+                Err(e) => Err(e),
+            };
+            // A veth going away meanwhile (its pod torn down) is no reason to fail.
+            match hairpin {
+                Ok(()) => {
+                    tracing::info!(pod = %id, veth = %name, bridge = %self.bridge, "attached a pod's veth to the bridge again")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %id, veth = %name, error = %e, "cannot attach a pod's veth to the bridge again")
+                }
+            }
         }
         Ok(())
     }

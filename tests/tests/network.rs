@@ -528,10 +528,10 @@ async fn network_not_ready_when_the_bridge_cannot_be_made() {
     drop(d);
 }
 
-/// The bridge deleted while skiffd was down: the next start makes it again and attaches the
-/// running pods' veths to it, so they are reachable again.
+/// The bridge deleted while skiffd was down (or while it runs): the next start (or Status) makes
+/// it again and attaches the running pods' veths to it, so they are reachable again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bridge_deleted_while_skiffd_was_down() {
+async fn deleted_bridge_is_made_again_with_the_pods_on_it() {
     let mut d = Daemon::start().await;
     d.pull(BUSYBOX).await;
     d.pull(NGINX).await;
@@ -546,6 +546,17 @@ async fn bridge_deleted_while_skiffd_was_down() {
     d.kill();
     sh_ok("ip", &["link", "del", &d.bridge]);
     d.start_again().await;
+    assert_eq!(bridge_ports(&d.bridge).len(), 2);
+    let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+
+    // Deleted while skiffd runs: the next Status (the kubelet asks every few seconds) heals it.
+    sh_ok("ip", &["link", "del", &d.bridge]);
+    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(nr.status, "{nr:?}");
     assert_eq!(bridge_ports(&d.bridge).len(), 2);
     let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
     assert!(page.contains(WELCOME), "{page}");
