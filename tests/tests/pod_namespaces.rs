@@ -180,6 +180,19 @@ async fn pod_level_pid_namespace() {
     assert!(!sh(&d, &a, "ps").await.contains("sleep 1006"), "a process of the stopped container lives on");
     assert!(took < Duration::from_millis(1500), "stop took {took:?}");
 
+    // When the main process of a container in a shared PID namespace exits by itself, the
+    // rest of the container goes with it (as containerd kills all on init exit), and the exit
+    // is reported without waiting for their output to end.
+    let mut cc = container_config("d", &["sh", "-c", "sleep 1008 & sleep 0.3; exit 3"]);
+    pid_mode(&mut cc, cri::NamespaceMode::Pod, "");
+    let t = Instant::now();
+    let dd = d.create_and_start(&pod, &pc, cc).await;
+    let st = d.wait_exited(&dd, Duration::from_secs(10)).await;
+    let took = t.elapsed();
+    assert_eq!(st.exit_code, 3);
+    assert!(!sh(&d, &a, "ps").await.contains("sleep 1008"), "a process of the exited container lives on");
+    assert!(took < Duration::from_millis(1800), "the exit was reported after {took:?}");
+
     // Stopping the pod ends the namespace holder too.
     d.remove_pod(&pod).await;
     wait_for(Duration::from_secs(5), "the infra process to exit", || async move {
