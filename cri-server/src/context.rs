@@ -35,6 +35,8 @@ pub struct Context {
     pub monitor_path: PathBuf,
     /// skiffd's own oom_score_adj: without CAP_SYS_RESOURCE no container may go below it.
     pub oom_score_adj_min: i32,
+    /// Container and pod life-cycle events for GetContainerEvents.
+    pub events: crate::services::runtime::events::Events,
 }
 
 impl Context {
@@ -68,6 +70,7 @@ impl Context {
             network,
             monitor_path,
             oom_score_adj_min,
+            events: Default::default(),
         })
     }
 

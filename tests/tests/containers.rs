@@ -261,3 +261,40 @@ async fn update_container_resources() {
     assert_eq!(err.code(), Code::NotFound);
     d.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let mut events = d.runtime().get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+    let pc = pod_config(&d, "events");
+    let pod = d.run_pod(&pc).await;
+    let id = d.create_and_start(&pod, &pc, container_config("c", &["sh", "-c", "exit 0"])).await;
+    d.wait_exited(&id, Duration::from_secs(20)).await;
+    d.remove_pod(&pod).await;
+    use cri::ContainerEventType::*;
+    let want = [
+        (pod.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerStartedEvent),
+        (id.clone(), ContainerCreatedEvent),
+        (id.clone(), ContainerStartedEvent),
+        (id.clone(), ContainerStoppedEvent),
+        (pod.clone(), ContainerStoppedEvent),
+        (id.clone(), ContainerDeletedEvent),
+        (pod.clone(), ContainerDeletedEvent),
+    ];
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        if ev.container_id == id && ev.container_event_type == ContainerStartedEvent as i32 {
+            assert_eq!(ev.pod_sandbox_status.as_ref().unwrap().id, pod);
+            assert_eq!(ev.containers_statuses.len(), 1);
+        }
+        got.push((ev.container_id, cri::ContainerEventType::try_from(ev.container_event_type).unwrap()));
+    }
+    assert_eq!(got, want);
+}

@@ -251,6 +251,7 @@ impl RuntimeSvc {
             Ok(()) => {
                 rb.commit();
                 tracing::info!(image = %record.image, "container created");
+                ctx.events.emit(id, &record.pod_id, ContainerEventType::ContainerCreatedEvent);
                 ctx.containers.insert(id, record);
                 Ok(())
             }
@@ -384,6 +385,7 @@ impl RuntimeSvc {
                 c.started_at = now_nanos();
                 ctx.container_store.save(&c.id, &*c).status("persist the container")?;
                 tracing::info!(pid = started.pid, "container started");
+                ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
                 Ok(())
             }
             Err(status) => {
@@ -400,6 +402,7 @@ impl RuntimeSvc {
                 }
                 let _ = ctx.container_store.save(&c.id, &*c);
                 tracing::info!(error = %status.message(), "container start failed");
+                ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
                 Err(status)
             }
         }
@@ -533,7 +536,7 @@ impl RuntimeSvc {
     }
 }
 
-fn container_status(c: &ContainerRecord) -> proto::cri::ContainerStatus {
+pub(crate) fn container_status(c: &ContainerRecord) -> proto::cri::ContainerStatus {
     proto::cri::ContainerStatus {
         id: c.id.clone(),
         metadata: c.config.metadata.clone(),
@@ -609,6 +612,7 @@ pub(crate) async fn refresh(ctx: &Arc<Context>, c: &mut ContainerRecord) {
         tracing::warn!(container_id = %c.id, error = %e, "cannot persist the container's exit");
     }
     tracing::info!(container_id = %c.id, exit_code = c.exit_code, reason = %c.reason, "container exited");
+    ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
 }
 
 /// Whether a process exists (not a zombie of ours: monitors are not our children).
@@ -775,6 +779,7 @@ pub(crate) async fn remove_container(ctx: &Arc<Context>, entry: &Arc<Mutex<Conta
     ctx.containers.remove(&c.id);
     ctx.containers.release(&c.name, &c.id);
     tracing::info!(container_id = %c.id, "container removed");
+    ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerDeletedEvent);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! its own module (`status`: Version/Status/RuntimeConfig; later pods, containers, exec, stats).
 
 pub(crate) mod container;
+pub(crate) mod events;
 mod exec;
 mod pod;
 mod stats;
@@ -23,6 +24,7 @@ pub use status::RUNTIME_NAME;
 
 /// Starts the daemon's background work (noticing container exits).
 pub fn start_background(ctx: Arc<Context>) {
+    events::spawn_event_task(ctx.clone());
     container::spawn_exit_sweeper(ctx);
 }
 
@@ -38,7 +40,7 @@ impl RuntimeSvc {
     }
 }
 
-type EventStream =
+pub(crate) type EventStream =
     Pin<Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -72,7 +74,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _r: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        Ok(Response::new(self.ctx.events.subscribe()))
     }
 
     async fn run_pod_sandbox(&self, r: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {

@@ -163,6 +163,8 @@ impl RuntimeSvc {
                 rb.commit();
                 tracing::info!(cgroup = %record.cgroup_parent, ips = ?record.ips, "pod sandbox ready");
                 ctx.pods.insert(id, record);
+                ctx.events.emit(id, id, ContainerEventType::ContainerCreatedEvent);
+                ctx.events.emit(id, id, ContainerEventType::ContainerStartedEvent);
                 Ok(())
             }
             Err(status) => {
@@ -219,6 +221,7 @@ impl RuntimeSvc {
             pod.state = PodState::NotReady;
             self.ctx.pod_store.save(&pod.id, &*pod).status("persist the pod")?;
             tracing::info!("pod sandbox stopped");
+            self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
     }
@@ -259,6 +262,7 @@ impl RuntimeSvc {
             self.ctx.pods.remove(&pod.id);
             self.ctx.pods.release(&pod.name, &pod.id);
             tracing::info!("pod sandbox removed");
+            self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
             Ok::<(), Status>(())
         }
         .instrument(span)
@@ -345,7 +349,7 @@ pub(crate) fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn pod_status(pod: &PodRecord) -> PodSandboxStatus {
+pub(crate) fn pod_status(pod: &PodRecord) -> PodSandboxStatus {
     let ns = namespace_options(&pod.config);
     let mut ips = pod.ips.iter();
     let network = ips.next().map(|ip| PodSandboxNetworkStatus {
