@@ -927,3 +927,19 @@ fn mount_propagation_rslave_and_rshared() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn tty_for_a_non_root_user() {
+    if !have_busybox() {
+        return;
+    }
+    let mut t = Ctr::with(&["sh", "-c", "echo via-tty > /dev/tty && echo ok"], |s| {
+        s["process"]["user"] = json!({"uid": 65534, "gid": 65534});
+    });
+    t.cfg.tty = true;
+    t.cfg.write(&t.dir).unwrap();
+    t.start().unwrap();
+    assert_eq!(t.wait().exit_code, 0, "{}", t.log_text());
+    let log = t.log_text();
+    assert!(log.contains("stdout F via-tty") && log.contains("stdout F ok"), "{log}");
+}

@@ -119,7 +119,7 @@ fn child_inner(
     // A session of its own; with a tty, that terminal becomes its controlling terminal.
     nix::unistd::setsid().ctx(|| "setsid".into())?;
     if let Some(sock) = console {
-        setup_terminal(sock)?;
+        setup_terminal(sock, spec.process().as_ref().map(|p| p.user().uid()))?;
     }
     exec_process(p, seccomp, None, false)
 }
@@ -171,7 +171,7 @@ pub fn exec_process(
 
 /// Allocates a terminal in the container's devpts (after pivot_root), makes it stdio and the
 /// controlling terminal, and sends the master to the monitor over `sock`.
-fn setup_terminal(sock: RawFd) -> Result<()> {
+fn setup_terminal(sock: RawFd, uid: Option<u32>) -> Result<()> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
@@ -183,6 +183,10 @@ fn setup_terminal(sock: RawFd) -> Result<()> {
         .ctx(|| format!("open {name}"))?;
     let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
     unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    // The terminal belongs to the container's user (so that it can reopen /dev/tty).
+    if let Some(uid) = uid.filter(|u| *u != 0) {
+        let _ = nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None);
+    }
     for i in 0..3 {
         super::util::dup_onto(slave.as_raw_fd(), i)?;
     }
