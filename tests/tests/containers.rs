@@ -21,7 +21,8 @@ async fn lifecycle_logs_exec_stop_remove() {
     let id = d.create(&pod, &pc, cfg.clone()).await.unwrap();
     let st = d.container_status(&id).await;
     assert_eq!(st.state, cri::ContainerState::ContainerCreated as i32);
-    assert_eq!(st.image.unwrap().image, BUSYBOX);
+    let image = st.image.unwrap();
+    assert_eq!((image.image.as_str(), image.user_specified_image.as_str()), (BUSYBOX, BUSYBOX));
     assert!(st.image_ref.contains("sha256:"), "{}", st.image_ref);
 
     // Same name in the same pod: AlreadyExists.

@@ -504,7 +504,7 @@ impl RuntimeSvc {
                 id: c.id.clone(),
                 pod_sandbox_id: c.pod_id.clone(),
                 metadata: c.config.metadata.clone(),
-                image: Some(ImageSpec { image: c.image.clone(), ..Default::default() }),
+                image: Some(image_spec(&c)),
                 image_ref: c.image_ref.clone(),
                 state: state as i32,
                 created_at: c.created_at,
@@ -545,7 +545,7 @@ pub(crate) fn container_status(c: &ContainerRecord) -> proto::cri::ContainerStat
         started_at: c.started_at,
         finished_at: c.finished_at,
         exit_code: c.exit_code,
-        image: Some(ImageSpec { image: c.image.clone(), ..Default::default() }),
+        image: Some(image_spec(c)),
         image_ref: c.image_ref.clone(),
         reason: c.reason.clone(),
         message: c.message.clone(),
@@ -553,10 +553,25 @@ pub(crate) fn container_status(c: &ContainerRecord) -> proto::cri::ContainerStat
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
         log_path: c.log_path.clone(),
-        resources: None,
+        resources: c
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|r| ContainerResources { linux: Some(r), windows: None }),
         image_id: c.image_id.clone(),
         user: None,
     }
+}
+
+/// The image as the container's config named it (with its annotations), as containerd reports it.
+fn image_spec(c: &ContainerRecord) -> ImageSpec {
+    let mut spec = c.config.image.clone().unwrap_or_default();
+    spec.image = c.image.clone();
+    if spec.user_specified_image.is_empty() {
+        spec.user_specified_image = c.image.clone();
+    }
+    spec
 }
 
 /// Brings a RUNNING record up to date with its monitor: the exit record when the process has
