@@ -10,18 +10,21 @@
 //!    hairpin mode, peer created directly inside the pod netns as `eth0`;
 //! 4. inside the pod netns (netlink socket opened by a short-lived thread): `lo` up, `eth0` up,
 //!    addresses, default route(s) via the gateway(s);
-//! 5. host-port DNAT rules tagged with the pod id.
+//! 5. host-port DNAT rules tagged with the pod id, recorded in `ROOT/network/hostports/<id>.json`.
 //!
 //! Each step registers its undo; a failure runs the undos in reverse order. `teardown` removes the
-//! rules, deletes the host veth (which destroys the pod end) and releases the leases; each step
-//! tolerates "already gone". `recover` removes leases, rules and veths of pods that are not alive.
+//! rules (and their record), deletes the host veth (which destroys the pod end) and releases the
+//! leases; each step tolerates "already gone". `recover` removes leases, rules, records and veths
+//! of pods that are not alive. When the host side has to be made again (at start, or because the
+//! bridge or the table was deleted behind skiff's back, noticed by `status` or `setup`), the veths
+//! of pods holding leases go back on the bridge and their recorded host ports back in the table.
 //! hostNetwork pods never reach this module (cri-server does not call setup for them).
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -33,11 +36,12 @@ use sha2::{Digest, Sha256};
 use crate::cidr::Cidr;
 use crate::config::NetworkConfig;
 use crate::error::{NetworkError, Result};
+use crate::fsutil::{remove_durable, write_atomic};
 use crate::ipam::Ipam;
 use crate::nft::{nft_binary, BaseRules, Nft};
 use crate::rtnl::{self, Rtnl, EEXIST};
 use crate::sysctl;
-use crate::types::{NotReady, PodNetworkRequest, PodNetworkStatus};
+use crate::types::{NotReady, PodNetworkRequest, PodNetworkStatus, PortMapping};
 use crate::{validate_request, NetworkPlugin};
 
 /// Name of the pod's interface.
@@ -69,7 +73,20 @@ pub struct BridgeNetwork {
     /// Serializes host setup; true once the host side was set up.
     host_ready: tokio::sync::Mutex<bool>,
     fail_point: Mutex<Option<FailPoint>>,
+    /// `root/network/hostports/`: the host ports of each pod, to restore its rules when the
+    /// nftables table was deleted behind skiff's back (e.g. a firewall reload's `flush ruleset`).
+    ports_dir: PathBuf,
 }
+
+/// What `ports_dir/<pod id>.json` holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct HostPortsRecord {
+    version: u32,
+    ips: Vec<IpAddr>,
+    port_mappings: Vec<PortMapping>,
+}
+
+const HOST_PORTS_VERSION: u32 = 1;
 
 enum Undo {
     Lease,
@@ -121,6 +138,7 @@ impl BridgeNetwork {
             nft_lock: tokio::sync::Mutex::new(()),
             host_ready: tokio::sync::Mutex::new(false),
             fail_point: Mutex::new(None),
+            ports_dir: root.join("network").join("hostports"),
         })
     }
 
@@ -182,10 +200,69 @@ impl BridgeNetwork {
         self.setup_host(&nl).await?;
         *ready = true;
         drop(ready);
-        // The bridge may have been deleted and made again: pods holding addresses get their
-        // veths back on it.
+        // The bridge or the table may have been deleted and made again: pods holding addresses
+        // get their veths back on the bridge and their host ports back in the table.
         let pods: HashSet<String> = self.ipam_call(|i| i.leases()).await?.into_iter().map(|l| l.pod_id).collect();
-        self.reattach_live_veths(&pods).await
+        self.reattach_live_veths(&pods).await?;
+        self.restore_host_ports(&pods).await;
+        Ok(())
+    }
+
+    fn ports_path(&self, pod_id: &str) -> PathBuf {
+        self.ports_dir.join(format!("{pod_id}.json"))
+    }
+
+    /// Re-adds the host-port rules of the pods in `pods` that have a record but no rules
+    /// (failures are logged: the pods keep working from inside the cluster).
+    async fn restore_host_ports(&self, pods: &HashSet<String>) {
+        let dir = self.ports_dir.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_suffix(".json") else { continue };
+                match std::fs::read(e.path()).map(|b| serde_json::from_slice::<HostPortsRecord>(&b)) {
+                    Ok(Ok(r)) => out.push((id.to_string(), r)),
+                    Ok(Err(err)) => {
+                        tracing::warn!(file = %e.path().display(), error = %err, "unreadable host-port record")
+                    }
+                    Err(err) => tracing::warn!(file = %e.path().display(), error = %err, "unreadable host-port record"),
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        let _g = self.nft_lock.lock().await;
+        for (id, rec) in records {
+            // Teardown removes the record under the same lock: gone now = torn down meanwhile.
+            if !pods.contains(&id) || !self.ports_path(&id).exists() {
+                continue;
+            }
+            match self.nft.pod_rule_count(&id).await {
+                Ok(0) => match self.nft.add_pod(&id, &rec.port_mappings, &rec.ips).await {
+                    Ok(()) => tracing::info!(pod = %id, "restored the host-port rules of a pod"),
+                    Err(e) => tracing::warn!(pod = %id, error = %e, "cannot restore the host-port rules of a pod"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(pod = %id, error = %e, "cannot list the host-port rules of a pod"),
+            }
+        }
+    }
+
+    /// Records (or, with `None`, forgets) the host ports of a pod.
+    async fn save_host_ports(&self, pod_id: &str, rec: Option<HostPortsRecord>) -> Result<()> {
+        let path = self.ports_path(pod_id);
+        tokio::task::spawn_blocking(move || match rec {
+            Some(rec) => {
+                let data =
+                    serde_json::to_vec(&rec).map_err(|e| NetworkError::Internal(format!("encode host ports: {e}")))?;
+                write_atomic(&path, &data)
+            }
+            None => remove_durable(&path),
+        })
+        .await
+        .map_err(|e| NetworkError::Internal(format!("host-port record task failed: {e}")))?
     }
 
     async fn setup_host(&self, nl: &Rtnl) -> Result<()> {
@@ -295,6 +372,12 @@ impl BridgeNetwork {
 
         if req.port_mappings.iter().any(|m| m.host_port != 0) {
             undo.push(Undo::Rules);
+            let rec = HostPortsRecord {
+                version: HOST_PORTS_VERSION,
+                ips: ips.clone(),
+                port_mappings: req.port_mappings.clone(),
+            };
+            self.save_host_ports(&req.id, Some(rec)).await?;
             let _g = self.nft_lock.lock().await;
             if let Err(e) = self.nft.add_pod(&req.id, &req.port_mappings, &ips).await {
                 // The table may have been removed behind our back: recreate it once and retry.
@@ -351,7 +434,10 @@ impl BridgeNetwork {
             let res = match &step {
                 Undo::Rules => {
                     let _g = self.nft_lock.lock().await;
-                    self.nft.remove_pod(&req.id).await.map(|_| ())
+                    match self.nft.remove_pod(&req.id).await {
+                        Ok(_) => self.save_host_ports(&req.id, None).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Undo::Veth(name) => match Rtnl::host() {
                     Ok(nl) => nl.delete_link(name).await.map(|_| ()),
@@ -373,8 +459,13 @@ impl BridgeNetwork {
         let mut errors = Vec::new();
         {
             let _g = self.nft_lock.lock().await;
-            if let Err(e) = self.nft.remove_pod(&req.id).await {
-                errors.push(e);
+            match self.nft.remove_pod(&req.id).await {
+                Ok(_) => {
+                    if let Err(e) = self.save_host_ports(&req.id, None).await {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e),
             }
         }
         let host_if = self.host_veth_name(&req.id);
@@ -424,6 +515,19 @@ impl BridgeNetwork {
                 Err(e) => errors.push(e),
             }
         }
+        // Host-port records of pods that no longer exist.
+        let (dir, keep) = (self.ports_dir.clone(), live.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.strip_suffix(".json").is_some_and(|id| !keep.contains(id)) {
+                    if let Err(err) = remove_durable(&e.path()) {
+                        tracing::warn!(error = %err, "cannot remove the host-port record of a dead pod");
+                    }
+                }
+            }
+        })
+        .await;
         if errors.is_empty() {
             let live = live.clone();
             match self.ipam_call(move |i| i.release_except(&live)).await {

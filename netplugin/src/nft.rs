@@ -142,8 +142,9 @@ impl Nft {
         }
     }
 
-    /// Add the DNAT rules of one pod's port mappings (one transaction).
-    /// A host port already mapped by another pod is refused (the first rule would win silently).
+    /// Add the DNAT rules of one pod's port mappings (one transaction); nothing when the pod
+    /// has rules already. A host port already mapped by another pod is refused (the first rule
+    /// would win silently).
     /// The caller serializes rule changes, so check and add cannot race.
     pub(crate) async fn add_pod(&self, pod_id: &str, mappings: &[PortMapping], ips: &[IpAddr]) -> Result<()> {
         let script = pod_rules(&self.table, pod_id, mappings, ips);
@@ -152,6 +153,11 @@ impl Nft {
         }
         let tag = pod_tag(pod_id);
         let existing = self.hostport_rules().await?;
+        if existing.iter().any(|r| r.comment == tag) {
+            // Already there (one transaction adds all of a pod's rules): restored meanwhile
+            // from the pod's host-port record.
+            return Ok(());
+        }
         for m in mappings.iter().filter(|m| m.host_port != 0) {
             let host_ip = m.host_ip.filter(|ip| !ip.is_unspecified());
             for r in existing.iter().filter(|r| r.comment != tag) {

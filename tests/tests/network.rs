@@ -180,6 +180,7 @@ async fn fifty_pods_leave_nothing_behind() {
     assert!(bridge_ports(&d.bridge).is_empty(), "{:?}", bridge_ports(&d.bridge));
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
+    assert!(host_port_records(&d).is_empty(), "{:?}", host_port_records(&d));
     assert_eq!(netns_pins(&d), 0);
     assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0);
 }
@@ -315,6 +316,7 @@ async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
     assert_eq!(bridge_ports(&d.bridge).len(), 1);
     assert_eq!(leases(&d).len(), 1, "{:?}", leases(&d));
     assert_eq!(nft_pod_rules(&d).len(), 1);
+    assert_eq!(host_port_records(&d), vec![format!("{a}.json")]);
     assert_eq!(netns_pins(&d), 1);
     assert_eq!(std::fs::read_dir(d.state().join("pods")).unwrap().count(), 1);
 
@@ -398,6 +400,7 @@ async fn lost_state_dir_releases_leases_and_rules() {
     }
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
+    assert!(host_port_records(&d).is_empty(), "{:?}", host_port_records(&d));
     assert!(bridge_ports(&d.bridge).is_empty());
     // New pods work and removal of the old ones is clean.
     let pc = pod_config(&d, "c");
@@ -473,6 +476,7 @@ async fn interrupted_run_pod_sandbox_is_rolled_back() {
     let l = leases(&d);
     assert_eq!(l.keys().collect::<Vec<_>>(), vec![&keep], "{l:?}");
     assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
+    assert!(host_port_records(&d).is_empty(), "{:?}", host_port_records(&d));
     assert_eq!(bridge_ports(&d.bridge).len(), 1);
     assert_eq!(netns_pins(&d), 1);
     let pod_dir = d.state().join("pods").join(&pod);
@@ -596,4 +600,40 @@ async fn outbound_traffic_is_masqueraded() {
         drop(client);
         d.remove_pod(&pod).await;
     }
+}
+
+/// skiff's nftables table deleted behind its back (a firewall reload's `flush ruleset` does
+/// that): the next Status, or the next start, makes it again with the running pods' host ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_nft_table_is_restored_with_host_ports() {
+    let mut d = Daemon::start().await;
+    d.pull(NGINX).await;
+    let hp = random_host_port();
+    let pb = pod_with_ports(&d, "b", &[(80, hp as i32)]);
+    let b = d.run_pod(&pb).await;
+    d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+    assert_eq!(host_port_records(&d), vec![format!("{b}.json")]);
+    let table = format!("skiff_{}", d.bridge);
+
+    sh_ok("nft", &["delete", "table", "inet", &table]);
+    assert!(http_once(sa("127.0.0.1", hp)).map(|r| !r.contains(WELCOME)).unwrap_or(true));
+    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(nr.status, "{nr:?}");
+    assert_eq!(nft_pod_rules(&d).len(), 1);
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+
+    d.kill();
+    sh_ok("nft", &["delete", "table", "inet", &table]);
+    d.start_again().await;
+    assert_eq!(nft_pod_rules(&d).len(), 1);
+    let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();
+    assert!(r.contains(WELCOME), "{r}");
+
+    d.remove_pod(&b).await;
+    assert!(nft_pod_rules(&d).is_empty());
+    assert!(host_port_records(&d).is_empty(), "{:?}", host_port_records(&d));
 }

@@ -329,3 +329,10 @@ impl Drop for PeerEcho {
         }
     }
 }
+
+/// Host-port records of the built-in bridge (`root/network/hostports/<pod id>.json`).
+pub fn host_port_records(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.root().join("network/hostports"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
