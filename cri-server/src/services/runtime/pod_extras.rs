@@ -11,7 +11,7 @@ use super::container::process_alive;
 use super::pod::namespace_options;
 use super::RuntimeSvc;
 use crate::context::Context;
-use crate::error::join_error;
+use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
 use crate::store::PodRecord;
 
@@ -93,6 +93,12 @@ impl RuntimeSvc {
                 kill_infra(infra.pid, start_time);
                 Ok(())
             });
+            // It belongs to the pod, not to skiffd: account it in the pod cgroup.
+            let cgroup = record.cgroup_parent.clone();
+            tokio::task::spawn_blocking(move || runtime::cgroups::join(&cgroup, infra.pid))
+                .await
+                .map_err(join_error)?
+                .status("move the PID namespace holder into the pod cgroup")?;
         }
         if !host_network(record) {
             let req = network_request(&ctx, record)?;
