@@ -363,29 +363,7 @@ async fn lost_state_dir_releases_leases_and_rules() {
     let b = d.run_pod(&pb).await;
     assert_eq!(leases(&d).len(), 2);
     d.kill();
-    // "Reboot": unmount everything under the state dir and empty it.
-    let state = d.state().to_string_lossy().into_owned();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .filter(|mp| mp.starts_with(&state))
-        .collect();
-    mounts.reverse();
-    for mp in mounts {
-        nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    }
-    std::fs::remove_dir_all(d.state()).unwrap();
-    // cgroupfs does not survive a reboot either.
-    for h in skiff_tests::cgroup_v1_hierarchies() {
-        let top = h.join(d.cgroup_parent.trim_start_matches('/'));
-        for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                std::fs::remove_dir(e.path()).unwrap();
-            }
-        }
-        let _ = std::fs::remove_dir(&top);
-    }
+    simulate_reboot(&d).await;
     // The netns are gone, so are the pod ends of the veths and with them the host ends.
     for _ in 0..50 {
         if bridge_ports(&d.bridge).is_empty() {

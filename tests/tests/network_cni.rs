@@ -309,35 +309,7 @@ async fn cni_lost_state_dir_releases_addresses_and_rules() {
     assert_eq!(env.ipam_leases().len(), 1);
     assert!(!env.iptables_rules().is_empty());
     d.kill();
-    let state = d.state().to_string_lossy().into_owned();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .filter(|mp| mp.starts_with(&state))
-        .collect();
-    mounts.reverse();
-    for mp in mounts {
-        nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    }
-    for pid in skiff_tests::processes_mentioning(&state) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-    std::fs::remove_dir_all(d.state()).unwrap();
-    for h in skiff_tests::cgroup_v1_hierarchies() {
-        let top = h.join(d.cgroup_parent.trim_start_matches('/'));
-        for _ in 0..50 {
-            for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
-                if e.file_type().unwrap().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-            if std::fs::remove_dir(&top).is_ok() || !top.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+    simulate_reboot(&d).await;
     d.start_again().await;
     let (state, _, _) = pod_status(&d, &a).await;
     assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
