@@ -564,7 +564,7 @@ async fn outbound_traffic_is_masqueraded() {
         if !masquerade {
             // Unmasqueraded replies go to the pod's address: the node answers ARP for it on the
             // client's veth (only there).
-            sh_ok("sysctl", &["-qw", &format!("net.ipv4.conf.{}.proxy_arp=1", client.host_if)]);
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", client.host_if), "1").unwrap();
         }
         let _srv = PeerEcho::start(&client.ns.path, SocketAddr::new(client.ip, 8080));
         let url = format!("http://{}:8080/", client.ip);
