@@ -203,7 +203,7 @@ impl BridgeNetwork {
         // The bridge or the table may have been deleted and made again: pods holding addresses
         // get their veths back on the bridge and their host ports back in the table.
         let pods: HashSet<String> = self.ipam_call(|i| i.leases()).await?.into_iter().map(|l| l.pod_id).collect();
-        self.reattach_live_veths(&pods).await?;
+        self.reattach_veths(&pods).await?;
         self.restore_host_ports(&pods).await;
         Ok(())
     }
@@ -539,9 +539,8 @@ impl BridgeNetwork {
                 Err(e) => errors.push(e),
             }
         }
+        // Also puts the veths of the live pods back on a bridge made again (see ensure_host).
         if let Err(e) = self.ensure_host().await {
-            errors.push(e);
-        } else if let Err(e) = self.reattach_live_veths(live).await {
             errors.push(e);
         }
         match errors.len() {
@@ -554,10 +553,10 @@ impl BridgeNetwork {
     /// Pods' host veths that are on no bridge (the bridge was deleted, while skiffd was down or
     /// behind its back, and has just been made again): attach them again, so that the pods are
     /// reachable. Failures are logged.
-    async fn reattach_live_veths(&self, live: &HashSet<String>) -> Result<()> {
+    async fn reattach_veths(&self, pods: &HashSet<String>) -> Result<()> {
         let nl = Rtnl::host()?;
         let bridge_idx = nl.index(&self.bridge).await?;
-        for id in live {
+        for id in pods {
             let name = self.host_veth_name(id);
             let Some(link) = nl.link(&name).await? else { continue };
             if rtnl::link_controller(&link) == Some(bridge_idx) {
