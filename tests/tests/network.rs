@@ -44,7 +44,7 @@ async fn pods_reach_each_other_and_host_ports_answer() {
     assert_eq!(nft_pod_rules(&d), vec![format!("skiff:pod={b}")]);
 
     let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
-    let _cb = d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+    let cb = d.create_and_start(&b, &pb, nginx_config("nginx")).await;
 
     // Inside the pod: eth0 with the reported address, default route via the gateway, and the
     // pod's /etc/hosts names it.
@@ -70,8 +70,10 @@ async fn pods_reach_each_other_and_host_ports_answer() {
     let client = Client::new();
     let r = http_get(Some(&client.ns.path), SocketAddr::new(gateway, hp)).await.unwrap();
     assert!(r.contains(WELCOME), "{r}");
-    // From a pod through the host port (hairpin through the node).
+    // From a pod through the host port (through the node), and the pod itself (hairpin).
     let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{gateway}:{hp}/")]).await;
+    assert!(page.contains(WELCOME), "{page}");
+    let page = exec_until_ok(&d, &cb, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{gateway}:{hp}/")]).await;
     assert!(page.contains(WELCOME), "{page}");
     drop(client);
 
