@@ -208,7 +208,7 @@ async fn cni_pods_reach_each_other_host_ports_and_restart() {
     assert_eq!(cni_cache_files(&d).len(), 2, "{:?}", cni_cache_files(&d));
 
     let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
-    d.create_and_start(&b, &pb, nginx_config("nginx")).await;
+    let cb = d.create_and_start(&b, &pb, nginx_config("nginx")).await;
     exec_until_ok(&d, &ca, &["ping", "-c1", "-W2", &ip_b]).await;
     let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
     assert!(page.contains(WELCOME), "{page}");
@@ -218,6 +218,12 @@ async fn cni_pods_reach_each_other_host_ports_and_restart() {
         let client = Client::new();
         let r = http_get(Some(&client.ns.path), SocketAddr::new(env.gateway(), hp)).await.unwrap();
         assert!(r.contains(WELCOME), "{r}");
+    }
+    // Through the host port from the other pod and from the pod itself (hairpin).
+    let url = format!("http://{}:{hp}/", env.gateway());
+    for ctr in [&ca, &cb] {
+        let page = exec_until_ok(&d, ctr, &["timeout", "5", "wget", "-q", "-O-", &url]).await;
+        assert!(page.contains(WELCOME), "{page}");
     }
 
     // SIGKILL and restart: the running pods keep their addresses and stay reachable.
