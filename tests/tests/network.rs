@@ -161,7 +161,7 @@ async fn fifty_pods_leave_nothing_behind() {
             let d = &d;
             async move { d.run_pod(&pc).await }
         });
-        pods.extend(futures_join_all(runs).await);
+        pods.extend(join_all(runs).await);
     }
     let ips: HashSet<String> = {
         let mut s = HashSet::new();
@@ -177,7 +177,7 @@ async fn fifty_pods_leave_nothing_behind() {
     assert_eq!(netns_pins(&d), N);
 
     for chunk in pods.chunks(BATCH) {
-        futures_join_all(chunk.iter().map(|p| d.remove_pod(p))).await;
+        join_all(chunk.iter().map(|p| d.remove_pod(p))).await;
     }
     assert!(bridge_ports(&d.bridge).is_empty(), "{:?}", bridge_ports(&d.bridge));
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
@@ -185,29 +185,6 @@ async fn fifty_pods_leave_nothing_behind() {
     assert!(host_port_records(&d).is_empty(), "{:?}", host_port_records(&d));
     assert_eq!(netns_pins(&d), 0);
     assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0);
-}
-
-/// Runs futures concurrently on the test's task (the daemon does the work in parallel).
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = futs.into_iter().enumerate().collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(v) => {
-                out[*i] = Some(v);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter().map(Option::unwrap).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +314,7 @@ async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
                 .map(|r| r.into_inner().pod_sandbox_id)
         }
     };
-    let results = futures_join_all([race("r1"), race("r2")]).await;
+    let results = join_all([race("r1"), race("r2")]).await;
     let won: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(won.len(), 1, "{results:?}");
     let lost = results.iter().find_map(|r| r.as_ref().err()).unwrap();

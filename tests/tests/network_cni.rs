@@ -324,3 +324,38 @@ async fn cni_lost_state_dir_releases_addresses_and_rules() {
     assert!(cni_cache_files(&d).is_empty(), "{:?}", cni_cache_files(&d));
     d.remove_pod(&a).await;
 }
+
+/// Pods set up and torn down in parallel (the kubelet starts many at once): every one gets its
+/// own address and host port, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_parallel_pods_leave_nothing_behind() {
+    let env = CniEnv::new();
+    env.write_conflist();
+    let d = Daemon::start_with_config(&env.daemon_config()).await;
+    const N: usize = 20;
+    let base_port = 48000 + (rand::random::<u16>() % 8000);
+    let mut pods = Vec::new();
+    for batch in 0..N / 10 {
+        let runs = (0..10).map(|i| {
+            let n = batch * 10 + i;
+            let pc = pod_with_ports(&d, &format!("p{n}"), &[(80, (base_port + n as u16) as i32)]);
+            let d = &d;
+            async move { d.run_pod(&pc).await }
+        });
+        pods.extend(join_all(runs).await);
+    }
+    let mut ips = HashSet::new();
+    for p in &pods {
+        assert!(ips.insert(pod_ip(&d, p).await));
+    }
+    assert_eq!(env.ipam_leases().len(), N);
+    assert_eq!(bridge_ports(&env.bridge).len(), N);
+    for chunk in pods.chunks(10) {
+        join_all(chunk.iter().map(|p| d.remove_pod(p))).await;
+    }
+    assert!(env.ipam_leases().is_empty(), "{:?}", env.ipam_leases());
+    assert!(bridge_ports(&env.bridge).is_empty());
+    assert!(env.iptables_rules().is_empty(), "{:?}", env.iptables_rules());
+    assert!(cni_cache_files(&d).is_empty());
+    assert_eq!(netns_pins(&d), 0);
+}
