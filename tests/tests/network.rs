@@ -21,8 +21,7 @@ fn sa(ip: impl AsRef<str>, port: u16) -> SocketAddr {
 async fn pods_reach_each_other_and_host_ports_answer() {
     let d = Daemon::start().await;
     let mut rt = d.runtime();
-    let ready = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
-    let net = ready.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    let net = network_ready(&d).await;
     assert!(net.status, "{net:?}");
     d.pull(BUSYBOX).await;
     d.pull(NGINX).await;
@@ -271,12 +270,8 @@ async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
     assert!(http_once(SocketAddr::new(gateway, hp)).map(|r| !r.contains(WELCOME)).unwrap_or(true));
 
     let refused = |config: cri::PodSandboxConfig| {
-        let mut rt = d.runtime();
-        async move {
-            rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
-                .await
-                .unwrap_err()
-        }
+        let d = &d;
+        async move { try_run_pod(d, config).await.unwrap_err() }
     };
     // The same host port (all addresses overlaps 127.0.0.1): refused, everything rolled back.
     let err = refused(pod_with_ports(&d, "b", &[(80, hp as i32)])).await;
@@ -305,15 +300,7 @@ async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
     assert_eq!(nft_pod_rules(&d).len(), 2);
 
     // Two pods asking for the same host port at the same time: exactly one gets it.
-    let race = |name: &'static str| {
-        let config = pod_with_ports(&d, name, &[(80, hp as i32 + 2)]);
-        let mut rt = d.runtime();
-        async move {
-            rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
-                .await
-                .map(|r| r.into_inner().pod_sandbox_id)
-        }
-    };
+    let race = |name: &'static str| try_run_pod(&d, pod_with_ports(&d, name, &[(80, hp as i32 + 2)]));
     let results = join_all([race("r1"), race("r2")]).await;
     let won: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(won.len(), 1, "{results:?}");
@@ -460,19 +447,11 @@ async fn network_not_ready_when_the_bridge_cannot_be_made() {
     let link = Link(format!("skt{}", skiff_tests::unique_suffix()));
     sh_ok("ip", &["link", "add", &link.0, "type", "veth", "peer", "name", &format!("{}p", link.0)]);
     let d = Daemon::start_with_config(&format!("[network]\nbridge = \"{}\"\n", link.0)).await;
-    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
-    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    let nr = network_ready(&d).await;
     assert!(!nr.status);
     assert_eq!(nr.reason, "BridgeSetupFailed", "{nr:?}");
     assert!(nr.message.contains(&link.0), "{nr:?}");
-    let err = d
-        .runtime()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config(&d, "x")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = try_run_pod(&d, pod_config(&d, "x")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("not a bridge"), "{err:?}");
     assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0);
@@ -480,8 +459,7 @@ async fn network_not_ready_when_the_bridge_cannot_be_made() {
     assert!(leases(&d).is_empty());
 
     sh_ok("ip", &["link", "del", &link.0]);
-    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
-    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    let nr = network_ready(&d).await;
     assert!(nr.status, "{nr:?}");
     let pod = d.run_pod(&pod_config(&d, "x")).await;
     assert!(!pod_ip(&d, &pod).await.is_empty());
@@ -515,8 +493,7 @@ async fn deleted_bridge_is_made_again_with_the_pods_on_it() {
 
     // Deleted while skiffd runs: the next Status (the kubelet asks every few seconds) heals it.
     sh_ok("ip", &["link", "del", &d.bridge]);
-    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
-    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    let nr = network_ready(&d).await;
     assert!(nr.status, "{nr:?}");
     assert_eq!(bridge_ports(&d.bridge).len(), 2);
     let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
@@ -576,8 +553,7 @@ async fn deleted_nft_table_is_restored_with_host_ports() {
 
     sh_ok("nft", &["delete", "table", "inet", &table]);
     assert!(http_once(sa("127.0.0.1", hp)).map(|r| !r.contains(WELCOME)).unwrap_or(true));
-    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
-    let nr = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    let nr = network_ready(&d).await;
     assert!(nr.status, "{nr:?}");
     assert_eq!(nft_pod_rules(&d).len(), 1);
     let r = http_get(None, sa("127.0.0.1", hp)).await.unwrap();

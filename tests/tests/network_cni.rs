@@ -162,11 +162,6 @@ impl Drop for CniEnv {
     }
 }
 
-async fn network_ready(d: &Daemon) -> cri::RuntimeCondition {
-    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
-    s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap()
-}
-
 fn cni_cache_files(d: &Daemon) -> Vec<String> {
     std::fs::read_dir(d.root().join("network/cni"))
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -269,14 +264,7 @@ async fn cni_network_not_ready_without_config() {
     assert_eq!(nr.reason, "NoCniConfig", "{nr:?}");
     assert!(nr.message.contains(env.conf_dir().to_str().unwrap()), "{nr:?}");
     // A pod cannot get a network: a clear error, and nothing is left.
-    let err = d
-        .runtime()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config(&d, "x")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = try_run_pod(&d, pod_config(&d, "x")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("NoCniConfig") || err.message().contains("no network config"), "{err:?}");
     assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0);

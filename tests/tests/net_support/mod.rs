@@ -394,3 +394,17 @@ pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>)
     .await;
     out.into_iter().map(Option::unwrap).collect()
 }
+
+/// The NetworkReady condition of `Status`.
+pub async fn network_ready(d: &Daemon) -> cri::RuntimeCondition {
+    let s = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap()
+}
+
+/// RunPodSandbox, returning the error instead of panicking.
+pub async fn try_run_pod(d: &Daemon, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+    d.runtime()
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
