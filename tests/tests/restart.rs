@@ -119,6 +119,10 @@ fn fake_creating_record(dir: &Path, from: &str, to: &str, name: &str) {
     rec["id"] = to.into();
     rec["name"] = name.into();
     rec["state"] = "creating".into();
+    // A pod's own cgroup (`<parent>/<pod id>`), as the first persisted record names it.
+    if let Some(cg) = rec.get("cgroup_parent").and_then(|c| c.as_str()).map(|c| c.replace(from, to)) {
+        rec["cgroup_parent"] = cg.into();
+    }
     // As first persisted: nothing acquired recorded yet.
     if rec.get("namespaces").is_some() {
         rec["namespaces"] = serde_json::json!({});

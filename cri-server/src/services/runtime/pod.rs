@@ -93,6 +93,10 @@ impl RuntimeSvc {
     ) -> Result<(), Status> {
         let ctx = self.ctx.clone();
         let host_ipc = mode(namespace_options(&config).ipc) == NamespaceMode::Node;
+        // Known before anything is acquired, so that recovery can remove the cgroup of a pod
+        // whose creation was interrupted.
+        let cgroup_parent = runtime::pod::cgroup_parent(&config, id, &ctx.config.runtime.default_cgroup_parent)
+            .status("pod cgroup parent")?;
         let mut record = PodRecord {
             id: id.to_owned(),
             name: name.to_owned(),
@@ -100,7 +104,7 @@ impl RuntimeSvc {
             runtime_handler,
             state: PodState::Creating,
             created_at: now_nanos(),
-            cgroup_parent: String::new(),
+            cgroup_parent,
             namespaces: PodNamespaces::default(),
             ips: Vec::new(),
             network_set_up: false,
