@@ -1,8 +1,9 @@
 //! CNI integration tests with Debian's containernetworking-plugins (/usr/lib/cni): bridge +
 //! host-local + portmap, CNI 1.0.0 and 0.4.0. Each test writes its conflist into a temp dir, uses
 //! its own bridge (`skb<hex>`), subnet (10.89.128+x.0/24) and host-local data dir, and removes the
-//! bridge at the end. (portmap's shared top-level chains CNI-HOSTPORT-* in `ip nat` stay, like on
-//! any CNI node; the per-pod chains and rules are checked to be gone.)
+//! bridge at the end. portmap's shared top-level chains CNI-HOSTPORT-* in `ip nat` go with the
+//! last CNI test when the nat tables did not exist before ([`NatTables`]); the per-pod chains and
+//! rules are checked to be gone.
 
 mod common;
 
@@ -22,6 +23,8 @@ struct Env {
     bridge: String,
     slot: u32,
     dir: tempfile::TempDir,
+    /// Last: portmap's shared nat chains go with the last CNI test of this binary.
+    _nat: NatTables,
 }
 
 /// Tears down (CNI DEL) every pod registered with it when dropped, also when a test panics, so
@@ -93,7 +96,15 @@ impl Env {
             ..Default::default()
         };
         let pods = PodsGuard { cfg: cfg.clone(), root: dir.path().join("root"), reqs: Default::default() };
-        Self { pods, _cleanup: HostCleanup { bridge: bridge.clone(), nft_table: None }, cfg, bridge, slot, dir }
+        Self {
+            pods,
+            _cleanup: HostCleanup { bridge: bridge.clone(), nft_table: None },
+            cfg,
+            bridge,
+            slot,
+            dir,
+            _nat: NatTables::hold(),
+        }
     }
 
     fn net(&self) -> CniNetwork {

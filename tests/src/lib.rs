@@ -403,3 +403,47 @@ fn remove_cgroup_tree(path: &Path) {
     }
     let _ = fs::remove_dir(path);
 }
+
+/// Tests that run Debian's CNI `portmap` plugin hold one of these: portmap (through
+/// iptables-nft) creates shared top-level chains (`CNI-HOSTPORT-*`) in the `ip nat` and
+/// `ip6 nat` tables, which no single test may remove while others use them. When those tables
+/// did not exist before the first such test of this process, the last one to finish deletes
+/// them, so that the machine is left as it was found.
+pub struct NatTables(());
+
+static NAT_TABLES: std::sync::Mutex<(usize, Option<bool>)> = std::sync::Mutex::new((0, None));
+
+fn nat_tables_exist() -> bool {
+    ["ip", "ip6"].iter().any(|family| {
+        Command::new("nft")
+            .args(["list", "table", family, "nat"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    })
+}
+
+impl NatTables {
+    pub fn hold() -> Self {
+        let mut g = NAT_TABLES.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == 0 {
+            g.1 = Some(nat_tables_exist());
+        }
+        g.0 += 1;
+        NatTables(())
+    }
+}
+
+impl Drop for NatTables {
+    fn drop(&mut self) {
+        let mut g = NAT_TABLES.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 && g.1 == Some(false) {
+            for family in ["ip", "ip6"] {
+                let _ = Command::new("nft").args(["delete", "table", family, "nat"]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}

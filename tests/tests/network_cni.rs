@@ -7,7 +7,8 @@
 //! Each test writes its conflist into a temp dir, with its own bridge (`skn<hex>`), subnet
 //! (10.216.x.0/24) and host-local `dataDir`; [`CniEnv`] removes the bridge and any iptables rule
 //! and per-pod chain of its network (should a test fail before DEL ran). portmap's shared
-//! chains `CNI-HOSTPORT-*` stay, as on any CNI node.
+//! chains `CNI-HOSTPORT-*` go with the last CNI test when the nat tables did not exist before
+//! ([`skiff_tests::NatTables`]).
 
 mod net_support;
 
@@ -25,6 +26,8 @@ struct CniEnv {
     name: String,
     bridge: String,
     prefix: String,
+    /// Dropped last: portmap's shared nat chains go with the last CNI test.
+    _nat: skiff_tests::NatTables,
 }
 
 impl CniEnv {
@@ -32,7 +35,13 @@ impl CniEnv {
         let dir = tempfile::Builder::new().prefix("skiff-cni-").tempdir_in("/tmp").unwrap();
         let u = skiff_tests::unique_suffix();
         let x = rand::random::<u8>();
-        let env = Self { name: format!("sktcni-{u}"), bridge: format!("skn{u}"), prefix: format!("10.216.{x}."), dir };
+        let env = Self {
+            name: format!("sktcni-{u}"),
+            bridge: format!("skn{u}"),
+            prefix: format!("10.216.{x}."),
+            dir,
+            _nat: skiff_tests::NatTables::hold(),
+        };
         std::fs::create_dir_all(env.conf_dir()).unwrap();
         env
     }

@@ -180,3 +180,36 @@ impl Drop for HostCleanup {
         }
     }
 }
+
+/// Held by tests that run Debian's CNI `portmap`: it (through iptables-nft) makes shared
+/// top-level chains in the `ip nat`/`ip6 nat` tables that no single test may remove while others
+/// use them. When those tables did not exist before the first such test of this process, the
+/// last one to finish deletes them. (The daemon tests have the same guard in skiff_tests.)
+#[allow(dead_code)]
+pub struct NatTables(());
+
+static NAT_TABLES: std::sync::Mutex<(usize, Option<bool>)> = std::sync::Mutex::new((0, None));
+
+#[allow(dead_code)]
+impl NatTables {
+    pub fn hold() -> Self {
+        let mut g = NAT_TABLES.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == 0 {
+            g.1 = Some(["ip", "ip6"].iter().any(|f| sh("nft", &["list", "table", f, "nat"]).status.success()));
+        }
+        g.0 += 1;
+        NatTables(())
+    }
+}
+
+impl Drop for NatTables {
+    fn drop(&mut self) {
+        let mut g = NAT_TABLES.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 && g.1 == Some(false) {
+            for f in ["ip", "ip6"] {
+                let _ = sh("nft", &["delete", "table", f, "nat"]);
+            }
+        }
+    }
+}
