@@ -4,6 +4,7 @@
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod failpoint;
 pub mod logging;
 pub mod preflight;
 pub mod recovery;

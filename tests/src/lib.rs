@@ -75,6 +75,8 @@ pub struct Daemon {
     pub bridge: String,
     /// The cgroup parent (cgroupfs form) of this daemon's pods.
     pub cgroup_parent: String,
+    /// Extra environment of skiffd (e.g. `SKIFF_FAILPOINTS`), kept across restarts.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -83,8 +85,18 @@ impl Daemon {
         Self::start_with_config("").await
     }
 
+    /// Starts skiffd with failpoints enabled (see cri-server's `failpoint` module).
+    pub async fn start_with_failpoints(points: &str) -> Daemon {
+        Self::start_with_config_and_env("", &[("SKIFF_FAILPOINTS", points)]).await
+    }
+
     /// Starts skiffd with `extra` TOML merged over the harness's defaults.
     pub async fn start_with_config(extra: &str) -> Daemon {
+        Self::start_with_config_and_env(extra, &[]).await
+    }
+
+    /// Starts skiffd with `extra` TOML and extra environment variables.
+    pub async fn start_with_config_and_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir_in("/tmp").expect("tempdir");
         let suffix = unique_suffix();
         let bridge = format!("skt{suffix}");
@@ -114,7 +126,8 @@ pod_cidr = "10.{}.{}.0/24"
         merge(&mut config, extra);
         fs::write(dir.path().join("config.toml"), toml::to_string(&config).expect("toml"))
             .expect("write config");
-        let mut d = Daemon { dir, child: None, channel: None, bridge, cgroup_parent };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut d = Daemon { dir, child: None, channel: None, bridge, cgroup_parent, env };
         d.spawn().await;
         d
     }
@@ -174,6 +187,7 @@ pod_cidr = "10.{}.{}.0/24"
             .arg(self.state())
             .arg("--listen")
             .arg(self.socket())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -193,6 +193,7 @@ impl RuntimeSvc {
                     _ => Ok(()),
                 });
             }
+            crate::failpoint::check("container:after_rootfs")?;
 
             // The user, looked up in the image's own /etc/passwd and /etc/group.
             let lowerdirs = layout.lowerdirs.clone();
@@ -241,6 +242,7 @@ impl RuntimeSvc {
                 .map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             runtime::util::write_atomic(&cdir.join("config.json"), &bytes, 0o600)
                 .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
+            crate::failpoint::check("container:after_spec")?;
 
             record.state = ContainerState::Created;
             ctx.container_store.save(id, &record).status("persist the container")?;
@@ -340,6 +342,7 @@ impl RuntimeSvc {
             rb.push_blocking("rootfs mount", move || {
                 imagesvc::RootfsMount::unmount(&target).map_err(|e| e.to_string())
             });
+            crate::failpoint::check("start:after_mount")?;
 
             // The container cgroup, with the resources of the spec.
             let spec_bytes = std::fs::read(cdir.join("config.json"))
@@ -357,6 +360,7 @@ impl RuntimeSvc {
                 let _ = ctx2.cgroups.kill_all(&cg);
                 ctx2.cgroups.remove(&cg).map_err(|e| e.to_string())
             });
+            crate::failpoint::check("start:after_cgroup")?;
 
             let log_path = (!c.log_path.is_empty()).then(|| PathBuf::from(&c.log_path));
             if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()) {

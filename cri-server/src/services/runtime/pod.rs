@@ -153,8 +153,10 @@ impl RuntimeSvc {
             record.namespaces.ipc = resources.namespaces.ipc;
             record.namespaces.uts = resources.namespaces.uts;
             record.shm_mounted = !host_ipc;
+            crate::failpoint::check("pod:after_setup")?;
 
             self.setup_pod_extras(&mut record, &mut rb).await?;
+            crate::failpoint::check("pod:after_network")?;
 
             record.state = PodState::Ready;
             ctx.pod_store.save(id, &record).status("persist the pod")?;
