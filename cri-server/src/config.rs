@@ -27,12 +27,36 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: invalid value for `{key}`: {reason}")]
+    #[error("{path}{}: invalid value for `{key}`: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
         key: &'static str,
         reason: String,
+        /// Where the key is set, when it comes from a file.
+        line: Option<usize>,
     },
+}
+
+/// The 1-based line that sets the dotted `key` in a TOML text, or one of its entries
+/// (`network.pod_cidr` is `pod_cidr = …` under `[network]`; a mirror of `registry.mirrors` is a
+/// line under `[registry.mirrors]`), if any.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let normalize = |s: &str| s.replace(['"', ' '], "");
+    let mut table = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            table = normalize(line.trim_matches(|c| c == '[' || c == ']'));
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else { continue };
+        let k = normalize(k);
+        let full = if table.is_empty() { k } else { format!("{table}.{k}") };
+        if full == key || full.starts_with(&format!("{key}.")) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Log output format.
@@ -114,7 +138,12 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        config.validate(path)?;
+        config.validate(path).map_err(|e| match e {
+            ConfigError::Invalid { path, key, reason, .. } => {
+                ConfigError::Invalid { line: line_of(text, key), path, key, reason }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -177,6 +206,7 @@ impl Config {
             path: path.to_owned(),
             key,
             reason,
+            line: None,
         };
         for (key, p) in [("root", &self.root), ("state", &self.state)] {
             if !p.is_absolute() {
@@ -229,6 +259,7 @@ impl Config {
                         path: path.to_owned(),
                         key: "registry.mirrors",
                         reason: format!("mirror {e:?} of {host:?} must start with http:// or https://"),
+                        line: None,
                     });
                 }
             }
@@ -351,6 +382,13 @@ mod tests {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text}: {msg}");
         }
+        // Semantic errors name the line too.
+        let msg = parse("root = \"/a\"\n\n[network]\nmtu = 1500\npod_cidr = \"10.88.0.0\"\n").unwrap_err().to_string();
+        assert!(msg.contains("network.pod_cidr") && msg.contains("line 5"), "{msg}");
+        let msg = parse("[registry.mirrors]\n\"docker.io\" = [\"ftp://x\"]").unwrap_err().to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        let msg = parse("log_level = \"verbose\"").unwrap_err().to_string();
+        assert!(msg.contains("line 1"), "{msg}");
         // A type error names the key and line.
         let msg = parse("[network]\nmtu = \"big\"").unwrap_err().to_string();
         assert!(msg.contains("line 2"), "{msg}");
