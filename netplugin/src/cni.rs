@@ -354,9 +354,9 @@ impl CniNetwork {
         first_err.map_or(Ok(()), Err)
     }
 
-    async fn do_setup(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus> {
-        let list = self.load_config().map_err(NetworkError::NotReady)?;
-        let mut entry = CacheEntry {
+    /// The cache record of a pod's network before its ADD (no result yet).
+    fn new_entry(req: &PodNetworkRequest, list: &ConfList) -> CacheEntry {
+        CacheEntry {
             version: CACHE_VERSION,
             container_id: req.id.clone(),
             if_name: IFNAME.into(),
@@ -366,7 +366,12 @@ impl CniNetwork {
             result: None,
             cni_args: Self::cni_args(req),
             runtime_config: Self::runtime_config(req),
-        };
+        }
+    }
+
+    async fn do_setup(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus> {
+        let list = self.load_config().map_err(NetworkError::NotReady)?;
+        let mut entry = Self::new_entry(req, &list);
         // Pending record first: a crash during ADD still leaves what DEL needs.
         self.write_cache(&entry)?;
         let mut prev: Option<Value> = None;
@@ -437,17 +442,7 @@ impl CniNetwork {
             None => {
                 // Nothing recorded: DEL with the current config (like containerd), if there is one.
                 let Ok(list) = self.load_config() else { return Ok(()) };
-                let entry = CacheEntry {
-                    version: CACHE_VERSION,
-                    container_id: req.id.clone(),
-                    if_name: IFNAME.into(),
-                    netns: req.netns_path.clone(),
-                    network_name: list.name.clone(),
-                    config: list.to_json(),
-                    result: None,
-                    cni_args: Self::cni_args(req),
-                    runtime_config: Self::runtime_config(req),
-                };
+                let entry = Self::new_entry(req, &list);
                 (list, entry)
             }
         };

@@ -292,6 +292,31 @@ pod_cidr = "10.{}.{}.0/24"
         out
     }
 
+    /// What a reboot does to a killed daemon's pods: every process of this daemon and of its
+    /// containers dies, every mount under the state dir goes, the state dir (a tmpfs) comes back
+    /// empty, and the cgroups are gone. The root dir stays. Call it after [`Daemon::kill`].
+    pub fn simulate_reboot(&self) {
+        assert!(self.child.is_none(), "kill the daemon first");
+        for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let state = self.state().to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+            .filter(|mp| mp.starts_with(&state))
+            .collect();
+        mounts.reverse();
+        for mp in mounts {
+            nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).expect("unmount");
+        }
+        fs::remove_dir_all(self.state()).expect("empty the state dir");
+        for hierarchy in cgroup_v1_hierarchies() {
+            remove_cgroup_tree(&hierarchy.join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+
     /// Best-effort removal of whatever [`Daemon::leftovers`] reports, and of the bridge.
     fn clean_up_machine(&self) {
         let dir = self.dir.path().to_string_lossy().into_owned();
@@ -415,7 +440,13 @@ fn remove_cgroup_tree(path: &Path) {
             }
         }
     }
-    let _ = fs::remove_dir(path);
+    // Killed processes leave their cgroup a moment after the signal.
+    for _ in 0..100 {
+        if fs::remove_dir(path).is_ok() || !path.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Tests that run Debian's CNI `portmap` plugin hold one of these: portmap (through

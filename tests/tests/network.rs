@@ -331,7 +331,7 @@ async fn lost_state_dir_releases_leases_and_rules() {
     let b = d.run_pod(&pb).await;
     assert_eq!(leases(&d).len(), 2);
     d.kill();
-    simulate_reboot(&d).await;
+    d.simulate_reboot();
     // The netns are gone, so are the pod ends of the veths and with them the host ends.
     for _ in 0..50 {
         if bridge_ports(&d.bridge).is_empty() {

@@ -312,7 +312,7 @@ async fn cni_lost_state_dir_releases_addresses_and_rules() {
     assert_eq!(env.ipam_leases().len(), 1);
     assert!(!env.iptables_rules().is_empty());
     d.kill();
-    simulate_reboot(&d).await;
+    d.simulate_reboot();
     d.start_again().await;
     let (state, _, _) = pod_status(&d, &a).await;
     assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);

@@ -259,42 +259,8 @@ async fn reboot_empties_the_state_dir() {
     let created = d.create(&pod, &pc, container_config("never", &["true"])).await.unwrap();
     d.kill();
 
-    // "Reboot": every process gone, every mount under the state dir gone, the dir empty.
-    let dir = d.dir().display().to_string();
-    for pid in skiff_tests::processes_mentioning(&dir) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-    for h in skiff_tests::cgroup_v1_hierarchies() {
-        let procs = h.join(d.cgroup_parent.trim_start_matches('/')).join(&pod).join(&id).join("cgroup.procs");
-        for p in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.parse().unwrap()), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-    // cgroupfs does not survive a reboot either.
-    fn rmdir_tree(p: &Path) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdir_tree(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(p);
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    for h in skiff_tests::cgroup_v1_hierarchies() {
-        rmdir_tree(&h.join(d.cgroup_parent.trim_start_matches('/')));
-    }
-    let state = d.state().display().to_string();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .filter(|mp| mp.starts_with(&state))
-        .collect();
-    mounts.reverse();
-    for mp in mounts {
-        nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    }
-    std::fs::remove_dir_all(d.state()).unwrap();
+    // "Reboot": every process gone, every mount under the state dir gone, the dir empty, no cgroups.
+    d.simulate_reboot();
 
     d.start_again().await;
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;

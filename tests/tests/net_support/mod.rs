@@ -337,41 +337,6 @@ pub fn host_port_records(d: &Daemon) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// What a reboot does to a (killed) daemon's pods: the processes under its state dir die, the
-/// state dir (tmpfs) is empty and its mounts are gone, and so are the cgroups.
-pub async fn simulate_reboot(d: &Daemon) {
-    let state = d.state().to_string_lossy().into_owned();
-    for pid in skiff_tests::processes_mentioning(&state) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .filter(|mp| mp.starts_with(&state))
-        .collect();
-    mounts.reverse();
-    for mp in mounts {
-        nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    }
-    std::fs::remove_dir_all(d.state()).unwrap();
-    for h in skiff_tests::cgroup_v1_hierarchies() {
-        let top = h.join(d.cgroup_parent.trim_start_matches('/'));
-        for _ in 0..100 {
-            for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-            if std::fs::remove_dir(&top).is_ok() || !top.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!top.exists(), "cannot remove {}", top.display());
-    }
-}
-
 /// Runs futures concurrently on the test's task (the daemon does the work in parallel).
 pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
