@@ -21,10 +21,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/skiff/config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}{}: invalid value for `{key}`: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
@@ -134,10 +131,8 @@ pub struct Overrides {
 impl Config {
     /// Parses and validates a configuration text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
         config.validate(path).map_err(|e| match e {
             ConfigError::Invalid { path, key, reason, .. } => {
                 ConfigError::Invalid { line: line_of(text, key), path, key, reason }
@@ -202,22 +197,15 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            reason,
-            line: None,
-        };
+        let invalid =
+            |key: &'static str, reason: String| ConfigError::Invalid { path: path.to_owned(), key, reason, line: None };
         for (key, p) in [("root", &self.root), ("state", &self.state)] {
             if !p.is_absolute() {
                 return Err(invalid(key, format!("{} is not an absolute path", p.display())));
             }
         }
         if !self.listen.as_os_str().is_empty() && !self.listen.is_absolute() {
-            return Err(invalid(
-                "listen",
-                format!("{} is not an absolute path", self.listen.display()),
-            ));
+            return Err(invalid("listen", format!("{} is not an absolute path", self.listen.display())));
         }
         // A bare word must be a level; anything else is a tracing filter ("info,imagesvc=debug").
         const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -238,16 +226,10 @@ impl Config {
             ));
         }
         if !self.runtime.default_cgroup_parent.starts_with('/') {
-            return Err(invalid(
-                "runtime.default_cgroup_parent",
-                "must start with /".into(),
-            ));
+            return Err(invalid("runtime.default_cgroup_parent", "must start with /".into()));
         }
         if self.registry.max_concurrent_downloads == 0 {
-            return Err(invalid(
-                "registry.max_concurrent_downloads",
-                "must be at least 1".into(),
-            ));
+            return Err(invalid("registry.max_concurrent_downloads", "must be at least 1".into()));
         }
         if self.registry.stall_timeout_secs == 0 {
             return Err(invalid("registry.stall_timeout_secs", "must be at least 1".into()));
@@ -349,10 +331,7 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/srv/skiff"));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.registry.max_concurrent_downloads, 5);
-        assert_eq!(
-            c.registry.mirrors["registry.k8s.io"],
-            vec!["http://127.0.0.1:5000".to_string()]
-        );
+        assert_eq!(c.registry.mirrors["registry.k8s.io"], vec!["http://127.0.0.1:5000".to_string()]);
         assert_eq!(c.network.plugin, netplugin::PluginKind::Cni);
         assert_eq!(c.state, PathBuf::from("/run/skiff"));
     }
@@ -399,19 +378,13 @@ mod tests {
     #[test]
     fn command_line_overrides_file() {
         let mut c = parse("root = \"/a\"\nstate = \"/b\"").unwrap();
-        c.apply(Overrides {
-            root: Some("/c".into()),
-            log_format: Some(LogFormat::Json),
-            ..Default::default()
-        })
-        .unwrap();
+        c.apply(Overrides { root: Some("/c".into()), log_format: Some(LogFormat::Json), ..Default::default() })
+            .unwrap();
         assert_eq!(c.root, PathBuf::from("/c"));
         assert_eq!(c.state, PathBuf::from("/b"));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.socket_path(), PathBuf::from("/b/skiff.sock"));
-        assert!(c
-            .apply(Overrides { listen: Some("rel.sock".into()), ..Default::default() })
-            .is_err());
+        assert!(c.apply(Overrides { listen: Some("rel.sock".into()), ..Default::default() }).is_err());
     }
 
     #[test]

@@ -68,7 +68,12 @@ pub fn run(config: &Config) -> Vec<Check> {
         out.push(if has_fs(fs) {
             check(&format!("filesystem {fs}"), Outcome::Ok, "", "")
         } else {
-            check(&format!("filesystem {fs}"), Outcome::Missing, "not in /proc/filesystems", "rebuild the kernel with it")
+            check(
+                &format!("filesystem {fs}"),
+                Outcome::Missing,
+                "not in /proc/filesystems",
+                "rebuild the kernel with it",
+            )
         });
     }
 

@@ -130,9 +130,8 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
 async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
     use runtime::monitor;
     let cdir = ctx.container_dir(&c.id);
-    let monitor_pid = std::fs::read_to_string(cdir.join(monitor::PID_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
+    let monitor_pid =
+        std::fs::read_to_string(cdir.join(monitor::PID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
     if monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE)).is_some() {
         tracing::info!(container_id = %c.id, "interrupted start: the container ran and exited");
         c.state = ContainerState::Running;

@@ -71,7 +71,11 @@ mod tests {
             let log = log.clone();
             rb.push("step", move || async move {
                 log.lock().unwrap().push(i);
-                if i == 1 { Err("boom".into()) } else { Ok(()) }
+                if i == 1 {
+                    Err("boom".into())
+                } else {
+                    Ok(())
+                }
             });
         }
         let l2 = log.clone();

@@ -85,12 +85,10 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(_) => {
             tracing::info!(socket = %path.display(), "replacing a stale socket");
-            fs::remove_file(path)
-                .map_err(|source| ServerError::Listen { path: path.to_owned(), source })?;
+            fs::remove_file(path).map_err(|source| ServerError::Listen { path: path.to_owned(), source })?;
         }
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|source| ServerError::Listen { path: path.to_owned(), source })?;
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Listen { path: path.to_owned(), source })?;
     let listen_err = |source| ServerError::Listen { path: path.to_owned(), source };
     fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(listen_err)?;
     std::os::unix::fs::chown(path, Some(0), Some(0)).map_err(listen_err)?;

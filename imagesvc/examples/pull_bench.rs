@@ -72,7 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::remove_dir_all(root.join("snapshots").join(c.hex()))?;
     }
     // Keep the metadata from GC-ing blobs: the image record still references them.
-    let store = ImageStore::open(ImageStoreConfig { root: root.clone(), registry: RegistryConfig { sync_after_unpack: sync, ..Default::default() } }).await?;
+    let store = ImageStore::open(ImageStoreConfig {
+        root: root.clone(),
+        registry: RegistryConfig { sync_after_unpack: sync, ..Default::default() },
+    })
+    .await?;
     let t = Instant::now();
     store.pull(&image, None).await?;
     println!("unpack only (blobs present): {:.2}s", t.elapsed().as_secs_f64());

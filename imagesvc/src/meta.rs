@@ -113,8 +113,8 @@ impl MetaStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
             Err(e) => return Err(ImageError::io("read image metadata", &self.path, e)),
         };
-        let f: MetaFile = serde_json::from_slice(&data)
-            .map_err(|e| ImageError::Metadata(format!("{}: {e}", self.path.display())))?;
+        let f: MetaFile =
+            serde_json::from_slice(&data).map_err(|e| ImageError::Metadata(format!("{}: {e}", self.path.display())))?;
         if f.version != META_VERSION {
             return Err(ImageError::Metadata(format!(
                 "{}: unsupported version {} (expected {META_VERSION})",

@@ -142,7 +142,7 @@ impl RegistryClient {
 
     /// The endpoints for a registry domain, in the order they are tried: the configured mirrors,
     /// then the registry itself: HTTPS, with plain HTTP first for loopback hosts and as a fallback
-/// for configured insecure hosts.
+    /// for configured insecure hosts.
     pub fn endpoints(&self, domain: &str) -> Vec<Endpoint> {
         let mut out: Vec<Endpoint> = Vec::new();
         let mut push = |e: Endpoint| {
@@ -292,7 +292,12 @@ impl Session {
     }
 
     /// Sends a GET, answering one authentication challenge if needed.
-    async fn get(&self, ep: &Endpoint, url: &str, accept: Option<&str>) -> std::result::Result<reqwest::Response, Failure> {
+    async fn get(
+        &self,
+        ep: &Endpoint,
+        url: &str,
+        accept: Option<&str>,
+    ) -> std::result::Result<reqwest::Response, Failure> {
         if let Some(a) = self.auth_for(ep) {
             if !a.registry_token.is_empty() {
                 let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
@@ -309,7 +314,9 @@ impl Session {
                 req = req.header(reqwest::header::AUTHORIZATION, t);
             }
             let resp = match tokio::time::timeout(self.stall, req.send()).await {
-                Err(_) => return Err(Failure::Other(format!("{}: no response within {}s", ep.host, self.stall.as_secs()))),
+                Err(_) => {
+                    return Err(Failure::Other(format!("{}: no response within {}s", ep.host, self.stall.as_secs())))
+                }
                 Ok(Err(e)) => return Err(Failure::Other(format!("{}: {}", ep.host, error_chain(&e)))),
                 Ok(Ok(r)) => r,
             };
@@ -346,10 +353,9 @@ impl Session {
         let auth = self.auth_for(ep);
         match ch.scheme.as_str() {
             "basic" => match auth.and_then(Auth::basic) {
-                Some((u, p)) => Ok(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-                )),
+                Some((u, p)) => {
+                    Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
+                }
                 None => Err(Failure::Unauthorized(format!("{}: requires credentials", ep.host))),
             },
             "bearer" => {
@@ -447,7 +453,11 @@ impl Session {
         }
         let joined = msgs.join("; ");
         if unauth {
-            ImageError::Unauthorized { reference: self.refname(), registry: self.reference.domain.clone(), status: joined }
+            ImageError::Unauthorized {
+                reference: self.refname(),
+                registry: self.reference.domain.clone(),
+                status: joined,
+            }
         } else if nf {
             ImageError::RegistryNotFound { reference: self.refname(), what: what.to_string(), details: joined }
         } else {
@@ -545,7 +555,11 @@ impl Session {
         let resp = self.blob(digest).await?;
         let body = self.read_small(resp, max, &format!("blob {digest}")).await?;
         if body.len() as u64 != size {
-            return Err(ImageError::SizeMismatch { what: format!("blob {digest}"), expected: size, actual: body.len() as u64 });
+            return Err(ImageError::SizeMismatch {
+                what: format!("blob {digest}"),
+                expected: size,
+                actual: body.len() as u64,
+            });
         }
         let got = Digest::of(&body);
         if &got != digest {
@@ -561,7 +575,11 @@ impl Session {
     /// Reads the next chunk of a streamed body, failing after the stall timeout.
     pub async fn next_chunk(&self, resp: &mut reqwest::Response, what: &str) -> Result<Option<bytes::Bytes>> {
         match tokio::time::timeout(self.stall, resp.chunk()).await {
-            Err(_) => Err(ImageError::Stalled { reference: self.refname(), what: what.to_string(), secs: self.stall.as_secs() }),
+            Err(_) => Err(ImageError::Stalled {
+                reference: self.refname(),
+                what: what.to_string(),
+                secs: self.stall.as_secs(),
+            }),
             Ok(Err(e)) => Err(self.reg_err(format!("reading {what}: {}", error_chain(&e)))),
             Ok(Ok(c)) => Ok(c),
         }
@@ -628,7 +646,12 @@ mod tests {
     fn auth_is_redacted_and_decoded() {
         let a = Auth { auth: base64::engine::general_purpose::STANDARD.encode("u:p:w"), ..Default::default() };
         assert_eq!(a.basic(), Some(("u".into(), "p:w".into())));
-        let a = Auth { username: "me".into(), password: "s3cret".into(), identity_token: "tok".into(), ..Default::default() };
+        let a = Auth {
+            username: "me".into(),
+            password: "s3cret".into(),
+            identity_token: "tok".into(),
+            ..Default::default()
+        };
         let dbg = format!("{a:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("tok\"") && dbg.contains("me"));
         let a = Auth { server_address: "https://reg.example/".into(), ..Default::default() };

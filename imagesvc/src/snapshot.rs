@@ -82,7 +82,12 @@ impl Snapshots {
         if self.exists(chain) {
             return Ok(Default::default());
         }
-        let tmp = self.dir.join(format!(".tmp-{}-{}-{}", chain.hex(), std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}-{}",
+            chain.hex(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let cleanup = |e: ImageError| {
             let _ = std::fs::remove_dir_all(&tmp);
             e
@@ -177,14 +182,14 @@ impl RootfsMount {
         let Some(base) = base.filter(|b| self.lowerdirs.iter().all(|l| l.starts_with(b))) else {
             return Err(ImageError::Mount(format!("too many layers ({}) for one overlay mount", self.lowerdirs.len())));
         };
-        let rel: Vec<String> = self
-            .lowerdirs
-            .iter()
-            .filter_map(|l| l.strip_prefix(&base).ok())
-            .map(|p| p.display().to_string())
-            .collect();
-        let short =
-            format!("lowerdir={},upperdir={},workdir={}", rel.join(":"), self.upperdir.display(), self.workdir.display());
+        let rel: Vec<String> =
+            self.lowerdirs.iter().filter_map(|l| l.strip_prefix(&base).ok()).map(|p| p.display().to_string()).collect();
+        let short = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            rel.join(":"),
+            self.upperdir.display(),
+            self.workdir.display()
+        );
         if short.len() >= 4096 {
             return Err(ImageError::Mount(format!("too many layers ({}) for one overlay mount", self.lowerdirs.len())));
         }
@@ -199,7 +204,7 @@ impl RootfsMount {
     /// fsopen/fsconfig(`lowerdir+` per layer)/fsmount/move_mount.
     fn fsconfig_mount(&self, target: &Path) -> std::io::Result<()> {
         use std::ffi::CString;
-        use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         use std::os::unix::ffi::OsStrExt;
         const FSOPEN_CLOEXEC: libc::c_uint = 1;
         const FSCONFIG_SET_STRING: libc::c_uint = 1;
@@ -276,7 +281,8 @@ impl RootfsMount {
     pub fn unmount(target: &Path) -> Result<()> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
-        let tgt = CString::new(target.as_os_str().as_bytes()).map_err(|_| ImageError::Mount("path contains NUL".into()))?;
+        let tgt =
+            CString::new(target.as_os_str().as_bytes()).map_err(|_| ImageError::Mount("path contains NUL".into()))?;
         // SAFETY: valid C string.
         let mut r = unsafe { libc::umount2(tgt.as_ptr(), libc::UMOUNT_NOFOLLOW) };
         if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {

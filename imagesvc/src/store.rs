@@ -235,8 +235,8 @@ impl ImageStore {
             return Ok(c.clone());
         }
         let data = self.inner.content.read(id)?;
-        let cfg: ImageConfiguration = serde_json::from_slice(&data)
-            .map_err(|e| ImageError::Metadata(format!("image config {id}: {e}")))?;
+        let cfg: ImageConfiguration =
+            serde_json::from_slice(&data).map_err(|e| ImageError::Metadata(format!("image config {id}: {e}")))?;
         let cfg = Arc::new(cfg);
         self.inner.configs.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cfg.clone());
         Ok(cfg)
@@ -814,9 +814,7 @@ fn load_holds(dir: &Path) -> Result<BTreeMap<String, ContainerRootfs>> {
             }
             continue;
         }
-        match std::fs::read(p.join("rootfs.json"))
-            .ok()
-            .and_then(|d| serde_json::from_slice::<ContainerRootfs>(&d).ok())
+        match std::fs::read(p.join("rootfs.json")).ok().and_then(|d| serde_json::from_slice::<ContainerRootfs>(&d).ok())
         {
             Some(h) if h.version == 1 && h.container_id == name => {
                 holds.insert(name, h);

@@ -53,13 +53,7 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: libc::c_int, mode: libc::mo
     loop {
         // SAFETY: `how` is a properly initialised open_how of the size we pass; p is valid.
         let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root,
-                p.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
+            libc::syscall(libc::SYS_openat2, root, p.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
         };
         if fd < 0 {
             let e = io::Error::last_os_error();

@@ -124,8 +124,10 @@ impl Unpacker<'_> {
         let comps = clean_path(&raw);
         let header = entry.header();
         let kind = header.entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink)
-        {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
             return Ok(0);
         }
         let uid = header.uid().map_err(|e| self.err(&raw, e))? as u32;
@@ -185,10 +187,8 @@ impl Unpacker<'_> {
                 }
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.err(&raw, "symlink without target"))?
-                    .into_owned();
+                let target =
+                    entry.link_name_bytes().ok_or_else(|| self.err(&raw, "symlink without target"))?.into_owned();
                 sys::symlinkat(OsStr::from_bytes(&target), p, name).map_err(|e| self.err(&raw, e))?;
             }
             EntryType::Link => {
@@ -203,9 +203,8 @@ impl Unpacker<'_> {
                 };
                 let tfd = sys::open_in_root(self.root.as_raw_fd(), &join(tparent), libc::O_PATH | libc::O_DIRECTORY, 0)
                     .map_err(|e| self.err(&raw, format!("hard link target {} not in layer: {e}", target.display())))?;
-                sys::linkat(tfd.as_raw_fd(), tname, p, name).map_err(|e| {
-                    self.err(&raw, format!("hard link target {} not in layer: {e}", target.display()))
-                })?;
+                sys::linkat(tfd.as_raw_fd(), tname, p, name)
+                    .map_err(|e| self.err(&raw, format!("hard link target {} not in layer: {e}", target.display())))?;
                 // A hard link shares the target's inode: do not touch its metadata.
                 return Ok(0);
             }
@@ -347,7 +346,12 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Unpacks a (compressed) layer blob into `dest`, verifying the uncompressed stream against
 /// `diff_id`.
-pub fn unpack_layer_file(layer: &str, blob: &Path, diff_id: &crate::reference::Digest, dest: &Path) -> Result<UnpackStats> {
+pub fn unpack_layer_file(
+    layer: &str,
+    blob: &Path,
+    diff_id: &crate::reference::Digest,
+    dest: &Path,
+) -> Result<UnpackStats> {
     let f = std::fs::File::open(blob).map_err(|e| ImageError::io("open layer blob", blob, e))?;
     let dec = decompress(io::BufReader::with_capacity(256 * 1024, f))
         .map_err(|e| ImageError::io("read layer blob", blob, e))?;

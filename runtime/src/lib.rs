@@ -24,6 +24,7 @@
 pub mod caps;
 pub mod cgroups;
 pub mod error;
+pub mod monitor;
 pub mod mounts;
 pub mod namespaces;
 pub mod pod;
@@ -31,7 +32,6 @@ pub mod podfiles;
 pub mod seccomp;
 pub mod spec;
 pub mod user;
-pub mod monitor;
 pub mod util;
 
 pub use error::{Error, ErrorKind};

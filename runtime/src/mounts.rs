@@ -59,7 +59,11 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, MountError> 
                 if links > MAX_SYMLINKS {
                     return Err(MountError::SymlinkLoop { root: root.to_path_buf(), path: path.to_path_buf() });
                 }
-                let target = std::fs::read_link(&full).map_err(|e| MountError::Io { op: "readlink", path: full.clone(), source: e })?;
+                let target = std::fs::read_link(&full).map_err(|e| MountError::Io {
+                    op: "readlink",
+                    path: full.clone(),
+                    source: e,
+                })?;
                 if target.is_absolute() {
                     current = PathBuf::new();
                 }

@@ -328,7 +328,13 @@ pub fn parse_net_dev(text: &str) -> Vec<NetDevStats> {
             if f.len() < 11 {
                 return None;
             }
-            Some(NetDevStats { name: name.trim().to_string(), rx_bytes: f[0], rx_errors: f[2], tx_bytes: f[8], tx_errors: f[10] })
+            Some(NetDevStats {
+                name: name.trim().to_string(),
+                rx_bytes: f[0],
+                rx_errors: f[2],
+                tx_bytes: f[8],
+                tx_errors: f[10],
+            })
         })
         .collect()
 }

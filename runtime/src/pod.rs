@@ -62,7 +62,11 @@ pub fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption
 
 /// The pod cgroup in cgroupfs form: the CRI cgroup_parent, or `<default_parent>/<pod-id>` when
 /// empty. systemd slice names are refused (skiff manages cgroupfs paths only).
-pub fn cgroup_parent(config: &cri::PodSandboxConfig, pod_id: &str, default_parent: &str) -> Result<String, CgroupError> {
+pub fn cgroup_parent(
+    config: &cri::PodSandboxConfig,
+    pod_id: &str,
+    default_parent: &str,
+) -> Result<String, CgroupError> {
     let p = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or("");
     if p.is_empty() {
         return Ok(format!("/{}/{pod_id}", normalize(default_parent)?));
@@ -88,8 +92,10 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
 
     let mut undo: Vec<Box<dyn FnOnce() + '_>> = Vec::new();
     let res = (|| -> Result<PodResources, Error> {
-        std::fs::create_dir_all(&paths.dir).map_err(|e| {
-            crate::podfiles::PodFilesError::Io { op: "create", path: paths.dir.clone(), source: e }
+        std::fs::create_dir_all(&paths.dir).map_err(|e| crate::podfiles::PodFilesError::Io {
+            op: "create",
+            path: paths.dir.clone(),
+            source: e,
         })?;
         let dir = paths.dir.clone();
         undo.push(Box::new(move || {
@@ -113,7 +119,12 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
         }));
 
         podfiles::write_resolv_conf(&paths.resolv_conf(), req.config.dns_config.as_ref(), req.host_resolv_conf)?;
-        podfiles::write_hosts(&paths.hosts(), &hostname, &[], if host_net { Some(Path::new("/etc/hosts")) } else { None })?;
+        podfiles::write_hosts(
+            &paths.hosts(),
+            &hostname,
+            &[],
+            if host_net { Some(Path::new("/etc/hosts")) } else { None },
+        )?;
         podfiles::write_hostname(&paths.hostname(), &hostname)?;
         let files_paths = paths.clone();
         undo.push(Box::new(move || {

@@ -77,7 +77,11 @@ impl PodPaths {
 
 /// Renders resolv.conf from CRI DNS settings; `None` when they are all empty (then the host's
 /// file is used).
-pub fn render_resolv_conf(servers: &[String], searches: &[String], options: &[String]) -> Result<Option<String>, PodFilesError> {
+pub fn render_resolv_conf(
+    servers: &[String],
+    searches: &[String],
+    options: &[String],
+) -> Result<Option<String>, PodFilesError> {
     if servers.is_empty() && searches.is_empty() && options.is_empty() {
         return Ok(None);
     }
@@ -201,9 +205,7 @@ pub fn unmount_shm(path: &Path) -> Result<(), PodFilesError> {
 pub fn is_mountpoint(path: &Path) -> bool {
     let Ok(canon) = std::fs::canonicalize(path) else { return false };
     let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    mi.lines().any(|l| {
-        l.split(' ').nth(4).map(|mp| Path::new(&unescape_mountinfo(mp)) == canon).unwrap_or(false)
-    })
+    mi.lines().any(|l| l.split(' ').nth(4).map(|mp| Path::new(&unescape_mountinfo(mp)) == canon).unwrap_or(false))
 }
 
 pub(crate) fn unescape_mountinfo(s: &str) -> String {
@@ -234,9 +236,13 @@ mod tests {
 
     #[test]
     fn resolv() {
-        let r = render_resolv_conf(&["10.0.0.10".into()], &["ns.svc.cluster.local".into(), "svc.cluster.local".into()], &["ndots:5".into()])
-            .unwrap()
-            .unwrap();
+        let r = render_resolv_conf(
+            &["10.0.0.10".into()],
+            &["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            &["ndots:5".into()],
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r, "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n");
         assert!(render_resolv_conf(&[], &[], &[]).unwrap().is_none());
         assert!(render_resolv_conf(&["not-an-ip".into()], &[], &[]).is_err());

@@ -173,7 +173,12 @@ fn is_opaque(dir: &Path) -> bool {
     let mut buf = [0u8; 4];
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
     let n = unsafe {
-        libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len())
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
     };
     n == 1 && buf[0] == b'y'
 }
@@ -226,7 +231,11 @@ fn resolve_from(passwd: &str, group: &str, req: &UserRequest<'_>) -> Result<Reso
         if let Some(g) = g {
             let n = match g.parse::<u32>() {
                 Ok(n) => n,
-                Err(_) => groups.iter().find(|x| x.name == g).map(|x| x.gid).ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
+                Err(_) => groups
+                    .iter()
+                    .find(|x| x.name == g)
+                    .map(|x| x.gid)
+                    .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
             };
             group_from_spec = Some(n);
         }
@@ -278,7 +287,11 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nalice:x:1000:1000::/home/alice:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("etc/group"), "root:x:0:\nwww:x:33:\nalice:x:1000:\nstaff:x:50:alice,bob\naudio:x:29:alice\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nwww:x:33:\nalice:x:1000:\nstaff:x:50:alice,bob\naudio:x:29:alice\n",
+        )
+        .unwrap();
         d
     }
 
@@ -303,7 +316,8 @@ mod tests {
         assert_eq!((u.uid, u.gid), (1000, 50));
         let u = r(UserRequest { image_user: "www:staff", ..req() }).unwrap();
         assert_eq!((u.uid, u.gid), (33, 50));
-        let u = r(UserRequest { run_as_user: Some(1000), image_user: "www", supplemental_groups: &[7, 50], ..req() }).unwrap();
+        let u = r(UserRequest { run_as_user: Some(1000), image_user: "www", supplemental_groups: &[7, 50], ..req() })
+            .unwrap();
         assert_eq!((u.uid, u.gid), (1000, 1000));
         assert_eq!(u.additional_gids, vec![1000, 50, 29, 7]);
         let u = r(UserRequest { run_as_username: "www", run_as_group: Some(9), ..req() }).unwrap();
@@ -333,7 +347,15 @@ mod tests {
         // an opaque /etc in the top layer hides the lower /etc/group (needs root for trusted.*)
         let etc = std::ffi::CString::new(top.path().join("etc").to_str().unwrap()).unwrap();
         // SAFETY: valid strings and value buffer.
-        let r = unsafe { libc::lsetxattr(etc.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr() as *const libc::c_void, 1, 0) };
+        let r = unsafe {
+            libc::lsetxattr(
+                etc.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                b"y".as_ptr() as *const libc::c_void,
+                1,
+                0,
+            )
+        };
         if nix::unistd::geteuid().is_root() {
             assert_eq!(r, 0, "set trusted.overlay.opaque");
         }

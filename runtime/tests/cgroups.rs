@@ -10,7 +10,11 @@ use oci_spec::runtime::{
 use runtime::cgroups::{self, CgroupManager, CgroupMode, Hierarchies, V1Hierarchy};
 
 fn uniq() -> String {
-    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff
+    )
 }
 
 fn touch(dir: &Path, files: &[(&str, &str)]) {
@@ -25,7 +29,16 @@ fn rd(p: PathBuf) -> String {
 
 fn resources() -> LinuxResources {
     LinuxResourcesBuilder::default()
-        .cpu(LinuxCpuBuilder::default().shares(512u64).quota(50_000i64).period(100_000u64).cpus("0").mems("0").build().unwrap())
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(512u64)
+                .quota(50_000i64)
+                .period(100_000u64)
+                .cpus("0")
+                .mems("0")
+                .build()
+                .unwrap(),
+        )
         .memory(LinuxMemoryBuilder::default().limit(64i64 << 20).swap(128i64 << 20).build().unwrap())
         .pids(LinuxPidsBuilder::default().limit(100i64).build().unwrap())
         .build()
@@ -50,13 +63,26 @@ fn v2_fake_tree() {
     assert!(ctr.is_dir());
     assert!(m.created_by_skiff("/kubepods/pod1/ctr1").unwrap());
     assert!(!m.created_by_skiff("/kubepods").unwrap());
-    touch(&ctr, &[
-        ("cpu.weight", ""), ("cpu.max", "max 100000"), ("cpuset.cpus", ""), ("cpuset.mems", ""),
-        ("memory.max", "max"), ("memory.swap.max", "max"), ("pids.max", "max"), ("hugetlb.2MB.max", "max"),
-        ("memory.high", "max"),
-    ]);
+    touch(
+        &ctr,
+        &[
+            ("cpu.weight", ""),
+            ("cpu.max", "max 100000"),
+            ("cpuset.cpus", ""),
+            ("cpuset.mems", ""),
+            ("memory.max", "max"),
+            ("memory.swap.max", "max"),
+            ("pids.max", "max"),
+            ("hugetlb.2MB.max", "max"),
+            ("memory.high", "max"),
+        ],
+    );
     let mut r = resources();
-    r.set_hugepage_limits(Some(vec![LinuxHugepageLimitBuilder::default().page_size("2MB").limit(4i64 << 20).build().unwrap()]));
+    r.set_hugepage_limits(Some(vec![LinuxHugepageLimitBuilder::default()
+        .page_size("2MB")
+        .limit(4i64 << 20)
+        .build()
+        .unwrap()]));
     r.set_unified(Some(HashMap::from([("memory.high".to_string(), "50000000".to_string())])));
     m.apply("/kubepods/pod1/ctr1", &r).unwrap();
     assert_eq!(rd(ctr.join("cpu.weight")), "20");
@@ -73,11 +99,16 @@ fn v2_fake_tree() {
     let e = m.apply("/kubepods/pod1/ctr1", &bad).unwrap_err();
     assert_eq!(e.kind(), runtime::ErrorKind::InvalidArgument);
     // stats
-    touch(&ctr, &[
-        ("cpu.stat", "usage_usec 1500\nuser_usec 1000\n"), ("memory.current", "1000000"),
-        ("memory.stat", "anon 4000\nfile 600000\ninactive_file 300000\npgfault 7\npgmajfault 2\n"),
-        ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"), ("pids.current", "3"),
-    ]);
+    touch(
+        &ctr,
+        &[
+            ("cpu.stat", "usage_usec 1500\nuser_usec 1000\n"),
+            ("memory.current", "1000000"),
+            ("memory.stat", "anon 4000\nfile 600000\ninactive_file 300000\npgfault 7\npgmajfault 2\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"),
+            ("pids.current", "3"),
+        ],
+    );
     let s = m.stats("/kubepods/pod1/ctr1").unwrap();
     assert_eq!(s.cpu_usage_ns, Some(1_500_000));
     assert_eq!(s.memory_usage_bytes, Some(1_000_000));
@@ -163,13 +194,23 @@ fn v1_fake_tree() {
     for c in ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "hugetlb"] {
         assert!(root.join(c).join("pod/c").is_dir(), "{c}");
     }
-    touch(&root.join("cpu/pod/c"), &[("cpu.shares", "1024"), ("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "-1")]);
+    touch(
+        &root.join("cpu/pod/c"),
+        &[("cpu.shares", "1024"), ("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "-1")],
+    );
     touch(&root.join("cpuset/pod/c"), &[("cpuset.cpus", ""), ("cpuset.mems", "")]);
-    touch(&root.join("memory/pod/c"), &[("memory.limit_in_bytes", "9223372036854771712"), ("memory.memsw.limit_in_bytes", "9223372036854771712")]);
+    touch(
+        &root.join("memory/pod/c"),
+        &[("memory.limit_in_bytes", "9223372036854771712"), ("memory.memsw.limit_in_bytes", "9223372036854771712")],
+    );
     touch(&root.join("pids/pod/c"), &[("pids.max", "max")]);
     touch(&root.join("hugetlb/pod/c"), &[("hugetlb.2MB.limit_in_bytes", "")]);
     let mut r = resources();
-    r.set_hugepage_limits(Some(vec![LinuxHugepageLimitBuilder::default().page_size("2MB").limit(2i64 << 20).build().unwrap()]));
+    r.set_hugepage_limits(Some(vec![LinuxHugepageLimitBuilder::default()
+        .page_size("2MB")
+        .limit(2i64 << 20)
+        .build()
+        .unwrap()]));
     m.apply("/pod/c", &r).unwrap();
     assert_eq!(rd(root.join("cpu/pod/c/cpu.shares")), "512");
     assert_eq!(rd(root.join("cpu/pod/c/cpu.cfs_quota_us")), "50000");
@@ -184,14 +225,23 @@ fn v1_fake_tree() {
     u.set_unified(Some(HashMap::from([("memory.high".to_string(), "1".to_string())])));
     assert_eq!(m.apply("/pod/c", &u).unwrap_err().kind(), runtime::ErrorKind::InvalidArgument);
     // swap below memory is invalid
-    let bad = LinuxResourcesBuilder::default().memory(LinuxMemoryBuilder::default().limit(100i64).swap(50i64).build().unwrap()).build().unwrap();
+    let bad = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(100i64).swap(50i64).build().unwrap())
+        .build()
+        .unwrap();
     assert_eq!(m.apply("/pod/c", &bad).unwrap_err().kind(), runtime::ErrorKind::InvalidArgument);
     touch(&root.join("cpuacct/pod/c"), &[("cpuacct.usage", "123456")]);
-    touch(&root.join("memory/pod/c"), &[
-        ("memory.usage_in_bytes", "5000"),
-        ("memory.stat", "cache 100\nrss 10\ntotal_rss 2000\ntotal_inactive_file 1000\ntotal_pgfault 9\ntotal_pgmajfault 1\n"),
-        ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
-    ]);
+    touch(
+        &root.join("memory/pod/c"),
+        &[
+            ("memory.usage_in_bytes", "5000"),
+            (
+                "memory.stat",
+                "cache 100\nrss 10\ntotal_rss 2000\ntotal_inactive_file 1000\ntotal_pgfault 9\ntotal_pgmajfault 1\n",
+            ),
+            ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+        ],
+    );
     touch(&root.join("pids/pod/c"), &[("pids.current", "4")]);
     let s = m.stats("/pod/c").unwrap();
     assert_eq!(s.cpu_usage_ns, Some(123456));
@@ -236,7 +286,14 @@ fn v1_real() {
     if let Some(dev) = h.v1_mount("devices") {
         let rules = vec![
             oci_spec::runtime::LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
-            oci_spec::runtime::LinuxDeviceCgroupBuilder::default().allow(true).typ(oci_spec::runtime::LinuxDeviceType::C).major(1i64).minor(3i64).access("rwm").build().unwrap(),
+            oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(oci_spec::runtime::LinuxDeviceType::C)
+                .major(1i64)
+                .minor(3i64)
+                .access("rwm")
+                .build()
+                .unwrap(),
         ];
         let dr = LinuxResourcesBuilder::default().devices(rules).build().unwrap();
         m.apply(&path, &dr).unwrap();
@@ -358,7 +415,8 @@ fn v2_real_without_controllers() {
     let _rm = Rm(base.clone());
     let m = CgroupManager::new(Hierarchies::unified_at(&base), None).unwrap();
     m.create("/pod/ctr").unwrap();
-    let mut child = std::process::Command::new("sh").args(["-c", "sleep 0.3; sleep 100 & sleep 100; wait"]).spawn().unwrap();
+    let mut child =
+        std::process::Command::new("sh").args(["-c", "sleep 0.3; sleep 100 & sleep 100; wait"]).spawn().unwrap();
     runtime::cgroups::join_in(m.hierarchies(), "/pod/ctr", child.id() as i32).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(600));
     let procs = m.procs("/pod/ctr").unwrap();
@@ -411,7 +469,8 @@ fn v2_real_device_filter() {
         b.build().unwrap()
     };
     // deny all, allow /dev/zero (1:5) fully and /dev/null (1:3) read-only
-    let rules = vec![rule(false, None, None, "rwm"), rule(true, Some(1), Some(5), "rwm"), rule(true, Some(1), Some(3), "r")];
+    let rules =
+        vec![rule(false, None, None, "rwm"), rule(true, Some(1), Some(5), "rwm"), rule(true, Some(1), Some(3), "r")];
     let res = LinuxResourcesBuilder::default().devices(rules).build().unwrap();
     m.apply("/c", &res).unwrap();
     let run = |m: &CgroupManager| {

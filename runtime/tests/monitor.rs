@@ -42,8 +42,19 @@ fn build_rootfs(root: &Path) {
 }
 
 const CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
 
@@ -314,7 +325,8 @@ fn trapped_sigterm() {
     if !have_busybox() {
         return;
     }
-    let mut c = Ctr::new(&["sh", "-c", "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.05; done"]);
+    let mut c =
+        Ctr::new(&["sh", "-c", "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.05; done"]);
     c.start().unwrap();
     c.wait_log("ready");
     c.client().signal(15).unwrap();
@@ -354,7 +366,10 @@ fn new_pid_and_mount_namespaces_and_setup() {
     let ours: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
     let want = if ours > -998 { ours } else { -998 };
     assert!(out.contains(&format!("oom={want}")) || out.contains(&"oom=-998".to_string()), "{out:?}");
-    assert!(out.contains(&"cap=CapBnd:\t00000000a80425fb".to_string()) || out.iter().any(|l| l.starts_with("cap=CapBnd:")), "{out:?}");
+    assert!(
+        out.contains(&"cap=CapBnd:\t00000000a80425fb".to_string()) || out.iter().any(|l| l.starts_with("cap=CapBnd:")),
+        "{out:?}"
+    );
     assert!(out.contains(&"devok".to_string()), "{out:?}");
     assert!(out.contains(&"0".to_string()), "masked /proc/keys readable: {out:?}");
     assert!(out.contains(&"rosys".to_string()), "{out:?}");
@@ -470,7 +485,12 @@ fn exec_sync_output_exit_code_errors_timeout() {
     }
     assert!(t.elapsed() < Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
-    let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1001") || cmd.starts_with("sleep 1002") || cmd.starts_with("sleep 1005") || cmd.contains(&marker));
+    let left = procs_matching(|cmd, _| {
+        cmd.starts_with("sleep 1001")
+            || cmd.starts_with("sleep 1002")
+            || cmd.starts_with("sleep 1005")
+            || cmd.contains(&marker)
+    });
     assert!(left.is_empty(), "left behind: {left:?}");
     // Not even zombies: the stub reaped what it killed (PID 1, sleep, never reaps).
     let z = zombies_in(&ns_of(&s.pid.to_string(), "pid"));
@@ -495,21 +515,21 @@ fn orphans_of_exec_are_reaped() {
     // init some time; but nothing may stay a zombie below the container's PID 1.
     let t = Instant::now();
     let zombies = loop {
-    let zombies = procs_matching(|_, stat| {
-        let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next().unwrap_or("");
-        state == "Z"
-    });
-    let zombies: Vec<_> = zombies
-        .into_iter()
-        .filter(|z| {
-            let pid = z.split(':').next().unwrap();
-            std::fs::read_link(format!("/proc/{pid}/ns/pid")).map(|l| l.to_string_lossy() == pidns).unwrap_or(false)
-        })
-        .collect();
-    if zombies.is_empty() || t.elapsed() > Duration::from_secs(10) {
-        break zombies;
-    }
-    std::thread::sleep(Duration::from_millis(200));
+        let zombies = procs_matching(|_, stat| {
+            let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next().unwrap_or("");
+            state == "Z"
+        });
+        let zombies: Vec<_> = zombies
+            .into_iter()
+            .filter(|z| {
+                let pid = z.split(':').next().unwrap();
+                std::fs::read_link(format!("/proc/{pid}/ns/pid")).map(|l| l.to_string_lossy() == pidns).unwrap_or(false)
+            })
+            .collect();
+        if zombies.is_empty() || t.elapsed() > Duration::from_secs(10) {
+            break zombies;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     };
     assert!(zombies.is_empty(), "zombies in the container: {zombies:?}");
 }
@@ -569,7 +589,11 @@ fn cgroup_join_and_oom_kill() {
     let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "24M");
     let cgp = format!("/{cg}");
     let mut c = Ctr::with(
-        &["sh", "-c", "grep -E 'memory|pids' /proc/self/cgroup; x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"],
+        &[
+            "sh",
+            "-c",
+            "grep -E 'memory|pids' /proc/self/cgroup; x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
         |s| {
             s["linux"]["cgroupsPath"] = json!(cgp);
         },
@@ -698,7 +722,10 @@ fn user_caps_no_new_privs_and_seccomp() {
     let log = c.log_text();
     assert_eq!(r.exit_code, 0, "{log}");
     let out: Vec<String> = records(&log).into_iter().map(|r| r.2).collect();
-    assert!(out.contains(&"id=65534:65534:65534 5".to_string()) || out.contains(&"id=65534:65534:5 65534".to_string()), "{out:?}");
+    assert!(
+        out.contains(&"id=65534:65534:65534 5".to_string()) || out.contains(&"id=65534:65534:5 65534".to_string()),
+        "{out:?}"
+    );
     // NET_BIND_SERVICE = bit 10 (0x400), KILL = bit 5 (0x20).
     assert!(out.contains(&"CapEff:\t0000000000000400".to_string()), "{out:?}");
     assert!(out.contains(&"CapPrm:\t0000000000000400".to_string()), "{out:?}");
@@ -744,7 +771,10 @@ fn stdin_pipe_keeps_a_shell_running_and_tty_logs_as_stdout() {
     t.start().unwrap();
     assert_eq!(t.wait().exit_code, 0);
     let recs = records(&t.log_text());
-    assert!(recs.contains(&rec("stdout", "F", "/dev/pts/0")) || recs.iter().any(|r| r.2.starts_with("/dev/")), "{recs:?}");
+    assert!(
+        recs.contains(&rec("stdout", "F", "/dev/pts/0")) || recs.iter().any(|r| r.2.starts_with("/dev/")),
+        "{recs:?}"
+    );
     assert!(recs.contains(&rec("stdout", "F", "to-stderr")), "{recs:?}");
     assert!(recs.contains(&rec("stdout", "F", "stdin-is-tty")), "{recs:?}");
     assert!(recs.iter().all(|r| r.0 == "stdout"), "{recs:?}");
@@ -790,7 +820,9 @@ fn recursive_readonly_bind() {
         |s| {
             let m = s["mounts"].as_array_mut().unwrap();
             m.push(json!({"destination": "/mnt", "type": "bind", "source": srcp, "options": ["rbind", "ro", "rro", "rprivate"]}));
-            m.push(json!({"destination": "/rw", "type": "bind", "source": srcp, "options": ["rbind", "rw", "rprivate"]}));
+            m.push(
+                json!({"destination": "/rw", "type": "bind", "source": srcp, "options": ["rbind", "rw", "rprivate"]}),
+            );
         },
     );
     c.cleanups.push(Box::new(move || {
@@ -854,14 +886,55 @@ fn capabilities_outside_what_we_hold_do_not_fail_the_start() {
     }
     // Drop ALL (empty bounding set) with a leftover inheritable set, and a privileged-style
     // permitted set naming every capability (this node lacks CAP_SYS_RESOURCE).
-    let all: Vec<String> = (0..41).map(|n| {
-        ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-         "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-         "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-         "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
-         "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
-         "CHECKPOINT_RESTORE"][n].to_string()
-    }).map(|c| format!("CAP_{c}")).collect();
+    let all: Vec<String> = (0..41)
+        .map(|n| {
+            [
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "DAC_READ_SEARCH",
+                "FOWNER",
+                "FSETID",
+                "KILL",
+                "SETGID",
+                "SETUID",
+                "SETPCAP",
+                "LINUX_IMMUTABLE",
+                "NET_BIND_SERVICE",
+                "NET_BROADCAST",
+                "NET_ADMIN",
+                "NET_RAW",
+                "IPC_LOCK",
+                "IPC_OWNER",
+                "SYS_MODULE",
+                "SYS_RAWIO",
+                "SYS_CHROOT",
+                "SYS_PTRACE",
+                "SYS_PACCT",
+                "SYS_ADMIN",
+                "SYS_BOOT",
+                "SYS_NICE",
+                "SYS_RESOURCE",
+                "SYS_TIME",
+                "SYS_TTY_CONFIG",
+                "MKNOD",
+                "LEASE",
+                "AUDIT_WRITE",
+                "AUDIT_CONTROL",
+                "SETFCAP",
+                "MAC_OVERRIDE",
+                "MAC_ADMIN",
+                "SYSLOG",
+                "WAKE_ALARM",
+                "BLOCK_SUSPEND",
+                "AUDIT_READ",
+                "PERFMON",
+                "BPF",
+                "CHECKPOINT_RESTORE",
+            ][n]
+                .to_string()
+        })
+        .map(|c| format!("CAP_{c}"))
+        .collect();
     let mut c = Ctr::with(&["grep", "-E", "^Cap(Bnd|Inh)", "/proc/self/status"], |s| {
         s["process"]["capabilities"] = json!({"bounding": [], "effective": [], "permitted": [], "inheritable": CAPS});
     });
@@ -870,7 +943,8 @@ fn capabilities_outside_what_we_hold_do_not_fail_the_start() {
     assert!(c.log_text().contains("CapBnd:\t0000000000000000"), "{}", c.log_text());
     let all2 = all.clone();
     let mut p = Ctr::with(&["grep", "^CapEff", "/proc/self/status"], move |s| {
-        s["process"]["capabilities"] = json!({"bounding": all2, "effective": all2, "permitted": all2, "inheritable": all2, "ambient": all2});
+        s["process"]["capabilities"] =
+            json!({"bounding": all2, "effective": all2, "permitted": all2, "inheritable": all2, "ambient": all2});
     });
     p.start().unwrap();
     assert_eq!(p.wait().exit_code, 0);

@@ -6,7 +6,11 @@ use runtime::namespaces::{self, NsType};
 use runtime::podfiles;
 
 fn uniq() -> String {
-    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff
+    )
 }
 
 fn mounted(p: &Path) -> bool {

@@ -7,7 +7,11 @@ use runtime::cgroups::CgroupManager;
 use runtime::pod::{self, PodSetupRequest};
 
 fn uniq() -> String {
-    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff
+    )
 }
 
 fn mounts_under(dir: &Path) -> usize {
@@ -17,9 +21,18 @@ fn mounts_under(dir: &Path) -> usize {
 
 fn config(cgroup_parent: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: "p".into(), uid: "u".into(), namespace: "ns".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "p".into(),
+            uid: "u".into(),
+            namespace: "ns".into(),
+            attempt: 0,
+        }),
         hostname: "pod-host".into(),
-        dns_config: Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["svc.cluster.local".into()], options: vec![] }),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["svc.cluster.local".into()],
+            options: vec![],
+        }),
         linux: Some(cri::LinuxPodSandboxConfig { cgroup_parent: cgroup_parent.into(), ..Default::default() }),
         ..Default::default()
     }
@@ -35,7 +48,14 @@ fn setup_and_teardown() {
     let id = format!("pod{}", uniq());
     let parent = format!("/skiff-test-{}/burstable/{id}", uniq());
     let cfg = config(&parent);
-    let req = PodSetupRequest { state_dir: tmp.path(), pod_id: &id, config: &cfg, host_resolv_conf: Path::new("/etc/resolv.conf"), shm_size: 1 << 20, default_cgroup_parent: "/skiff" };
+    let req = PodSetupRequest {
+        state_dir: tmp.path(),
+        pod_id: &id,
+        config: &cfg,
+        host_resolv_conf: Path::new("/etc/resolv.conf"),
+        shm_size: 1 << 20,
+        default_cgroup_parent: "/skiff",
+    };
     let r = pod::setup_pod(&cg, &req).unwrap();
     assert_eq!(r.cgroup_parent, parent);
     assert!(cg.exists(&parent).unwrap());
@@ -63,10 +83,21 @@ fn host_network_and_rollback() {
     let id = format!("pod{}", uniq());
     let mut cfg = config("");
     cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
-        namespace_options: Some(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ipc: cri::NamespaceMode::Node as i32, ..Default::default() }),
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ipc: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
         ..Default::default()
     });
-    let req = PodSetupRequest { state_dir: tmp.path(), pod_id: &id, config: &cfg, host_resolv_conf: Path::new("/etc/resolv.conf"), shm_size: 1 << 20, default_cgroup_parent: "/skiff" };
+    let req = PodSetupRequest {
+        state_dir: tmp.path(),
+        pod_id: &id,
+        config: &cfg,
+        host_resolv_conf: Path::new("/etc/resolv.conf"),
+        shm_size: 1 << 20,
+        default_cgroup_parent: "/skiff",
+    };
     let r = pod::setup_pod(&cg, &req).unwrap();
     assert!(r.namespaces.net.is_none() && r.namespaces.uts.is_none() && r.namespaces.ipc.is_none());
     assert_eq!(r.files.shm.as_deref(), Some(Path::new("/dev/shm")));
@@ -87,5 +118,8 @@ fn host_network_and_rollback() {
     assert!(!cg.exists(&format!("/skiff/{id}")).unwrap());
     // systemd slices are refused
     let slice = config("kubepods-burstable-pod1.slice");
-    assert_eq!(pod::setup_pod(&cg, &PodSetupRequest { config: &slice, ..req }).unwrap_err().kind(), runtime::ErrorKind::InvalidArgument);
+    assert_eq!(
+        pod::setup_pod(&cg, &PodSetupRequest { config: &slice, ..req }).unwrap_err().kind(),
+        runtime::ErrorKind::InvalidArgument
+    );
 }

@@ -14,7 +14,11 @@ use runtime::spec::{self, PidNamespace, SpecInput};
 const BIN: &str = env!("CARGO_BIN_EXE_skiff-monitor");
 
 fn uniq() -> String {
-    format!("{}-{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff)
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() & 0xffffff
+    )
 }
 
 fn build_rootfs(root: &Path) {
@@ -28,7 +32,8 @@ fn build_rootfs(root: &Path) {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
     }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+        .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n").unwrap();
 }
 
@@ -70,22 +75,41 @@ fn generated_spec_runs_under_the_monitor() {
     let ctr_id = format!("ctr{}", uniq());
     let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
     let sandbox = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: "e2e".into(), uid: "u".into(), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "e2e".into(),
+            uid: "u".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: "e2e-pod".into(),
-        dns_config: Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["default.svc".into()], options: vec!["ndots:5".into()] }),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc".into()],
+            options: vec!["ndots:5".into()],
+        }),
         linux: Some(cri::LinuxPodSandboxConfig { cgroup_parent: pod_cgroup.clone(), ..Default::default() }),
         ..Default::default()
     };
-    let res = pod::setup_pod(&cg, &PodSetupRequest {
-        state_dir: &state,
-        pod_id: &pod_id,
-        config: &sandbox,
-        host_resolv_conf: Path::new("/etc/resolv.conf"),
-        shm_size: 8 << 20,
-        default_cgroup_parent: "/skiff",
-    })
+    let res = pod::setup_pod(
+        &cg,
+        &PodSetupRequest {
+            state_dir: &state,
+            pod_id: &pod_id,
+            config: &sandbox,
+            host_resolv_conf: Path::new("/etc/resolv.conf"),
+            shm_size: 8 << 20,
+            default_cgroup_parent: "/skiff",
+        },
+    )
     .unwrap();
-    let mut guard = Cleanup { cg: &cg, state: state.clone(), pod_id: pod_id.clone(), pod_cgroup: pod_cgroup.clone(), ctr_cgroup: None, socket: None };
+    let mut guard = Cleanup {
+        cg: &cg,
+        state: state.clone(),
+        pod_id: pod_id.clone(),
+        pod_cgroup: pod_cgroup.clone(),
+        ctr_cgroup: None,
+        socket: None,
+    };
 
     let dir = state.join("containers").join(&ctr_id);
     let rootfs = dir.join("rootfs");
@@ -100,12 +124,19 @@ fn generated_spec_runs_under_the_monitor() {
         args: vec![script.into()],
         envs: vec![cri::KeyValue { key: "FOO".into(), value: "bar".into() }],
         linux: Some(cri::LinuxContainerConfig {
-            resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 64 << 20, cpu_shares: 256, ..Default::default() }),
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_shares: 256,
+                ..Default::default()
+            }),
             security_context: Some(cri::LinuxContainerSecurityContext {
                 run_as_username: "alice".into(),
                 readonly_rootfs: true,
                 no_new_privs: true,
-                seccomp: Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
                 ..Default::default()
             }),
         }),
@@ -151,7 +182,12 @@ fn generated_spec_runs_under_the_monitor() {
         .lines()
         .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string() + "\n")
         .collect();
-    assert_eq!(rec.exit_code, 0, "{text}\nmonitor log: {}", std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default());
+    assert_eq!(
+        rec.exit_code,
+        0,
+        "{text}\nmonitor log: {}",
+        std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default()
+    );
     assert!(started.pid > 0);
     let net = format!("net:[{}]", runtime::namespaces::ns_inode(res.namespaces.net.as_ref().unwrap()).unwrap());
     for want in [
@@ -197,24 +233,43 @@ fn privileged_host_namespaces_under_the_monitor() {
         ..Default::default()
     };
     let sandbox = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: "priv".into(), uid: "u".into(), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "priv".into(),
+            uid: "u".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: pod_cgroup.clone(),
-            security_context: Some(cri::LinuxSandboxSecurityContext { privileged: true, namespace_options: Some(host_ns.clone()), ..Default::default() }),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                privileged: true,
+                namespace_options: Some(host_ns.clone()),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let res = pod::setup_pod(&cg, &PodSetupRequest {
-        state_dir: &state,
-        pod_id: &pod_id,
-        config: &sandbox,
-        host_resolv_conf: Path::new("/etc/resolv.conf"),
-        shm_size: 8 << 20,
-        default_cgroup_parent: "/skiff",
-    })
+    let res = pod::setup_pod(
+        &cg,
+        &PodSetupRequest {
+            state_dir: &state,
+            pod_id: &pod_id,
+            config: &sandbox,
+            host_resolv_conf: Path::new("/etc/resolv.conf"),
+            shm_size: 8 << 20,
+            default_cgroup_parent: "/skiff",
+        },
+    )
     .unwrap();
-    let mut guard = Cleanup { cg: &cg, state: state.clone(), pod_id: pod_id.clone(), pod_cgroup: pod_cgroup.clone(), ctr_cgroup: None, socket: None };
+    let mut guard = Cleanup {
+        cg: &cg,
+        state: state.clone(),
+        pod_id: pod_id.clone(),
+        pod_cgroup: pod_cgroup.clone(),
+        ctr_cgroup: None,
+        socket: None,
+    };
     let dir = state.join("containers").join(&ctr_id);
     let rootfs = dir.join("rootfs");
     build_rootfs(&rootfs);
@@ -225,7 +280,11 @@ fn privileged_host_namespaces_under_the_monitor() {
         command: vec!["sh".into(), "-c".into(), script.into()],
         linux: Some(cri::LinuxContainerConfig {
             resources: None,
-            security_context: Some(cri::LinuxContainerSecurityContext { privileged: true, namespace_options: Some(host_ns), ..Default::default() }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                namespace_options: Some(host_ns),
+                ..Default::default()
+            }),
         }),
         ..Default::default()
     };
@@ -267,8 +326,18 @@ fn privileged_host_namespaces_under_the_monitor() {
         .lines()
         .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string() + "\n")
         .collect();
-    assert_eq!(rec.exit_code, 0, "{text}\nmonitor log: {}", std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default());
-    let own_caps = std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("CapEff:")).unwrap().to_string();
+    assert_eq!(
+        rec.exit_code,
+        0,
+        "{text}\nmonitor log: {}",
+        std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default()
+    );
+    let own_caps = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap()
+        .to_string();
     let host_net = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
     let host_pid = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
     let node = nix::unistd::gethostname().unwrap().into_string().unwrap();

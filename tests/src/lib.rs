@@ -124,8 +124,7 @@ pod_cidr = "10.{}.{}.0/24"
         let mut config: toml::Table = base.parse().expect("harness config");
         let extra: toml::Table = extra.parse().expect("the test's extra TOML does not parse");
         merge(&mut config, extra);
-        fs::write(dir.path().join("config.toml"), toml::to_string(&config).expect("toml"))
-            .expect("write config");
+        fs::write(dir.path().join("config.toml"), toml::to_string(&config).expect("toml")).expect("write config");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut d = Daemon { dir, child: None, channel: None, bridge, cgroup_parent, env };
         d.spawn().await;
@@ -158,12 +157,10 @@ pod_cidr = "10.{}.{}.0/24"
     }
 
     pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
-        RuntimeServiceClient::new(self.channel.clone().expect("daemon not running"))
-            .max_decoding_message_size(32 << 20)
+        RuntimeServiceClient::new(self.channel.clone().expect("daemon not running")).max_decoding_message_size(32 << 20)
     }
     pub fn images(&self) -> ImageServiceClient<Channel> {
-        ImageServiceClient::new(self.channel.clone().expect("daemon not running"))
-            .max_decoding_message_size(32 << 20)
+        ImageServiceClient::new(self.channel.clone().expect("daemon not running")).max_decoding_message_size(32 << 20)
     }
 
     async fn spawn(&mut self) {

@@ -87,7 +87,12 @@ impl Daemon {
     }
 
     /// Creates and starts a container; panics on failure.
-    pub async fn create_and_start(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+    pub async fn create_and_start(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
         let id = self.create(pod, pod_config, config).await.unwrap_or_else(|e| panic!("create: {e:?}"));
         self.runtime()
             .start_container(cri::StartContainerRequest { container_id: id.clone() })

@@ -50,7 +50,13 @@ async fn spec_of(d: &Daemon, id: &str) -> serde_json::Value {
 async fn users_from_config_and_image() {
     let d = Daemon::start().await;
     d.pull(BUSYBOX).await;
-    for i in ["test-image-user-uid", "test-image-user-username", "test-image-user-uid-group", "test-image-user-username-group", "test-image-predefined-group"] {
+    for i in [
+        "test-image-user-uid",
+        "test-image-user-username",
+        "test-image-user-uid-group",
+        "test-image-user-username-group",
+        "test-image-predefined-group",
+    ] {
         d.pull(&image(i)).await;
     }
     let pc = pod_config(&d, "users");
@@ -81,7 +87,11 @@ async fn users_from_config_and_image() {
         ("image username", case(&image("test-image-user-username"), &|_| {}), "33 33 33"),
         ("image uid:gid", case(&image("test-image-user-uid-group"), &|_| {}), "1003 1004 1004"),
         ("image name:gid", case(&image("test-image-user-username-group"), &|_| {}), "33 1004 1004"),
-        ("image user with groups in /etc/group", case(&image("test-image-predefined-group"), &|_| {}), "1000 1000 1000 50000"),
+        (
+            "image user with groups in /etc/group",
+            case(&image("test-image-predefined-group"), &|_| {}),
+            "1000 1000 1000 50000",
+        ),
         (
             "run_as_user over the image's user",
             case(&image("test-image-user-uid"), &|c| sc(c).run_as_user = Some(cri::Int64Value { value: 0 })),
@@ -235,7 +245,8 @@ async fn cgroup_resources_oom_score_adj_and_oom_kill() {
     let cg = info["cgroupPath"].as_str().unwrap().trim_start_matches('/').to_owned();
     assert!(cg.starts_with(d.cgroup_parent.trim_start_matches('/')), "{cg}");
     let read = |ctl: &str, file: &str| {
-        std::fs::read_to_string(hierarchy(ctl).join(&cg).join(file)).unwrap_or_else(|e| panic!("{ctl}/{cg}/{file}: {e}"))
+        std::fs::read_to_string(hierarchy(ctl).join(&cg).join(file))
+            .unwrap_or_else(|e| panic!("{ctl}/{cg}/{file}: {e}"))
     };
     assert_eq!(read("memory", "memory.limit_in_bytes").trim(), (64u64 << 20).to_string());
     assert_eq!(read("cpu", "cpu.shares").trim(), "512");
@@ -244,17 +255,20 @@ async fn cgroup_resources_oom_score_adj_and_oom_kill() {
     let pid = info["pid"].as_i64().unwrap();
     assert!(read("memory", "cgroup.procs").lines().any(|l| l == pid.to_string()), "pid {pid} not in the cgroup");
     // oom_score_adj: -900 asked, clamped to skiffd's own value (no CAP_SYS_RESOURCE).
-    let floor: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", d.pid().unwrap())).unwrap().trim().parse().unwrap();
+    let floor: i32 =
+        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", d.pid().unwrap())).unwrap().trim().parse().unwrap();
     let got: i32 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim().parse().unwrap();
     assert_eq!(got, (-900).max(floor));
     // A positive value is applied as asked (exec'd processes inherit it).
     let mut cfg = container_config("positive", &["sleep", "1000"]);
-    cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { oom_score_adj: 500, ..Default::default() });
+    cfg.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { oom_score_adj: 500, ..Default::default() });
     let pos = d.create_and_start(&pod, &pc, cfg).await;
     assert_eq!(sh(&d, &pos, "cat /proc/1/oom_score_adj").await, (0, "500".into()));
 
     // An OOM kill: reason OOMKilled.
-    let mut cfg = container_config("oom", &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd-exit $?; exit 1"]);
+    let mut cfg =
+        container_config("oom", &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd-exit $?; exit 1"]);
     cfg.linux.as_mut().unwrap().resources =
         Some(cri::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() });
     let oom = d.create_and_start(&pod, &pc, cfg).await;

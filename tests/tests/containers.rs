@@ -164,7 +164,11 @@ async fn exits_start_errors_and_trapped_sigterm() {
 
     // A trapped SIGTERM: stop waits for the timeout, then kills.
     let trap = d
-        .create_and_start(&pod, &pc, container_config("trap", &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]))
+        .create_and_start(
+            &pod,
+            &pc,
+            container_config("trap", &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
@@ -183,7 +187,8 @@ async fn exits_start_errors_and_trapped_sigterm() {
     // Removing a pod removes its containers, running or not.
     let _running = d.create_and_start(&pod, &pc, container_config("running", &["sleep", "1000"])).await;
     d.remove_pod(&pod).await;
-    let left = d.runtime().list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    let left =
+        d.runtime().list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -198,7 +203,8 @@ async fn bad_container_requests() {
     assert_eq!(err.code(), Code::NotFound);
     // Image not pulled.
     let mut cfg = container_config("x", &["true"]);
-    cfg.image = Some(cri::ImageSpec { image: "registry.k8s.io/e2e-test-images/nginx:1.14-2".into(), ..Default::default() });
+    cfg.image =
+        Some(cri::ImageSpec { image: "registry.k8s.io/e2e-test-images/nginx:1.14-2".into(), ..Default::default() });
     let err = d.create(&pod, &pc, cfg).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     // A mount source that does not exist: InvalidArgument, nothing created.
@@ -245,7 +251,11 @@ async fn update_container_resources() {
     d.runtime()
         .update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: id.clone(),
-            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 96 << 20, cpu_shares: 512, ..Default::default() }),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await

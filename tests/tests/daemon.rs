@@ -46,10 +46,7 @@ async fn socket_is_0660_root_owned() {
 async fn unimplemented_rpcs_say_so() {
     let d = Daemon::start().await;
     let mut rt = d.runtime();
-    let err = rt
-        .checkpoint_container(cri::CheckpointContainerRequest::default())
-        .await
-        .unwrap_err();
+    let err = rt.checkpoint_container(cri::CheckpointContainerRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(err.message().contains("CheckpointContainer"), "{}", err.message());
 }

@@ -21,12 +21,7 @@ async fn pull(d: &Daemon, image: &str) -> String {
 }
 
 async fn status(d: &Daemon, image: &str) -> Option<Image> {
-    d.images()
-        .image_status(ImageStatusRequest { image: spec(image), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
+    d.images().image_status(ImageStatusRequest { image: spec(image), verbose: false }).await.unwrap().into_inner().image
 }
 
 async fn list(d: &Daemon) -> Vec<Image> {
@@ -58,12 +53,8 @@ async fn pull_list_status_remove_round_trip() {
         assert_eq!(status(&d, r).await.map(|i| i.id), Some(id.clone()), "status of {r}");
     }
     // Verbose info carries the OCI config.
-    let v = d
-        .images()
-        .image_status(ImageStatusRequest { image: spec(BUSYBOX), verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
+    let v =
+        d.images().image_status(ImageStatusRequest { image: spec(BUSYBOX), verbose: true }).await.unwrap().into_inner();
     let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
     assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "sh");
 
@@ -167,11 +158,7 @@ async fn absent_invalid_and_missing_images() {
     assert!(r.image.is_none() && r.info.is_empty());
     // Invalid reference: InvalidArgument naming it.
     for bad in ["Upper/Case", "busybox:bad tag", "x@sha256:123"] {
-        let e = d
-            .images()
-            .pull_image(PullImageRequest { image: spec(bad), ..Default::default() })
-            .await
-            .unwrap_err();
+        let e = d.images().pull_image(PullImageRequest { image: spec(bad), ..Default::default() }).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e}");
         assert!(e.message().contains(bad), "{e}");
     }

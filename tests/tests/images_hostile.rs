@@ -169,9 +169,13 @@ async fn token_auth_flow() {
     // No credentials: the token server refuses.
     let e = try_pull(&d, &image, None).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
-    let e = try_pull(&d, &image, Some(AuthConfig { username: "alice".into(), password: "wrong".into(), ..Default::default() }))
-        .await
-        .unwrap_err();
+    let e = try_pull(
+        &d,
+        &image,
+        Some(AuthConfig { username: "alice".into(), password: "wrong".into(), ..Default::default() }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
 
     // 401 → token (basic auth at the realm) → retry with the bearer token.
@@ -250,13 +254,16 @@ async fn killed_mid_pull_leaves_nothing_after_restart() {
     reg.push_image("slow/app", "1", &[l1, l2], &[Serve::Normal, Serve::Stall], None);
     let image = format!("{}/slow/app:1", reg.host());
     let mut client = d.images();
-    let pull = tokio::spawn(async move {
-        client.pull_image(PullImageRequest { image: spec(&image), ..Default::default() }).await
-    });
+    let pull =
+        tokio::spawn(
+            async move { client.pull_image(PullImageRequest { image: spec(&image), ..Default::default() }).await },
+        );
     // Wait until the stalled layer sits in the ingest area and the first layer is unpacked.
     let ingest = d.root().join("content/ingest");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_dir(&ingest).map(|r| r.count()).unwrap_or(0) == 0 || store_files(&d.root()).len() <= before.len() + 2 {
+    while std::fs::read_dir(&ingest).map(|r| r.count()).unwrap_or(0) == 0
+        || store_files(&d.root()).len() <= before.len() + 2
+    {
         assert!(std::time::Instant::now() < deadline, "pull did not progress:\n{}", d.log());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -116,10 +116,13 @@ async fn concurrent_creates_of_one_name() {
     let runs = (0..5).map(|_| {
         let mut rt = d.runtime();
         let pc = pc.clone();
-        async move { rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc), runtime_handler: String::new() }).await }
+        async move {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc), runtime_handler: String::new() }).await
+        }
     });
     let results = futures_join_all(runs).await;
-    let ok: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().map(|r| r.get_ref().pod_sandbox_id.clone())).collect();
+    let ok: Vec<String> =
+        results.iter().filter_map(|r| r.as_ref().ok().map(|r| r.get_ref().pod_sandbox_id.clone())).collect();
     assert_eq!(ok.len(), 1, "{results:?}");
     for r in &results {
         if let Err(e) = r {
@@ -154,7 +157,11 @@ async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item =
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
@@ -184,7 +191,9 @@ async fn start_failures_and_image_removed_under_a_container() {
     let pod = d.run_pod(&pc).await;
     let id = d.create(&pod, &pc, container_config("c", &["sh", "-c", "echo still-here; sleep 1000"])).await.unwrap();
     d.images()
-        .remove_image(cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: BUSYBOX.into(), ..Default::default() }) })
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
+        })
         .await
         .unwrap();
     d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();

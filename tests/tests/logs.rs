@@ -10,7 +10,10 @@ use skiff_tests::{cri, Daemon};
 use tonic::Code;
 
 /// Reads the log until `done` holds or 10 s pass.
-async fn wait_log(path: &std::path::Path, done: impl Fn(&[(String, String, String)]) -> bool) -> Vec<(String, String, String)> {
+async fn wait_log(
+    path: &std::path::Path,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let lines = read_log(path);
@@ -33,10 +36,8 @@ async fn long_lines_are_split_with_partial_tags() {
     let st = d.wait_exited(&id, Duration::from_secs(20)).await;
     assert_eq!(st.exit_code, 0);
     let lines = read_log(&PathBuf::from(&st.log_path));
-    let summary: Vec<(String, String, usize, char)> = lines
-        .iter()
-        .map(|(s, t, x)| (s.clone(), t.clone(), x.len(), x.chars().next().unwrap_or(' ')))
-        .collect();
+    let summary: Vec<(String, String, usize, char)> =
+        lines.iter().map(|(s, t, x)| (s.clone(), t.clone(), x.len(), x.chars().next().unwrap_or(' '))).collect();
     let out: Vec<_> = summary.iter().filter(|l| l.0 == "stdout").cloned().collect();
     let err: Vec<_> = summary.iter().filter(|l| l.0 == "stderr").cloned().collect();
     let s = |t: &str, n: usize, c: char| ("stdout".to_owned(), t.to_owned(), n, c);
@@ -65,7 +66,10 @@ async fn reopen_log_after_rotation() {
         .create_and_start(
             &pod,
             &pc,
-            container_config("ticker", &["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); usleep 20000; done"]),
+            container_config(
+                "ticker",
+                &["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); usleep 20000; done"],
+            ),
         )
         .await;
     let log = PathBuf::from(d.container_status(&id).await.log_path);

@@ -71,7 +71,11 @@ async fn containers_share_net_ipc_uts_but_not_pid_mnt() {
             &pc,
             container_config(
                 "a",
-                &["sh", "-c", "mkdir -p /www && echo hello-from-a > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www"],
+                &[
+                    "sh",
+                    "-c",
+                    "mkdir -p /www && echo hello-from-a > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www",
+                ],
             ),
         )
         .await;
@@ -173,7 +177,10 @@ async fn pod_level_pid_namespace() {
     let mut cc = container_config("c", &["sh", "-c", "sleep 1006 & exec sleep 1007"]);
     pid_mode(&mut cc, cri::NamespaceMode::Pod, "");
     let c = d.create_and_start(&pod, &pc, cc).await;
-    wait_for(Duration::from_secs(5), "the background sleep", || async { sh(&d, &a, "ps").await.contains("sleep 1006") }).await;
+    wait_for(Duration::from_secs(5), "the background sleep", || async {
+        sh(&d, &a, "ps").await.contains("sleep 1006")
+    })
+    .await;
     let t = Instant::now();
     d.runtime().stop_container(cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
     let took = t.elapsed();
@@ -196,9 +203,7 @@ async fn pod_level_pid_namespace() {
     // Stopping the pod ends the namespace holder too.
     d.remove_pod(&pod).await;
     wait_for(Duration::from_secs(5), "the infra process to exit", || async move {
-        std::fs::read_to_string(format!("/proc/{holder}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true)
+        std::fs::read_to_string(format!("/proc/{holder}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
     })
     .await;
 }

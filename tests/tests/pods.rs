@@ -87,10 +87,8 @@ async fn pod_lifecycle() {
     };
     assert_eq!(list(Default::default()).await.len(), 2);
     assert_eq!(list(cri::PodSandboxFilter { id: id[..10].into(), ..Default::default() }).await, vec![id.clone()]);
-    let by_label = cri::PodSandboxFilter {
-        label_selector: HashMap::from([("app".into(), "db".into())]),
-        ..Default::default()
-    };
+    let by_label =
+        cri::PodSandboxFilter { label_selector: HashMap::from([("app".into(), "db".into())]), ..Default::default() };
     assert_eq!(list(by_label).await, vec![other.clone()]);
 
     // Stop: NOTREADY, idempotent; stopping an unknown pod is fine.

@@ -44,10 +44,14 @@ async fn sigkill_of_skiffd_leaves_containers_alone() {
         .create_and_start(
             &pod,
             &pc,
-            container_config("runner", &["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 20000; done"]),
+            container_config(
+                "runner",
+                &["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 20000; done"],
+            ),
         )
         .await;
-    let mut cfg = container_config("exiter", &["sh", "-c", "while [ ! -e /trigger/go ]; do usleep 20000; done; exit 7"]);
+    let mut cfg =
+        container_config("exiter", &["sh", "-c", "while [ ! -e /trigger/go ]; do usleep 20000; done; exit 7"]);
     cfg.mounts.push(cri::Mount {
         container_path: "/trigger".into(),
         host_path: trigger.display().to_string(),
@@ -65,7 +69,8 @@ async fn sigkill_of_skiffd_leaves_containers_alone() {
     std::fs::write(trigger.join("go"), b"").unwrap();
     let exit_record = d.state().join("containers").join(&exiter).join("exit.json");
     wait_until(Duration::from_secs(10), "the exit record of the exiter", || exit_record.exists()).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(orphan_monitor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(orphan_monitor as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let before = read_log(&log).len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(read_log(&log).len() > before, "no log lines written while skiffd was down");
@@ -140,7 +145,9 @@ async fn half_created_pods_and_containers_are_rolled_back() {
     let pc = pod_config(&d, "half");
     let pod = d.run_pod(&pc).await;
     let ctr = d.create(&pod, &pc, container_config("done", &["sleep", "1000"])).await.unwrap();
-    let pod_name = d.runtime().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+    let pod_name = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
         .await
         .unwrap()
         .into_inner()
@@ -181,7 +188,8 @@ async fn half_created_pods_and_containers_are_rolled_back() {
     d.start_again().await;
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec![pod.as_str()]);
-    let ctrs = d.runtime().list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    let ctrs =
+        d.runtime().list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert_eq!(ctrs.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec![ctr.as_str()]);
     assert_eq!(ctrs[0].state, cri::ContainerState::ContainerCreated as i32);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
@@ -270,7 +278,8 @@ async fn reboot_empties_the_state_dir() {
     assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
     assert_eq!(st.reason, "Unknown", "{st:?}");
     // The never-started container cannot start in a pod that is gone.
-    let err = d.runtime().start_container(cri::StartContainerRequest { container_id: created.clone() }).await.unwrap_err();
+    let err =
+        d.runtime().start_container(cri::StartContainerRequest { container_id: created.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     // The kubelet then removes the pod; a new pod of the same name works.
     d.remove_pod(&pod).await;

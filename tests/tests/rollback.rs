@@ -42,9 +42,8 @@ fn held(d: &Daemon) -> Vec<String> {
     }
     for h in cgroup_v1_hierarchies() {
         let parent = h.join(d.cgroup_parent.trim_start_matches('/'));
-        let children = std::fs::read_dir(&parent)
-            .map(|r| r.flatten().filter(|e| e.path().is_dir()).count())
-            .unwrap_or(0);
+        let children =
+            std::fs::read_dir(&parent).map(|r| r.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0);
         if children > 0 {
             out.push(format!("{children} cgroups under {}", parent.display()));
         }
@@ -89,7 +88,9 @@ async fn run_pod_sandbox_rolls_back_at_every_step() {
         let ours: Vec<_> = infra
             .iter()
             .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().contains(&*d.dir().to_string_lossy())
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .contains(&*d.dir().to_string_lossy())
             })
             .collect();
         assert!(ours.is_empty(), "{point}: PID namespace holder left: {ours:?}");
@@ -129,7 +130,8 @@ async fn start_container_rolls_back_at_every_step() {
         let pc = pod_config(&d, "rbs");
         let pod = d.run_pod(&pc).await;
         let id = d.create(&pod, &pc, container_config("c", &["sleep", "100"])).await.unwrap();
-        let err = d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap_err();
+        let err =
+            d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap_err();
         assert!(err.message().contains(point), "{err:?}");
         // The container is done, with the reason; its rootfs mount and cgroup are gone.
         let st = d.container_status(&id).await;

@@ -74,7 +74,9 @@ impl ImageService for ImageSvc {
                 Err(e) if e.kind() == ErrorKind::InvalidArgument => Vec::new(),
                 Err(e) => return Err(image_status("listing images", e)),
             },
-            None => self.store.list().await.map_err(|e| image_status("listing images", e))?.iter().map(to_cri).collect(),
+            None => {
+                self.store.list().await.map_err(|e| image_status("listing images", e))?.iter().map(to_cri).collect()
+            }
         };
         Ok(Response::new(ListImagesResponse { images }))
     }
@@ -112,7 +114,8 @@ impl ImageService for ImageSvc {
             identity_token: a.identity_token,
             registry_token: a.registry_token,
         });
-        let rec = self.store.pull(&name, auth).await.map_err(|e| image_status(&format!("pulling image {name:?}"), e))?;
+        let rec =
+            self.store.pull(&name, auth).await.map_err(|e| image_status(&format!("pulling image {name:?}"), e))?;
         Ok(Response::new(PullImageResponse { image_ref: rec.id.to_string() }))
     }
 

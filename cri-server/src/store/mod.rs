@@ -22,11 +22,7 @@ pub const STORE_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot {op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
 }
@@ -58,15 +54,16 @@ impl RecordDir {
         let path = self.path(id);
         let bytes = serde_json::to_vec(&Envelope { version: STORE_VERSION, record })
             .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        runtime::util::write_atomic(&path, &bytes, 0o600)
-            .map_err(|source| StoreError::Io { op: "write", path, source })
+        runtime::util::write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io { op: "write", path, source })
     }
 
     /// Deletes the record of `id`; an absent record is fine.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let path = self.path(id);
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Io { op: "sync", path: self.dir.clone(), source }),
+            Ok(()) => {
+                sync_dir(&self.dir).map_err(|source| StoreError::Io { op: "sync", path: self.dir.clone(), source })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StoreError::Io { op: "remove", path, source }),
         }
@@ -75,8 +72,8 @@ impl RecordDir {
     /// Reads every record; leftovers of interrupted writes are deleted. Unreadable records are
     /// returned as errors (with their id) so that the caller can report them.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<(String, Result<T, StoreError>)>, StoreError> {
-        let entries = fs::read_dir(&self.dir)
-            .map_err(|source| StoreError::Io { op: "read", path: self.dir.clone(), source })?;
+        let entries =
+            fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "read", path: self.dir.clone(), source })?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -103,7 +100,8 @@ fn read_record<T: DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
             message: format!("record version {} is newer than this skiffd's {STORE_VERSION}", env.version),
         });
     }
-    serde_json::from_value(env.record).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
+    serde_json::from_value(env.record)
+        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -7,10 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Nanoseconds since the Unix epoch, as the CRI reports times.
 pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// A new random 64-hex-digit ID.

@@ -37,8 +37,20 @@ pub struct Hierarchies {
 
 /// v1 controllers skiff knows (others are still joined but never configured).
 const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
-    "net_cls", "net_prio", "perf_event", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+    "misc",
 ];
 
 impl Hierarchies {
@@ -106,10 +118,7 @@ impl Hierarchies {
 
     /// The v1 hierarchy holding `controller`, if mounted.
     pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
-        self.v1
-            .iter()
-            .find(|h| h.controllers.iter().any(|c| c == controller))
-            .map(|h| h.mountpoint.as_path())
+        self.v1.iter().find(|h| h.controllers.iter().any(|c| c == controller)).map(|h| h.mountpoint.as_path())
     }
 
     /// Every directory that makes up cgroup `path` (already normalized, relative):

@@ -124,7 +124,11 @@ impl CgroupManager {
                     }
                     for d in missing.iter().rev() {
                         if std::fs::create_dir(d).is_ok() {
-                            if let Some(s) = d.strip_prefix(dir.ancestors().nth(sub.split('/').count()).unwrap_or(d)).ok().and_then(|s| s.to_str()) {
+                            if let Some(s) = d
+                                .strip_prefix(dir.ancestors().nth(sub.split('/').count()).unwrap_or(d))
+                                .ok()
+                                .and_then(|s| s.to_str())
+                            {
                                 reg.add(s, d.clone());
                                 made.push((s.to_string(), d.clone()));
                             }

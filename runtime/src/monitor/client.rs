@@ -51,10 +51,7 @@ fn run_reporting(bin: &Path, mode: &str, dir: &Path) -> Result<StartReport, Moni
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|source| MonitorError::Spawn {
-            path: bin.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| MonitorError::Spawn { path: bin.to_path_buf(), source })?;
     let out = match child.stdout.take() {
         Some(o) => OwnedFd::from(o),
         None => return Err(MonitorError::Protocol("no stdout pipe".into())),
@@ -72,8 +69,8 @@ fn run_reporting(bin: &Path, mode: &str, dir: &Path) -> Result<StartReport, Moni
             status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
         )));
     }
-    let env: protocol::Envelope<StartReport> = serde_json::from_slice(line)
-        .map_err(|e| MonitorError::Protocol(format!("bad start report: {e}")))?;
+    let env: protocol::Envelope<StartReport> =
+        serde_json::from_slice(line).map_err(|e| MonitorError::Protocol(format!("bad start report: {e}")))?;
     Ok(env.msg)
 }
 
@@ -170,10 +167,7 @@ impl Client {
     /// Connects; `MonitorGone` when nobody listens (the monitor has exited: read the record).
     pub fn connect(socket: &Path) -> Result<Client, MonitorError> {
         let stream = connect_unix(socket).map_err(gone_or_io)?;
-        Ok(Client {
-            path: socket.to_path_buf(),
-            stream,
-        })
+        Ok(Client { path: socket.to_path_buf(), stream })
     }
 
     fn call(&mut self, req: &Request) -> Result<Response, MonitorError> {
@@ -255,10 +249,7 @@ pub fn exec_sync(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| MonitorError::Spawn {
-            path: monitor_bin.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| MonitorError::Spawn { path: monitor_bin.to_path_buf(), source })?;
     let mut out = ExecOutput::default();
     let res = exec_loop(&mut child, ours, timeout, max_output, &mut out);
     let _ = child.wait();
@@ -338,18 +329,12 @@ fn exec_loop(
                     Ok(0) | Err(_) => status_open = false,
                     Ok(n) => {
                         sbuf.extend_from_slice(&chunk[..n]);
-                        while let Some((msg, used)) =
-                            protocol::take_frame::<ExecReport>(&sbuf).map_err(gone_or_io)?
-                        {
+                        while let Some((msg, used)) = protocol::take_frame::<ExecReport>(&sbuf).map_err(gone_or_io)? {
                             sbuf.drain(..used);
                             match msg {
                                 ExecReport::Started { pgid: g } => pgid = Some(g),
-                                ExecReport::Error { message } => {
-                                    return Err(MonitorError::StartError(message))
-                                }
-                                ExecReport::Exited { exit_code } => {
-                                    exit = Some((exit_code, Instant::now()))
-                                }
+                                ExecReport::Error { message } => return Err(MonitorError::StartError(message)),
+                                ExecReport::Exited { exit_code } => exit = Some((exit_code, Instant::now())),
                             }
                         }
                     }
@@ -401,9 +386,6 @@ fn stop_exec(child: &mut std::process::Child, pgid: Option<i32>) {
 /// SIGKILLs a process group (and its leader).
 fn kill_group(pgid: i32) {
     if pgid > 1 {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(-pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pgid), nix::sys::signal::Signal::SIGKILL);
     }
 }

@@ -24,7 +24,9 @@ pub struct Envelope<T> {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     ReopenLog,
     /// Answered with `Exited` once the container has exited (at once if it already has).
     Wait,
@@ -52,9 +54,15 @@ pub enum StartReport {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ExecReport {
     /// The command runs; `pgid` is the host pid of its process group leader (kill `-pgid`).
-    Started { pgid: i32 },
-    Error { message: String },
-    Exited { exit_code: i32 },
+    Started {
+        pgid: i32,
+    },
+    Error {
+        message: String,
+    },
+    Exited {
+        exit_code: i32,
+    },
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -91,10 +99,7 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> std::io::Result<Op
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -103,8 +108,8 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> std::io::Result<Op
 
 /// Decodes a frame body, checking the version.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> std::io::Result<T> {
-    let env: Envelope<T> = serde_json::from_slice(body)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let env: Envelope<T> =
+        serde_json::from_slice(body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if env.v != PROTOCOL_VERSION {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -121,10 +126,7 @@ pub fn take_frame<T: DeserializeOwned>(buf: &[u8]) -> std::io::Result<Option<(T,
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
     }
     if buf.len() < 4 + len {
         return Ok(None);

@@ -70,24 +70,19 @@ impl MonitorConfig {
     /// Reads `<container_dir>/monitor.json`.
     pub fn load(container_dir: &Path) -> Result<Self, MonitorError> {
         let path = container_dir.join(MONITOR_CONFIG_FILE);
-        let data = std::fs::read(&path)
-            .map_err(|e| MonitorError::Config(format!("read {}: {e}", path.display())))?;
+        let data = std::fs::read(&path).map_err(|e| MonitorError::Config(format!("read {}: {e}", path.display())))?;
         let cfg: MonitorConfig = serde_json::from_slice(&data)
             .map_err(|e| MonitorError::Config(format!("parse {}: {e}", path.display())))?;
         if cfg.version == 0 || cfg.version > MONITOR_CONFIG_VERSION {
-            return Err(MonitorError::Config(format!(
-                "{}: unsupported version {}",
-                path.display(),
-                cfg.version
-            )));
+            return Err(MonitorError::Config(format!("{}: unsupported version {}", path.display(), cfg.version)));
         }
         Ok(cfg)
     }
 
     /// Writes `<container_dir>/monitor.json` atomically (temp file, fsync, rename, fsync dir).
     pub fn write(&self, container_dir: &Path) -> Result<(), MonitorError> {
-        let data = serde_json::to_vec_pretty(self)
-            .map_err(|e| MonitorError::Config(format!("encode monitor.json: {e}")))?;
+        let data =
+            serde_json::to_vec_pretty(self).map_err(|e| MonitorError::Config(format!("encode monitor.json: {e}")))?;
         write_atomic(&container_dir.join(MONITOR_CONFIG_FILE), &data)?;
         Ok(())
     }
@@ -200,17 +195,10 @@ pub enum MonitorError {
 /// Writes `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);

@@ -15,9 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Config as ImageConfig;
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, PosixRlimit, RootBuilder, Spec,
-};
+use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, PosixRlimit, RootBuilder, Spec};
 use proto::cri;
 
 use crate::error::ErrorKind;
@@ -146,13 +144,8 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let config = input.config;
     let sc = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
     let privileged = sc.privileged;
-    let pod_privileged = input
-        .sandbox
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .map(|s| s.privileged)
-        .unwrap_or(false);
+    let pod_privileged =
+        input.sandbox.linux.as_ref().and_then(|l| l.security_context.as_ref()).map(|s| s.privileged).unwrap_or(false);
     if privileged && !pod_privileged {
         return Err(SpecError::invalid("security context", "a privileged container needs a privileged pod sandbox"));
     }
@@ -165,9 +158,7 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
 
     let mut spec = Spec::default();
     spec.set_version("1.2.0".to_string());
-    spec.set_root(Some(
-        RootBuilder::default().path(input.rootfs.to_path_buf()).readonly(sc.readonly_rootfs).build()?,
-    ));
+    spec.set_root(Some(RootBuilder::default().path(input.rootfs.to_path_buf()).readonly(sc.readonly_rootfs).build()?));
     if !host_uts {
         spec.set_hostname(Some(hostname.clone()));
     } else {
@@ -261,7 +252,10 @@ fn sysctls(input: &SpecInput<'_>) -> Result<HashMap<String, String>, SpecError> 
     let mut out = HashMap::new();
     for (k0, v) in &l.sysctls {
         let k = &sysctl_dots(k0);
-        let ipc = k.starts_with("kernel.shm") || k.starts_with("kernel.msg") || k == "kernel.sem" || k.starts_with("fs.mqueue.");
+        let ipc = k.starts_with("kernel.shm")
+            || k.starts_with("kernel.msg")
+            || k == "kernel.sem"
+            || k.starts_with("fs.mqueue.");
         let net = k.starts_with("net.");
         let uts = k == "kernel.hostname" || k == "kernel.domainname";
         let ok = (ipc && input.namespaces.ipc.is_some())
@@ -288,9 +282,14 @@ fn sysctls(input: &SpecInput<'_>) -> Result<HashMap<String, String>, SpecError> 
 /// `net.ipv4.conf.eth0/100.rp_filter`).
 pub fn sysctl_dots(name: &str) -> String {
     match name.find(['.', '/']) {
-        Some(i) if name.as_bytes()[i] == b'/' => {
-            name.chars().map(|c| match c { '/' => '.', '.' => '/', c => c }).collect()
-        }
+        Some(i) if name.as_bytes()[i] == b'/' => name
+            .chars()
+            .map(|c| match c {
+                '/' => '.',
+                '.' => '/',
+                c => c,
+            })
+            .collect(),
         _ => name.to_string(),
     }
 }

@@ -11,8 +11,17 @@ use super::{SpecError, SpecInput};
 /// containerd's default masked paths.
 pub fn default_masked_paths() -> Vec<String> {
     [
-        "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/interrupts",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
         "/sys/devices/virtual/powercap",
     ]
     .iter()
@@ -71,7 +80,12 @@ pub(super) fn build(
     let defaults = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_ro]),
         mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_ro]),
@@ -85,13 +99,19 @@ pub(super) fn build(
             return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "container path must be absolute"));
         }
         if m.image.as_ref().map(|i| !i.image.is_empty()).unwrap_or(false) {
-            return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "image volume mounts are not supported"));
+            return Err(SpecError::invalid(
+                format!("mount {:?}", m.container_path),
+                "image volume mounts are not supported",
+            ));
         }
         if m.host_path.is_empty() {
             return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "empty host path"));
         }
         if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "id-mapped mounts are not supported"));
+            return Err(SpecError::invalid(
+                format!("mount {:?}", m.container_path),
+                "id-mapped mounts are not supported",
+            ));
         }
         // resolve symlinks on the host side (as containerd does); nothing is created
         let src = std::fs::canonicalize(&m.host_path).map_err(|_| SpecError::MountSourceMissing {
@@ -117,7 +137,10 @@ pub(super) fn build(
         let mut opts = vec!["rbind".to_string(), prop.to_string()];
         if m.recursive_read_only {
             if !m.readonly {
-                return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "recursive_read_only needs readonly"));
+                return Err(SpecError::invalid(
+                    format!("mount {:?}", m.container_path),
+                    "recursive_read_only needs readonly",
+                ));
             }
             opts.push("rro".into());
         } else {
@@ -131,7 +154,9 @@ pub(super) fn build(
     let etc_opt = if sc.readonly_rootfs { "ro" } else { "rw" };
     let mut extra: Vec<Mount> = Vec::new();
     let pf = &input.pod_files;
-    for (dest, src) in [("/etc/hosts", &pf.hosts), ("/etc/resolv.conf", &pf.resolv_conf), ("/etc/hostname", &pf.hostname)] {
+    for (dest, src) in
+        [("/etc/hosts", &pf.hosts), ("/etc/resolv.conf", &pf.resolv_conf), ("/etc/hostname", &pf.hostname)]
+    {
         if let Some(src) = src {
             if !taken(dest) {
                 extra.push(bind(dest, src, vec!["rbind".into(), "rprivate".into(), etc_opt.into()]));

@@ -12,7 +12,12 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Merges CRI command/args with the image entrypoint/cmd (docker's rules, as containerd):
 /// a CRI command replaces the entrypoint and drops the image cmd; CRI args replace the cmd.
-pub fn merge_args(command: &[String], args: &[String], entrypoint: &[String], cmd: &[String]) -> Result<Vec<String>, SpecError> {
+pub fn merge_args(
+    command: &[String],
+    args: &[String],
+    entrypoint: &[String],
+    cmd: &[String],
+) -> Result<Vec<String>, SpecError> {
     let mut c: Vec<String> = command.to_vec();
     let mut a: Vec<String> = args.to_vec();
     if c.is_empty() {

@@ -74,7 +74,8 @@ pub fn resources_from_cri(r: &cri::LinuxContainerResources) -> Result<LinuxResou
         for h in &r.hugepage_limits {
             crate::cgroups::v2::hugetlb::check_page_size(&h.page_size)
                 .map_err(|e| SpecError::invalid("hugepage limit", e.to_string()))?;
-            let limit = i64::try_from(h.limit).map_err(|_| SpecError::invalid("hugepage limit", h.limit.to_string()))?;
+            let limit =
+                i64::try_from(h.limit).map_err(|_| SpecError::invalid("hugepage limit", h.limit.to_string()))?;
             v.push(LinuxHugepageLimitBuilder::default().page_size(h.page_size.clone()).limit(limit).build()?);
         }
         out.set_hugepage_limits(Some(v));
@@ -95,7 +96,9 @@ fn check_cpuset(s: &str, what: &str) -> Result<(), SpecError> {
         let mut it = part.splitn(2, '-');
         let a = it.next().unwrap_or("");
         let b = it.next();
-        !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.map(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit())).unwrap_or(true)
+        !a.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.map(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit())).unwrap_or(true)
     });
     if ok {
         Ok(())
@@ -106,10 +109,7 @@ fn check_cpuset(s: &str, what: &str) -> Result<(), SpecError> {
 
 /// skiffd's own oom_score_adj: without CAP_SYS_RESOURCE nothing may go below it.
 pub fn current_oom_score_adj() -> i32 {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Validates and clamps a CRI oom_score_adj to [`min`, 1000] (like containerd's

@@ -4,13 +4,21 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxSeccomp};
+use oci_spec::runtime::{
+    LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxSeccomp,
+};
 use proto::cri;
 
 use super::SpecError;
 use crate::seccomp;
 
-fn rule(allow: bool, typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Option<i64>, access: &str) -> Result<LinuxDeviceCgroup, SpecError> {
+fn rule(
+    allow: bool,
+    typ: Option<LinuxDeviceType>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> Result<LinuxDeviceCgroup, SpecError> {
     let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(access.to_string());
     if let Some(t) = typ {
         b = b.typ(t);
@@ -25,7 +33,8 @@ fn rule(allow: bool, typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Op
 }
 
 fn device_of(host: &Path, container_path: &str, host_path_str: &str) -> Result<LinuxDevice, SpecError> {
-    let md = std::fs::metadata(host).map_err(|e| SpecError::BadDevice { host_path: host_path_str.to_string(), reason: e.to_string() })?;
+    let md = std::fs::metadata(host)
+        .map_err(|e| SpecError::BadDevice { host_path: host_path_str.to_string(), reason: e.to_string() })?;
     let ft = md.file_type();
     let typ = if ft.is_char_device() {
         LinuxDeviceType::C
@@ -76,7 +85,10 @@ fn host_devices() -> Vec<LinuxDevice> {
 }
 
 /// Device nodes to create and the device cgroup rules.
-pub(super) fn devices(config: &cri::ContainerConfig, privileged: bool) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
+pub(super) fn devices(
+    config: &cri::ContainerConfig,
+    privileged: bool,
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
     let mut devs = Vec::new();
     let mut rules = Vec::new();
     if privileged {
@@ -94,11 +106,17 @@ pub(super) fn devices(config: &cri::ContainerConfig, privileged: bool) -> Result
     }
     for d in &config.devices {
         if !d.container_path.starts_with('/') {
-            return Err(SpecError::BadDevice { host_path: d.host_path.clone(), reason: format!("container path {:?} is not absolute", d.container_path) });
+            return Err(SpecError::BadDevice {
+                host_path: d.host_path.clone(),
+                reason: format!("container path {:?} is not absolute", d.container_path),
+            });
         }
         let perms = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
         if !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-            return Err(SpecError::BadDevice { host_path: d.host_path.clone(), reason: format!("invalid permissions {perms:?}") });
+            return Err(SpecError::BadDevice {
+                host_path: d.host_path.clone(),
+                reason: format!("invalid permissions {perms:?}"),
+            });
         }
         let dev = device_of(Path::new(&d.host_path), &d.container_path, &d.host_path)?;
         rules.push(rule(true, Some(dev.typ()), Some(dev.major()), Some(dev.minor()), perms)?);
@@ -110,12 +128,17 @@ pub(super) fn devices(config: &cri::ContainerConfig, privileged: bool) -> Result
 
 /// The seccomp filter from the security context (unset = unconfined, as containerd).
 #[allow(deprecated)] // seccomp_profile_path is still sent by older kubelets
-pub(super) fn seccomp(sc: &cri::LinuxContainerSecurityContext, bounding: &[String]) -> Result<Option<LinuxSeccomp>, SpecError> {
+pub(super) fn seccomp(
+    sc: &cri::LinuxContainerSecurityContext,
+    bounding: &[String],
+) -> Result<Option<LinuxSeccomp>, SpecError> {
     if let Some(p) = &sc.seccomp {
         return match cri::security_profile::ProfileType::try_from(p.profile_type) {
             Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(Some(seccomp::default_profile(bounding)?)),
             Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
-            Ok(cri::security_profile::ProfileType::Localhost) => Ok(Some(seccomp::load_profile(Path::new(&p.localhost_ref))?)),
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                Ok(Some(seccomp::load_profile(Path::new(&p.localhost_ref))?))
+            }
             Err(_) => Err(seccomp::SeccompError::Unsupported(format!("profile type {}", p.profile_type)).into()),
         };
     }

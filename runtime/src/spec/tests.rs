@@ -25,7 +25,12 @@ fn image() -> ImageConfig {
 
 fn sandbox(privileged: bool) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: "web".into(), uid: "u1".into(), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: "web-0".into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: "/kubepods/podu1".into(),
@@ -42,7 +47,10 @@ fn container() -> cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
         command: vec!["sleep".into()],
         args: vec!["100".into()],
-        envs: vec![cri::KeyValue { key: "FOO".into(), value: "cri".into() }, cri::KeyValue { key: "BAR".into(), value: "1".into() }],
+        envs: vec![
+            cri::KeyValue { key: "FOO".into(), value: "cri".into() },
+            cri::KeyValue { key: "BAR".into(), value: "1".into() },
+        ],
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(cri::LinuxContainerResources {
                 cpu_shares: 512,
@@ -75,7 +83,13 @@ fn fixture() -> Fixture {
     Fixture { _d: d, dir, user: root_user(), image: image() }
 }
 
-fn gen(f: &Fixture, config: &cri::ContainerConfig, sb: &cri::PodSandboxConfig, pid: PidNamespace, ns: PodNamespacePaths) -> Result<Spec, SpecError> {
+fn gen(
+    f: &Fixture,
+    config: &cri::ContainerConfig,
+    sb: &cri::PodSandboxConfig,
+    pid: PidNamespace,
+    ns: PodNamespacePaths,
+) -> Result<Spec, SpecError> {
     let input = SpecInput {
         container_id: "c1",
         sandbox_id: "p1",
@@ -120,15 +134,25 @@ fn basic_container() {
     let p = s.process().as_ref().unwrap();
     assert_eq!(p.args().as_ref().unwrap(), &vec!["sleep".to_string(), "100".to_string()]);
     let env = p.env().as_ref().unwrap();
-    assert_eq!(env, &vec![
-        "PATH=/usr/bin:/bin".to_string(), "HOSTNAME=web-0".into(), "FOO=cri".into(), "BAR=1".into(), "HOME=/root".into()
-    ]);
+    assert_eq!(
+        env,
+        &vec![
+            "PATH=/usr/bin:/bin".to_string(),
+            "HOSTNAME=web-0".into(),
+            "FOO=cri".into(),
+            "BAR=1".into(),
+            "HOME=/root".into()
+        ]
+    );
     assert_eq!(p.cwd(), Path::new("/work"));
     assert_eq!(p.user().uid(), 0);
     assert_eq!(p.oom_score_adj(), Some(-500), "clamped to the floor");
     assert_eq!(p.no_new_privileges(), None);
     let caps = p.capabilities().as_ref().unwrap();
-    assert_eq!(crate::caps::names(caps.bounding().as_ref().unwrap()), crate::caps::names(&crate::caps::compute(false, &[], &[]).unwrap()));
+    assert_eq!(
+        crate::caps::names(caps.bounding().as_ref().unwrap()),
+        crate::caps::names(&crate::caps::compute(false, &[], &[]).unwrap())
+    );
     assert!(caps.inheritable().is_none() && caps.ambient().is_none(), "no inheritable/ambient caps unless asked");
     let rules = serde_json::to_value(s.linux().as_ref().unwrap().resources().as_ref().unwrap().devices()).unwrap();
     assert_eq!(rules[0], serde_json::json!({"allow": false, "access": "rwm"}));
@@ -137,19 +161,34 @@ fn basic_container() {
     assert_eq!(s.hostname().as_deref(), Some("web-0"));
     assert_eq!(s.root().as_ref().unwrap().path(), Path::new("/run/skiff/containers/c1/rootfs"));
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(false));
-    assert_eq!(dests(&s), vec![
-        "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup",
-        "/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/dev/shm",
-    ]);
+    assert_eq!(
+        dests(&s),
+        vec![
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/dev/mqueue",
+            "/sys",
+            "/sys/fs/cgroup",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+            "/dev/shm",
+        ]
+    );
     let l = s.linux().as_ref().unwrap();
-    let nss: Vec<(LinuxNamespaceType, Option<PathBuf>)> = l.namespaces().as_ref().unwrap().iter().map(|n| (n.typ(), n.path().clone())).collect();
-    assert_eq!(nss, vec![
-        (LinuxNamespaceType::Pid, None),
-        (LinuxNamespaceType::Network, Some("/run/skiff/pods/p1/ns/net".into())),
-        (LinuxNamespaceType::Ipc, Some("/run/skiff/pods/p1/ns/ipc".into())),
-        (LinuxNamespaceType::Uts, Some("/run/skiff/pods/p1/ns/uts".into())),
-        (LinuxNamespaceType::Mount, None),
-    ]);
+    let nss: Vec<(LinuxNamespaceType, Option<PathBuf>)> =
+        l.namespaces().as_ref().unwrap().iter().map(|n| (n.typ(), n.path().clone())).collect();
+    assert_eq!(
+        nss,
+        vec![
+            (LinuxNamespaceType::Pid, None),
+            (LinuxNamespaceType::Network, Some("/run/skiff/pods/p1/ns/net".into())),
+            (LinuxNamespaceType::Ipc, Some("/run/skiff/pods/p1/ns/ipc".into())),
+            (LinuxNamespaceType::Uts, Some("/run/skiff/pods/p1/ns/uts".into())),
+            (LinuxNamespaceType::Mount, None),
+        ]
+    );
     assert_eq!(l.cgroups_path().as_deref(), Some(Path::new("/kubepods/podu1/c1")));
     let r = l.resources().as_ref().unwrap();
     assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(512));
@@ -189,8 +228,12 @@ fn args_merge() {
 fn privileged_container() {
     let f = fixture();
     let mut c = container();
-    c.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() });
-    assert_eq!(gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    c.linux.as_mut().unwrap().security_context =
+        Some(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+    assert_eq!(
+        gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     let s = gen(&f, &c, &sandbox(true), PidNamespace::Container, pod_ns()).unwrap();
     let l = s.linux().as_ref().unwrap();
     assert!(l.masked_paths().is_none() && l.readonly_paths().is_none() && l.seccomp().is_none());
@@ -211,21 +254,43 @@ fn cri_mounts() {
     std::os::unix::fs::symlink(&data, f.dir.join("link")).unwrap();
     let mut c = container();
     c.mounts = vec![
-        cri::Mount { container_path: "/var/lib/x/y".into(), host_path: data.display().to_string(), readonly: true, ..Default::default() },
+        cri::Mount {
+            container_path: "/var/lib/x/y".into(),
+            host_path: data.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
         cri::Mount {
             container_path: "/var/".into(),
             host_path: f.dir.join("link").display().to_string(),
             propagation: cri::MountPropagation::PropagationHostToContainer as i32,
             ..Default::default()
         },
-        cri::Mount { container_path: "/etc/hosts".into(), host_path: f.dir.join("hosts").display().to_string(), ..Default::default() },
+        cri::Mount {
+            container_path: "/etc/hosts".into(),
+            host_path: f.dir.join("hosts").display().to_string(),
+            ..Default::default()
+        },
     ];
     let s = gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap();
     let ms = s.mounts().as_ref().unwrap();
-    assert_eq!(dests(&s), vec![
-        "/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup",
-        "/var", "/etc/resolv.conf", "/etc/hostname", "/dev/shm", "/etc/hosts", "/var/lib/x/y",
-    ]);
+    assert_eq!(
+        dests(&s),
+        vec![
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/dev/mqueue",
+            "/sys",
+            "/sys/fs/cgroup",
+            "/var",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+            "/dev/shm",
+            "/etc/hosts",
+            "/var/lib/x/y",
+        ]
+    );
     let var = ms.iter().find(|m| m.destination() == Path::new("/var")).unwrap();
     assert_eq!(var.source().as_deref(), Some(data.canonicalize().unwrap().as_path()), "host symlinks resolved");
     assert_eq!(var.options().as_ref().unwrap(), &vec!["rbind".to_string(), "rslave".into(), "rw".into()]);
@@ -234,13 +299,24 @@ fn cri_mounts() {
     assert_eq!(s.linux().as_ref().unwrap().rootfs_propagation().as_deref(), Some("rslave"));
     // a missing host path is InvalidArgument and nothing is created
     let missing = f.dir.join("nope/deeper");
-    c.mounts = vec![cri::Mount { container_path: "/m".into(), host_path: missing.display().to_string(), ..Default::default() }];
+    c.mounts = vec![cri::Mount {
+        container_path: "/m".into(),
+        host_path: missing.display().to_string(),
+        ..Default::default()
+    }];
     let e = gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err();
     assert!(matches!(e, SpecError::MountSourceMissing { .. }));
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(!f.dir.join("nope").exists());
-    c.mounts = vec![cri::Mount { container_path: "relative".into(), host_path: data.display().to_string(), ..Default::default() }];
-    assert_eq!(gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    c.mounts = vec![cri::Mount {
+        container_path: "relative".into(),
+        host_path: data.display().to_string(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }
 
 #[test]
@@ -248,21 +324,35 @@ fn security_context() {
     let f = fixture();
     let mut c = container();
     let profile = f.dir.join("profile.json");
-    std::fs::write(&profile, br#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#).unwrap();
+    std::fs::write(
+        &profile,
+        br#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
+    )
+    .unwrap();
     c.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
-        capabilities: Some(cri::Capability { add_capabilities: vec!["SYS_ADMIN".into()], drop_capabilities: vec!["CHOWN".into(), "NET_RAW".into()], ..Default::default() }),
+        capabilities: Some(cri::Capability {
+            add_capabilities: vec!["SYS_ADMIN".into()],
+            drop_capabilities: vec!["CHOWN".into(), "NET_RAW".into()],
+            ..Default::default()
+        }),
         no_new_privs: true,
         readonly_rootfs: true,
         masked_paths: vec!["/proc/secret".into()],
         readonly_paths: vec![],
-        seccomp: Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        }),
         ..Default::default()
     });
     let s = gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap();
     let p = s.process().as_ref().unwrap();
     let caps = crate::caps::names(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap());
     assert!(!caps.contains(&"CAP_CHOWN".to_string()) && !caps.contains(&"CAP_NET_RAW".to_string()));
-    assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()) || !crate::caps::current_caps().contains(&oci_spec::runtime::Capability::SysAdmin));
+    assert!(
+        caps.contains(&"CAP_SYS_ADMIN".to_string())
+            || !crate::caps::current_caps().contains(&oci_spec::runtime::Capability::SysAdmin)
+    );
     assert_eq!(p.no_new_privileges(), Some(true));
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
     let hosts = s.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/etc/hosts")).unwrap();
@@ -271,21 +361,34 @@ fn security_context() {
     assert_eq!(l.masked_paths().as_ref().unwrap(), &vec!["/proc/secret".to_string()]);
     assert_eq!(l.readonly_paths().as_ref().unwrap(), &default_readonly_paths());
     let sc = l.seccomp().as_ref().unwrap();
-    assert!(sc.syscalls().as_ref().unwrap().iter().any(|r| r.names().iter().any(|n| n == "mount")), "SYS_ADMIN adds mount");
+    assert!(
+        sc.syscalls().as_ref().unwrap().iter().any(|r| r.names().iter().any(|n| n == "mount")),
+        "SYS_ADMIN adds mount"
+    );
     // Localhost
-    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().seccomp =
-        Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: profile.display().to_string() });
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: profile.display().to_string(),
+    });
     let s = gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap();
     assert_eq!(s.linux().as_ref().unwrap().seccomp().as_ref().unwrap().syscalls().as_ref().unwrap().len(), 1);
-    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().seccomp =
-        Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: "/no/such/profile.json".into() });
-    assert_eq!(gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "/no/such/profile.json".into(),
+    });
+    assert_eq!(
+        gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     // unknown capability
     c.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
         capabilities: Some(cri::Capability { add_capabilities: vec!["NOT_A_CAP".into()], ..Default::default() }),
         ..Default::default()
     });
-    assert_eq!(gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }
 
 #[test]
@@ -298,11 +401,22 @@ fn host_namespaces() {
     assert_eq!(gen(&f, &c, &sb, PidNamespace::Node, host_net.clone()).unwrap_err().kind(), ErrorKind::InvalidArgument);
     sb.linux.as_mut().unwrap().sysctls.clear();
     let s = gen(&f, &c, &sb, PidNamespace::Node, PodNamespacePaths::default()).unwrap();
-    let types: Vec<LinuxNamespaceType> = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+    let types: Vec<LinuxNamespaceType> =
+        s.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
     assert_eq!(types, vec![LinuxNamespaceType::Mount]);
     assert!(s.hostname().is_none(), "host UTS: the hostname is not touched");
     let s = gen(&f, &c, &sb, PidNamespace::Pod("/proc/42/ns/pid".into()), pod_ns()).unwrap();
-    let pid = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().find(|n| n.typ() == LinuxNamespaceType::Pid).unwrap().clone();
+    let pid = s
+        .linux()
+        .as_ref()
+        .unwrap()
+        .namespaces()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Pid)
+        .unwrap()
+        .clone();
     assert_eq!(pid.path().as_deref(), Some(Path::new("/proc/42/ns/pid")));
 }
 
@@ -327,8 +441,15 @@ fn resources_conversion() {
     assert!(resources_from_cri(&cri::LinuxContainerResources::default()).unwrap().cpu().is_none());
     for bad in [
         cri::LinuxContainerResources { cpuset_cpus: "a-b".into(), ..Default::default() },
-        cri::LinuxContainerResources { memory_limit_in_bytes: 100, memory_swap_limit_in_bytes: 50, ..Default::default() },
-        cri::LinuxContainerResources { hugepage_limits: vec![cri::HugepageLimit { page_size: "2XB".into(), limit: 1 }], ..Default::default() },
+        cri::LinuxContainerResources {
+            memory_limit_in_bytes: 100,
+            memory_swap_limit_in_bytes: 50,
+            ..Default::default()
+        },
+        cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit { page_size: "2XB".into(), limit: 1 }],
+            ..Default::default()
+        },
     ] {
         assert_eq!(resources_from_cri(&bad).unwrap_err().kind(), ErrorKind::InvalidArgument);
     }
@@ -362,7 +483,10 @@ fn sysctl_names() {
     let s = gen(&f, &container(), &sb, PidNamespace::Container, pod_ns()).unwrap();
     assert_eq!(s.linux().as_ref().unwrap().sysctl().as_ref().unwrap()["kernel.shm_rmid_forced"], "1");
     sb.linux.as_mut().unwrap().sysctls = HashMap::from([("kernel.pid_max".to_string(), "1".to_string())]);
-    assert_eq!(gen(&f, &container(), &sb, PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        gen(&f, &container(), &sb, PidNamespace::Container, pod_ns()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }
 
 #[test]
@@ -373,6 +497,7 @@ fn minimal_config() {
     let s = gen(&f, &c, &sb, PidNamespace::Container, pod_ns()).unwrap();
     assert_eq!(s.process().as_ref().unwrap().args().as_ref().unwrap(), &vec!["/pause".to_string()]);
     assert!(s.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().is_none());
-    let r = resources_from_cri(&cri::LinuxContainerResources { memory_limit_in_bytes: 100, ..Default::default() }).unwrap();
+    let r =
+        resources_from_cri(&cri::LinuxContainerResources { memory_limit_in_bytes: 100, ..Default::default() }).unwrap();
     assert_eq!(r.memory().as_ref().unwrap().swap(), Some(100), "no swap unless asked");
 }

@@ -119,7 +119,14 @@ impl MiniRegistry {
 
     /// Pushes an image of uncompressed layer tars (gzipped here). `config` overrides the config
     /// blob; `serve[i]` how layer i is served. Returns the manifest digest.
-    pub fn push_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>], serve: &[Serve], config: Option<Vec<u8>>) -> String {
+    pub fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        serve: &[Serve],
+        config: Option<Vec<u8>>,
+    ) -> String {
         self.push_image_with(repo, tag, layers, serve, config, true)
     }
 
@@ -188,7 +195,9 @@ async fn handle(mut sock: tokio::net::TcpStream, st: Arc<Mutex<State>>, addr: So
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(buf.len());
     let clen = String::from_utf8_lossy(&buf[..head_end])
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
         .unwrap_or(0);
     while buf.len() < head_end + clen {
         let n = sock.read(&mut tmp).await?;

@@ -74,8 +74,7 @@ impl RuntimeSvc {
     }
 
     pub(crate) fn container_or_not_found(&self, id: &str) -> Result<Arc<Mutex<ContainerRecord>>, Status> {
-        self.find_container(id)?
-            .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))
+        self.find_container(id)?.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))
     }
 
     pub(super) async fn create_container_impl(
@@ -98,7 +97,7 @@ impl RuntimeSvc {
                 ));
             }
         }
-                let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image.is_empty() {
             return Err(Status::invalid_argument("CreateContainer: config.image is required"));
         }
@@ -162,7 +161,9 @@ impl RuntimeSvc {
             monitor_pid: None,
             cgroup_path: format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/')),
             log_path,
-            stop_signal: parse_signal(image_config.as_ref().and_then(|c| c.stop_signal().clone()).as_deref().unwrap_or("")),
+            stop_signal: parse_signal(
+                image_config.as_ref().and_then(|c| c.stop_signal().clone()).as_deref().unwrap_or(""),
+            ),
             error: None,
         };
 
@@ -171,18 +172,18 @@ impl RuntimeSvc {
             ctx.container_store.save(id, &record).status("persist the container")?;
             {
                 let (ctx, id) = (ctx.clone(), id.to_owned());
-                rb.push_blocking("container record", move || ctx.container_store.remove(&id).map_err(|e| e.to_string()));
+                rb.push_blocking("container record", move || {
+                    ctx.container_store.remove(&id).map_err(|e| e.to_string())
+                });
             }
-            let layout = ctx
-                .images
-                .prepare_rootfs(image.id(), id)
-                .await
-                .map_err(|e| image_status("prepare the rootfs", e))?;
+            let layout =
+                ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
             {
                 let (ctx, id) = (ctx.clone(), id.to_owned());
-                rb.push("rootfs", move || async move {
-                    ctx.images.release_rootfs(&id).await.map_err(|e| e.to_string())
-                });
+                rb.push(
+                    "rootfs",
+                    move || async move { ctx.images.release_rootfs(&id).await.map_err(|e| e.to_string()) },
+                );
             }
             std::fs::create_dir_all(cdir.join("rootfs"))
                 .map_err(|e| Status::internal(format!("create {}: {e}", cdir.display())))?;
@@ -237,9 +238,10 @@ impl RuntimeSvc {
                 rlimits: Vec::new(),
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
             };
-            let spec = runtime::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
-            let bytes = serde_json::to_vec_pretty(&spec)
-                .map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
+            let spec =
+                runtime::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+            let bytes =
+                serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             runtime::util::write_atomic(&cdir.join("config.json"), &bytes, 0o600)
                 .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
             crate::failpoint::check("container:after_spec")?;
@@ -272,7 +274,11 @@ impl RuntimeSvc {
     }
 
     /// Where the container's PID namespace comes from.
-    async fn pid_namespace(&self, config: &ContainerConfig, pod: &PodRecord) -> Result<runtime::spec::PidNamespace, Status> {
+    async fn pid_namespace(
+        &self,
+        config: &ContainerConfig,
+        pod: &PodRecord,
+    ) -> Result<runtime::spec::PidNamespace, Status> {
         use runtime::spec::PidNamespace;
         let opts = config
             .linux
@@ -285,16 +291,17 @@ impl RuntimeSvc {
             NamespaceMode::Container => Ok(PidNamespace::Container),
             NamespaceMode::Pod => match pod.namespaces.infra_pid {
                 Some(pid) => Ok(PidNamespace::Pod(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
-                None => Err(Status::failed_precondition(format!(
-                    "pod sandbox {} has no pod-level PID namespace",
-                    pod.id
-                ))),
+                None => {
+                    Err(Status::failed_precondition(format!("pod sandbox {} has no pod-level PID namespace", pod.id)))
+                }
             },
             NamespaceMode::Target => {
                 let target = self.container_or_not_found(&opts.target_id)?;
                 let target = target.lock().await;
                 match (target.state, target.pid) {
-                    (ContainerState::Running, Some(pid)) => Ok(PidNamespace::Target(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
+                    (ContainerState::Running, Some(pid)) => {
+                        Ok(PidNamespace::Target(PathBuf::from(format!("/proc/{pid}/ns/pid"))))
+                    }
                     _ => Err(Status::failed_precondition(format!(
                         "target container {} of the PID namespace is not running",
                         opts.target_id
@@ -304,7 +311,10 @@ impl RuntimeSvc {
         }
     }
 
-    pub(super) async fn start_container_impl(&self, req: StartContainerRequest) -> Result<StartContainerResponse, Status> {
+    pub(super) async fn start_container_impl(
+        &self,
+        req: StartContainerRequest,
+    ) -> Result<StartContainerResponse, Status> {
         let entry = self.container_or_not_found(&req.container_id)?;
         let mut c = entry.lock().await;
         let span = tracing::info_span!("start_container", container_id = %c.id, pod_id = %c.pod_id);
@@ -314,10 +324,7 @@ impl RuntimeSvc {
 
     async fn start_locked(&self, c: &mut ContainerRecord) -> Result<(), Status> {
         if c.state != ContainerState::Created {
-            return Err(Status::failed_precondition(format!(
-                "container {} is {:?}, not created",
-                c.id, c.state
-            )));
+            return Err(Status::failed_precondition(format!("container {} is {:?}, not created", c.id, c.state)));
         }
         let pod = self.pod_or_not_found(&c.pod_id)?;
         if pod.lock().await.state != PodState::Ready {
@@ -347,8 +354,8 @@ impl RuntimeSvc {
             // The container cgroup, with the resources of the spec.
             let spec_bytes = std::fs::read(cdir.join("config.json"))
                 .map_err(|e| Status::internal(format!("read config.json: {e}")))?;
-            let spec: oci_spec::runtime::Spec = serde_json::from_slice(&spec_bytes)
-                .map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
+            let spec: oci_spec::runtime::Spec =
+                serde_json::from_slice(&spec_bytes).map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
             let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
             let (ctx2, cg) = (ctx.clone(), c.cgroup_path.clone());
             tokio::task::spawn_blocking(move || ctx2.cgroups.create_with(&cg, resources.as_ref()))
@@ -419,13 +426,14 @@ impl RuntimeSvc {
         };
         let id = entry.lock().await.id.clone();
         let span = tracing::info_span!("stop_container", container_id = %id);
-        stop_container(&self.ctx, &entry, Duration::from_secs(req.timeout.max(0) as u64))
-            .instrument(span)
-            .await?;
+        stop_container(&self.ctx, &entry, Duration::from_secs(req.timeout.max(0) as u64)).instrument(span).await?;
         Ok(StopContainerResponse {})
     }
 
-    pub(super) async fn remove_container_impl(&self, req: RemoveContainerRequest) -> Result<RemoveContainerResponse, Status> {
+    pub(super) async fn remove_container_impl(
+        &self,
+        req: RemoveContainerRequest,
+    ) -> Result<RemoveContainerResponse, Status> {
         let Some(entry) = self.find_container(&req.container_id)? else {
             return Ok(RemoveContainerResponse {});
         };
@@ -455,7 +463,10 @@ impl RuntimeSvc {
         Ok(())
     }
 
-    pub(super) async fn container_status_impl(&self, req: ContainerStatusRequest) -> Result<ContainerStatusResponse, Status> {
+    pub(super) async fn container_status_impl(
+        &self,
+        req: ContainerStatusRequest,
+    ) -> Result<ContainerStatusResponse, Status> {
         let entry = self.container_or_not_found(&req.container_id)?;
         let mut c = entry.lock().await;
         refresh(&self.ctx, &mut c).await;
@@ -480,7 +491,10 @@ impl RuntimeSvc {
         Ok(ContainerStatusResponse { status: Some(status), info })
     }
 
-    pub(super) async fn list_containers_impl(&self, req: ListContainersRequest) -> Result<ListContainersResponse, Status> {
+    pub(super) async fn list_containers_impl(
+        &self,
+        req: ListContainersRequest,
+    ) -> Result<ListContainersResponse, Status> {
         let filter = req.filter.unwrap_or_default();
         let mut out = Vec::new();
         for (id, entry) in self.ctx.containers.all() {
@@ -663,10 +677,7 @@ fn termination_message(ctx: &Arc<Context>, c: &ContainerRecord) -> String {
     let fallback = annotations.get(TERMINATION_MESSAGE_POLICY).map(String::as_str) == Some("FallbackToLogsOnError");
     if message.is_empty() && fallback && c.exit_code != 0 && !c.log_path.is_empty() {
         if let Ok(log) = std::fs::read_to_string(&c.log_path) {
-            let lines: Vec<&str> = log
-                .lines()
-                .filter_map(|l| l.splitn(4, ' ').nth(3))
-                .collect();
+            let lines: Vec<&str> = log.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect();
             let tail = lines[lines.len().saturating_sub(80)..].join("\n");
             let start = tail.len().saturating_sub(2048);
             let start = (start..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
@@ -704,7 +715,11 @@ pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &mut Contai
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout` (at once for 0), then the
 /// whole cgroup if even that does not end it. Idempotent.
-pub(crate) async fn stop_container(ctx: &Arc<Context>, entry: &Arc<Mutex<ContainerRecord>>, timeout: Duration) -> Result<(), Status> {
+pub(crate) async fn stop_container(
+    ctx: &Arc<Context>,
+    entry: &Arc<Mutex<ContainerRecord>>,
+    timeout: Duration,
+) -> Result<(), Status> {
     let (socket, signal, cgroup) = {
         let mut c = entry.lock().await;
         refresh(ctx, &mut c).await;

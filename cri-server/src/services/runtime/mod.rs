@@ -5,8 +5,8 @@ pub(crate) mod container;
 pub(crate) mod events;
 mod exec;
 mod pod;
-mod stats;
 pub(crate) mod pod_extras;
+mod stats;
 mod status;
 mod update;
 
@@ -77,43 +77,82 @@ impl RuntimeService for RuntimeSvc {
         Ok(Response::new(self.ctx.events.subscribe()))
     }
 
-    async fn run_pod_sandbox(&self, r: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
         self.run_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn stop_pod_sandbox(&self, r: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
         self.stop_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn remove_pod_sandbox(&self, r: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         self.remove_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn pod_sandbox_status(&self, r: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         self.pod_sandbox_status_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_pod_sandbox(&self, r: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
         self.list_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn create_container(&self, r: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        r: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
         self.create_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn start_container(&self, r: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        r: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
         self.start_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn stop_container(&self, r: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        r: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
         self.stop_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn remove_container(&self, r: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        r: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
         self.remove_container_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_containers(&self, r: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+    async fn list_containers(
+        &self,
+        r: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
         self.list_containers_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn container_status(&self, r: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        r: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
         self.container_status_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn update_container_resources(&self, r: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        r: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         self.update_container_resources_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn reopen_container_log(&self, r: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        r: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         self.reopen_container_log_impl(r.into_inner()).await.map(Response::new)
     }
     async fn exec_sync(&self, r: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
@@ -128,25 +167,46 @@ impl RuntimeService for RuntimeSvc {
     async fn port_forward(&self, _r: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
         Err(unimplemented("PortForward"))
     }
-    async fn container_stats(&self, r: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        r: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
         self.container_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_container_stats(&self, r: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+    async fn list_container_stats(
+        &self,
+        r: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
         self.list_container_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn pod_sandbox_stats(&self, r: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         self.pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn list_pod_sandbox_stats(&self, r: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         self.list_pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn checkpoint_container(&self, _r: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
+    async fn checkpoint_container(
+        &self,
+        _r: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
         Err(unimplemented("CheckpointContainer"))
     }
-    async fn list_metric_descriptors(&self, _r: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         Err(unimplemented("ListMetricDescriptors"))
     }
-    async fn list_pod_sandbox_metrics(&self, _r: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 }

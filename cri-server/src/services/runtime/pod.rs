@@ -35,24 +35,19 @@ impl RuntimeSvc {
         match self.ctx.pods.lookup(id) {
             Lookup::Found(p) => Ok(Some(p)),
             Lookup::NotFound => Ok(None),
-            Lookup::Ambiguous => Err(Status::invalid_argument(format!(
-                "pod sandbox ID prefix {id:?} is ambiguous"
-            ))),
+            Lookup::Ambiguous => Err(Status::invalid_argument(format!("pod sandbox ID prefix {id:?} is ambiguous"))),
         }
     }
 
     pub(crate) fn pod_or_not_found(&self, id: &str) -> Result<Arc<Mutex<PodRecord>>, Status> {
-        self.find_pod(id)?
-            .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))
+        self.find_pod(id)?.ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))
     }
 
     pub(super) async fn run_pod_sandbox_impl(
         &self,
         req: RunPodSandboxRequest,
     ) -> Result<RunPodSandboxResponse, Status> {
-        let config = req
-            .config
-            .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+        let config = req.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
         let md = config
             .metadata
             .clone()
@@ -69,15 +64,10 @@ impl RuntimeSvc {
         let name = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
         let id = new_id();
         if let Err(holder) = self.ctx.pods.reserve(&name, &id) {
-            return Err(Status::already_exists(format!(
-                "pod sandbox name {name:?} is reserved by pod {holder}"
-            )));
+            return Err(Status::already_exists(format!("pod sandbox name {name:?} is reserved by pod {holder}")));
         }
         let span = tracing::info_span!("run_pod_sandbox", pod_id = %id, pod = %name);
-        let result = self
-            .create_pod(&id, &name, config, req.runtime_handler)
-            .instrument(span)
-            .await;
+        let result = self.create_pod(&id, &name, config, req.runtime_handler).instrument(span).await;
         if result.is_err() {
             self.ctx.pods.release(&name, &id);
         }
@@ -200,8 +190,7 @@ impl RuntimeSvc {
         let ips: Vec<IpAddr> = record.ips.iter().filter_map(|s| s.parse().ok()).collect();
         let host_net = mode(namespace_options(&record.config).network) == NamespaceMode::Node;
         let copy_from = host_net.then(|| std::path::Path::new("/etc/hosts"));
-        runtime::podfiles::write_hosts(&paths.hosts(), hostname, &ips, copy_from)
-            .status("write the pod's hosts file")
+        runtime::podfiles::write_hosts(&paths.hosts(), hostname, &ips, copy_from).status("write the pod's hosts file")
     }
 
     pub(super) async fn stop_pod_sandbox_impl(
@@ -258,11 +247,7 @@ impl RuntimeSvc {
             if !failures.is_empty() {
                 pod.error = Some(format!("removal incomplete: {}", failures.join("; ")));
                 let _ = self.ctx.pod_store.save(&pod.id, &*pod);
-                return Err(Status::internal(format!(
-                    "cannot remove pod sandbox {}: {}",
-                    pod.id,
-                    failures.join("; ")
-                )));
+                return Err(Status::internal(format!("cannot remove pod sandbox {}: {}", pod.id, failures.join("; "))));
             }
             self.ctx.pod_store.remove(&pod.id).status("delete the pod record")?;
             self.ctx.pods.remove(&pod.id);
@@ -368,9 +353,7 @@ pub(crate) fn pod_status(pod: &PodRecord) -> PodSandboxStatus {
         state: cri_state(pod.state) as i32,
         created_at: pod.created_at,
         network: Some(network.unwrap_or_default()),
-        linux: Some(LinuxPodSandboxStatus {
-            namespaces: Some(Namespace { options: Some(ns) }),
-        }),
+        linux: Some(LinuxPodSandboxStatus { namespaces: Some(Namespace { options: Some(ns) }) }),
         labels: pod.config.labels.clone(),
         annotations: pod.config.annotations.clone(),
         runtime_handler: pod.runtime_handler.clone(),

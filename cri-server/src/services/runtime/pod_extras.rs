@@ -106,9 +106,7 @@ impl RuntimeSvc {
             record.network_set_up = true;
             record.ips = status.ips.iter().map(|ip| ip.to_string()).collect();
             let net = ctx.network.clone();
-            rb.push("network", move || async move {
-                net.teardown(&req).await.map_err(|e| e.to_string())
-            });
+            rb.push("network", move || async move { net.teardown(&req).await.map_err(|e| e.to_string()) });
             let hostname = runtime::podfiles::pod_hostname(&record.config.hostname);
             self.write_pod_hosts(record, &hostname)?;
         }
@@ -127,9 +125,7 @@ pub(crate) async fn teardown_pod_extras(ctx: &Arc<Context>, pod: &mut PodRecord)
         let req = network_request(ctx, pod)?;
         ctx.network.teardown(&req).await.map_err(|e| network_status("tear down the pod network", e))?;
         pod.network_set_up = false;
-        ctx.pod_store
-            .save(&pod.id, &*pod)
-            .map_err(|e| Status::internal(format!("persist the pod: {e}")))?;
+        ctx.pod_store.save(&pod.id, &*pod).map_err(|e| Status::internal(format!("persist the pod: {e}")))?;
     }
     if let Some(pid) = pod.namespaces.infra_pid {
         let start = pod.namespaces.infra_start_time;

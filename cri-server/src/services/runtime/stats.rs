@@ -69,9 +69,8 @@ impl RuntimeSvc {
             (None, None)
         };
         let upper = self.ctx.config.root.join("containers").join(&c.id).join("upper");
-        let usage = tokio::task::spawn_blocking(move || imagesvc::store::usage(&upper).ok())
-            .await
-            .map_err(join_error)?;
+        let usage =
+            tokio::task::spawn_blocking(move || imagesvc::store::usage(&upper).ok()).await.map_err(join_error)?;
         let writable_layer = Some(FilesystemUsage {
             timestamp: now,
             fs_id: Some(FilesystemIdentifier {
@@ -94,7 +93,10 @@ impl RuntimeSvc {
         })
     }
 
-    pub(super) async fn container_stats_impl(&self, req: ContainerStatsRequest) -> Result<ContainerStatsResponse, Status> {
+    pub(super) async fn container_stats_impl(
+        &self,
+        req: ContainerStatsRequest,
+    ) -> Result<ContainerStatsResponse, Status> {
         let entry = self.container_or_not_found(&req.container_id)?;
         let mut c = entry.lock().await;
         refresh(&self.ctx, &mut c).await;
@@ -103,7 +105,12 @@ impl RuntimeSvc {
     }
 
     /// Records of the containers matching a filter (creating ones excluded).
-    async fn containers_matching(&self, id: &str, pod_id: &str, labels: &HashMap<String, String>) -> Vec<ContainerRecord> {
+    async fn containers_matching(
+        &self,
+        id: &str,
+        pod_id: &str,
+        labels: &HashMap<String, String>,
+    ) -> Vec<ContainerRecord> {
         let mut out = Vec::new();
         for (cid, entry) in self.ctx.containers.all() {
             if !id.is_empty() && !cid.starts_with(id) {
@@ -145,11 +152,8 @@ impl RuntimeSvc {
 
     async fn pod_stats_of(&self, pod: &PodRecord) -> Result<PodSandboxStats, Status> {
         let now = now_nanos();
-        let (cpu, memory, pids) = if pod.state == PodState::Ready {
-            self.cgroup_usage(&pod.cgroup_parent, now)
-        } else {
-            (None, None, None)
-        };
+        let (cpu, memory, pids) =
+            if pod.state == PodState::Ready { self.cgroup_usage(&pod.cgroup_parent, now) } else { (None, None, None) };
         let network = match (&pod.namespaces.net, pod.state) {
             (Some(netns), PodState::Ready) => {
                 let netns = netns.clone();
@@ -195,7 +199,10 @@ impl RuntimeSvc {
         })
     }
 
-    pub(super) async fn pod_sandbox_stats_impl(&self, req: PodSandboxStatsRequest) -> Result<PodSandboxStatsResponse, Status> {
+    pub(super) async fn pod_sandbox_stats_impl(
+        &self,
+        req: PodSandboxStatsRequest,
+    ) -> Result<PodSandboxStatsResponse, Status> {
         let pod = self.pod_or_not_found(&req.pod_sandbox_id)?;
         let pod = pod.lock().await.clone();
         Ok(PodSandboxStatsResponse { stats: Some(self.pod_stats_of(&pod).await?) })

@@ -48,10 +48,7 @@ impl RuntimeSvc {
             runtime_handlers: vec![RuntimeHandler {
                 // The default handler has the empty name.
                 name: String::new(),
-                features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
+                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
             }],
             features: Some(RuntimeFeatures { supplemental_groups_policy: false }),
         })

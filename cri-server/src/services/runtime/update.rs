@@ -51,7 +51,8 @@ impl RuntimeSvc {
                     .map_err(join_error)?
                     .status("apply the resources")?;
             }
-            let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode config.json: {e}")))?;
+            let bytes =
+                serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode config.json: {e}")))?;
             runtime::util::write_atomic(&spec_path, &bytes, 0o600)
                 .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
             if let Some(l) = c.config.linux.as_mut() {

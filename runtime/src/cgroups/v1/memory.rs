@@ -23,7 +23,9 @@ pub fn apply(dir: &Path, mem: &LinuxMemory) -> Result<(), CgroupError> {
     let memsw = dir.join(MEMSW_LIMIT);
     // memory.memsw.limit_in_bytes exists only with swap accounting; without it, swap limits
     // cannot be enforced and are ignored (as containerd does).
-    let swap = if memsw.exists() { swap } else {
+    let swap = if memsw.exists() {
+        swap
+    } else {
         if swap.is_some() {
             tracing::debug!(dir = %dir.display(), "swap accounting is off: memory+swap limit ignored");
         }

@@ -179,7 +179,9 @@ struct GetFdAttr {
 
 fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: attr is a properly laid out, zero-padded bpf_attr prefix of the given size.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, std::mem::size_of::<T>() as u32) };
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, std::mem::size_of::<T>() as u32)
+    };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -208,7 +210,11 @@ fn load(prog: &[Insn]) -> Result<OwnedFd, CgroupError> {
         Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
         Err(e) => {
             let msg = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).into_owned();
-            Err(CgroupError::io("load device eBPF program", Path::new("bpf"), std::io::Error::new(e.kind(), format!("{e}: {msg}"))))
+            Err(CgroupError::io(
+                "load device eBPF program",
+                Path::new("bpf"),
+                std::io::Error::new(e.kind(), format!("{e}: {msg}")),
+            ))
         }
     }
 }
@@ -271,7 +277,14 @@ mod tests {
     fn compiles() {
         let rules = vec![
             LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
-            LinuxDeviceCgroupBuilder::default().allow(true).typ(LinuxDeviceType::C).major(1i64).minor(3i64).access("rw").build().unwrap(),
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(1i64)
+                .minor(3i64)
+                .access("rw")
+                .build()
+                .unwrap(),
         ];
         let p = compile(&rules).unwrap();
         // prologue 6, allow rule: type, 3 access, major, minor, mov, exit = 8, deny-all: mov, exit = 2

@@ -165,7 +165,9 @@ pub fn exec_process(
         }
     }
     // Every fd but 0-2 closes on exec (our error pipe reports success that way).
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */) };
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */)
+    };
     Err(security::exec(&exe, args, env))
 }
 

@@ -144,10 +144,7 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
     let mut buf: Vec<u8> = Vec::new();
     let mut killing: Option<std::time::Instant> = None;
     loop {
-        let mut fds = [
-            PollFd::new(sp_r.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(sp_r.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         let timeout = if killing.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
         match poll(&mut fds, timeout) {
             Ok(_) => {}

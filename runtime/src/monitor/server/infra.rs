@@ -36,11 +36,9 @@ pub fn main(pod_dir: &Path) -> i32 {
 }
 
 fn start(pod_dir: &Path, report_fd: i32) -> Result<i32> {
-    for (name, flag) in [
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-    ] {
+    for (name, flag) in
+        [("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS), ("net", CloneFlags::CLONE_NEWNET)]
+    {
         let p = pod_dir.join("ns").join(name);
         if !p.exists() {
             continue;

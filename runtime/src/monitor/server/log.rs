@@ -17,12 +17,7 @@ pub fn format_timestamp(nanos: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let mut s = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    );
+    let mut s = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, (sod % 3600) / 60, sod % 60);
     if frac != 0 {
         let f = format!("{frac:09}");
         s.push('.');
@@ -63,12 +58,8 @@ impl CriLog {
     pub fn reopen(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let Some(p) = &self.path else { return Ok(()) };
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(p)?;
+        let f =
+            std::fs::OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(p)?;
         self.file = Some(f);
         Ok(())
     }
@@ -179,12 +170,7 @@ mod tests {
         let out = split(&[b"a\nb", b"c\r\n\n", b"tail"]);
         assert_eq!(
             out,
-            vec![
-                ('F', b"a".to_vec()),
-                ('F', b"bc".to_vec()),
-                ('F', b"".to_vec()),
-                ('P', b"tail".to_vec())
-            ]
+            vec![('F', b"a".to_vec()), ('F', b"bc".to_vec()), ('F', b"".to_vec()), ('P', b"tail".to_vec())]
         );
     }
 

@@ -97,8 +97,7 @@ fn parse_options(opts: &[String]) -> Opts {
                 o.rro = true;
                 continue;
             }
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
                 o.propagation = match opt.trim_start_matches('r') {
                     "private" => MsFlags::MS_PRIVATE,
                     "shared" => MsFlags::MS_SHARED,
@@ -143,9 +142,7 @@ impl Rootfs {
     }
 
     fn rel(dest: &Path) -> PathBuf {
-        dest.components()
-            .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
-            .collect()
+        dest.components().filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir)).collect()
     }
 
     /// Opens `dest` (a container path) inside the rootfs as an O_PATH fd, creating it
@@ -253,11 +250,9 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
     } else {
         // Nothing we mount may propagate back to the host, but the host's mount events must
         // still reach rslave volumes: "/" becomes rslave (runc's default), not rprivate.
-        do_mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None)
-            .ctx(|| "make / rslave".into())?;
+        do_mount(None, "/", None, MsFlags::MS_REC | MsFlags::MS_SLAVE, None).ctx(|| "make / rslave".into())?;
     }
-    do_mount(Some(&rs), &rs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-        .ctx(|| format!("bind rootfs {rs}"))?;
+    do_mount(Some(&rs), &rs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None).ctx(|| format!("bind rootfs {rs}"))?;
     let rootfd = nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .ctx(|| format!("open rootfs {rs}"))?;
     let fs = Rootfs { path: root.clone(), root: rootfd };
@@ -267,9 +262,8 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&fs, m, cgroups_path, bidirectional).map_err(|e| {
-            super::util::Error(format!("mount {}: {}", m.destination().display(), e.0))
-        })?;
+        mount_one(&fs, m, cgroups_path, bidirectional)
+            .map_err(|e| super::util::Error(format!("mount {}: {}", m.destination().display(), e.0)))?;
     }
     if dev_is_tmpfs {
         create_default_devices(&fs)?;
@@ -341,8 +335,7 @@ fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: 
         Ok(()) => {}
         // sysfs cannot be mounted in a netns we do not own: bind the host's read-only.
         Err(Errno::EPERM) if typ == "sysfs" => {
-            do_mount(Some("/sys"), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-                .ctx(|| "bind /sys".into())?;
+            do_mount(Some("/sys"), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None).ctx(|| "bind /sys".into())?;
             do_mount(None, &t, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | o.flags, None)
                 .ctx(|| "remount /sys".into())?;
         }
@@ -430,14 +423,8 @@ fn mount_cgroup(fs: &Rootfs, dest: &Path, flags: MsFlags, cgroups_path: Option<&
     Ok(())
 }
 
-const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+const DEFAULT_DEVICES: &[(&str, u64, u64)] =
+    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 fn create_default_devices(fs: &Rootfs) -> Result<()> {
     for (name, major, minor) in DEFAULT_DEVICES {
@@ -453,16 +440,7 @@ fn create_device(fs: &Rootfs, d: &LinuxDevice) -> Result<()> {
         LinuxDeviceType::P => libc::S_IFIFO,
         LinuxDeviceType::A => return Ok(()),
     };
-    make_node(
-        fs,
-        d.path(),
-        kind,
-        d.major() as u64,
-        d.minor() as u64,
-        d.file_mode().unwrap_or(0o666),
-        d.uid(),
-        d.gid(),
-    )
+    make_node(fs, d.path(), kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), d.uid(), d.gid())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -519,12 +497,7 @@ fn dev_symlinks(fs: &Rootfs, spec: &Spec) -> Result<()> {
         ("/proc/self/fd/1", "stdout"),
         ("/proc/self/fd/2", "stderr"),
     ];
-    let has_pts = spec
-        .mounts()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|m| m.destination() == Path::new("/dev/pts"));
+    let has_pts = spec.mounts().as_deref().unwrap_or_default().iter().any(|m| m.destination() == Path::new("/dev/pts"));
     if has_pts {
         links.push(("pts/ptmx", "ptmx"));
     }
@@ -580,14 +553,18 @@ pub fn finish(spec: &Spec) -> Result<()> {
         if std::fs::symlink_metadata(p).is_err() {
             continue;
         }
-        do_mount(Some(p.as_str()), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-            .ctx(|| format!("bind {p}"))?;
+        do_mount(Some(p.as_str()), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None).ctx(|| format!("bind {p}"))?;
         do_mount(
             None,
             p,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_REC
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
             None,
         )
         .or_else(|_| do_mount(None, p, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None))

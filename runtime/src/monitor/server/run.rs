@@ -61,10 +61,7 @@ pub fn main(dir: &Path) -> i32 {
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
     diag!("container {} started, pid {}", m.cfg.container_id, m.pid);
-    report(
-        report_fd,
-        &StartReport::Started { pid: m.pid.as_raw(), monitor_pid: std::process::id() as i32 },
-    );
+    report(report_fd, &StartReport::Started { pid: m.pid.as_raw(), monitor_pid: std::process::id() as i32 });
     unsafe { libc::close(report_fd) };
     trim_heap();
     m.run()
@@ -235,7 +232,6 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 impl Monitor {
-
     fn start(cfg: &MonitorConfig, spec: Spec) -> Result<Monitor> {
         let listener = bind_unix(&cfg.socket_path).ctx(|| format!("listen on {}", cfg.socket_path.display()))?;
         listener.set_nonblocking(true).ctx(|| "socket".into())?;
@@ -245,11 +241,8 @@ impl Monitor {
         let sigfd = signalfd(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT])?;
         let log = CriLog::open(cfg.log_path.clone())
             .ctx(|| format!("open log file {}", cfg.log_path.as_deref().unwrap_or(Path::new("")).display()))?;
-        let cgroups_path = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned());
+        let cgroups_path =
+            spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());
         let oom_before = oom_count(cgroups_path.as_deref());
         let plan = container::plan(&spec)?;
         let kill_rest_on_exit = !plan.new_pid;
@@ -261,16 +254,14 @@ impl Monitor {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
         }
         let pid = match unsafe { fork() } {
-            Ok(ForkResult::Child) => {
-                container::child(
-                    &spec,
-                    plan,
-                    cgroups_path.as_deref(),
-                    io.child_fds(),
-                    io.console_socket(),
-                    sync_w.as_raw_fd(),
-                )
-            }
+            Ok(ForkResult::Child) => container::child(
+                &spec,
+                plan,
+                cgroups_path.as_deref(),
+                io.child_fds(),
+                io.console_socket(),
+                sync_w.as_raw_fd(),
+            ),
             Ok(ForkResult::Parent { child }) => child,
             Err(e) => bail!("fork: {e}"),
         };

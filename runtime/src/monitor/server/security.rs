@@ -12,11 +12,46 @@ use oci_spec::runtime::{
 use super::util::{bail, diag, Ctx, Result};
 
 const CAP_NAMES: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
-    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
     "CHECKPOINT_RESTORE",
 ];
 
@@ -28,10 +63,7 @@ pub fn cap_number(c: &oci_spec::runtime::Capability) -> Option<u32> {
 }
 
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
 }
 
 fn mask(set: &Option<oci_spec::runtime::Capabilities>) -> u64 {
@@ -79,10 +111,8 @@ pub fn rlimits(p: &Process) -> Result<()> {
 /// so it is clamped to it (like containerd's restrict_oom_score_adj) and that is logged.
 pub fn oom_score_adj(p: &Process) -> Result<()> {
     let Some(want) = p.oom_score_adj() else { return Ok(()) };
-    let cur: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
+    let cur: i32 =
+        std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let mut v = want.clamp(-1000, 1000);
     if v < cur && !has_cap(24) {
         diag!("oom_score_adj {want} clamped to {cur} (no CAP_SYS_RESOURCE)");
@@ -148,13 +178,8 @@ pub fn bounding(caps: Option<&LinuxCapabilities>) -> Result<()> {
 pub fn switch_user(p: &Process) -> Result<()> {
     let u = p.user();
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
-    let groups: Vec<nix::unistd::Gid> = u
-        .additional_gids()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
+    let groups: Vec<nix::unistd::Gid> =
+        u.additional_gids().as_deref().unwrap_or_default().iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).ctx(|| "setgroups".into())?;
     let gid = nix::unistd::Gid::from_raw(u.gid());
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setgid {}", u.gid()))?;
@@ -289,11 +314,7 @@ pub fn seccomp(s: &LinuxSeccomp) -> Result<()> {
             let Ok(nr) = ScmpSyscall::from_name(name) else {
                 continue; // not on this architecture
             };
-            let r = if conds.is_empty() {
-                ctx.add_rule(act, nr)
-            } else {
-                ctx.add_rule_conditional(act, nr, &conds)
-            };
+            let r = if conds.is_empty() { ctx.add_rule(act, nr) } else { ctx.add_rule_conditional(act, nr, &conds) };
             if let Err(e) = r {
                 diag!("seccomp rule {name}: {e}");
             }
@@ -331,9 +352,7 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
 
 /// The final execve. Only returns on failure.
 pub fn exec(path: &Path, args: &[String], env: &[String]) -> super::util::Error {
-    let to_c = |v: &[String]| -> Vec<CString> {
-        v.iter().filter_map(|s| CString::new(s.as_bytes()).ok()).collect()
-    };
+    let to_c = |v: &[String]| -> Vec<CString> { v.iter().filter_map(|s| CString::new(s.as_bytes()).ok()).collect() };
     let Ok(p) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return super::util::Error(format!("exec: bad path {}", path.display()));
     };

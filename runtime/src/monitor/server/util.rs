@@ -38,12 +38,8 @@ static DIAG_FD: AtomicI32 = AtomicI32::new(-1);
 /// Sends diagnostics to `path` (append). The fd is kept for the whole process life.
 pub fn open_diag(path: &Path) {
     use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+    if let Ok(f) =
+        std::fs::OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(path)
     {
         let fd = OwnedFd::from(f);
         let raw = fd.as_raw_fd();
@@ -58,12 +54,8 @@ pub fn diag_line(msg: &str) {
     if fd < 0 {
         return;
     }
-    let line = format!(
-        "{} skiff-monitor[{}]: {}\n",
-        super::log::format_timestamp(now_nanos()),
-        std::process::id(),
-        msg
-    );
+    let line =
+        format!("{} skiff-monitor[{}]: {}\n", super::log::format_timestamp(now_nanos()), std::process::id(), msg);
     let _ = nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, line.as_bytes());
 }
 
@@ -148,10 +140,7 @@ pub fn read_to_end_raw(fd: RawFd) -> Vec<u8> {
 
 /// Writes a one-line JSON start report to `fd` (the pipe read by the client).
 pub fn report<T: serde::Serialize>(fd: RawFd, msg: &T) {
-    let env = crate::monitor::protocol::Envelope {
-        v: crate::monitor::protocol::PROTOCOL_VERSION,
-        msg,
-    };
+    let env = crate::monitor::protocol::Envelope { v: crate::monitor::protocol::PROTOCOL_VERSION, msg };
     let mut line = serde_json::to_vec(&env).unwrap_or_default();
     line.push(b'\n');
     let _ = write_all_raw(fd, &line);
