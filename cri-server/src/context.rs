@@ -52,7 +52,7 @@ impl Context {
         })
         .await?;
         let network = netplugin::open(&config.network, &config.root)?;
-        let oom_score_adj_min = runtime::spec::current_oom_score_adj();
+        let oom_score_adj_min = crate::spec::current_oom_score_adj();
         if oom_score_adj_min > -1000 {
             tracing::info!(
                 oom_score_adj_min,

@@ -11,4 +11,5 @@ pub mod recovery;
 pub mod rollback;
 pub mod server;
 pub mod services;
+pub mod spec;
 pub mod store;

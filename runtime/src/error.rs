@@ -12,7 +12,6 @@ pub use crate::mounts::MountError;
 pub use crate::namespaces::NamespaceError;
 pub use crate::podfiles::PodFilesError;
 pub use crate::seccomp::SeccompError;
-pub use crate::spec::SpecError;
 pub use crate::user::UserError;
 
 /// How an error should be reported to a CRI client.
@@ -40,8 +39,6 @@ pub enum Error {
     #[error(transparent)]
     User(#[from] UserError),
     #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error(transparent)]
     Caps(#[from] CapsError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -57,7 +54,6 @@ impl Error {
             Error::Namespace(e) => e.kind(),
             Error::PodFiles(e) => e.kind(),
             Error::User(e) => e.kind(),
-            Error::Spec(e) => e.kind(),
             Error::Caps(e) => e.kind(),
             Error::Seccomp(e) => e.kind(),
             Error::Mount(e) => e.kind(),

@@ -1,5 +1,7 @@
-//! Linux containers for skiff: namespaces, cgroups (v1 and v2), rootfs and mounts, OCI spec
-//! generation, seccomp, capabilities, and the per-container monitor binary.
+//! Linux containers for skiff: namespaces, cgroups (v1 and v2), rootfs and mounts, seccomp,
+//! capabilities, and the per-container monitor binary. It knows nothing of the CRI: it takes
+//! plain Rust types and OCI (`oci-spec`) types; skiffd (cri-server) translates CRI requests
+//! into them (its `spec` module builds the OCI spec).
 //!
 //! What skiffd calls (all blocking: use `tokio::task::spawn_blocking`):
 //!
@@ -7,8 +9,8 @@
 //!   [`podfiles`] (`resolv.conf`, `hosts`, `hostname`, shm tmpfs; paths from
 //!   [`podfiles::PodPaths`]), [`cgroups::CgroupManager::create`] for the pod cgroup
 //!   ([`pod::cgroup_parent`] picks it). [`pod::setup_pod`] does all of it with rollback.
-//! * CreateContainer: [`spec::user_request`] + [`user::resolve_in_layers`] (or
-//!   [`user::resolve`] on a mounted rootfs), [`spec::generate`] → `config.json`,
+//! * CreateContainer: [`user::resolve_in_layers`] (or [`user::resolve`] on a mounted rootfs)
+//!   for the user; skiffd writes the OCI spec as `config.json`;
 //!   [`cgroups::CgroupManager::create_with`] with the spec's `linux.resources`.
 //! * StartContainer: the monitor ([`monitor`]) runs the spec; it joins the cgroup with
 //!   [`cgroups::join`] and resolves mount targets with [`mounts::resolve_in_root`].
@@ -16,7 +18,7 @@
 //!   (deletes only what skiff created), [`podfiles::unmount_shm`], [`namespaces::unpin`],
 //!   [`podfiles::remove_pod_files`]; or [`pod::teardown_pod`]. All idempotent.
 //! * Stats / OOM: [`cgroups::CgroupManager::stats`], [`cgroups::CgroupManager::oom_kills`].
-//! * UpdateContainerResources: [`spec::resources_from_cri`] + [`cgroups::CgroupManager::apply`].
+//! * UpdateContainerResources: [`cgroups::CgroupManager::apply`] with OCI `LinuxResources`.
 //!
 //! Errors: every module has a `thiserror` enum with `kind()`; [`Error`] wraps them and
 //! [`ErrorKind`] says which gRPC code fits.
@@ -30,7 +32,6 @@ pub mod namespaces;
 pub mod pod;
 pub mod podfiles;
 pub mod seccomp;
-pub mod spec;
 pub mod user;
 pub mod util;
 

@@ -5,13 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use proto::cri;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{normalize, CgroupError, CgroupManager};
 use crate::namespaces::{self, NsType};
 use crate::podfiles::{self, PodPaths};
-use crate::spec::{PodFilePaths, PodNamespacePaths};
 use crate::Error;
 
 /// What [`setup_pod`] needs.
@@ -20,7 +18,16 @@ pub struct PodSetupRequest<'a> {
     /// STATE (e.g. /run/skiff); the pod lives in `STATE/pods/<pod_id>`.
     pub state_dir: &'a Path,
     pub pod_id: &'a str,
-    pub config: &'a cri::PodSandboxConfig,
+    /// Share the node's network (and UTS) namespace instead of pinning new ones.
+    pub host_network: bool,
+    /// Share the node's IPC namespace (and its /dev/shm).
+    pub host_ipc: bool,
+    /// The hostname asked for (empty: the pod id's prefix; ignored with `host_network`).
+    pub hostname: &'a str,
+    /// The pod's DNS settings; `None` copies `host_resolv_conf`.
+    pub dns: Option<&'a podfiles::DnsSettings>,
+    /// The cgroup parent asked for (cgroupfs form; empty: `<default_cgroup_parent>/<pod_id>`).
+    pub cgroup_parent: &'a str,
     /// The node's resolv.conf, copied when the pod has no DNS config (normally /etc/resolv.conf).
     pub host_resolv_conf: &'a Path,
     /// Size of the pod's /dev/shm tmpfs ([`podfiles::DEFAULT_SHM_SIZE`]).
@@ -31,7 +38,7 @@ pub struct PodSetupRequest<'a> {
 }
 
 /// What a pod holds on the host; store it in the pod record (serde) and hand its parts to
-/// [`crate::spec::SpecInput`] and to netplugin (`namespaces.net`).
+/// skiffd's spec generation and to netplugin (`namespaces.net`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodResources {
     /// `STATE/pods/<pod-id>`
@@ -46,28 +53,28 @@ pub struct PodResources {
     pub hostname: String,
 }
 
-fn mode(m: i32) -> cri::NamespaceMode {
-    cri::NamespaceMode::try_from(m).unwrap_or(cri::NamespaceMode::Pod)
+/// The pod's pinned namespaces to join; `None` = the host's namespace (CRI NODE).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodNamespacePaths {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
 }
 
-/// The pod's namespace options (defaults: everything POD).
-pub fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone())
-        .unwrap_or_default()
+/// The pod's files bind-mounted into each container (`None` leaves that mount out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodFilePaths {
+    pub resolv_conf: Option<PathBuf>,
+    pub hosts: Option<PathBuf>,
+    pub hostname: Option<PathBuf>,
+    /// The pod's shm dir (a tmpfs), or the host's `/dev/shm` for IPC=NODE pods.
+    pub shm: Option<PathBuf>,
 }
 
 /// The pod cgroup in cgroupfs form: the CRI cgroup_parent, or `<default_parent>/<pod-id>` when
 /// empty. systemd slice names are refused (skiff manages cgroupfs paths only).
-pub fn cgroup_parent(
-    config: &cri::PodSandboxConfig,
-    pod_id: &str,
-    default_parent: &str,
-) -> Result<String, CgroupError> {
-    let p = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or("");
+pub fn cgroup_parent(requested: &str, pod_id: &str, default_parent: &str) -> Result<String, CgroupError> {
+    let p = requested;
     if p.is_empty() {
         return Ok(format!("/{}/{pod_id}", normalize(default_parent)?));
     }
@@ -84,11 +91,9 @@ pub fn cgroup_parent(
 /// undone (LIFO) and the error is returned.
 pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<PodResources, Error> {
     let paths = PodPaths::new(req.state_dir, req.pod_id);
-    let nso = namespace_options(req.config);
-    let host_net = mode(nso.network) == cri::NamespaceMode::Node;
-    let host_ipc = mode(nso.ipc) == cri::NamespaceMode::Node;
-    let cg = cgroup_parent(req.config, req.pod_id, req.default_cgroup_parent)?;
-    let hostname = podfiles::pod_hostname(if host_net { "" } else { &req.config.hostname });
+    let (host_net, host_ipc) = (req.host_network, req.host_ipc);
+    let cg = cgroup_parent(req.cgroup_parent, req.pod_id, req.default_cgroup_parent)?;
+    let hostname = podfiles::pod_hostname(if host_net { "" } else { req.hostname });
 
     let mut undo: Vec<Box<dyn FnOnce() + '_>> = Vec::new();
     let res = (|| -> Result<PodResources, Error> {
@@ -118,7 +123,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
             }
         }));
 
-        podfiles::write_resolv_conf(&paths.resolv_conf(), req.config.dns_config.as_ref(), req.host_resolv_conf)?;
+        podfiles::write_resolv_conf(&paths.resolv_conf(), req.dns, req.host_resolv_conf)?;
         podfiles::write_hosts(
             &paths.hosts(),
             &hostname,

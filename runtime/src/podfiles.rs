@@ -104,13 +104,17 @@ pub fn render_resolv_conf(
     Ok(Some(out))
 }
 
-/// Writes the pod's resolv.conf: from the CRI DNS config, or a copy of `host_resolv_conf`
+/// A pod's DNS settings (the CRI `DNSConfig`, in plain types).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// Writes the pod's resolv.conf: from the pod's DNS settings, or a copy of `host_resolv_conf`
 /// (normally `/etc/resolv.conf`; empty content when it does not exist) when the config is empty.
-pub fn write_resolv_conf(
-    path: &Path,
-    dns: Option<&proto::cri::DnsConfig>,
-    host_resolv_conf: &Path,
-) -> Result<(), PodFilesError> {
+pub fn write_resolv_conf(path: &Path, dns: Option<&DnsSettings>, host_resolv_conf: &Path) -> Result<(), PodFilesError> {
     let rendered = match dns {
         Some(d) => render_resolv_conf(&d.servers, &d.searches, &d.options)?,
         None => None,
@@ -256,7 +260,7 @@ mod tests {
         std::fs::write(&host, "nameserver 1.1.1.1\n").unwrap();
         write_resolv_conf(&p.resolv_conf(), None, &host).unwrap();
         assert_eq!(std::fs::read_to_string(p.resolv_conf()).unwrap(), "nameserver 1.1.1.1\n");
-        let dns = proto::cri::DnsConfig { servers: vec!["8.8.8.8".into()], searches: vec![], options: vec![] };
+        let dns = DnsSettings { servers: vec!["8.8.8.8".into()], searches: vec![], options: vec![] };
         write_resolv_conf(&p.resolv_conf(), Some(&dns), &host).unwrap();
         assert_eq!(std::fs::read_to_string(p.resolv_conf()).unwrap(), "nameserver 8.8.8.8\n");
         write_hosts(&p.hosts(), "web", &["10.1.0.5".parse().unwrap()], None).unwrap();

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use proto::cri;
 use runtime::cgroups::CgroupManager;
 use runtime::pod::{self, PodSetupRequest};
+use runtime::podfiles::DnsSettings;
 
 fn uniq() -> String {
     format!(
@@ -19,43 +19,52 @@ fn mounts_under(dir: &Path) -> usize {
     mi.lines().filter(|l| l.split(' ').nth(4).map(|m| m.starts_with(&*dir.to_string_lossy())).unwrap_or(false)).count()
 }
 
-fn config(cgroup_parent: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "p".into(),
-            uid: "u".into(),
-            namespace: "ns".into(),
-            attempt: 0,
-        }),
-        hostname: "pod-host".into(),
-        dns_config: Some(cri::DnsConfig {
-            servers: vec!["10.96.0.10".into()],
-            searches: vec!["svc.cluster.local".into()],
-            options: vec![],
-        }),
-        linux: Some(cri::LinuxPodSandboxConfig { cgroup_parent: cgroup_parent.into(), ..Default::default() }),
-        ..Default::default()
+fn dns() -> DnsSettings {
+    DnsSettings { servers: vec!["10.96.0.10".into()], searches: vec!["svc.cluster.local".into()], options: vec![] }
+}
+
+fn request<'a>(
+    state_dir: &'a Path,
+    pod_id: &'a str,
+    cgroup_parent: &'a str,
+    dns: &'a DnsSettings,
+) -> PodSetupRequest<'a> {
+    PodSetupRequest {
+        state_dir,
+        pod_id,
+        host_network: false,
+        host_ipc: false,
+        hostname: "pod-host",
+        dns: Some(dns),
+        cgroup_parent,
+        host_resolv_conf: Path::new("/etc/resolv.conf"),
+        shm_size: 1 << 20,
+        default_cgroup_parent: "/skiff",
     }
+}
+
+/// Root is a prerequisite: under CI a missing one fails the test, elsewhere it is skipped
+/// visibly.
+fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "this test needs root");
+    eprintln!("SKIPPED: needs root");
+    false
 }
 
 #[test]
 fn setup_and_teardown() {
-    if !nix::unistd::geteuid().is_root() {
+    if !have_root() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let cg = CgroupManager::detect(Some(tmp.path().join("cgroups.json"))).unwrap();
     let id = format!("pod{}", uniq());
     let parent = format!("/skiff-test-{}/burstable/{id}", uniq());
-    let cfg = config(&parent);
-    let req = PodSetupRequest {
-        state_dir: tmp.path(),
-        pod_id: &id,
-        config: &cfg,
-        host_resolv_conf: Path::new("/etc/resolv.conf"),
-        shm_size: 1 << 20,
-        default_cgroup_parent: "/skiff",
-    };
+    let dns = dns();
+    let req = request(tmp.path(), &id, &parent, &dns);
     let r = pod::setup_pod(&cg, &req).unwrap();
     assert_eq!(r.cgroup_parent, parent);
     assert!(cg.exists(&parent).unwrap());
@@ -75,29 +84,14 @@ fn setup_and_teardown() {
 
 #[test]
 fn host_network_and_rollback() {
-    if !nix::unistd::geteuid().is_root() {
+    if !have_root() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let cg = CgroupManager::detect(Some(tmp.path().join("cgroups.json"))).unwrap();
     let id = format!("pod{}", uniq());
-    let mut cfg = config("");
-    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            network: cri::NamespaceMode::Node as i32,
-            ipc: cri::NamespaceMode::Node as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let req = PodSetupRequest {
-        state_dir: tmp.path(),
-        pod_id: &id,
-        config: &cfg,
-        host_resolv_conf: Path::new("/etc/resolv.conf"),
-        shm_size: 1 << 20,
-        default_cgroup_parent: "/skiff",
-    };
+    let dns = dns();
+    let req = PodSetupRequest { host_network: true, host_ipc: true, ..request(tmp.path(), &id, "", &dns) };
     let r = pod::setup_pod(&cg, &req).unwrap();
     assert!(r.namespaces.net.is_none() && r.namespaces.uts.is_none() && r.namespaces.ipc.is_none());
     assert_eq!(r.files.shm.as_deref(), Some(Path::new("/dev/shm")));
@@ -107,9 +101,8 @@ fn host_network_and_rollback() {
     assert!(!cg.exists(&r.cgroup_parent).unwrap());
 
     // a bad DNS server fails after the pins were made: everything is rolled back
-    let mut bad = config("");
-    bad.dns_config.as_mut().unwrap().servers = vec!["not-an-ip".into()];
-    let req = PodSetupRequest { config: &bad, ..req };
+    let bad = DnsSettings { servers: vec!["not-an-ip".into()], ..dns.clone() };
+    let req = PodSetupRequest { host_network: false, host_ipc: false, dns: Some(&bad), ..req };
     let e = pod::setup_pod(&cg, &req).unwrap_err();
     assert_eq!(e.kind(), runtime::ErrorKind::InvalidArgument);
     let dir = tmp.path().join("pods").join(&id);
@@ -117,9 +110,10 @@ fn host_network_and_rollback() {
     assert!(!dir.exists());
     assert!(!cg.exists(&format!("/skiff/{id}")).unwrap());
     // systemd slices are refused
-    let slice = config("kubepods-burstable-pod1.slice");
     assert_eq!(
-        pod::setup_pod(&cg, &PodSetupRequest { config: &slice, ..req }).unwrap_err().kind(),
+        pod::setup_pod(&cg, &PodSetupRequest { cgroup_parent: "kubepods-burstable-pod1.slice", ..req })
+            .unwrap_err()
+            .kind(),
         runtime::ErrorKind::InvalidArgument
     );
 }

@@ -201,7 +201,7 @@ impl RuntimeSvc {
             let cfg2 = config.clone();
             let img2 = image_config.clone();
             let user = tokio::task::spawn_blocking(move || {
-                let req = runtime::spec::user_request(&cfg2, img2.as_ref());
+                let req = crate::spec::user_request(&cfg2, img2.as_ref());
                 runtime::user::resolve_in_layers(&lowerdirs, &req)
             })
             .await
@@ -212,7 +212,7 @@ impl RuntimeSvc {
             let paths = ctx.pod_paths(&pod.id);
             let ns = namespace_options(&pod.config);
             let host_ipc = NamespaceMode::try_from(ns.ipc) == Ok(NamespaceMode::Node);
-            let input = runtime::spec::SpecInput {
+            let input = crate::spec::SpecInput {
                 container_id: id,
                 sandbox_id: &pod.id,
                 config: &config,
@@ -220,13 +220,13 @@ impl RuntimeSvc {
                 image: image_config.as_ref(),
                 image_name: &image_name,
                 rootfs: &cdir.join("rootfs"),
-                pod_files: runtime::spec::PodFilePaths {
+                pod_files: crate::spec::PodFilePaths {
                     resolv_conf: Some(paths.resolv_conf()),
                     hosts: Some(paths.hosts()),
                     hostname: Some(paths.hostname()),
                     shm: Some(if host_ipc { PathBuf::from("/dev/shm") } else { paths.shm() }),
                 },
-                namespaces: runtime::spec::PodNamespacePaths {
+                namespaces: crate::spec::PodNamespacePaths {
                     net: pod.namespaces.net.clone(),
                     ipc: pod.namespaces.ipc.clone(),
                     uts: pod.namespaces.uts.clone(),
@@ -239,7 +239,7 @@ impl RuntimeSvc {
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
             };
             let spec =
-                runtime::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+                crate::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
             let bytes =
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             runtime::util::write_atomic(&cdir.join("config.json"), &bytes, 0o600)
@@ -278,8 +278,8 @@ impl RuntimeSvc {
         &self,
         config: &ContainerConfig,
         pod: &PodRecord,
-    ) -> Result<runtime::spec::PidNamespace, Status> {
-        use runtime::spec::PidNamespace;
+    ) -> Result<crate::spec::PidNamespace, Status> {
+        use crate::spec::PidNamespace;
         let opts = config
             .linux
             .as_ref()

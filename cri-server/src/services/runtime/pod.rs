@@ -23,7 +23,7 @@ use crate::store::{new_id, now_nanos, Lookup, PodNamespaces, PodRecord, PodState
 /// Size of a pod's /dev/shm tmpfs (as Docker and containerd default to).
 const SHM_SIZE: u64 = runtime::podfiles::DEFAULT_SHM_SIZE;
 
-pub(crate) use runtime::pod::namespace_options;
+pub(crate) use crate::spec::namespace_options;
 
 fn mode(m: i32) -> NamespaceMode {
     NamespaceMode::try_from(m).unwrap_or(NamespaceMode::Pod)
@@ -85,8 +85,12 @@ impl RuntimeSvc {
         let host_ipc = mode(namespace_options(&config).ipc) == NamespaceMode::Node;
         // Known before anything is acquired, so that recovery can remove the cgroup of a pod
         // whose creation was interrupted.
-        let cgroup_parent = runtime::pod::cgroup_parent(&config, id, &ctx.config.runtime.default_cgroup_parent)
-            .status("pod cgroup parent")?;
+        let cgroup_parent = runtime::pod::cgroup_parent(
+            config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
+            id,
+            &ctx.config.runtime.default_cgroup_parent,
+        )
+        .status("pod cgroup parent")?;
         let mut record = PodRecord {
             id: id.to_owned(),
             name: name.to_owned(),
@@ -116,16 +120,14 @@ impl RuntimeSvc {
             let resources = {
                 let (ctx, id, config) = (ctx.clone(), id.to_owned(), config.clone());
                 tokio::task::spawn_blocking(move || {
-                    runtime::pod::setup_pod(
+                    crate::spec::setup_pod(
                         &ctx.cgroups,
-                        &runtime::pod::PodSetupRequest {
-                            state_dir: &ctx.config.state,
-                            pod_id: &id,
-                            config: &config,
-                            host_resolv_conf: Path::new("/etc/resolv.conf"),
-                            shm_size: SHM_SIZE,
-                            default_cgroup_parent: &ctx.config.runtime.default_cgroup_parent,
-                        },
+                        &ctx.config.state,
+                        &id,
+                        &config,
+                        Path::new("/etc/resolv.conf"),
+                        SHM_SIZE,
+                        &ctx.config.runtime.default_cgroup_parent,
                     )
                 })
                 .await

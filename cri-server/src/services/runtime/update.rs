@@ -26,8 +26,8 @@ impl RuntimeSvc {
             if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
                 return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
             }
-            let new = runtime::spec::resources_from_cri(&linux)
-                .map_err(|e| from_kind(e.kind(), format!("resources: {e}")))?;
+            let new =
+                crate::spec::resources_from_cri(&linux).map_err(|e| from_kind(e.kind(), format!("resources: {e}")))?;
 
             // The spec keeps its device rules; the limits are replaced.
             let spec_path = self.ctx.container_dir(&c.id).join("config.json");

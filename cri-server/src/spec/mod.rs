@@ -3,8 +3,8 @@
 //!
 //! The lead calls [`generate`] at CreateContainer with a [`SpecInput`] and writes the result as
 //! `STATE/containers/<id>/config.json`; the monitor executes it. [`resources_from_cri`] converts
-//! CRI resources for [`crate::cgroups::CgroupManager::apply`] (CreateContainer and
-//! UpdateContainerResources). [`user_request`] + [`crate::user::resolve`] give the user.
+//! CRI resources for [`runtime::cgroups::CgroupManager::apply`] (CreateContainer and
+//! UpdateContainerResources). [`user_request`] + [`runtime::user::resolve`] give the user.
 
 mod mounts;
 mod process;
@@ -18,8 +18,8 @@ use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, PosixRlimit, RootBuilder, Spec};
 use proto::cri;
 
-use crate::error::ErrorKind;
-use crate::user::{ResolvedUser, UserRequest};
+use runtime::user::{ResolvedUser, UserRequest};
+use runtime::ErrorKind;
 
 pub use mounts::{default_masked_paths, default_readonly_paths};
 pub use process::merge_args;
@@ -37,9 +37,9 @@ pub enum SpecError {
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error(transparent)]
-    Caps(#[from] crate::caps::CapsError),
+    Caps(#[from] runtime::caps::CapsError),
     #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::SeccompError),
+    Seccomp(#[from] runtime::seccomp::SeccompError),
     #[error("building the spec: {0}")]
     Build(String),
 }
@@ -78,22 +78,56 @@ pub enum PidNamespace {
     Target(PathBuf),
 }
 
-/// The pod's pinned namespaces to join; `None` = the host's namespace (CRI NODE).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PodNamespacePaths {
-    pub net: Option<PathBuf>,
-    pub ipc: Option<PathBuf>,
-    pub uts: Option<PathBuf>,
+pub use runtime::pod::{PodFilePaths, PodNamespacePaths};
+
+/// The pod's namespace options (defaults: everything POD).
+pub fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
 }
 
-/// The pod's files bind-mounted into each container (`None` leaves that mount out).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PodFilePaths {
-    pub resolv_conf: Option<PathBuf>,
-    pub hosts: Option<PathBuf>,
-    pub hostname: Option<PathBuf>,
-    /// The pod's shm dir (a tmpfs), or the host's `/dev/shm` for IPC=NODE pods.
-    pub shm: Option<PathBuf>,
+/// The pod's DNS config in the runtime's plain form.
+pub fn dns_settings(config: &cri::PodSandboxConfig) -> Option<runtime::podfiles::DnsSettings> {
+    config.dns_config.as_ref().map(|d| runtime::podfiles::DnsSettings {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    })
+}
+
+/// [`runtime::pod::setup_pod`] for a CRI pod config: its namespace modes, hostname, DNS and
+/// cgroup parent in the runtime's plain terms. Blocking.
+pub fn setup_pod(
+    cgroups: &runtime::cgroups::CgroupManager,
+    state_dir: &Path,
+    pod_id: &str,
+    config: &cri::PodSandboxConfig,
+    host_resolv_conf: &Path,
+    shm_size: u64,
+    default_cgroup_parent: &str,
+) -> Result<runtime::pod::PodResources, runtime::Error> {
+    let node = |m: i32| cri::NamespaceMode::try_from(m) == Ok(cri::NamespaceMode::Node);
+    let nso = namespace_options(config);
+    let dns = dns_settings(config);
+    runtime::pod::setup_pod(
+        cgroups,
+        &runtime::pod::PodSetupRequest {
+            state_dir,
+            pod_id,
+            host_network: node(nso.network),
+            host_ipc: node(nso.ipc),
+            hostname: &config.hostname,
+            dns: dns.as_ref(),
+            cgroup_parent: config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
+            host_resolv_conf,
+            shm_size,
+            default_cgroup_parent,
+        },
+    )
 }
 
 /// Everything [`generate`] needs.
@@ -114,7 +148,7 @@ pub struct SpecInput<'a> {
     pub pid: PidNamespace,
     /// `linux.cgroupsPath`, cgroupfs form (`<pod cgroup>/<ctr-id>`).
     pub cgroups_path: &'a str,
-    /// The resolved user (see [`user_request`] and [`crate::user::resolve`]).
+    /// The resolved user (see [`user_request`] and [`runtime::user::resolve`]).
     pub user: &'a ResolvedUser,
     /// The lowest oom_score_adj skiff may set (skiffd's own, see [`current_oom_score_adj`]).
     pub oom_score_adj_min: i32,
@@ -124,7 +158,7 @@ pub struct SpecInput<'a> {
     pub cgroup_v2: bool,
 }
 
-/// The user request from the CRI config and image config, for [`crate::user::resolve`].
+/// The user request from the CRI config and image config, for [`runtime::user::resolve`].
 pub fn user_request<'a>(config: &'a cri::ContainerConfig, image: Option<&'a ImageConfig>) -> UserRequest<'a> {
     let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
     UserRequest {
@@ -151,9 +185,9 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     }
     let host_uts = input.namespaces.uts.is_none();
     let hostname = if host_uts {
-        crate::podfiles::pod_hostname("")
+        runtime::podfiles::pod_hostname("")
     } else {
-        crate::podfiles::pod_hostname(&input.sandbox.hostname)
+        runtime::podfiles::pod_hostname(&input.sandbox.hostname)
     };
 
     let mut spec = Spec::default();

@@ -8,7 +8,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use proto::cri;
 
 use super::*;
-use crate::user::ResolvedUser;
+use runtime::user::ResolvedUser;
 
 fn root_user() -> ResolvedUser {
     ResolvedUser { uid: 0, gid: 0, additional_gids: vec![0], username: Some("root".into()), home: "/root".into() }
@@ -150,8 +150,8 @@ fn basic_container() {
     assert_eq!(p.no_new_privileges(), None);
     let caps = p.capabilities().as_ref().unwrap();
     assert_eq!(
-        crate::caps::names(caps.bounding().as_ref().unwrap()),
-        crate::caps::names(&crate::caps::compute(false, &[], &[]).unwrap())
+        runtime::caps::names(caps.bounding().as_ref().unwrap()),
+        runtime::caps::names(&runtime::caps::compute(false, &[], &[]).unwrap())
     );
     assert!(caps.inheritable().is_none() && caps.ambient().is_none(), "no inheritable/ambient caps unless asked");
     let rules = serde_json::to_value(s.linux().as_ref().unwrap().resources().as_ref().unwrap().devices()).unwrap();
@@ -241,7 +241,7 @@ fn privileged_container() {
     assert!(rules.len() == 1 && rules[0].allow());
     assert!(l.devices().as_ref().unwrap().iter().any(|d| d.path() == Path::new("/dev/null")));
     let caps = s.process().as_ref().unwrap().capabilities().as_ref().unwrap();
-    assert_eq!(caps.bounding().as_ref().unwrap(), &crate::caps::current_caps());
+    assert_eq!(caps.bounding().as_ref().unwrap(), &runtime::caps::current_caps());
     let sys = s.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/sys")).unwrap();
     assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
 }
@@ -347,11 +347,11 @@ fn security_context() {
     });
     let s = gen(&f, &c, &sandbox(false), PidNamespace::Container, pod_ns()).unwrap();
     let p = s.process().as_ref().unwrap();
-    let caps = crate::caps::names(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap());
+    let caps = runtime::caps::names(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap());
     assert!(!caps.contains(&"CAP_CHOWN".to_string()) && !caps.contains(&"CAP_NET_RAW".to_string()));
     assert!(
         caps.contains(&"CAP_SYS_ADMIN".to_string())
-            || !crate::caps::current_caps().contains(&oci_spec::runtime::Capability::SysAdmin)
+            || !runtime::caps::current_caps().contains(&oci_spec::runtime::Capability::SysAdmin)
     );
     assert_eq!(p.no_new_privileges(), Some(true));
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));

@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cri_server::spec::{self, PidNamespace, SpecInput};
 use proto::cri;
 use runtime::cgroups::CgroupManager;
 use runtime::monitor::{self, Client, MonitorConfig, MonitorError};
-use runtime::pod::{self, PodSetupRequest};
-use runtime::spec::{self, PidNamespace, SpecInput};
 
-const BIN: &str = env!("CARGO_BIN_EXE_skiff-monitor");
+fn monitor_bin() -> std::path::PathBuf {
+    skiff_tests::bin_dir().join("skiff-monitor")
+}
 
 fn uniq() -> String {
     format!(
@@ -58,7 +59,7 @@ impl Drop for Cleanup<'_> {
             let _ = self.cg.kill_all(c);
             self.cg.remove(c).unwrap();
         }
-        pod::teardown_pod(self.cg, &self.state, &self.pod_id, &self.pod_cgroup).unwrap();
+        runtime::pod::teardown_pod(self.cg, &self.state, &self.pod_id, &self.pod_cgroup).unwrap();
     }
 }
 
@@ -90,18 +91,8 @@ fn generated_spec_runs_under_the_monitor() {
         linux: Some(cri::LinuxPodSandboxConfig { cgroup_parent: pod_cgroup.clone(), ..Default::default() }),
         ..Default::default()
     };
-    let res = pod::setup_pod(
-        &cg,
-        &PodSetupRequest {
-            state_dir: &state,
-            pod_id: &pod_id,
-            config: &sandbox,
-            host_resolv_conf: Path::new("/etc/resolv.conf"),
-            shm_size: 8 << 20,
-            default_cgroup_parent: "/skiff",
-        },
-    )
-    .unwrap();
+    let res =
+        spec::setup_pod(&cg, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
     let mut guard = Cleanup {
         cg: &cg,
         state: state.clone(),
@@ -171,7 +162,7 @@ fn generated_spec_runs_under_the_monitor() {
     mcfg.write(&dir).unwrap();
     guard.socket = Some(mcfg.socket_path.clone());
 
-    let started = monitor::spawn(Path::new(BIN), &dir).unwrap();
+    let started = monitor::spawn(&monitor_bin(), &dir).unwrap();
     let rec = match Client::connect(&mcfg.socket_path).and_then(|mut c| c.wait_exit(Some(Duration::from_secs(20)))) {
         Ok(r) => r,
         Err(MonitorError::MonitorGone) => monitor::read_exit_record(&mcfg.exit_record_path).unwrap(),
@@ -250,18 +241,8 @@ fn privileged_host_namespaces_under_the_monitor() {
         }),
         ..Default::default()
     };
-    let res = pod::setup_pod(
-        &cg,
-        &PodSetupRequest {
-            state_dir: &state,
-            pod_id: &pod_id,
-            config: &sandbox,
-            host_resolv_conf: Path::new("/etc/resolv.conf"),
-            shm_size: 8 << 20,
-            default_cgroup_parent: "/skiff",
-        },
-    )
-    .unwrap();
+    let res =
+        spec::setup_pod(&cg, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
     let mut guard = Cleanup {
         cg: &cg,
         state: state.clone(),
@@ -315,7 +296,7 @@ fn privileged_host_namespaces_under_the_monitor() {
     let mcfg = MonitorConfig::new(&dir, &ctr_id, Some(log.clone()));
     mcfg.write(&dir).unwrap();
     guard.socket = Some(mcfg.socket_path.clone());
-    monitor::spawn(Path::new(BIN), &dir).unwrap();
+    monitor::spawn(&monitor_bin(), &dir).unwrap();
     let rec = match Client::connect(&mcfg.socket_path).and_then(|mut c| c.wait_exit(Some(Duration::from_secs(20)))) {
         Ok(r) => r,
         Err(MonitorError::MonitorGone) => monitor::read_exit_record(&mcfg.exit_record_path).unwrap(),

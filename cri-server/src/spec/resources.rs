@@ -6,7 +6,7 @@ use proto::cri;
 use super::SpecError;
 
 /// Converts CRI `LinuxContainerResources` (zero = unset) into OCI resources for the spec and for
-/// [`crate::cgroups::CgroupManager::apply`]. `oom_score_adj` is not a cgroup setting (see
+/// [`runtime::cgroups::CgroupManager::apply`]. `oom_score_adj` is not a cgroup setting (see
 /// [`clamp_oom_score_adj`]).
 pub fn resources_from_cri(r: &cri::LinuxContainerResources) -> Result<LinuxResources, SpecError> {
     let mut out = LinuxResources::default();
@@ -72,7 +72,7 @@ pub fn resources_from_cri(r: &cri::LinuxContainerResources) -> Result<LinuxResou
     if !r.hugepage_limits.is_empty() {
         let mut v = Vec::new();
         for h in &r.hugepage_limits {
-            crate::cgroups::v2::hugetlb::check_page_size(&h.page_size)
+            runtime::cgroups::v2::hugetlb::check_page_size(&h.page_size)
                 .map_err(|e| SpecError::invalid("hugepage limit", e.to_string()))?;
             let limit =
                 i64::try_from(h.limit).map_err(|_| SpecError::invalid("hugepage limit", h.limit.to_string()))?;

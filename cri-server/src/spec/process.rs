@@ -5,7 +5,7 @@ use oci_spec::runtime::{LinuxCapabilitiesBuilder, Process, UserBuilder};
 use proto::cri;
 
 use super::{clamp_oom_score_adj, SpecError, SpecInput};
-use crate::caps;
+use runtime::caps;
 
 /// Default PATH when the image sets none (as containerd/docker).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

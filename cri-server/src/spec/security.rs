@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 use proto::cri;
 
 use super::SpecError;
-use crate::seccomp;
+use runtime::seccomp;
 
 fn rule(
     allow: bool,
