@@ -50,8 +50,7 @@ impl Drop for Ingest {
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir).map_err(|e| ImageError::io("open directory", dir, e))?;
-    f.sync_all().map_err(|e| ImageError::io("fsync directory", dir, e))
+    fsutil::fsync_dir(dir).map_err(|e| ImageError::io("fsync directory", dir, e))
 }
 
 impl ContentStore {

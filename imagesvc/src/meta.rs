@@ -6,7 +6,6 @@
 //! rename, fsync dir) gives crash safety with no extra dependency or on-disk format to migrate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -77,20 +76,9 @@ struct MetaFile {
     images: Vec<ImageRecord>,
 }
 
-/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
+/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir (mode 0644).
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| ImageError::Metadata(format!("{} has no parent", path.display())))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ImageError::io("create temp file", &tmp, e))?;
-    f.write_all(data).map_err(|e| ImageError::io("write temp file", &tmp, e))?;
-    f.sync_all().map_err(|e| ImageError::io("fsync temp file", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| ImageError::io("rename into place", path, e))?;
-    crate::content::fsync_dir(dir)
+    fsutil::write_atomic(path, data, 0o644).map_err(|e| ImageError::io("write atomically", path, e))
 }
 
 /// The metadata file `ROOT/metadata/images.json`.

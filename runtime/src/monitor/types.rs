@@ -1,6 +1,5 @@
 //! Types shared by skiffd (client side) and the monitor binary.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -192,21 +191,7 @@ pub enum MonitorError {
     Io(#[from] std::io::Error),
 }
 
-/// Writes `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
+/// Writes `path` atomically (temp file, fsync, rename, fsync dir), mode 0644.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    fsutil::write_atomic(path, data, 0o644)
 }
