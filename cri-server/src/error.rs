@@ -1,22 +1,38 @@
 //! The gRPC edge: library errors become `tonic::Status` here and only here.
 
-use runtime::ErrorKind;
-use tonic::Status;
+use common::{ErrorKind, Kinded};
+use tonic::{Code, Status};
 
 /// The answer of an RPC skiff does not implement (yet): UNIMPLEMENTED naming the RPC.
 pub fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by skiff"))
 }
 
-/// A runtime-crate error kind and message as a gRPC status.
-pub fn from_kind(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
-    let message = message.to_string();
+/// The gRPC code of an error kind: the one place where library errors meet gRPC codes.
+pub fn code(kind: ErrorKind) -> Code {
     match kind {
-        ErrorKind::InvalidArgument => Status::invalid_argument(message),
-        ErrorKind::NotFound => Status::not_found(message),
-        ErrorKind::FailedPrecondition => Status::failed_precondition(message),
-        ErrorKind::Internal => Status::internal(message),
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::OutOfRange => Code::OutOfRange,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Internal => Code::Internal,
     }
+}
+
+/// An error kind and message as a gRPC status.
+pub fn from_kind(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
+    Status::new(code(kind), message.to_string())
+}
+
+/// A library error as a gRPC status, its message prefixed with what was being done.
+pub fn status_of(doing: &str, e: &(impl Kinded + std::fmt::Display)) -> Status {
+    from_kind(e.kind(), format!("{doing}: {e}"))
 }
 
 /// Maps library errors that tell their kind.
@@ -25,25 +41,9 @@ pub trait StatusExt<T> {
     fn status(self, doing: &str) -> Result<T, Status>;
 }
 
-macro_rules! kinded {
-    ($($t:ty),*) => {$(
-        impl<T> StatusExt<T> for Result<T, $t> {
-            fn status(self, doing: &str) -> Result<T, Status> {
-                self.map_err(|e| from_kind(e.kind(), format!("{doing}: {e}")))
-            }
-        }
-    )*};
-}
-kinded!(
-    runtime::Error,
-    runtime::cgroups::CgroupError,
-    runtime::namespaces::NamespaceError,
-    runtime::podfiles::PodFilesError
-);
-
-impl<T> StatusExt<T> for Result<T, crate::store::StoreError> {
+impl<T, E: Kinded + std::fmt::Display> StatusExt<T> for Result<T, E> {
     fn status(self, doing: &str) -> Result<T, Status> {
-        self.map_err(|e| Status::internal(format!("{doing}: {e}")))
+        self.map_err(|e| status_of(doing, &e))
     }
 }
 

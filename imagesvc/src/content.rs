@@ -50,7 +50,7 @@ impl Drop for Ingest {
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    fsutil::fsync_dir(dir).map_err(|e| ImageError::io("fsync directory", dir, e))
+    common::fs::fsync_dir(dir).map_err(|e| ImageError::io("fsync directory", dir, e))
 }
 
 impl ContentStore {

@@ -7,24 +7,8 @@
 use std::io;
 use std::path::PathBuf;
 
-/// What kind of failure an [`ImageError`] is, for mapping to a gRPC code at the edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The caller gave something malformed (reference, container id).
-    InvalidArgument,
-    /// The image, manifest or blob does not exist (locally or in the registry).
-    NotFound,
-    /// The registry refused our credentials.
-    Unauthenticated,
-    /// The request cannot be served in the current state (e.g. schema 1, no matching platform).
-    FailedPrecondition,
-    /// The registry or network could not be reached or stalled.
-    Unavailable,
-    /// Content did not match what was promised (digest, size, malformed manifest, hostile layer).
-    DataLoss,
-    /// A local failure (disk, metadata).
-    Internal,
-}
+/// What kind of failure an [`ImageError`] is (the workspace's one convention).
+pub use common::ErrorKind;
 
 /// Errors of the image service.
 #[derive(Debug, thiserror::Error)]
@@ -94,3 +78,5 @@ impl ImageError {
 
 /// Result alias of the image service.
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+common::impl_kinded!(ImageError);

@@ -78,7 +78,7 @@ struct MetaFile {
 
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir (mode 0644).
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
-    fsutil::write_atomic(path, data, 0o644).map_err(|e| ImageError::io("write atomically", path, e))
+    common::fs::write_atomic(path, data, 0o644).map_err(|e| ImageError::io("write atomically", path, e))
 }
 
 /// The metadata file `ROOT/metadata/images.json`.

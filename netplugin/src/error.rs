@@ -64,6 +64,18 @@ impl NetworkError {
         NetworkError::Netlink { op: op.into(), message: err.to_string(), errno }
     }
 
+    /// How the CRI edge should report this error. The node's network being unusable
+    /// (NetworkReady false with its reason) is FailedPrecondition: not the request's fault.
+    pub fn kind(&self) -> common::ErrorKind {
+        use common::ErrorKind;
+        match self {
+            NetworkError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            NetworkError::NotReady(_) | NetworkError::Config(_) => ErrorKind::FailedPrecondition,
+            NetworkError::AddressesExhausted(_) => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::Internal,
+        }
+    }
+
     /// The errno of a failed netlink request, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -73,3 +85,5 @@ impl NetworkError {
         }
     }
 }
+
+common::impl_kinded!(NetworkError);

@@ -7,10 +7,10 @@ use crate::error::{NetworkError, Result};
 /// Write `data` to `path` atomically (mode 0600): readers see the old or the new content,
 /// never a mix, and the new content survives a crash once this returns.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    fsutil::write_atomic(path, data, 0o600).map_err(|e| NetworkError::io("write atomically", path, e))
+    common::fs::write_atomic(path, data, 0o600).map_err(|e| NetworkError::io("write atomically", path, e))
 }
 
 /// Remove a file and fsync its directory; a missing file is fine.
 pub(crate) fn remove_durable(path: &Path) -> Result<()> {
-    fsutil::remove_durable(path).map_err(|e| NetworkError::io("remove", path, e))
+    common::fs::remove_durable(path).map_err(|e| NetworkError::io("remove", path, e))
 }

@@ -1,7 +1,8 @@
 //! Errors of the runtime crate.
 //!
 //! Every module has its own `thiserror` enum with a `kind()`; [`Error`] wraps them all, and
-//! [`ErrorKind`] tells the gRPC edge (cri-server) which status code fits: `InvalidArgument` for
+//! [`ErrorKind`] (the workspace's one convention, from `common`) tells the gRPC edge
+//! (cri-server) which status code fits: `InvalidArgument` for
 //! bad CRI input (an unknown user name, a missing mount source, a malformed resource value),
 //! `NotFound`, `FailedPrecondition`, or `Internal` for everything the caller could not have
 //! avoided.
@@ -14,18 +15,7 @@ pub use crate::podfiles::PodFilesError;
 pub use crate::seccomp::SeccompError;
 pub use crate::user::UserError;
 
-/// How an error should be reported to a CRI client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The request is malformed or refers to things that cannot exist (gRPC InvalidArgument).
-    InvalidArgument,
-    /// Something the request names does not exist (gRPC NotFound).
-    NotFound,
-    /// The system is not in a state where the request can be served (gRPC FailedPrecondition).
-    FailedPrecondition,
-    /// Anything else (gRPC Internal).
-    Internal,
-}
+pub use common::ErrorKind;
 
 /// Any error of the runtime crate.
 #[derive(Debug, thiserror::Error)]
@@ -60,3 +50,5 @@ impl Error {
         }
     }
 }
+
+common::impl_kinded!(Error, CapsError, CgroupError, MountError, NamespaceError, PodFilesError, SeccompError, UserError);

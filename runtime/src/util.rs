@@ -1,3 +1,3 @@
-//! Shared helpers: atomic file writes (the workspace's one implementation, in `fsutil`).
+//! Shared helpers: atomic file writes (the workspace's one implementation, in `common::fs`).
 
-pub use fsutil::{fsync_dir, remove_durable, write_atomic};
+pub use common::fs::{fsync_dir, remove_durable, write_atomic};

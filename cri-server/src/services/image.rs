@@ -22,16 +22,7 @@ impl ImageSvc {
 
 /// An image-service error as a gRPC status, prefixed with what was being done.
 pub fn image_status(doing: &str, e: ImageError) -> Status {
-    let msg = format!("{doing}: {e}");
-    match e.kind() {
-        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
-        ErrorKind::NotFound => Status::not_found(msg),
-        ErrorKind::Unauthenticated => Status::unauthenticated(msg),
-        ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
-        ErrorKind::Unavailable => Status::unavailable(msg),
-        ErrorKind::DataLoss => Status::data_loss(msg),
-        ErrorKind::Internal => Status::internal(msg),
-    }
+    crate::error::status_of(doing, &e)
 }
 
 fn to_cri(r: &ImageRecord) -> Image {

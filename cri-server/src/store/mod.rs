@@ -27,6 +27,16 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
 }
 
+impl common::Kinded for StoreError {
+    /// The disk failing is Internal; a record that cannot be read is lost data.
+    fn kind(&self) -> common::ErrorKind {
+        match self {
+            StoreError::Io { .. } => common::ErrorKind::Internal,
+            StoreError::Corrupt { .. } => common::ErrorKind::DataLoss,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Envelope<T> {
     version: u32,

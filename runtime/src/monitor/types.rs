@@ -193,5 +193,5 @@ pub enum MonitorError {
 
 /// Writes `path` atomically (temp file, fsync, rename, fsync dir), mode 0644.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    fsutil::write_atomic(path, data, 0o644)
+    common::fs::write_atomic(path, data, 0o644)
 }

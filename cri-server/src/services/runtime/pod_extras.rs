@@ -17,14 +17,7 @@ use crate::store::PodRecord;
 
 /// A netplugin error as a gRPC status.
 pub(crate) fn network_status(doing: &str, e: NetworkError) -> Status {
-    let msg = format!("{doing}: {e}");
-    match e {
-        NetworkError::InvalidArgument(_) => Status::invalid_argument(msg),
-        // The node's network is not usable (NetworkReady is false with the reason): no bad request.
-        NetworkError::NotReady(_) | NetworkError::Config(_) => Status::failed_precondition(msg),
-        NetworkError::AddressesExhausted(_) => Status::resource_exhausted(msg),
-        _ => Status::internal(msg),
-    }
+    crate::error::status_of(doing, &e)
 }
 
 /// Whether the pod shares the node's network namespace.

@@ -7,9 +7,6 @@
 //! [`remove_durable`] removes a file and fsyncs its directory. Errors are plain
 //! `std::io::Error`s; each crate wraps them in its own error type with the path and operation.
 
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
-
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
