@@ -36,6 +36,27 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// A failed file-system operation: what was being done, on which path, and the OS error. The
+/// one `Io` variant payload of the runtime's error enums (`#[error(transparent)] Io(IoError)`).
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}", path = .path.display())]
+pub struct IoError {
+    /// The operation (`"create"`, `"lstat"`, ...).
+    pub op: &'static str,
+    /// The path it was done on.
+    pub path: std::path::PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// See the type doc.
+    pub fn new(op: &'static str, path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        IoError { op, path: path.into(), source }
+    }
+}
+
 /// An error that knows its [`ErrorKind`].
 pub trait Kinded {
     /// How the CRI edge should report this error.

@@ -14,20 +14,15 @@ const MAX_SYMLINKS: usize = 255;
 pub enum MountError {
     #[error("resolving {path} in {root}: too many levels of symbolic links")]
     SymlinkLoop { root: PathBuf, path: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] common::IoError),
 }
 
 impl MountError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             MountError::SymlinkLoop { .. } => ErrorKind::InvalidArgument,
-            MountError::Io { .. } => ErrorKind::Internal,
+            MountError::Io(_) => ErrorKind::Internal,
         }
     }
 }
@@ -59,11 +54,7 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, MountError> 
                 if links > MAX_SYMLINKS {
                     return Err(MountError::SymlinkLoop { root: root.to_path_buf(), path: path.to_path_buf() });
                 }
-                let target = std::fs::read_link(&full).map_err(|e| MountError::Io {
-                    op: "readlink",
-                    path: full.clone(),
-                    source: e,
-                })?;
+                let target = std::fs::read_link(&full).map_err(|e| common::IoError::new("readlink", &full, e))?;
                 if target.is_absolute() {
                     current = PathBuf::new();
                 }
@@ -74,7 +65,7 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, MountError> 
             Ok(_) => current = next,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => current = next,
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => current = next,
-            Err(e) => return Err(MountError::Io { op: "lstat", path: full, source: e }),
+            Err(e) => return Err(common::IoError::new("lstat", full, e).into()),
         }
     }
     Ok(root.join(current))

@@ -59,13 +59,8 @@ pub enum NamespaceError {
     InvalidHostname(String),
     #[error("namespace pin {0} already exists")]
     AlreadyPinned(PathBuf),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] common::IoError),
     #[error("{op}: {errno}")]
     Sys { op: &'static str, errno: Errno },
     #[error("namespace thread panicked")]
@@ -74,7 +69,7 @@ pub enum NamespaceError {
 
 impl NamespaceError {
     fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        NamespaceError::Io { op, path: path.into(), source }
+        NamespaceError::Io(common::IoError::new(op, path, source))
     }
 
     fn sys(op: &'static str, errno: Errno) -> Self {

@@ -97,11 +97,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
 
     let mut undo: Vec<Box<dyn FnOnce() + '_>> = Vec::new();
     let res = (|| -> Result<PodResources, Error> {
-        std::fs::create_dir_all(&paths.dir).map_err(|e| crate::podfiles::PodFilesError::Io {
-            op: "create",
-            path: paths.dir.clone(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(&paths.dir).map_err(|e| podfiles::PodFilesError::io("create", &paths.dir, e))?;
         let dir = paths.dir.clone();
         undo.push(Box::new(move || {
             let _ = std::fs::remove_dir(&dir);

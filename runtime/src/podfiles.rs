@@ -19,20 +19,15 @@ pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 pub enum PodFilesError {
     #[error("invalid DNS config: {0}")]
     InvalidDns(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] common::IoError),
     #[error("{op} {path}: {errno}")]
     Sys { op: &'static str, path: PathBuf, errno: Errno },
 }
 
 impl PodFilesError {
-    fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        PodFilesError::Io { op, path: path.to_path_buf(), source }
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        PodFilesError::Io(common::IoError::new(op, path, source))
     }
 
     pub fn kind(&self) -> ErrorKind {
