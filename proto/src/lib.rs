@@ -1,10 +1,18 @@
-//! The CRI v1 API for the rest of skiff.
+//! The CRI v1 API for the rest of skiff: the types and tonic services generated from the
+//! vendored `api.proto` of `k8s.io/cri-api` v0.36 (Kubernetes 1.36; `proto/runtime/v1/VERSION`
+//! records its origin and checksum). These are the only CRI types in the tree.
 //!
-//! Re-exports the generated types and tonic services of the `k8s-cri` crate so that the other
-//! crates depend on one path (`proto::cri`) and the choice of binding crate stays in one place.
+//! Every message derives serde `Serialize`/`Deserialize` with `#[serde(default)]`, so records
+//! that hold CRI configs stay readable when a newer proto adds fields.
 
 /// CRI v1 messages, `runtime_service_server`, `image_service_server` and the clients.
-pub use k8s_cri::v1 as cri;
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
 
 /// The CRI API version skiff serves, as reported by `Version`.
 pub const CRI_API_VERSION: &str = "v1";
+
+/// The `k8s.io/cri-api` release whose `api.proto` is vendored.
+pub const CRI_API_RELEASE: &str = "v0.36.0";

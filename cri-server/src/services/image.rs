@@ -56,6 +56,18 @@ fn usage(u: &imagesvc::FsUsage, timestamp: i64) -> FilesystemUsage {
 
 #[tonic::async_trait]
 impl ImageService for ImageSvc {
+    type StreamImagesStream = crate::services::runtime::ListStream<StreamImagesResponse>;
+
+    /// ListImages in messages of at most 100 images (CRI 1.36).
+    async fn stream_images(
+        &self,
+        r: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let filter = r.into_inner().filter;
+        let list = self.list_images(Request::new(ListImagesRequest { filter })).await?.into_inner();
+        Ok(Response::new(crate::services::runtime::chunked(list.images, |images| StreamImagesResponse { images })))
+    }
+
     async fn list_images(&self, r: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
         let filter = r.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.trim().is_empty());
         let images = match filter {

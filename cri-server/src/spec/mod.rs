@@ -10,6 +10,7 @@ mod mounts;
 mod process;
 mod resources;
 mod security;
+pub mod signal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

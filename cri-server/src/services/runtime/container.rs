@@ -50,20 +50,6 @@ fn monitor_status(e: MonitorError, doing: &str) -> Status {
     }
 }
 
-/// Parses an image's StopSignal ("SIGQUIT", "QUIT", "3"); SIGTERM when empty or unknown.
-pub(crate) fn parse_signal(s: &str) -> i32 {
-    let s = s.trim();
-    if s.is_empty() {
-        return Signal::SIGTERM as i32;
-    }
-    if let Ok(n) = s.parse::<i32>() {
-        return n;
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    name.parse::<Signal>().map(|s| s as i32).unwrap_or(Signal::SIGTERM as i32)
-}
-
 impl RuntimeSvc {
     pub(crate) fn find_container(&self, id: &str) -> Result<Option<Arc<Mutex<ContainerRecord>>>, Status> {
         match self.ctx.containers.lookup(id) {
@@ -100,6 +86,12 @@ impl RuntimeSvc {
         let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image.is_empty() {
             return Err(Status::invalid_argument("CreateContainer: config.image is required"));
+        }
+        if !crate::spec::signal::valid_cri(config.stop_signal) {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: config.stop_signal {} is not a signal this node knows",
+                config.stop_signal
+            )));
         }
         let pod = self.pod_or_not_found(&req.pod_sandbox_id)?;
         let pod = pod.lock().await.clone();
@@ -161,7 +153,8 @@ impl RuntimeSvc {
             monitor_pid: None,
             cgroup_path: format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/')),
             log_path,
-            stop_signal: parse_signal(
+            stop_signal: crate::spec::signal::stop_signal(
+                config.stop_signal,
                 image_config.as_ref().and_then(|c| c.stop_signal().clone()).as_deref().unwrap_or(""),
             ),
             error: None,
@@ -578,6 +571,7 @@ pub(crate) fn container_status(c: &ContainerRecord) -> proto::cri::ContainerStat
             .and_then(|l| l.resources.clone())
             .map(|r| ContainerResources { linux: Some(r), windows: None }),
         image_id: c.image_id.clone(),
+        stop_signal: crate::spec::signal::to_cri(c.stop_signal),
         user: None,
     }
 }

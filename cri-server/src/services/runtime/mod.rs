@@ -6,8 +6,10 @@ pub(crate) mod events;
 mod exec;
 mod pod;
 pub(crate) mod pod_extras;
+mod pod_resize;
 mod stats;
 mod status;
+mod streams;
 mod update;
 
 use std::pin::Pin;
@@ -21,6 +23,7 @@ use crate::context::Context;
 use crate::error::unimplemented;
 
 pub use status::RUNTIME_NAME;
+pub(crate) use streams::{chunked, ListStream};
 
 /// Starts the daemon's background work (noticing container exits).
 pub fn start_background(ctx: Arc<Context>) {
@@ -191,6 +194,49 @@ impl RuntimeService for RuntimeSvc {
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         self.list_pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        self.update_pod_sandbox_resources_impl(r.into_inner()).await.map(Response::new)
+    }
+
+    type StreamPodSandboxesStream = streams::ListStream<StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        self.stream_pod_sandboxes_impl(r.into_inner()).await.map(Response::new)
+    }
+    type StreamContainersStream = streams::ListStream<StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        self.stream_containers_impl(r.into_inner()).await.map(Response::new)
+    }
+    type StreamContainerStatsStream = streams::ListStream<StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        r: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        self.stream_container_stats_impl(r.into_inner()).await.map(Response::new)
+    }
+    type StreamPodSandboxStatsStream = streams::ListStream<StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        self.stream_pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
+    }
+    type StreamPodSandboxMetricsStream = streams::ListStream<StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(unimplemented("StreamPodSandboxMetrics"))
+    }
+
     async fn checkpoint_container(
         &self,
         _r: Request<CheckpointContainerRequest>,

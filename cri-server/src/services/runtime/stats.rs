@@ -47,6 +47,7 @@ impl RuntimeSvc {
             timestamp: now,
             usage_core_nano_seconds: v(Some(usage)),
             usage_nano_cores: v(self.cpu_samples.rate(cgroup, now, usage)),
+            psi: None,
         });
         let memory = Some(MemoryUsage {
             timestamp: now,
@@ -56,6 +57,7 @@ impl RuntimeSvc {
             rss_bytes: v(st.memory_rss_bytes),
             page_faults: v(st.page_faults),
             major_page_faults: v(st.major_page_faults),
+            psi: None,
         });
         (cpu, memory, st.pids_current)
     }
@@ -90,6 +92,7 @@ impl RuntimeSvc {
             memory,
             writable_layer,
             swap: None,
+            io: None,
         })
     }
 
@@ -194,6 +197,7 @@ impl RuntimeSvc {
                 network,
                 process: Some(ProcessUsage { timestamp: now, process_count: v(pids) }),
                 containers,
+                io: None,
             }),
             windows: None,
         })

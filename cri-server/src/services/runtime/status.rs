@@ -50,7 +50,7 @@ impl RuntimeSvc {
                 name: String::new(),
                 features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
             }],
-            features: Some(RuntimeFeatures { supplemental_groups_policy: false }),
+            features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
         })
     }
 
