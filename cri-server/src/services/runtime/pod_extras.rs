@@ -119,13 +119,13 @@ impl RuntimeSvc {
     }
 }
 
-/// See [`RuntimeSvc::teardown_pod_extras`]; also used by recovery.
+/// See [`RuntimeSvc::teardown_pod_extras`]; also used by recovery. Changes `pod` (no longer
+/// `network_set_up`); the caller persists it.
 pub(crate) async fn teardown_pod_extras(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result<(), Status> {
     if pod.network_set_up {
         let req = network_request(ctx, pod)?;
         ctx.network.teardown(&req).await.map_err(|e| network_status("tear down the pod network", e))?;
         pod.network_set_up = false;
-        ctx.pod_store.save(&pod.id, &*pod).map_err(|e| Status::internal(format!("persist the pod: {e}")))?;
     }
     if let Some(pid) = pod.namespaces.infra_pid {
         let start = pod.namespaces.infra_start_time;

@@ -6,13 +6,14 @@ use proto::cri::*;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::parse_signal;
+use super::{detached, parse_signal};
 use crate::error::{from_kind, join_error, StatusExt};
 use crate::rollback::Rollback;
 use crate::services::image::image_status;
 use crate::services::runtime::pod::namespace_options;
 use crate::services::runtime::RuntimeSvc;
-use crate::store::{new_id, now_nanos, ContainerRecord, ContainerState, PodRecord, PodState};
+use crate::store::reserve::NameGuard;
+use crate::store::{now_nanos, ContainerRecord, ContainerState, Mode, PodRecord, PodState, Transition};
 
 impl RuntimeSvc {
     pub(in crate::services::runtime) async fn create_container_impl(
@@ -39,23 +40,39 @@ impl RuntimeSvc {
         if image.is_empty() {
             return Err(Status::invalid_argument("CreateContainer: config.image is required"));
         }
-        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?;
-        let pod = pod.lock().await.clone();
-        if pod.state != PodState::Ready {
-            return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
-        }
+        let pod_entry = self.pod_or_not_found(&req.pod_sandbox_id)?;
+        let pod = pod_entry.get();
         let pmd = pod.config.metadata.clone().unwrap_or_default();
         let name = format!("{}_{}_{}_{}_{}", md.name, pmd.name, pmd.namespace, pmd.uid, md.attempt);
-        let id = new_id();
-        if let Err(holder) = self.ctx.containers.reserve(&name, &id) {
-            return Err(Status::already_exists(format!("container name {name:?} is reserved by container {holder}")));
-        }
-        let span = tracing::info_span!("create_container", container_id = %id, pod_id = %pod.id, container = %md.name);
-        let result = self.create_container(&id, &name, config, &pod, image).instrument(span).await;
-        if result.is_err() {
-            self.ctx.containers.release(&name, &id);
-        }
-        result.map(|()| CreateContainerResponse { container_id: id })
+        // Each attempt runs in a task of its own; a retry with the same metadata joins it or
+        // gets its result (see store::reserve).
+        let attempt = |id: String, guard: NameGuard| {
+            let (svc, pod_entry, config, image, name) =
+                (self.handle(), pod_entry.clone(), config.clone(), image.clone(), name.clone());
+            let container = md.name.clone();
+            detached(async move {
+                let span = tracing::info_span!("create_container", container_id = %id, pod_id = %pod_entry.get().id, %container);
+                async {
+                    let _p = pod_entry
+                        .begin(Transition::InUse, Mode::Shared)
+                        .await
+                        .map_err(|_| Status::not_found("pod sandbox removed meanwhile"))?;
+                    let pod = pod_entry.get();
+                    if pod.state != PodState::Ready {
+                        return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
+                    }
+                    svc.create_container(&id, &name, config, &pod, image).await?;
+                    guard.commit();
+                    Ok(())
+                }
+                .instrument(span)
+                .await
+            })
+        };
+        let taken =
+            |holder: &str| Status::already_exists(format!("container name {name:?} is reserved by container {holder}"));
+        let id = self.ctx.containers.names.create_once(&name, attempt, taken).await?;
+        Ok(CreateContainerResponse { container_id: id })
     }
 
     async fn create_container(
@@ -107,7 +124,7 @@ impl RuntimeSvc {
 
         let mut rb = Rollback::new();
         let result = async {
-            ctx.container_store.save(id, &record).status("persist the container")?;
+            ctx.container_store.save_async(id, &record).await.status("persist the container")?;
             {
                 let (ctx, id) = (ctx.clone(), id.to_owned());
                 rb.push_blocking("container record", move || {
@@ -132,7 +149,7 @@ impl RuntimeSvc {
                     _ => Ok(()),
                 });
             }
-            crate::failpoint::check("container:after_rootfs")?;
+            crate::failpoint::hit("container:after_rootfs").await?;
 
             // The user, looked up in the image's own /etc/passwd and /etc/group.
             let lowerdirs = layout.lowerdirs.clone();
@@ -180,12 +197,15 @@ impl RuntimeSvc {
                 runtime::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
             let bytes =
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
-            runtime::util::write_atomic(&cdir.join("config.json"), &bytes, 0o600)
+            let spec_path = cdir.join("config.json");
+            tokio::task::spawn_blocking(move || runtime::util::write_atomic(&spec_path, &bytes, 0o600))
+                .await
+                .map_err(join_error)?
                 .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
-            crate::failpoint::check("container:after_spec")?;
+            crate::failpoint::hit("container:after_spec").await?;
 
             record.state = ContainerState::Created;
-            ctx.container_store.save(id, &record).status("persist the container")?;
+            ctx.container_store.save_async(id, &record).await.status("persist the container")?;
             Ok::<(), Status>(())
         }
         .await;
@@ -204,7 +224,7 @@ impl RuntimeSvc {
                 }
                 record.state = ContainerState::Unknown;
                 record.error = Some(format!("rollback incomplete: {}", failed.join("; ")));
-                let _ = ctx.container_store.save(id, &record);
+                let _ = ctx.container_store.save_async(id, &record).await;
                 ctx.containers.insert(id, record);
                 Err(Status::internal(format!("{}; and the rollback failed: {}", status.message(), failed.join("; "))))
             }
@@ -234,8 +254,7 @@ impl RuntimeSvc {
                 }
             },
             NamespaceMode::Target => {
-                let target = self.container_or_not_found(&opts.target_id)?;
-                let target = target.lock().await;
+                let target = self.container_or_not_found(&opts.target_id)?.get();
                 match (target.state, target.pid) {
                     (ContainerState::Running, Some(pid)) => {
                         Ok(PidNamespace::Target(PathBuf::from(format!("/proc/{pid}/ns/pid"))))

@@ -1,7 +1,13 @@
 //! Exits: bringing a RUNNING record up to date with its monitor's exit record, the
 //! termination message, releasing the rootfs mount and cgroup after the exit, and the
 //! one-second sweep doing it for containers nobody asks about.
+//!
+//! Noticing an exit never waits for an operation on the container: the files are read on the
+//! blocking pool, the record changes under its short lock (only the first to notice does), and
+//! the release of the mount and cgroup runs in a task that takes the container's transition
+//! like any other long operation.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,40 +15,110 @@ use std::time::Duration;
 use proto::cri::*;
 use runtime::monitor;
 
+use super::ContainerEntry;
 use crate::context::Context;
-use crate::store::{now_nanos, ContainerRecord, ContainerState};
+use crate::store::{now_nanos, ContainerRecord, ContainerState, Mode, Transition};
 
 /// The kubelet's annotations for the termination message.
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 const TERMINATION_MESSAGE_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
 /// Longest termination message kept (the kubelet's limit is 4096 bytes).
 const MAX_TERMINATION_MESSAGE: usize = 4096;
+/// From the log (`FallbackToLogsOnError`): its last lines and bytes, as the kubelet takes them.
+const MAX_LOG_MESSAGE_LINES: usize = 80;
+const MAX_LOG_MESSAGE_BYTES: usize = 2048;
+/// How much of the log's end is read to find those lines (CRI log lines carry a prefix).
+const LOG_TAIL_READ: u64 = 64 * 1024;
 
-/// Brings a RUNNING record up to date with its monitor: the exit record when the process has
-/// exited (then the rootfs is unmounted and the cgroup removed), or EXITED with reason Unknown
-/// when the monitor died without writing one.
-pub(crate) async fn refresh(ctx: &Arc<Context>, c: &mut ContainerRecord) {
+/// How a container ended, as read from its files.
+struct Exit {
+    exit_code: i32,
+    finished_at: i64,
+    reason: String,
+    message: String,
+}
+
+/// Brings a RUNNING container up to date with its monitor and returns a copy of its record:
+/// the exit record when the process has exited, or EXITED with reason Unknown when the monitor
+/// died without writing one. When this call is the one noticing the exit, a background task
+/// unmounts the rootfs, removes the cgroup and persists the record.
+pub(crate) async fn refresh(ctx: &Arc<Context>, entry: &ContainerEntry) -> ContainerRecord {
+    let (c, noticed) = notice_exit(ctx, entry).await;
+    if noticed {
+        let (ctx, entry) = (ctx.clone(), entry.clone());
+        tokio::spawn(async move { cleanup_after_exit(&ctx, &entry).await });
+    }
+    c
+}
+
+/// The in-memory half of [`refresh`]: returns the record and whether this call recorded the
+/// exit (then the caller runs [`cleanup_after_exit`]).
+pub(crate) async fn notice_exit(ctx: &Arc<Context>, entry: &ContainerEntry) -> (ContainerRecord, bool) {
+    let c = entry.get();
     if c.state != ContainerState::Running {
+        return (c, false);
+    }
+    let (ctx2, c2) = (ctx.clone(), c.clone());
+    let exit = match tokio::task::spawn_blocking(move || read_exit(&ctx2, &c2)).await {
+        Ok(Some(exit)) => exit,
+        _ => return (c, false),
+    };
+    let noticed = entry.update(|r| {
+        // Only the first to notice, and only for the life that was read.
+        if r.state != ContainerState::Running || r.monitor_pid != c.monitor_pid || r.started_at != c.started_at {
+            return false;
+        }
+        r.exit_code = exit.exit_code;
+        r.finished_at = exit.finished_at;
+        r.reason = exit.reason;
+        r.message = exit.message;
+        r.state = ContainerState::Exited;
+        r.pid = None;
+        r.monitor_pid = None;
+        true
+    });
+    let c = entry.get();
+    if noticed {
+        tracing::info!(container_id = %c.id, exit_code = c.exit_code, reason = %c.reason, "container exited");
+        ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
+    }
+    (c, noticed)
+}
+
+/// After a noticed exit: unmounts the rootfs, removes the cgroup and persists the record,
+/// holding the container's transition (so never during its removal; nothing once removed).
+pub(crate) async fn cleanup_after_exit(ctx: &Arc<Context>, entry: &ContainerEntry) {
+    let Ok(_t) = entry.begin(Transition::CleaningUp, Mode::Exclusive).await else { return };
+    let c = entry.get();
+    if c.state != ContainerState::Exited {
         return;
     }
+    if let Some(e) = release_runtime_resources(ctx, &c).await {
+        entry.update(|r| r.error = Some(e));
+    }
+    if let Err(e) = ctx.container_store.save_entry(&c.id, entry).await {
+        tracing::warn!(container_id = %c.id, error = %e, "cannot persist the container's exit");
+    }
+}
+
+/// How the container ended, or `None` while its monitor runs (blocking: file and /proc reads).
+fn read_exit(ctx: &Context, c: &ContainerRecord) -> Option<Exit> {
     let cdir = ctx.container_dir(&c.id);
-    let exit = monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE));
-    let exit = match exit {
+    let exit = match monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE)) {
         Some(e) => Some(e),
         None => {
-            let alive = c.monitor_pid.map(process_alive).unwrap_or(false);
-            if alive {
-                return;
+            if c.monitor_pid.map(process_alive).unwrap_or(false) {
+                return None;
             }
             // The monitor may have written the record between the two checks.
             monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE))
         }
     };
-    match exit {
-        Some(e) => {
-            c.exit_code = e.exit_code;
-            c.finished_at = e.finished_at;
-            c.reason = if e.oom_killed {
+    let mut exit = match exit {
+        Some(e) => Exit {
+            exit_code: e.exit_code,
+            finished_at: e.finished_at,
+            reason: if e.oom_killed {
                 "OOMKilled".into()
             } else if let Some(r) = e.reason.clone().filter(|r| !r.is_empty()) {
                 r
@@ -50,28 +126,20 @@ pub(crate) async fn refresh(ctx: &Arc<Context>, c: &mut ContainerRecord) {
                 "Completed".into()
             } else {
                 "Error".into()
-            };
-            c.message = e.message.clone().unwrap_or_default();
-        }
-        None => {
-            c.exit_code = 255;
-            c.finished_at = now_nanos();
-            c.reason = "Unknown".into();
-            c.message = "the container's monitor exited without recording the container's exit".into();
-        }
+            },
+            message: e.message.clone().unwrap_or_default(),
+        },
+        None => Exit {
+            exit_code: 255,
+            finished_at: now_nanos(),
+            reason: "Unknown".into(),
+            message: "the container's monitor exited without recording the container's exit".into(),
+        },
+    };
+    if exit.message.is_empty() {
+        exit.message = termination_message(ctx, c, exit.exit_code);
     }
-    if c.message.is_empty() {
-        c.message = termination_message(ctx, c);
-    }
-    c.state = ContainerState::Exited;
-    c.pid = None;
-    c.monitor_pid = None;
-    release_runtime_resources(ctx, c).await;
-    if let Err(e) = ctx.container_store.save(&c.id, &*c) {
-        tracing::warn!(container_id = %c.id, error = %e, "cannot persist the container's exit");
-    }
-    tracing::info!(container_id = %c.id, exit_code = c.exit_code, reason = %c.reason, "container exited");
-    ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
+    Some(exit)
 }
 
 /// Whether a process exists (not a zombie of ours: monitors are not our children).
@@ -87,34 +155,58 @@ pub(crate) fn process_alive(pid: i32) -> bool {
 }
 
 /// The termination message the kubelet asks for through its annotations: the file at
-/// `terminationMessagePath` inside the container's own layer, or with the
-/// `FallbackToLogsOnError` policy and a failed exit, the tail of the log.
-fn termination_message(ctx: &Arc<Context>, c: &ContainerRecord) -> String {
+/// `terminationMessagePath` inside the container's own layer (its first 4 KiB), or with the
+/// `FallbackToLogsOnError` policy and a failed exit, the tail of the log (its last 80 lines,
+/// at most 2 KiB; only the end of the file is read).
+fn termination_message(ctx: &Context, c: &ContainerRecord, exit_code: i32) -> String {
     let annotations = &c.config.annotations;
     let mut message = String::new();
     if let Some(path) = annotations.get(TERMINATION_MESSAGE_PATH).filter(|p| !p.is_empty()) {
         let upper = ctx.config.root.join("containers").join(&c.id).join("upper");
         if let Ok(p) = runtime::mounts::resolve_in_root(&upper, Path::new(path)) {
-            if let Ok(bytes) = std::fs::read(&p) {
-                message = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TERMINATION_MESSAGE)]).into_owned();
+            if let Ok(f) = std::fs::File::open(&p) {
+                let mut bytes = Vec::new();
+                if f.take(MAX_TERMINATION_MESSAGE as u64).read_to_end(&mut bytes).is_ok() {
+                    message = String::from_utf8_lossy(&bytes).into_owned();
+                }
             }
         }
     }
     let fallback = annotations.get(TERMINATION_MESSAGE_POLICY).map(String::as_str) == Some("FallbackToLogsOnError");
-    if message.is_empty() && fallback && c.exit_code != 0 && !c.log_path.is_empty() {
-        if let Ok(log) = std::fs::read_to_string(&c.log_path) {
-            let lines: Vec<&str> = log.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            let start = tail.len().saturating_sub(2048);
-            let start = (start..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
-            message = tail[start..].to_owned();
+    if message.is_empty() && fallback && exit_code != 0 && !c.log_path.is_empty() {
+        if let Some(tail) = read_tail(Path::new(&c.log_path), LOG_TAIL_READ) {
+            message = log_message(&tail);
         }
     }
     message
 }
 
-/// After the exit: unmount the rootfs and remove the container cgroup. Failures are recorded.
-pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &mut ContainerRecord) {
+/// The last `max` bytes of a file, from the first whole line in them.
+fn read_tail(path: &Path, max: u64) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    if start > 0 {
+        let first = bytes.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(bytes.len());
+        bytes.drain(..first);
+    }
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The message part of the last CRI log lines (`<time> <stream> <tag> <message>`).
+fn log_message(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect();
+    let tail = lines[lines.len().saturating_sub(MAX_LOG_MESSAGE_LINES)..].join("\n");
+    let start = tail.len().saturating_sub(MAX_LOG_MESSAGE_BYTES);
+    let start = (start..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
+    tail[start..].to_owned()
+}
+
+/// After the exit: unmounts the rootfs and removes the container cgroup; returns what failed.
+pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &ContainerRecord) -> Option<String> {
     let ctx2 = ctx.clone();
     let (id, cg) = (c.id.clone(), c.cgroup_path.clone());
     let res = tokio::task::spawn_blocking(move || {
@@ -133,9 +225,9 @@ pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &mut Contai
     })
     .await;
     match res {
-        Ok(failed) if failed.is_empty() => {}
-        Ok(failed) => c.error = Some(failed.join("; ")),
-        Err(e) => c.error = Some(e.to_string()),
+        Ok(failed) if failed.is_empty() => None,
+        Ok(failed) => Some(failed.join("; ")),
+        Err(e) => Some(e.to_string()),
     }
 }
 
@@ -148,10 +240,36 @@ pub(crate) fn spawn_exit_sweeper(ctx: Arc<Context>) {
         loop {
             tick.tick().await;
             for (_, entry) in ctx.containers.all() {
-                if let Ok(mut c) = entry.try_lock() {
-                    refresh(&ctx, &mut c).await;
-                }
+                refresh(&ctx, &entry).await;
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_message_takes_the_last_lines_and_bytes() {
+        let log: String = (0..200).map(|i| format!("2026-01-01T00:00:00Z stderr F line {i}\n")).collect();
+        let m = log_message(&log);
+        assert!(m.ends_with("line 199"));
+        assert!(m.lines().count() <= MAX_LOG_MESSAGE_LINES);
+        assert!(m.len() <= MAX_LOG_MESSAGE_BYTES);
+        assert!(!m.contains("line 119\n"));
+    }
+
+    #[test]
+    fn read_tail_starts_at_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let text: String = (0..1000).map(|i| format!("2026 stdout F n{i}\n")).collect();
+        std::fs::write(&p, &text).unwrap();
+        let tail = read_tail(&p, 100).unwrap();
+        assert!(tail.len() <= 100);
+        assert!(tail.starts_with("2026 stdout F n"));
+        assert!(tail.ends_with("n999\n"));
+        assert_eq!(read_tail(&p, 1 << 20).unwrap(), text);
+    }
 }

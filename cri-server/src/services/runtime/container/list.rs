@@ -21,14 +21,14 @@ impl RuntimeSvc {
             if !filter.id.is_empty() && !id.starts_with(&filter.id) {
                 continue;
             }
-            let mut c = entry.lock().await;
+            let c = entry.get();
             if c.state == ContainerState::Creating {
                 continue;
             }
             if !filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id) {
                 continue;
             }
-            refresh(&self.ctx, &mut c).await;
+            let c = refresh(&self.ctx, &entry).await;
             let state = container_state(c.state);
             if let Some(s) = &filter.state {
                 if s.state != state as i32 {

@@ -5,7 +5,7 @@ use runtime::monitor;
 use tonic::Status;
 
 use super::exit::refresh;
-use super::monitor_status;
+use super::{container_or_not_found, detached, monitor_status};
 use crate::error::join_error;
 use crate::services::runtime::RuntimeSvc;
 use crate::store::ContainerState;
@@ -15,17 +15,20 @@ impl RuntimeSvc {
         &self,
         req: ReopenContainerLogRequest,
     ) -> Result<ReopenContainerLogResponse, Status> {
-        let entry = self.container_or_not_found(&req.container_id)?;
-        let mut c = entry.lock().await;
-        refresh(&self.ctx, &mut c).await;
-        if c.state != ContainerState::Running {
-            return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
-        }
-        let socket = self.ctx.container_dir(&c.id).join(monitor::SOCKET_FILE);
-        tokio::task::spawn_blocking(move || monitor::Client::connect(&socket)?.reopen_log())
-            .await
-            .map_err(join_error)?
-            .map_err(|e| monitor_status(e, "reopen the log"))?;
-        Ok(ReopenContainerLogResponse {})
+        let ctx = self.ctx.clone();
+        detached(async move {
+            let entry = container_or_not_found(&ctx, &req.container_id)?;
+            let c = refresh(&ctx, &entry).await;
+            if c.state != ContainerState::Running {
+                return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
+            }
+            let socket = ctx.container_dir(&c.id).join(monitor::SOCKET_FILE);
+            tokio::task::spawn_blocking(move || monitor::Client::connect(&socket)?.reopen_log())
+                .await
+                .map_err(join_error)?
+                .map_err(|e| monitor_status(e, "reopen the log"))?;
+            Ok(ReopenContainerLogResponse {})
+        })
+        .await
     }
 }

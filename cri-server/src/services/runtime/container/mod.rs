@@ -6,6 +6,14 @@
 //! the exit record the monitor writes (`STATE/containers/<id>/exit.json`), on every read of the
 //! container and from a background sweep that also releases the rootfs mount and cgroup of
 //! exited containers (`exit`).
+//!
+//! Every mutating RPC runs its body in a task of its own ([`detached`]): tonic drops the
+//! handler's future when the client's deadline passes, the task goes on to the end. A
+//! container's record sits in a [`crate::store::Entry`]: reads take copies and never wait;
+//! Start, Stop, Remove, UpdateContainerResources and the release after an exit hold a
+//! transition on it instead of a lock, and wait for each other's (Stop shares its transition
+//! with other Stops). Lock order: the pod's transition (CreateContainer, StartContainer), then
+//! the container's.
 
 mod create;
 mod exit;
@@ -16,17 +24,36 @@ mod start;
 mod status;
 mod stop;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use runtime::monitor::MonitorError;
-use tokio::sync::Mutex;
 use tonic::Status;
 
 use super::RuntimeSvc;
-use crate::store::{ContainerRecord, ContainerState, Lookup};
+use crate::context::Context;
+use crate::error::join_error;
+use crate::store::{ContainerRecord, ContainerState, Entry, Lookup, PodRecord};
 
-pub(crate) use exit::{process_alive, refresh, release_runtime_resources, spawn_exit_sweeper};
+pub(crate) use exit::{
+    cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
+};
+
+/// A container's entry in the table.
+pub(crate) type ContainerEntry = Arc<Entry<ContainerRecord>>;
+/// A pod's entry in the table.
+pub(crate) type PodEntry = Arc<Entry<PodRecord>>;
+
+/// Runs a mutating RPC's body in a task of its own, so that it completes (and its rollback or
+/// its record is never cut half way) even when the caller goes away; the handler only awaits it.
+pub(crate) async fn detached<R, Fut>(body: Fut) -> Result<R, Status>
+where
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::spawn(body).await.map_err(join_error)?
+}
 pub(crate) use status::container_status;
 
 fn container_state(s: ContainerState) -> proto::cri::ContainerState {
@@ -60,16 +87,52 @@ pub(crate) fn parse_signal(s: &str) -> i32 {
     name.parse::<Signal>().map(|s| s as i32).unwrap_or(Signal::SIGTERM as i32)
 }
 
+/// Finds a container by ID or unique ID prefix.
+pub(crate) fn find_container(ctx: &Context, id: &str) -> Result<Option<ContainerEntry>, Status> {
+    match ctx.containers.lookup(id) {
+        Lookup::Found(c) => Ok(Some(c)),
+        Lookup::NotFound => Ok(None),
+        Lookup::Ambiguous => Err(Status::invalid_argument(format!("container ID prefix {id:?} is ambiguous"))),
+    }
+}
+
+pub(crate) fn container_or_not_found(ctx: &Context, id: &str) -> Result<ContainerEntry, Status> {
+    find_container(ctx, id)?.ok_or_else(|| container_not_found(id))
+}
+
+pub(crate) fn container_not_found(id: &str) -> Status {
+    Status::not_found(format!("container {id:?} not found"))
+}
+
+/// Finds a pod by ID or unique ID prefix.
+pub(crate) fn find_pod(ctx: &Context, id: &str) -> Result<Option<PodEntry>, Status> {
+    match ctx.pods.lookup(id) {
+        Lookup::Found(p) => Ok(Some(p)),
+        Lookup::NotFound => Ok(None),
+        Lookup::Ambiguous => Err(Status::invalid_argument(format!("pod sandbox ID prefix {id:?} is ambiguous"))),
+    }
+}
+
+pub(crate) fn pod_or_not_found(ctx: &Context, id: &str) -> Result<PodEntry, Status> {
+    find_pod(ctx, id)?.ok_or_else(|| pod_not_found(id))
+}
+
+pub(crate) fn pod_not_found(id: &str) -> Status {
+    Status::not_found(format!("pod sandbox {id:?} not found"))
+}
+
 impl RuntimeSvc {
-    pub(crate) fn find_container(&self, id: &str) -> Result<Option<Arc<Mutex<ContainerRecord>>>, Status> {
-        match self.ctx.containers.lookup(id) {
-            Lookup::Found(c) => Ok(Some(c)),
-            Lookup::NotFound => Ok(None),
-            Lookup::Ambiguous => Err(Status::invalid_argument(format!("container ID prefix {id:?} is ambiguous"))),
-        }
+    #[allow(dead_code)] // the RPC modules outside this one look containers up through these
+    pub(crate) fn find_container(&self, id: &str) -> Result<Option<ContainerEntry>, Status> {
+        find_container(&self.ctx, id)
     }
 
-    pub(crate) fn container_or_not_found(&self, id: &str) -> Result<Arc<Mutex<ContainerRecord>>, Status> {
-        self.find_container(id)?.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))
+    pub(crate) fn container_or_not_found(&self, id: &str) -> Result<ContainerEntry, Status> {
+        container_or_not_found(&self.ctx, id)
+    }
+
+    /// A service on the same daemon state, for a task of its own (see [`detached`]).
+    pub(crate) fn handle(&self) -> RuntimeSvc {
+        RuntimeSvc::new(self.ctx.clone())
     }
 }

@@ -14,13 +14,15 @@ impl RuntimeSvc {
         req: ContainerStatusRequest,
     ) -> Result<ContainerStatusResponse, Status> {
         let entry = self.container_or_not_found(&req.container_id)?;
-        let mut c = entry.lock().await;
-        refresh(&self.ctx, &mut c).await;
+        let c = refresh(&self.ctx, &entry).await;
         let status = container_status(&c);
         let mut info = std::collections::HashMap::new();
         if req.verbose {
-            let spec: Option<serde_json::Value> = std::fs::read(self.ctx.container_dir(&c.id).join("config.json"))
+            let spec_path = self.ctx.container_dir(&c.id).join("config.json");
+            let spec: Option<serde_json::Value> = tokio::task::spawn_blocking(move || std::fs::read(spec_path))
+                .await
                 .ok()
+                .and_then(Result::ok)
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let v = serde_json::json!({
                 "pid": c.pid.unwrap_or(0),

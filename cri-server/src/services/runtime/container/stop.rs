@@ -6,16 +6,15 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use proto::cri::*;
 use runtime::monitor::{self, MonitorError};
-use tokio::sync::Mutex;
 use tonic::Status;
 use tracing::Instrument;
 
 use super::exit::refresh;
-use super::monitor_status;
+use super::{detached, find_container, monitor_status, ContainerEntry};
 use crate::context::Context;
 use crate::error::join_error;
 use crate::services::runtime::RuntimeSvc;
-use crate::store::{ContainerRecord, ContainerState};
+use crate::store::{ContainerState, Mode, Transition};
 
 /// How long to wait for the exit after SIGKILL before killing the whole cgroup.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -25,20 +24,24 @@ impl RuntimeSvc {
         &self,
         req: StopContainerRequest,
     ) -> Result<StopContainerResponse, Status> {
-        // Idempotent: stopping a container that does not exist (any more) is not an error.
-        let Some(entry) = self.find_container(&req.container_id)? else {
-            return Ok(StopContainerResponse {});
-        };
-        let id = entry.lock().await.id.clone();
-        let span = tracing::info_span!("stop_container", container_id = %id);
-        stop_container(&self.ctx, &entry, Duration::from_secs(req.timeout.max(0) as u64)).instrument(span).await?;
-        Ok(StopContainerResponse {})
+        let ctx = self.ctx.clone();
+        detached(async move {
+            // Idempotent: stopping a container that does not exist (any more) is not an error.
+            let Some(entry) = find_container(&ctx, &req.container_id)? else {
+                return Ok(StopContainerResponse {});
+            };
+            let span = tracing::info_span!("stop_container", container_id = %entry.get().id);
+            let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+            stop_container(&ctx, &entry, timeout).instrument(span).await?;
+            Ok(StopContainerResponse {})
+        })
+        .await
     }
 
     /// Stops every container of a pod at once (no grace period), as StopPodSandbox does.
     pub(in crate::services::runtime) async fn stop_pod_containers(&self, pod_id: &str) -> Result<(), Status> {
         for (_, c) in self.ctx.containers.all() {
-            if c.lock().await.pod_id == pod_id {
+            if c.get().pod_id == pod_id {
                 stop_container(&self.ctx, &c, Duration::ZERO).await?;
             }
         }
@@ -47,15 +50,23 @@ impl RuntimeSvc {
 }
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout` (at once for 0), then the
-/// whole cgroup if even that does not end it. Idempotent.
+/// whole cgroup if even that does not end it. Idempotent. Holds the container's (shared)
+/// Stopping transition: waits for a start, removal or update under way, runs along other stops.
 pub(crate) async fn stop_container(
     ctx: &Arc<Context>,
-    entry: &Arc<Mutex<ContainerRecord>>,
+    entry: &ContainerEntry,
     timeout: Duration,
 ) -> Result<(), Status> {
+    // Removed meanwhile: nothing to stop.
+    let Ok(_t) = entry.begin(Transition::Stopping, Mode::Shared).await else { return Ok(()) };
+    stop_running(ctx, entry, timeout).await
+}
+
+/// [`stop_container`] for a caller holding a transition of the container already.
+pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, timeout: Duration) -> Result<(), Status> {
+    crate::failpoint::delay("stop:before_signal").await;
     let (socket, signal, cgroup) = {
-        let mut c = entry.lock().await;
-        refresh(ctx, &mut c).await;
+        let c = refresh(ctx, entry).await;
         // Never started, or already exited: nothing to stop (containerd leaves a created
         // container CREATED too).
         if c.state != ContainerState::Running {
@@ -105,15 +116,14 @@ pub(crate) async fn stop_container(
     .await
     .map_err(join_error)?;
     res.map_err(|e| monitor_status(e, "stop the container"))?;
-    let mut c = entry.lock().await;
     // The monitor writes the record before it exits; give it a moment if it is still at it.
     for _ in 0..50 {
-        refresh(ctx, &mut c).await;
+        let c = refresh(ctx, entry).await;
         if c.state != ContainerState::Running {
+            tracing::info!(exit_code = c.exit_code, "container stopped");
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!(exit_code = c.exit_code, "container stopped");
     Ok(())
 }
