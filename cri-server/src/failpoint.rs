@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tonic::Status;
 
-/// The failpoints skiffd knows, in flow order (for the tests and the docs).
-/// `start:after_monitor` only delays (failing there would leave the started process).
+/// The failpoints skiffd knows, in flow order (for the tests and the docs). Each can fail or
+/// delay.
 pub const ALL: &[&str] = &[
     "pod:after_setup",
     "pod:after_network",
@@ -19,10 +19,11 @@ pub const ALL: &[&str] = &[
     "container:after_spec",
     "start:after_mount",
     "start:after_cgroup",
-    "start:after_monitor",
-    "stop:before_signal",
-    "remove:before_release",
 ];
+
+/// Points that can only delay (failing there would leave a started process, or has nothing
+/// to undo), for the cancellation and race tests.
+pub const DELAY_ONLY: &[&str] = &["start:after_monitor", "stop:before_signal", "remove:before_release"];
 
 enum Action {
     Fail,
