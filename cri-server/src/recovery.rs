@@ -109,6 +109,9 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         }
         containers.insert(id.clone());
         tracing::info!(container_id = %id, state = ?entry.get().state, "container recovered");
+        if entry.get().state == ContainerState::Running {
+            crate::services::runtime::container::spawn_exit_watcher(ctx, &entry);
+        }
         ctx.containers.insert_entry(&id, entry);
     }
 

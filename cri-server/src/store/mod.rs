@@ -36,6 +36,9 @@ struct Envelope<T> {
     record: T,
 }
 
+/// Every record of a directory: its id and the record, or why it cannot be read.
+pub type Loaded<T> = Vec<(String, Result<T, StoreError>)>;
+
 /// A directory of records, one file per id.
 #[derive(Debug, Clone)]
 pub struct RecordDir {
@@ -109,7 +112,7 @@ impl RecordDir {
 
     /// Reads every record; leftovers of interrupted writes are deleted. Unreadable records are
     /// returned as errors (with their id) so that the caller can report them.
-    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<(String, Result<T, StoreError>)>, StoreError> {
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Loaded<T>, StoreError> {
         let entries =
             fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "read", path: self.dir.clone(), source })?;
         let mut out = Vec::new();

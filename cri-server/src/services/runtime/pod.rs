@@ -193,12 +193,18 @@ impl RuntimeSvc {
     }
 
     /// (Re)writes the pod's /etc/hosts with its IPs (the node's file for host-network pods).
-    pub(crate) fn write_pod_hosts(&self, record: &PodRecord, hostname: &str) -> Result<(), Status> {
-        let paths = self.ctx.pod_paths(&record.id);
+    pub(crate) async fn write_pod_hosts(&self, record: &PodRecord, hostname: &str) -> Result<(), Status> {
+        let hosts = self.ctx.pod_paths(&record.id).hosts();
         let ips: Vec<IpAddr> = record.ips.iter().filter_map(|s| s.parse().ok()).collect();
         let host_net = mode(namespace_options(&record.config).network) == NamespaceMode::Node;
-        let copy_from = host_net.then(|| std::path::Path::new("/etc/hosts"));
-        runtime::podfiles::write_hosts(&paths.hosts(), hostname, &ips, copy_from).status("write the pod's hosts file")
+        let hostname = hostname.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let copy_from = host_net.then(|| std::path::Path::new("/etc/hosts"));
+            runtime::podfiles::write_hosts(&hosts, &hostname, &ips, copy_from)
+        })
+        .await
+        .map_err(join_error)?
+        .status("write the pod's hosts file")
     }
 
     pub(super) async fn stop_pod_sandbox_impl(
@@ -357,7 +363,7 @@ impl RuntimeSvc {
                 runtime_handler: pod.runtime_handler.clone(),
             });
         }
-        items.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         Ok(ListPodSandboxResponse { items })
     }
 }

@@ -108,7 +108,7 @@ impl RuntimeSvc {
             let net = ctx.network.clone();
             rb.push("network", move || async move { net.teardown(&req).await.map_err(|e| e.to_string()) });
             let hostname = runtime::podfiles::pod_hostname(&record.config.hostname);
-            self.write_pod_hosts(record, &hostname)?;
+            self.write_pod_hosts(record, &hostname).await?;
         }
         Ok(())
     }

@@ -140,7 +140,10 @@ impl RuntimeSvc {
                     move || async move { ctx.images.release_rootfs(&id).await.map_err(|e| e.to_string()) },
                 );
             }
-            std::fs::create_dir_all(cdir.join("rootfs"))
+            let rootfs = cdir.join("rootfs");
+            tokio::task::spawn_blocking(move || std::fs::create_dir_all(&rootfs))
+                .await
+                .map_err(join_error)?
                 .map_err(|e| Status::internal(format!("create {}: {e}", cdir.display())))?;
             {
                 let cdir = cdir.clone();

@@ -1,6 +1,11 @@
 //! Exits: bringing a RUNNING record up to date with its monitor's exit record, the
-//! termination message, releasing the rootfs mount and cgroup after the exit, and the
-//! one-second sweep doing it for containers nobody asks about.
+//! termination message, and releasing the rootfs mount and cgroup after the exit.
+//!
+//! Each running container has a watcher: a task (no thread) holding a connection to its
+//! monitor with the protocol's `Wait` request, which the monitor answers when the container
+//! has exited (after writing the exit record), or closes when it dies. So exits are recorded,
+//! and their events sent, as they happen. A sweep every ten seconds is the safety net for a
+//! watcher that lost its connection.
 //!
 //! Noticing an exit never waits for an operation on the container: the files are read on the
 //! blocking pool, the record changes under its short lock (only the first to notice does), and
@@ -29,6 +34,8 @@ const MAX_LOG_MESSAGE_LINES: usize = 80;
 const MAX_LOG_MESSAGE_BYTES: usize = 2048;
 /// How much of the log's end is read to find those lines (CRI log lines carry a prefix).
 const LOG_TAIL_READ: u64 = 64 * 1024;
+/// The safety-net sweep (exits are pushed by the monitors).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a container ended, as read from its files.
 struct Exit {
@@ -231,11 +238,72 @@ pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &ContainerR
     }
 }
 
-/// Every second: notice exits of running containers (and release their mounts and cgroups)
-/// even when nobody asks about them.
+/// Watches a running container for its exit, pushed by its monitor (see the module doc).
+pub(crate) fn spawn_exit_watcher(ctx: &Arc<Context>, entry: &ContainerEntry) {
+    let (ctx, entry) = (ctx.clone(), entry.clone());
+    tokio::spawn(async move {
+        let c = entry.get();
+        let (life, socket) = (c.started_at, ctx.container_dir(&c.id).join(monitor::SOCKET_FILE));
+        let same_life = |c: &ContainerRecord| c.state == ContainerState::Running && c.started_at == life;
+        loop {
+            if entry.is_removed() || !same_life(&entry.get()) {
+                return;
+            }
+            let pushed = wait_pushed_exit(&socket).await;
+            if let Err(e) = &pushed {
+                tracing::debug!(container_id = %c.id, error = %e, "exit watcher: no answer from the monitor");
+            }
+            if !same_life(&refresh(&ctx, &entry).await) {
+                return;
+            }
+            // Still running: the record is being written, or the connection broke; try again.
+            let pause = if pushed.is_ok() { Duration::from_millis(20) } else { Duration::from_secs(1) };
+            tokio::time::sleep(pause).await;
+        }
+    });
+}
+
+/// Sends `Wait` to a monitor and waits (asynchronously) for its answer.
+async fn wait_pushed_exit(socket: &Path) -> std::io::Result<()> {
+    use monitor::protocol;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = socket.to_owned();
+    let std_stream =
+        tokio::task::spawn_blocking(move || connect_unix(&socket)).await.map_err(std::io::Error::other)??;
+    std_stream.set_nonblocking(true)?;
+    let mut s = tokio::net::UnixStream::from_std(std_stream)?;
+    s.write_all(&protocol::encode(&protocol::Request::Wait)).await?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > protocol::MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    match protocol::decode::<protocol::Response>(&body)? {
+        protocol::Response::Exited { .. } => Ok(()),
+        other => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Connects to a unix socket whose path may be longer than `sun_path` allows (through
+/// `/proc/self/fd/<dir>`, as the monitor client does).
+fn connect_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    if path.as_os_str().len() < 100 {
+        return std::os::unix::net::UnixStream::connect(path);
+    }
+    let dir = std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?;
+    let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(path.file_name().unwrap_or_default());
+    std::os::unix::net::UnixStream::connect(short)
+}
+
+/// Every ten seconds: notice exits of running containers (and release their mounts and
+/// cgroups) that no watcher reported.
 pub(crate) fn spawn_exit_sweeper(ctx: Arc<Context>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

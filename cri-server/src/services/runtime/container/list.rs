@@ -51,7 +51,7 @@ impl RuntimeSvc {
                 image_id: c.image_id.clone(),
             });
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         Ok(ListContainersResponse { containers: out })
     }
 }

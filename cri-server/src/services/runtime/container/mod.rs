@@ -3,9 +3,9 @@
 //! ReopenContainerLog (`log`), one module per RPC as containerd's `internal/cri/server` has them.
 //!
 //! A container's process runs under its own `skiff-monitor`; skiffd learns about its exit from
-//! the exit record the monitor writes (`STATE/containers/<id>/exit.json`), on every read of the
-//! container and from a background sweep that also releases the rootfs mount and cgroup of
-//! exited containers (`exit`).
+//! the exit record the monitor writes (`STATE/containers/<id>/exit.json`), pushed by the monitor
+//! over its socket to a watcher task, and on every read of the container; then the rootfs mount
+//! and cgroup are released (`exit`).
 //!
 //! Every mutating RPC runs its body in a task of its own ([`detached`]): tonic drops the
 //! handler's future when the client's deadline passes, the task goes on to the end. A
@@ -38,6 +38,7 @@ use crate::store::{ContainerRecord, ContainerState, Entry, Lookup, PodRecord};
 
 pub(crate) use exit::{
     cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
+    spawn_exit_watcher,
 };
 
 /// A container's entry in the table.

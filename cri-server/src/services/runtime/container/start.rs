@@ -128,6 +128,7 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 });
                 tracing::info!(pid = started.pid, "container started");
                 ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
+                super::spawn_exit_watcher(ctx, entry);
                 crate::failpoint::delay("start:after_monitor").await;
                 ctx.container_store.save_entry(&c.id, entry).await.status("persist the container")?;
                 Ok(())
