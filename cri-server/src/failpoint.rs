@@ -1,13 +1,17 @@
-//! Failpoints for rollback tests: `SKIFF_FAILPOINTS=pod:after_network,container:after_spec`
+//! Failpoints for rollback and cancellation tests: `SKIFF_FAILPOINTS=pod:after_network,container:after_spec`
 //! makes the named steps of skiffd's flows fail with an injected error, so that tests can check
-//! that every step before them is undone (as containerd's CRI tests do with their failpoints).
+//! that every step before them is undone (as containerd's CRI tests do with their failpoints);
+//! `name=sleep:MS` (e.g. `pod:after_setup=sleep:2000`) makes the step wait MS milliseconds
+//! instead, so that a test can let a client's deadline pass at that point.
 //! Read once at start; with the variable unset a check costs one comparison.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tonic::Status;
 
-/// The failpoints skiffd knows, in flow order (for the tests and the docs).
+/// The failpoints skiffd knows, in flow order (for the tests and the docs). Each can fail or
+/// delay.
 pub const ALL: &[&str] = &[
     "pod:after_setup",
     "pod:after_network",
@@ -17,20 +21,72 @@ pub const ALL: &[&str] = &[
     "start:after_cgroup",
 ];
 
-fn enabled() -> &'static [String] {
-    static POINTS: OnceLock<Vec<String>> = OnceLock::new();
-    POINTS.get_or_init(|| {
-        std::env::var("SKIFF_FAILPOINTS")
-            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
-    })
+/// Points that can only delay (failing there would leave a started process, or has nothing
+/// to undo), for the cancellation and race tests.
+pub const DELAY_ONLY: &[&str] = &["start:after_monitor", "stop:before_signal", "remove:before_release"];
+
+enum Action {
+    Fail,
+    Sleep(Duration),
 }
 
-/// Fails with an injected error when `name` is enabled.
+fn enabled() -> &'static [(String, Action)] {
+    static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
+    POINTS.get_or_init(|| std::env::var("SKIFF_FAILPOINTS").map(|v| parse(&v)).unwrap_or_default())
+}
+
+fn parse(v: &str) -> Vec<(String, Action)> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once('=') {
+            Some((name, action)) => {
+                let ms = action.strip_prefix("sleep:").and_then(|m| m.parse::<u64>().ok());
+                match ms {
+                    Some(ms) => (name.to_owned(), Action::Sleep(Duration::from_millis(ms))),
+                    None => (name.to_owned(), Action::Fail),
+                }
+            }
+            None => (s.to_owned(), Action::Fail),
+        })
+        .collect()
+}
+
+/// Fails with an injected error when `name` is enabled to fail.
 pub fn check(name: &str) -> Result<(), Status> {
-    if enabled().iter().any(|p| p == name) {
+    if enabled().iter().any(|(p, a)| p == name && matches!(a, Action::Fail)) {
         tracing::warn!(failpoint = name, "injected failure");
         return Err(Status::internal(format!("injected failure at failpoint {name}")));
     }
     Ok(())
+}
+
+/// Waits when `name` is enabled to sleep, then fails when it is enabled to fail.
+pub async fn hit(name: &str) -> Result<(), Status> {
+    delay(name).await;
+    check(name)
+}
+
+/// Only the delay of `name` (for points where failing is not possible).
+pub async fn delay(name: &str) {
+    for (p, a) in enabled() {
+        if let (true, Action::Sleep(d)) = (p == name, a) {
+            tracing::warn!(failpoint = name, ms = d.as_millis() as u64, "injected delay");
+            tokio::time::sleep(*d).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_failures_and_sleeps() {
+        let p = parse("a, b=sleep:250,c=bogus,");
+        assert_eq!(p.len(), 3);
+        assert!(matches!(&p[0], (n, Action::Fail) if n == "a"));
+        assert!(matches!(&p[1], (n, Action::Sleep(d)) if n == "b" && d.as_millis() == 250));
+        assert!(matches!(&p[2], (n, Action::Fail) if n == "c"));
+    }
 }

@@ -15,9 +15,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::context::Context;
-use crate::services::runtime::container::refresh;
+use crate::services::runtime::container::{cleanup_after_exit, notice_exit};
 use crate::services::runtime::pod_extras::{kill_infra, network_request, process_start_time, teardown_pod_extras};
-use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState, StoreError};
+use crate::store::{ContainerRecord, ContainerState, Entry, PodRecord, PodState, StoreError};
 
 /// Runs the reconciliation; problems with single objects are logged and the object is kept
 /// visible, never dropped silently.
@@ -64,7 +64,7 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
             live_pods.insert(pod.id.clone());
         }
         let _ = ctx.pod_store.save(&id, &pod);
-        if let Err(holder) = ctx.pods.reserve(&pod.name, &pod.id) {
+        if let Err(holder) = ctx.pods.names.hold(&pod.name, &pod.id) {
             tracing::error!(pod_id = %id, holder = %holder, "two pod records hold the same name");
         }
         ctx.pods.insert(&id, pod);
@@ -97,16 +97,22 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         if c.state == ContainerState::Created {
             recover_created(ctx, &mut c).await;
         }
-        refresh(ctx, &mut c).await;
         if ctx.pods.lookup(&c.pod_id).is_not_found() {
             tracing::warn!(container_id = %id, pod_id = %c.pod_id, "container of a pod that no longer exists");
         }
-        if let Err(holder) = ctx.containers.reserve(&c.name, &c.id) {
+        if let Err(holder) = ctx.containers.names.hold(&c.name, &c.id) {
             tracing::error!(container_id = %id, holder = %holder, "two container records hold the same name");
         }
+        let entry = Entry::new(c);
+        if notice_exit(ctx, &entry).await.1 {
+            cleanup_after_exit(ctx, &entry).await;
+        }
         containers.insert(id.clone());
-        tracing::info!(container_id = %id, state = ?c.state, "container recovered");
-        ctx.containers.insert(&id, c);
+        tracing::info!(container_id = %id, state = ?entry.get().state, "container recovered");
+        if entry.get().state == ContainerState::Running {
+            crate::services::runtime::container::spawn_exit_watcher(ctx, &entry);
+        }
+        ctx.containers.insert_entry(&id, entry);
     }
 
     if let Err(e) = ctx.network.recover(&live_pods).await {
@@ -157,7 +163,9 @@ async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
             if cdir.join(monitor::PID_FILE).exists() || runtime::podfiles::is_mountpoint(&cdir.join("rootfs")) {
                 tracing::info!(container_id = %c.id, "interrupted start: releasing its rootfs mount and cgroup");
             }
-            crate::services::runtime::container::release_runtime_resources(ctx, c).await;
+            if let Some(e) = crate::services::runtime::container::release_runtime_resources(ctx, c).await {
+                c.error = Some(e);
+            }
             let _ = std::fs::remove_file(cdir.join(monitor::PID_FILE));
         }
     }

@@ -8,8 +8,9 @@ use std::pin::Pin;
 
 type Step = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
 
-/// See the module doc. Dropping it without [`Rollback::run`] or [`Rollback::commit`] runs
-/// nothing (the async steps cannot run in `drop`): callers always end with one of the two.
+/// See the module doc. Callers end with [`Rollback::run`] or [`Rollback::commit`]; one dropped
+/// without either (a panic, an early return) hands its steps to a background task, so that
+/// nothing acquired is ever silently kept.
 #[derive(Default)]
 #[must_use = "end with run() on failure or commit() on success"]
 pub struct Rollback {
@@ -47,14 +48,35 @@ impl Rollback {
 
     /// Failure: runs every step, last first; returns the failures as "what: why".
     pub async fn run(mut self) -> Vec<String> {
-        let mut failed = Vec::new();
-        while let Some((what, step)) = self.steps.pop() {
-            if let Err(e) = step().await {
-                tracing::warn!(step = what, error = %e, "rollback step failed");
-                failed.push(format!("{what}: {e}"));
-            }
+        run_steps(std::mem::take(&mut self.steps)).await
+    }
+}
+
+async fn run_steps(mut steps: Vec<(&'static str, Step)>) -> Vec<String> {
+    let mut failed = Vec::new();
+    while let Some((what, step)) = steps.pop() {
+        if let Err(e) = step().await {
+            tracing::warn!(step = what, error = %e, "rollback step failed");
+            failed.push(format!("{what}: {e}"));
         }
-        failed
+    }
+    failed
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        if self.steps.is_empty() {
+            return;
+        }
+        let steps = std::mem::take(&mut self.steps);
+        let names: Vec<&str> = steps.iter().map(|(w, _)| *w).collect();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                tracing::warn!(steps = ?names, "a rollback was dropped unfinished: undoing in the background");
+                rt.spawn(run_steps(steps));
+            }
+            Err(_) => tracing::error!(steps = ?names, "a rollback was dropped outside the runtime: steps not run"),
+        }
     }
 }
 
@@ -86,6 +108,18 @@ mod tests {
         let failed = rb.run().await;
         assert_eq!(*log.lock().unwrap(), vec![9, 2, 1, 0]);
         assert_eq!(failed, vec!["step: boom".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn dropped_unfinished_runs_in_the_background() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut rb = Rollback::new();
+        rb.push("x", move || async move {
+            let _ = tx.send(());
+            Ok(())
+        });
+        drop(rb);
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx).await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -117,15 +117,23 @@ impl ImageService for ImageSvc {
             identity_token: a.identity_token,
             registry_token: a.registry_token,
         });
-        let rec =
-            self.store.pull(&name, auth).await.map_err(|e| image_status(&format!("pulling image {name:?}"), e))?;
+        // In a task of its own: a pull cut off by the client's deadline still completes (and a
+        // retry finds the image, or joins the store's pull under way).
+        let (store, n) = (self.store.clone(), name.clone());
+        let rec = tokio::spawn(async move { store.pull(&n, auth).await })
+            .await
+            .map_err(crate::error::join_error)?
+            .map_err(|e| image_status(&format!("pulling image {name:?}"), e))?;
         Ok(Response::new(PullImageResponse { image_ref: rec.id.to_string() }))
     }
 
     async fn remove_image(&self, r: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
         let name = image_name(r.into_inner().image.as_ref(), "RemoveImage")?;
-        let removed =
-            self.store.remove(&name).await.map_err(|e| image_status(&format!("removing image {name:?}"), e))?;
+        let (store, n) = (self.store.clone(), name.clone());
+        let removed = tokio::spawn(async move { store.remove(&n).await })
+            .await
+            .map_err(crate::error::join_error)?
+            .map_err(|e| image_status(&format!("removing image {name:?}"), e))?;
         if !removed {
             tracing::debug!(image = %name, "remove: image not present");
         }

@@ -3,6 +3,7 @@
 //! rename, fsync dir) inside a versioned envelope, and an in-memory index over them.
 
 pub mod records;
+pub mod reserve;
 pub mod table;
 
 use std::fs;
@@ -13,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use records::*;
-pub use table::{Lookup, Table};
+pub use table::{Entry, Lookup, Mode, Removed, Table, Transition, TransitionGuard};
 
 /// The version written into every record file. A file of a newer version is refused.
 pub const STORE_VERSION: u32 = 1;
@@ -25,6 +26,8 @@ pub enum StoreError {
     Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("store task failed: {0}")]
+    Task(String),
 }
 
 impl common::Kinded for StoreError {
@@ -33,6 +36,7 @@ impl common::Kinded for StoreError {
         match self {
             StoreError::Io { .. } => common::ErrorKind::Internal,
             StoreError::Corrupt { .. } => common::ErrorKind::DataLoss,
+            StoreError::Task(_) => common::ErrorKind::Internal,
         }
     }
 }
@@ -42,6 +46,9 @@ struct Envelope<T> {
     version: u32,
     record: T,
 }
+
+/// Every record of a directory: its id and the record, or why it cannot be read.
+pub type Loaded<T> = Vec<(String, Result<T, StoreError>)>;
 
 /// A directory of records, one file per id.
 #[derive(Debug, Clone)]
@@ -79,9 +86,44 @@ impl RecordDir {
         }
     }
 
+    /// Writes the current record of `entry` on the blocking pool, in order with the entry's
+    /// other writes and never after its removal (see [`Entry::persist_with`]).
+    pub async fn save_entry<T>(&self, id: &str, entry: &std::sync::Arc<Entry<T>>) -> Result<(), StoreError>
+    where
+        T: Serialize + Clone + Send + 'static,
+    {
+        let (dir, id, entry) = (self.clone(), id.to_owned(), entry.clone());
+        tokio::task::spawn_blocking(move || entry.persist_with(|r| dir.save(&id, r)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Deletes the record of `entry` on the blocking pool and marks the entry removed (see
+    /// [`Entry::remove_with`]).
+    pub async fn remove_entry<T>(&self, id: &str, entry: &std::sync::Arc<Entry<T>>) -> Result<(), StoreError>
+    where
+        T: Clone + Send + 'static,
+    {
+        let (dir, id, entry) = (self.clone(), id.to_owned(), entry.clone());
+        tokio::task::spawn_blocking(move || entry.remove_with(|| dir.remove(&id)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Writes a record that is in no table yet, on the blocking pool.
+    pub async fn save_async<T>(&self, id: &str, record: &T) -> Result<(), StoreError>
+    where
+        T: Serialize + Clone + Send + 'static,
+    {
+        let (dir, id, record) = (self.clone(), id.to_owned(), record.clone());
+        tokio::task::spawn_blocking(move || dir.save(&id, &record))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     /// Reads every record; leftovers of interrupted writes are deleted. Unreadable records are
     /// returned as errors (with their id) so that the caller can report them.
-    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<(String, Result<T, StoreError>)>, StoreError> {
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Loaded<T>, StoreError> {
         let entries =
             fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "read", path: self.dir.clone(), source })?;
         let mut out = Vec::new();

@@ -75,12 +75,11 @@ pub(crate) fn spawn_event_task(ctx: Arc<Context>) {
     tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
             let pod_sandbox_status = match ctx.pods.lookup(&p.pod_id) {
-                Lookup::Found(pod) => Some(pod_status(&*pod.lock().await)),
+                Lookup::Found(pod) => Some(pod_status(&pod.get())),
                 _ => None,
             };
             let mut containers_statuses = Vec::new();
-            for (_, c) in ctx.containers.all() {
-                let c = c.lock().await;
+            for c in ctx.containers.records() {
                 if c.pod_id == p.pod_id {
                     containers_statuses.push(container_status(&c));
                 }

@@ -37,8 +37,7 @@ impl RuntimeSvc {
         }
         let entry = self.container_or_not_found(&req.container_id)?;
         let (id, cdir) = {
-            let mut c = entry.lock().await;
-            refresh(&self.ctx, &mut c).await;
+            let c = refresh(&self.ctx, &entry).await;
             if c.state != ContainerState::Running {
                 return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
             }

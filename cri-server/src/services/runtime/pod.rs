@@ -3,22 +3,28 @@
 //!
 //! A pod is its pinned namespaces (net, ipc, uts under `STATE/pods/<id>/ns`), its files
 //! (resolv.conf, hosts, hostname, a tmpfs /dev/shm) and its cgroup; no pause process runs.
+//!
+//! RunPodSandbox, StopPodSandbox and RemovePodSandbox run in tasks of their own (see
+//! `container::detached`); a retried RunPodSandbox joins the creation under way or gets its
+//! result (`store::reserve`). Stop and Remove hold the pod's transition; CreateContainer and
+//! StartContainer hold it shared (InUse), so that no container is created or started in a pod
+//! being stopped or removed. Status and List take copies and never wait.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use proto::cri::*;
 use std::path::Path;
 
-use tokio::sync::Mutex;
 use tonic::Status;
 use tracing::Instrument;
 
+use super::container::{container_status, detached, refresh, PodEntry};
 use super::RuntimeSvc;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
-use crate::store::{new_id, now_nanos, Lookup, PodNamespaces, PodRecord, PodState};
+use crate::store::reserve::NameGuard;
+use crate::store::{now_nanos, Mode, PodNamespaces, PodRecord, PodState, Transition};
 
 /// Size of a pod's /dev/shm tmpfs (as Docker and containerd default to).
 const SHM_SIZE: u64 = runtime::podfiles::DEFAULT_SHM_SIZE;
@@ -31,16 +37,12 @@ fn mode(m: i32) -> NamespaceMode {
 
 impl RuntimeSvc {
     /// Finds a pod by ID or unique ID prefix.
-    pub(crate) fn find_pod(&self, id: &str) -> Result<Option<Arc<Mutex<PodRecord>>>, Status> {
-        match self.ctx.pods.lookup(id) {
-            Lookup::Found(p) => Ok(Some(p)),
-            Lookup::NotFound => Ok(None),
-            Lookup::Ambiguous => Err(Status::invalid_argument(format!("pod sandbox ID prefix {id:?} is ambiguous"))),
-        }
+    pub(crate) fn find_pod(&self, id: &str) -> Result<Option<PodEntry>, Status> {
+        super::container::find_pod(&self.ctx, id)
     }
 
-    pub(crate) fn pod_or_not_found(&self, id: &str) -> Result<Arc<Mutex<PodRecord>>, Status> {
-        self.find_pod(id)?.ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))
+    pub(crate) fn pod_or_not_found(&self, id: &str) -> Result<PodEntry, Status> {
+        super::container::pod_or_not_found(&self.ctx, id)
     }
 
     pub(super) async fn run_pod_sandbox_impl(
@@ -62,16 +64,22 @@ impl RuntimeSvc {
             )));
         }
         let name = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
-        let id = new_id();
-        if let Err(holder) = self.ctx.pods.reserve(&name, &id) {
-            return Err(Status::already_exists(format!("pod sandbox name {name:?} is reserved by pod {holder}")));
-        }
-        let span = tracing::info_span!("run_pod_sandbox", pod_id = %id, pod = %name);
-        let result = self.create_pod(&id, &name, config, req.runtime_handler).instrument(span).await;
-        if result.is_err() {
-            self.ctx.pods.release(&name, &id);
-        }
-        result.map(|()| RunPodSandboxResponse { pod_sandbox_id: id })
+        // Each attempt runs in a task of its own; a retry with the same metadata joins it or
+        // gets its result (see store::reserve).
+        let attempt = |id: String, guard: NameGuard| {
+            let (svc, name, config, handler) =
+                (self.handle(), name.clone(), config.clone(), req.runtime_handler.clone());
+            detached(async move {
+                let span = tracing::info_span!("run_pod_sandbox", pod_id = %id, pod = %name);
+                svc.create_pod(&id, &name, config, handler).instrument(span).await?;
+                guard.commit();
+                Ok(())
+            })
+        };
+        let taken =
+            |holder: &str| Status::already_exists(format!("pod sandbox name {name:?} is reserved by pod {holder}"));
+        let id = self.ctx.pods.names.create_once(&name, attempt, taken).await?;
+        Ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
     async fn create_pod(
@@ -107,7 +115,7 @@ impl RuntimeSvc {
         };
         let mut rb = Rollback::new();
         let result = async {
-            ctx.pod_store.save(id, &record).status("persist the pod")?;
+            ctx.pod_store.save_async(id, &record).await.status("persist the pod")?;
             {
                 let ctx = ctx.clone();
                 let id = id.to_owned();
@@ -145,13 +153,13 @@ impl RuntimeSvc {
             record.namespaces.ipc = resources.namespaces.ipc;
             record.namespaces.uts = resources.namespaces.uts;
             record.shm_mounted = !host_ipc;
-            crate::failpoint::check("pod:after_setup")?;
+            crate::failpoint::hit("pod:after_setup").await?;
 
             self.setup_pod_extras(&mut record, &mut rb).await?;
-            crate::failpoint::check("pod:after_network")?;
+            crate::failpoint::hit("pod:after_network").await?;
 
             record.state = PodState::Ready;
-            ctx.pod_store.save(id, &record).status("persist the pod")?;
+            ctx.pod_store.save_async(id, &record).await.status("persist the pod")?;
             Ok::<(), Status>(())
         }
         .await;
@@ -174,7 +182,7 @@ impl RuntimeSvc {
                     // are not forgotten; RemovePodSandbox retries the cleanup.
                     record.state = PodState::NotReady;
                     record.error = Some(format!("rollback incomplete: {}", failed.join("; ")));
-                    let _ = ctx.pod_store.save(id, &record);
+                    let _ = ctx.pod_store.save_async(id, &record).await;
                     ctx.pods.insert(id, record);
                     Err(Status::internal(format!(
                         "{}; and the rollback failed: {}",
@@ -187,36 +195,61 @@ impl RuntimeSvc {
     }
 
     /// (Re)writes the pod's /etc/hosts with its IPs (the node's file for host-network pods).
-    pub(crate) fn write_pod_hosts(&self, record: &PodRecord, hostname: &str) -> Result<(), Status> {
-        let paths = self.ctx.pod_paths(&record.id);
+    pub(crate) async fn write_pod_hosts(&self, record: &PodRecord, hostname: &str) -> Result<(), Status> {
+        let hosts = self.ctx.pod_paths(&record.id).hosts();
         let ips: Vec<IpAddr> = record.ips.iter().filter_map(|s| s.parse().ok()).collect();
         let host_net = mode(namespace_options(&record.config).network) == NamespaceMode::Node;
-        let copy_from = host_net.then(|| std::path::Path::new("/etc/hosts"));
-        runtime::podfiles::write_hosts(&paths.hosts(), hostname, &ips, copy_from).status("write the pod's hosts file")
+        let hostname = hostname.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let copy_from = host_net.then(|| std::path::Path::new("/etc/hosts"));
+            runtime::podfiles::write_hosts(&hosts, &hostname, &ips, copy_from)
+        })
+        .await
+        .map_err(join_error)?
+        .status("write the pod's hosts file")
     }
 
     pub(super) async fn stop_pod_sandbox_impl(
         &self,
         req: StopPodSandboxRequest,
     ) -> Result<StopPodSandboxResponse, Status> {
-        let Some(pod) = self.find_pod(&req.pod_sandbox_id)? else {
-            // Idempotent: stopping an unknown pod is not an error.
-            return Ok(StopPodSandboxResponse {});
-        };
-        let mut pod = pod.lock().await;
-        let span = tracing::info_span!("stop_pod_sandbox", pod_id = %pod.id);
-        self.stop_pod_locked(&mut pod).instrument(span).await?;
-        Ok(StopPodSandboxResponse {})
+        let svc = self.handle();
+        detached(async move {
+            let Some(entry) = svc.find_pod(&req.pod_sandbox_id)? else {
+                // Idempotent: stopping an unknown pod is not an error.
+                return Ok(StopPodSandboxResponse {});
+            };
+            let span = tracing::info_span!("stop_pod_sandbox", pod_id = %entry.get().id);
+            async {
+                let Ok(_t) = entry.begin(Transition::Stopping, Mode::Exclusive).await else { return Ok(()) };
+                svc.stop_pod(&entry).await
+            }
+            .instrument(span)
+            .await?;
+            Ok(StopPodSandboxResponse {})
+        })
+        .await
     }
 
     /// Stops every container of the pod, releases its network and its PID namespace holder,
-    /// and marks it NOTREADY. Idempotent.
-    async fn stop_pod_locked(&self, pod: &mut PodRecord) -> Result<(), Status> {
+    /// and marks it NOTREADY. Idempotent. The caller holds the pod's transition.
+    async fn stop_pod(&self, entry: &PodEntry) -> Result<(), Status> {
+        let pod = entry.get();
         self.stop_pod_containers(&pod.id).await?;
-        self.teardown_pod_extras(pod).await?;
+        let mut p = pod.clone();
+        let torn = self.teardown_pod_extras(&mut p).await;
+        let changed = p.network_set_up != pod.network_set_up || pod.state != PodState::NotReady;
+        entry.update(|r| {
+            r.network_set_up = p.network_set_up;
+            if torn.is_ok() {
+                r.state = PodState::NotReady;
+            }
+        });
+        if changed {
+            self.ctx.pod_store.save_entry(&pod.id, entry).await.status("persist the pod")?;
+        }
+        torn?;
         if pod.state != PodState::NotReady {
-            pod.state = PodState::NotReady;
-            self.ctx.pod_store.save(&pod.id, &*pod).status("persist the pod")?;
             tracing::info!("pod sandbox stopped");
             self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerStoppedEvent);
         }
@@ -227,49 +260,61 @@ impl RuntimeSvc {
         &self,
         req: RemovePodSandboxRequest,
     ) -> Result<RemovePodSandboxResponse, Status> {
-        let Some(entry) = self.find_pod(&req.pod_sandbox_id)? else {
-            return Ok(RemovePodSandboxResponse {});
-        };
-        let mut pod = entry.lock().await;
-        let span = tracing::info_span!("remove_pod_sandbox", pod_id = %pod.id);
-        async {
-            self.stop_pod_locked(&mut pod).await?;
-            self.remove_pod_containers(&pod.id).await?;
-            let ctx = self.ctx.clone();
-            let id = pod.id.clone();
-            let cgroup = pod.cgroup_parent.clone();
-            let failures: Vec<String> = tokio::task::spawn_blocking(move || {
-                runtime::pod::teardown_pod(&ctx.cgroups, &ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(join_error)?
-            .err()
-            .into_iter()
-            .collect();
-            if !failures.is_empty() {
-                pod.error = Some(format!("removal incomplete: {}", failures.join("; ")));
-                let _ = self.ctx.pod_store.save(&pod.id, &*pod);
-                return Err(Status::internal(format!("cannot remove pod sandbox {}: {}", pod.id, failures.join("; "))));
-            }
-            self.ctx.pod_store.remove(&pod.id).status("delete the pod record")?;
-            self.ctx.pods.remove(&pod.id);
-            self.ctx.pods.release(&pod.name, &pod.id);
-            tracing::info!("pod sandbox removed");
-            self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
-            Ok::<(), Status>(())
+        let svc = self.handle();
+        detached(async move {
+            let Some(entry) = svc.find_pod(&req.pod_sandbox_id)? else {
+                return Ok(RemovePodSandboxResponse {});
+            };
+            let span = tracing::info_span!("remove_pod_sandbox", pod_id = %entry.get().id);
+            svc.remove_pod(&entry).instrument(span).await?;
+            Ok(RemovePodSandboxResponse {})
+        })
+        .await
+    }
+
+    /// Stops the pod, removes its containers, namespaces, files, cgroup and record. Idempotent.
+    async fn remove_pod(&self, entry: &PodEntry) -> Result<(), Status> {
+        let Ok(_t) = entry.begin(Transition::Removing, Mode::Exclusive).await else { return Ok(()) };
+        self.stop_pod(entry).await?;
+        let pod = entry.get();
+        self.remove_pod_containers(&pod.id).await?;
+        let ctx = self.ctx.clone();
+        let id = pod.id.clone();
+        let cgroup = pod.cgroup_parent.clone();
+        let failures: Vec<String> = tokio::task::spawn_blocking(move || {
+            runtime::pod::teardown_pod(&ctx.cgroups, &ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(join_error)?
+        .err()
+        .into_iter()
+        .collect();
+        if !failures.is_empty() {
+            entry.update(|r| r.error = Some(format!("removal incomplete: {}", failures.join("; "))));
+            let _ = self.ctx.pod_store.save_entry(&pod.id, entry).await;
+            return Err(Status::internal(format!("cannot remove pod sandbox {}: {}", pod.id, failures.join("; "))));
         }
-        .instrument(span)
-        .await?;
-        Ok(RemovePodSandboxResponse {})
+        self.ctx.pod_store.remove_entry(&pod.id, entry).await.status("delete the pod record")?;
+        self.ctx.pods.remove(&pod.id);
+        self.ctx.pods.names.release(&pod.name, &pod.id);
+        tracing::info!("pod sandbox removed");
+        self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
+        Ok(())
     }
 
     pub(super) async fn pod_sandbox_status_impl(
         &self,
         req: PodSandboxStatusRequest,
     ) -> Result<PodSandboxStatusResponse, Status> {
-        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?;
-        let pod = pod.lock().await.clone();
+        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?.get();
         let status = pod_status(&pod);
+        // The statuses of its containers too, as the evented PLEG reads them.
+        let mut containers_statuses = Vec::new();
+        for (_, c) in self.ctx.containers.all() {
+            if c.get().pod_id == pod.id {
+                containers_statuses.push(container_status(&refresh(&self.ctx, &c).await));
+            }
+        }
         let mut info = HashMap::new();
         if req.verbose {
             let v = serde_json::json!({
@@ -287,12 +332,7 @@ impl RuntimeSvc {
             });
             info.insert("info".to_owned(), v.to_string());
         }
-        Ok(PodSandboxStatusResponse {
-            status: Some(status),
-            info,
-            containers_statuses: Vec::new(),
-            timestamp: now_nanos(),
-        })
+        Ok(PodSandboxStatusResponse { status: Some(status), info, containers_statuses, timestamp: now_nanos() })
     }
 
     pub(super) async fn list_pod_sandbox_impl(
@@ -305,7 +345,7 @@ impl RuntimeSvc {
             if !filter.id.is_empty() && !id.starts_with(&filter.id) {
                 continue;
             }
-            let pod = pod.lock().await;
+            let pod = pod.get();
             let state = cri_state(pod.state);
             if let Some(s) = &filter.state {
                 if s.state != state as i32 {
@@ -325,7 +365,7 @@ impl RuntimeSvc {
                 runtime_handler: pod.runtime_handler.clone(),
             });
         }
-        items.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         Ok(ListPodSandboxResponse { items })
     }
 }

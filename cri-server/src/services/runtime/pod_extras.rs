@@ -101,7 +101,7 @@ impl RuntimeSvc {
             let net = ctx.network.clone();
             rb.push("network", move || async move { net.teardown(&req).await.map_err(|e| e.to_string()) });
             let hostname = runtime::podfiles::pod_hostname(&record.config.hostname);
-            self.write_pod_hosts(record, &hostname)?;
+            self.write_pod_hosts(record, &hostname).await?;
         }
         Ok(())
     }
@@ -112,13 +112,13 @@ impl RuntimeSvc {
     }
 }
 
-/// See [`RuntimeSvc::teardown_pod_extras`]; also used by recovery.
+/// See [`RuntimeSvc::teardown_pod_extras`]; also used by recovery. Changes `pod` (no longer
+/// `network_set_up`); the caller persists it.
 pub(crate) async fn teardown_pod_extras(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result<(), Status> {
     if pod.network_set_up {
         let req = network_request(ctx, pod)?;
         ctx.network.teardown(&req).await.map_err(|e| network_status("tear down the pod network", e))?;
         pod.network_set_up = false;
-        ctx.pod_store.save(&pod.id, &*pod).map_err(|e| Status::internal(format!("persist the pod: {e}")))?;
     }
     if let Some(pid) = pod.namespaces.infra_pid {
         let start = pod.namespaces.infra_start_time;

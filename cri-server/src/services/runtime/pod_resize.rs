@@ -11,9 +11,10 @@ use proto::cri::{LinuxContainerResources, UpdatePodSandboxResourcesRequest, Upda
 use tonic::Status;
 use tracing::Instrument;
 
+use super::container::detached;
 use super::RuntimeSvc;
 use crate::error::{from_kind, join_error, StatusExt};
-use crate::store::PodState;
+use crate::store::{Mode, PodState, Transition};
 
 /// The pod-level limits: `resources` plus `overhead` where both are limits, shares summed.
 pub(crate) fn pod_limits(
@@ -50,32 +51,43 @@ impl RuntimeSvc {
         let limits = pod_limits(req.resources.as_ref(), req.overhead.as_ref());
         let oci = crate::spec::resources_from_cri(&limits)
             .map_err(|e| from_kind(e.kind(), format!("UpdatePodSandboxResources: resources: {e}")))?;
-        let mut pod = entry.lock().await;
-        let span = tracing::info_span!("update_pod_sandbox_resources", pod_id = %pod.id);
-        async {
-            if pod.state == PodState::Ready && !pod.cgroup_parent.is_empty() {
-                let (ctx, cg) = (self.ctx.clone(), pod.cgroup_parent.clone());
-                let applied = tokio::task::spawn_blocking(move || -> Result<bool, runtime::Error> {
-                    if !ctx.cgroups.created_by_skiff(&cg)? {
-                        return Ok(false);
-                    }
-                    ctx.cgroups.apply(&cg, &oci)?;
-                    Ok(true)
-                })
-                .await
-                .map_err(join_error)?
-                .status("apply the pod resources")?;
-                tracing::info!(applied, "pod resources updated");
+        let ctx = self.ctx.clone();
+        // A task of its own: a cancelled call still records what it applied.
+        detached(async move {
+            let id = entry.get().id;
+            let span = tracing::info_span!("update_pod_sandbox_resources", pod_id = %id);
+            async {
+                let _t = entry
+                    .begin(Transition::Updating, Mode::Exclusive)
+                    .await
+                    .map_err(|_| Status::not_found(format!("pod sandbox {id:?} not found")))?;
+                let pod = entry.get();
+                if pod.state == PodState::Ready && !pod.cgroup_parent.is_empty() {
+                    let (ctx, cg) = (ctx.clone(), pod.cgroup_parent.clone());
+                    let applied = tokio::task::spawn_blocking(move || -> Result<bool, runtime::Error> {
+                        if !ctx.cgroups.created_by_skiff(&cg)? {
+                            return Ok(false);
+                        }
+                        ctx.cgroups.apply(&cg, &oci)?;
+                        Ok(true)
+                    })
+                    .await
+                    .map_err(join_error)?
+                    .status("apply the pod resources")?;
+                    tracing::info!(applied, "pod resources updated");
+                }
+                entry.update(|r| {
+                    let linux = r.config.linux.get_or_insert_with(Default::default);
+                    linux.resources = req.resources;
+                    linux.overhead = req.overhead;
+                });
+                ctx.pod_store.save_entry(&id, &entry).await.status("persist the pod")?;
+                Ok(UpdatePodSandboxResourcesResponse {})
             }
-            let linux = pod.config.linux.get_or_insert_with(Default::default);
-            linux.resources = req.resources;
-            linux.overhead = req.overhead;
-            self.ctx.pod_store.save(&pod.id, &*pod).status("persist the pod")?;
-            Ok::<_, Status>(())
-        }
-        .instrument(span)
-        .await?;
-        Ok(UpdatePodSandboxResourcesResponse {})
+            .instrument(span)
+            .await
+        })
+        .await
     }
 }
 

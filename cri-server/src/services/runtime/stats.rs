@@ -101,8 +101,7 @@ impl RuntimeSvc {
         req: ContainerStatsRequest,
     ) -> Result<ContainerStatsResponse, Status> {
         let entry = self.container_or_not_found(&req.container_id)?;
-        let mut c = entry.lock().await;
-        refresh(&self.ctx, &mut c).await;
+        let c = refresh(&self.ctx, &entry).await;
         let stats = self.container_stats_of(&c).await?;
         Ok(ContainerStatsResponse { stats: Some(stats) })
     }
@@ -119,15 +118,14 @@ impl RuntimeSvc {
             if !id.is_empty() && !cid.starts_with(id) {
                 continue;
             }
-            let mut c = entry.lock().await;
+            let c = entry.get();
             if c.state == ContainerState::Creating
                 || (!pod_id.is_empty() && !c.pod_id.starts_with(pod_id))
                 || !labels_match(&c.config.labels, labels)
             {
                 continue;
             }
-            refresh(&self.ctx, &mut c).await;
-            out.push(c.clone());
+            out.push(refresh(&self.ctx, &entry).await);
         }
         out
     }
@@ -144,10 +142,10 @@ impl RuntimeSvc {
         // Forget the samples of cgroups that no longer exist.
         let mut live = std::collections::HashSet::new();
         for (_, c) in self.ctx.containers.all() {
-            live.insert(c.lock().await.cgroup_path.clone());
+            live.insert(c.get().cgroup_path);
         }
         for (_, p) in self.ctx.pods.all() {
-            live.insert(p.lock().await.cgroup_parent.clone());
+            live.insert(p.get().cgroup_parent);
         }
         self.cpu_samples.forget(&|k| live.contains(k));
         Ok(ListContainerStatsResponse { stats })
@@ -207,8 +205,7 @@ impl RuntimeSvc {
         &self,
         req: PodSandboxStatsRequest,
     ) -> Result<PodSandboxStatsResponse, Status> {
-        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?;
-        let pod = pod.lock().await.clone();
+        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?.get();
         Ok(PodSandboxStatsResponse { stats: Some(self.pod_stats_of(&pod).await?) })
     }
 
@@ -222,7 +219,7 @@ impl RuntimeSvc {
             if !f.id.is_empty() && !id.starts_with(&f.id) {
                 continue;
             }
-            let pod = pod.lock().await.clone();
+            let pod = pod.get();
             if !labels_match(&pod.config.labels, &f.label_selector) {
                 continue;
             }

@@ -1,69 +1,84 @@
 //! UpdateContainerResources: new CPU, memory, pids and hugepage limits for a container, applied
-//! to its cgroup when it runs and kept in its spec and record for later starts.
+//! to its cgroup when it runs and kept in its spec and record for later starts. Runs in a task
+//! of its own holding the container's Updating transition.
 
 use proto::cri::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 use tonic::Status;
 use tracing::Instrument;
 
-use super::container::refresh;
+use super::container::{container_not_found, container_or_not_found, detached, refresh};
 use super::RuntimeSvc;
 use crate::error::{from_kind, join_error, StatusExt};
-use crate::store::ContainerState;
+use crate::store::{ContainerState, Mode, Transition};
 
 impl RuntimeSvc {
     pub(super) async fn update_container_resources_impl(
         &self,
         req: UpdateContainerResourcesRequest,
     ) -> Result<UpdateContainerResourcesResponse, Status> {
-        let entry = self.container_or_not_found(&req.container_id)?;
-        let Some(linux) = req.linux else {
-            return Ok(UpdateContainerResourcesResponse {});
-        };
-        let mut c = entry.lock().await;
-        let span = tracing::info_span!("update_container_resources", container_id = %c.id);
-        async {
-            refresh(&self.ctx, &mut c).await;
-            if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
-                return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
-            }
-            let new =
-                crate::spec::resources_from_cri(&linux).map_err(|e| from_kind(e.kind(), format!("resources: {e}")))?;
+        let ctx = self.ctx.clone();
+        detached(async move {
+            let entry = container_or_not_found(&ctx, &req.container_id)?;
+            let Some(linux) = req.linux else {
+                return Ok(UpdateContainerResourcesResponse {});
+            };
+            let id = entry.get().id;
+            let span = tracing::info_span!("update_container_resources", container_id = %id);
+            async {
+                let _t =
+                    entry.begin(Transition::Updating, Mode::Exclusive).await.map_err(|_| container_not_found(&id))?;
+                let c = refresh(&ctx, &entry).await;
+                if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
+                    return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
+                }
+                let new = crate::spec::resources_from_cri(&linux)
+                    .map_err(|e| from_kind(e.kind(), format!("resources: {e}")))?;
 
-            // The spec keeps its device rules; the limits are replaced.
-            let spec_path = self.ctx.container_dir(&c.id).join("config.json");
-            let bytes = std::fs::read(&spec_path).map_err(|e| Status::internal(format!("read config.json: {e}")))?;
-            let mut spec: oci_spec::runtime::Spec =
-                serde_json::from_slice(&bytes).map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
-            if let Some(l) = spec.linux_mut() {
-                let mut merged = l.resources().clone().unwrap_or_default();
-                merged.set_cpu(new.cpu().clone());
-                merged.set_memory(new.memory().clone());
-                merged.set_pids(new.pids().clone());
-                merged.set_hugepage_limits(new.hugepage_limits().clone());
-                merged.set_unified(new.unified().clone());
-                l.set_resources(Some(merged));
-            }
-
-            if c.state == ContainerState::Running {
-                let (ctx, cg, res) = (self.ctx.clone(), c.cgroup_path.clone(), new.clone());
-                tokio::task::spawn_blocking(move || ctx.cgroups.apply(&cg, &res))
+                // The spec keeps its device rules; the limits are replaced.
+                let spec_path = ctx.container_dir(&c.id).join("config.json");
+                let p = spec_path.clone();
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(p))
                     .await
                     .map_err(join_error)?
-                    .status("apply the resources")?;
+                    .map_err(|e| Status::internal(format!("read config.json: {e}")))?;
+                let mut spec: oci_spec::runtime::Spec =
+                    serde_json::from_slice(&bytes).map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
+                if let Some(l) = spec.linux_mut() {
+                    let mut merged = l.resources().clone().unwrap_or_default();
+                    merged.set_cpu(new.cpu().clone());
+                    merged.set_memory(*new.memory());
+                    merged.set_pids(*new.pids());
+                    merged.set_hugepage_limits(new.hugepage_limits().clone());
+                    merged.set_unified(new.unified().clone());
+                    l.set_resources(Some(merged));
+                }
+
+                if c.state == ContainerState::Running {
+                    let (ctx, cg, res) = (ctx.clone(), c.cgroup_path.clone(), new.clone());
+                    tokio::task::spawn_blocking(move || ctx.cgroups.apply(&cg, &res))
+                        .await
+                        .map_err(join_error)?
+                        .status("apply the resources")?;
+                }
+                let bytes = serde_json::to_vec_pretty(&spec)
+                    .map_err(|e| Status::internal(format!("encode config.json: {e}")))?;
+                tokio::task::spawn_blocking(move || runtime::util::write_atomic(&spec_path, &bytes, 0o600))
+                    .await
+                    .map_err(join_error)?
+                    .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
+                entry.update(|r| {
+                    if let Some(l) = r.config.linux.as_mut() {
+                        l.resources = Some(linux);
+                    }
+                });
+                ctx.container_store.save_entry(&c.id, &entry).await.status("persist the container")?;
+                tracing::info!("container resources updated");
+                Ok(())
             }
-            let bytes =
-                serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode config.json: {e}")))?;
-            runtime::util::write_atomic(&spec_path, &bytes, 0o600)
-                .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
-            if let Some(l) = c.config.linux.as_mut() {
-                l.resources = Some(linux);
-            }
-            self.ctx.container_store.save(&c.id, &*c).status("persist the container")?;
-            tracing::info!("container resources updated");
-            Ok(())
-        }
-        .instrument(span)
-        .await?;
-        Ok(UpdateContainerResourcesResponse {})
+            .instrument(span)
+            .await?;
+            Ok(UpdateContainerResourcesResponse {})
+        })
+        .await
     }
 }

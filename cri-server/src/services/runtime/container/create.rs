@@ -1,0 +1,280 @@
+//! CreateContainer: image → writable layer → user → OCI spec → CREATED.
+
+use std::path::{Path, PathBuf};
+
+use proto::cri::*;
+use tonic::Status;
+use tracing::Instrument;
+
+use super::detached;
+use crate::error::{from_kind, join_error, StatusExt};
+use crate::rollback::Rollback;
+use crate::services::image::image_status;
+use crate::services::runtime::pod::namespace_options;
+use crate::services::runtime::RuntimeSvc;
+use crate::store::reserve::NameGuard;
+use crate::store::{now_nanos, ContainerRecord, ContainerState, Mode, PodRecord, PodState, Transition};
+
+impl RuntimeSvc {
+    pub(in crate::services::runtime) async fn create_container_impl(
+        &self,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, Status> {
+        let config = req.config.ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
+        let md = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("CreateContainer: config.metadata is required"))?;
+        if md.name.is_empty() {
+            return Err(Status::invalid_argument("CreateContainer: metadata.name is required"));
+        }
+        let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+        if let Some(sc) = sc {
+            if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+                return Err(Status::invalid_argument(
+                    "CreateContainer: run_as_group needs run_as_user or run_as_username",
+                ));
+            }
+        }
+        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image.is_empty() {
+            return Err(Status::invalid_argument("CreateContainer: config.image is required"));
+        }
+        if !crate::spec::signal::valid_cri(config.stop_signal) {
+            return Err(Status::invalid_argument(format!(
+                "CreateContainer: config.stop_signal {} is not a signal this node knows",
+                config.stop_signal
+            )));
+        }
+        let pod_entry = self.pod_or_not_found(&req.pod_sandbox_id)?;
+        let pod = pod_entry.get();
+        let pmd = pod.config.metadata.clone().unwrap_or_default();
+        let name = format!("{}_{}_{}_{}_{}", md.name, pmd.name, pmd.namespace, pmd.uid, md.attempt);
+        // Each attempt runs in a task of its own; a retry with the same metadata joins it or
+        // gets its result (see store::reserve).
+        let attempt = |id: String, guard: NameGuard| {
+            let (svc, pod_entry, config, image, name) =
+                (self.handle(), pod_entry.clone(), config.clone(), image.clone(), name.clone());
+            let container = md.name.clone();
+            detached(async move {
+                let span = tracing::info_span!("create_container", container_id = %id, pod_id = %pod_entry.get().id, %container);
+                async {
+                    let _p = pod_entry
+                        .begin(Transition::InUse, Mode::Shared)
+                        .await
+                        .map_err(|_| Status::not_found("pod sandbox removed meanwhile"))?;
+                    let pod = pod_entry.get();
+                    if pod.state != PodState::Ready {
+                        return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
+                    }
+                    svc.create_container(&id, &name, config, &pod, image).await?;
+                    guard.commit();
+                    Ok(())
+                }
+                .instrument(span)
+                .await
+            })
+        };
+        let taken =
+            |holder: &str| Status::already_exists(format!("container name {name:?} is reserved by container {holder}"));
+        let id = self.ctx.containers.names.create_once(&name, attempt, taken).await?;
+        Ok(CreateContainerResponse { container_id: id })
+    }
+
+    async fn create_container(
+        &self,
+        id: &str,
+        name: &str,
+        config: ContainerConfig,
+        pod: &PodRecord,
+        image_name: String,
+    ) -> Result<(), Status> {
+        let ctx = self.ctx.clone();
+        let image = ctx
+            .images
+            .resolve(&image_name)
+            .await
+            .map_err(|e| image_status("resolve the image", e))?
+            .ok_or_else(|| Status::not_found(format!("image {image_name:?} not found: pull it first")))?;
+        let image_config = image.config.config().clone();
+        let cdir = ctx.container_dir(id);
+        let log_path = if !config.log_path.is_empty() && !pod.config.log_directory.is_empty() {
+            Path::new(&pod.config.log_directory).join(&config.log_path).display().to_string()
+        } else {
+            String::new()
+        };
+        let mut record = ContainerRecord {
+            id: id.to_owned(),
+            pod_id: pod.id.clone(),
+            name: name.to_owned(),
+            config: config.clone(),
+            image: image_name.clone(),
+            image_id: image.id().to_owned(),
+            image_ref: image.repo_digest().to_owned(),
+            state: ContainerState::Creating,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: None,
+            monitor_pid: None,
+            cgroup_path: format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/')),
+            log_path,
+            stop_signal: crate::spec::signal::stop_signal(
+                config.stop_signal,
+                image_config.as_ref().and_then(|c| c.stop_signal().clone()).as_deref().unwrap_or(""),
+            ),
+            error: None,
+        };
+
+        let mut rb = Rollback::new();
+        let result = async {
+            ctx.container_store.save_async(id, &record).await.status("persist the container")?;
+            {
+                let (ctx, id) = (ctx.clone(), id.to_owned());
+                rb.push_blocking("container record", move || {
+                    ctx.container_store.remove(&id).map_err(|e| e.to_string())
+                });
+            }
+            let layout =
+                ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+            {
+                let (ctx, id) = (ctx.clone(), id.to_owned());
+                rb.push(
+                    "rootfs",
+                    move || async move { ctx.images.release_rootfs(&id).await.map_err(|e| e.to_string()) },
+                );
+            }
+            let rootfs = cdir.join("rootfs");
+            tokio::task::spawn_blocking(move || std::fs::create_dir_all(&rootfs))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| Status::internal(format!("create {}: {e}", cdir.display())))?;
+            {
+                let cdir = cdir.clone();
+                rb.push_blocking("container dir", move || match std::fs::remove_dir_all(&cdir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                    _ => Ok(()),
+                });
+            }
+            crate::failpoint::hit("container:after_rootfs").await?;
+
+            // The user, looked up in the image's own /etc/passwd and /etc/group.
+            let lowerdirs = layout.lowerdirs.clone();
+            let cfg2 = config.clone();
+            let img2 = image_config.clone();
+            let user = tokio::task::spawn_blocking(move || {
+                let req = crate::spec::user_request(&cfg2, img2.as_ref());
+                runtime::user::resolve_in_layers(&lowerdirs, &req)
+            })
+            .await
+            .map_err(join_error)?
+            .map_err(|e| from_kind(e.kind(), format!("resolve the container user: {e}")))?;
+
+            let pid = self.pid_namespace(&config, pod).await?;
+            let paths = ctx.pod_paths(&pod.id);
+            let ns = namespace_options(&pod.config);
+            let host_ipc = NamespaceMode::try_from(ns.ipc) == Ok(NamespaceMode::Node);
+            let input = crate::spec::SpecInput {
+                container_id: id,
+                sandbox_id: &pod.id,
+                config: &config,
+                sandbox: &pod.config,
+                image: image_config.as_ref(),
+                image_name: &image_name,
+                rootfs: &cdir.join("rootfs"),
+                pod_files: crate::spec::PodFilePaths {
+                    resolv_conf: Some(paths.resolv_conf()),
+                    hosts: Some(paths.hosts()),
+                    hostname: Some(paths.hostname()),
+                    shm: Some(if host_ipc { PathBuf::from("/dev/shm") } else { paths.shm() }),
+                },
+                namespaces: crate::spec::PodNamespacePaths {
+                    net: pod.namespaces.net.clone(),
+                    ipc: pod.namespaces.ipc.clone(),
+                    uts: pod.namespaces.uts.clone(),
+                },
+                pid,
+                cgroups_path: &record.cgroup_path,
+                user: &user,
+                oom_score_adj_min: ctx.oom_score_adj_min,
+                rlimits: Vec::new(),
+                cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
+            };
+            let spec =
+                crate::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+            let bytes =
+                serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
+            let spec_path = cdir.join("config.json");
+            tokio::task::spawn_blocking(move || runtime::util::write_atomic(&spec_path, &bytes, 0o600))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
+            crate::failpoint::hit("container:after_spec").await?;
+
+            record.state = ContainerState::Created;
+            ctx.container_store.save_async(id, &record).await.status("persist the container")?;
+            Ok::<(), Status>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                rb.commit();
+                tracing::info!(image = %record.image, "container created");
+                ctx.events.emit(id, &record.pod_id, ContainerEventType::ContainerCreatedEvent);
+                ctx.containers.insert(id, record);
+                Ok(())
+            }
+            Err(status) => {
+                let failed = rb.run().await;
+                if failed.is_empty() {
+                    return Err(status);
+                }
+                record.state = ContainerState::Unknown;
+                record.error = Some(format!("rollback incomplete: {}", failed.join("; ")));
+                let _ = ctx.container_store.save_async(id, &record).await;
+                ctx.containers.insert(id, record);
+                Err(Status::internal(format!("{}; and the rollback failed: {}", status.message(), failed.join("; "))))
+            }
+        }
+    }
+
+    /// Where the container's PID namespace comes from.
+    async fn pid_namespace(
+        &self,
+        config: &ContainerConfig,
+        pod: &PodRecord,
+    ) -> Result<crate::spec::PidNamespace, Status> {
+        use crate::spec::PidNamespace;
+        let opts = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_else(|| namespace_options(&pod.config));
+        match NamespaceMode::try_from(opts.pid).unwrap_or(NamespaceMode::Container) {
+            NamespaceMode::Node => Ok(PidNamespace::Node),
+            NamespaceMode::Container => Ok(PidNamespace::Container),
+            NamespaceMode::Pod => match pod.namespaces.infra_pid {
+                Some(pid) => Ok(PidNamespace::Pod(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
+                None => {
+                    Err(Status::failed_precondition(format!("pod sandbox {} has no pod-level PID namespace", pod.id)))
+                }
+            },
+            NamespaceMode::Target => {
+                let target = self.container_or_not_found(&opts.target_id)?.get();
+                match (target.state, target.pid) {
+                    (ContainerState::Running, Some(pid)) => {
+                        Ok(PidNamespace::Target(PathBuf::from(format!("/proc/{pid}/ns/pid"))))
+                    }
+                    _ => Err(Status::failed_precondition(format!(
+                        "target container {} of the PID namespace is not running",
+                        opts.target_id
+                    ))),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Containers: CreateContainer (`create`), StartContainer (`start`), StopContainer (`stop`),
+//! RemoveContainer (`remove`), ContainerStatus (`status`), ListContainers (`list`),
+//! ReopenContainerLog (`log`), one module per RPC as containerd's `internal/cri/server` has them.
+//!
+//! A container's process runs under its own `skiff-monitor`; skiffd learns about its exit from
+//! the exit record the monitor writes (`STATE/containers/<id>/exit.json`), pushed by the monitor
+//! over its socket to a watcher task, and on every read of the container; then the rootfs mount
+//! and cgroup are released (`exit`).
+//!
+//! Every mutating RPC runs its body in a task of its own ([`detached`]): tonic drops the
+//! handler's future when the client's deadline passes, the task goes on to the end. A
+//! container's record sits in a [`crate::store::Entry`]: reads take copies and never wait;
+//! Start, Stop, Remove, UpdateContainerResources and the release after an exit hold a
+//! transition on it instead of a lock, and wait for each other's (Stop shares its transition
+//! with other Stops). Lock order: the pod's transition (CreateContainer, StartContainer), then
+//! the container's.
+
+mod create;
+mod exit;
+mod list;
+mod log;
+mod remove;
+mod start;
+mod status;
+mod stop;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use runtime::monitor::MonitorError;
+use tonic::Status;
+
+use super::RuntimeSvc;
+use crate::context::Context;
+use crate::error::join_error;
+use crate::store::{ContainerRecord, ContainerState, Entry, Lookup, PodRecord};
+
+pub(crate) use exit::{
+    cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
+    spawn_exit_watcher,
+};
+
+/// A container's entry in the table.
+pub(crate) type ContainerEntry = Arc<Entry<ContainerRecord>>;
+/// A pod's entry in the table.
+pub(crate) type PodEntry = Arc<Entry<PodRecord>>;
+
+/// Runs a mutating RPC's body in a task of its own, so that it completes (and its rollback or
+/// its record is never cut half way) even when the caller goes away; the handler only awaits it.
+pub(crate) async fn detached<R, Fut>(body: Fut) -> Result<R, Status>
+where
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::spawn(body).await.map_err(join_error)?
+}
+pub(crate) use status::container_status;
+
+fn container_state(s: ContainerState) -> proto::cri::ContainerState {
+    match s {
+        ContainerState::Creating | ContainerState::Created => proto::cri::ContainerState::ContainerCreated,
+        ContainerState::Running => proto::cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => proto::cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => proto::cri::ContainerState::ContainerUnknown,
+    }
+}
+
+fn monitor_status(e: MonitorError, doing: &str) -> Status {
+    match e {
+        MonitorError::StartError(m) => Status::unknown(format!("{doing}: {m}")),
+        MonitorError::Timeout => Status::deadline_exceeded(format!("{doing}: timed out")),
+        other => Status::internal(format!("{doing}: {other}")),
+    }
+}
+
+/// Finds a container by ID or unique ID prefix.
+pub(crate) fn find_container(ctx: &Context, id: &str) -> Result<Option<ContainerEntry>, Status> {
+    match ctx.containers.lookup(id) {
+        Lookup::Found(c) => Ok(Some(c)),
+        Lookup::NotFound => Ok(None),
+        Lookup::Ambiguous => Err(Status::invalid_argument(format!("container ID prefix {id:?} is ambiguous"))),
+    }
+}
+
+pub(crate) fn container_or_not_found(ctx: &Context, id: &str) -> Result<ContainerEntry, Status> {
+    find_container(ctx, id)?.ok_or_else(|| container_not_found(id))
+}
+
+pub(crate) fn container_not_found(id: &str) -> Status {
+    Status::not_found(format!("container {id:?} not found"))
+}
+
+/// Finds a pod by ID or unique ID prefix.
+pub(crate) fn find_pod(ctx: &Context, id: &str) -> Result<Option<PodEntry>, Status> {
+    match ctx.pods.lookup(id) {
+        Lookup::Found(p) => Ok(Some(p)),
+        Lookup::NotFound => Ok(None),
+        Lookup::Ambiguous => Err(Status::invalid_argument(format!("pod sandbox ID prefix {id:?} is ambiguous"))),
+    }
+}
+
+pub(crate) fn pod_or_not_found(ctx: &Context, id: &str) -> Result<PodEntry, Status> {
+    find_pod(ctx, id)?.ok_or_else(|| pod_not_found(id))
+}
+
+pub(crate) fn pod_not_found(id: &str) -> Status {
+    Status::not_found(format!("pod sandbox {id:?} not found"))
+}
+
+impl RuntimeSvc {
+    #[allow(dead_code)] // the RPC modules outside this one look containers up through these
+    pub(crate) fn find_container(&self, id: &str) -> Result<Option<ContainerEntry>, Status> {
+        find_container(&self.ctx, id)
+    }
+
+    pub(crate) fn container_or_not_found(&self, id: &str) -> Result<ContainerEntry, Status> {
+        container_or_not_found(&self.ctx, id)
+    }
+
+    /// A service on the same daemon state, for a task of its own (see [`detached`]).
+    pub(crate) fn handle(&self) -> RuntimeSvc {
+        RuntimeSvc::new(self.ctx.clone())
+    }
+}

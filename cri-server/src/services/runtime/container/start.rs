@@ -1,0 +1,157 @@
+//! StartContainer: rootfs mount → container cgroup → monitor → RUNNING.
+
+use std::path::PathBuf;
+
+use proto::cri::*;
+use runtime::monitor::{self, MonitorConfig};
+use tonic::Status;
+use tracing::Instrument;
+
+use std::sync::Arc;
+
+use super::{container_not_found, container_or_not_found, detached, monitor_status, pod_not_found, pod_or_not_found};
+use super::{ContainerEntry, PodEntry};
+use crate::context::Context;
+use crate::error::{join_error, StatusExt};
+use crate::rollback::Rollback;
+use crate::services::image::image_status;
+use crate::services::runtime::RuntimeSvc;
+use crate::store::{now_nanos, ContainerState, Mode, PodState, Transition};
+
+impl RuntimeSvc {
+    pub(in crate::services::runtime) async fn start_container_impl(
+        &self,
+        req: StartContainerRequest,
+    ) -> Result<StartContainerResponse, Status> {
+        let ctx = self.ctx.clone();
+        detached(async move {
+            let entry = container_or_not_found(&ctx, &req.container_id)?;
+            let c = entry.get();
+            let pod = pod_or_not_found(&ctx, &c.pod_id)?;
+            let span = tracing::info_span!("start_container", container_id = %c.id, pod_id = %c.pod_id);
+            start_container(&ctx, &pod, &entry).instrument(span).await?;
+            Ok(StartContainerResponse {})
+        })
+        .await
+    }
+}
+
+/// Starts a CREATED container, holding its pod's InUse transition (so that the pod is not
+/// stopped or removed meanwhile) and its own Starting transition: a concurrent or retried
+/// start waits for this one and then finds the container no longer CREATED, so it never runs
+/// twice.
+async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEntry) -> Result<(), Status> {
+    let c = entry.get();
+    let _p = pod.begin(Transition::InUse, Mode::Shared).await.map_err(|_| pod_not_found(&c.pod_id))?;
+    let _t = entry.begin(Transition::Starting, Mode::Exclusive).await.map_err(|_| container_not_found(&c.id))?;
+    let c = entry.get();
+    {
+        if c.state != ContainerState::Created {
+            return Err(Status::failed_precondition(format!("container {} is {:?}, not created", c.id, c.state)));
+        }
+        if pod.get().state != PodState::Ready {
+            return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", c.pod_id)));
+        }
+        let cdir = ctx.container_dir(&c.id);
+        let mut rb = Rollback::new();
+        let result: Result<monitor::Started, Status> = async {
+            // The rootfs: the overlay of the image's snapshots and the container's own layer.
+            let layout = ctx
+                .images
+                .prepare_rootfs(&c.image_id, &c.id)
+                .await
+                .map_err(|e| image_status("prepare the rootfs", e))?;
+            let target = cdir.join("rootfs");
+            let t = target.clone();
+            tokio::task::spawn_blocking(move || layout.mount(&t))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| image_status("mount the rootfs", e))?;
+            rb.push_blocking("rootfs mount", move || {
+                imagesvc::RootfsMount::unmount(&target).map_err(|e| e.to_string())
+            });
+            crate::failpoint::hit("start:after_mount").await?;
+
+            // The container cgroup, with the resources of the spec.
+            let spec_path = cdir.join("config.json");
+            let spec_bytes = tokio::task::spawn_blocking(move || std::fs::read(spec_path))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| Status::internal(format!("read config.json: {e}")))?;
+            let spec: oci_spec::runtime::Spec =
+                serde_json::from_slice(&spec_bytes).map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
+            let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+            let (ctx2, cg) = (ctx.clone(), c.cgroup_path.clone());
+            tokio::task::spawn_blocking(move || ctx2.cgroups.create_with(&cg, resources.as_ref()))
+                .await
+                .map_err(join_error)?
+                .status("create the container cgroup")?;
+            let (ctx2, cg) = (ctx.clone(), c.cgroup_path.clone());
+            rb.push_blocking("container cgroup", move || {
+                let _ = ctx2.cgroups.kill_all(&cg);
+                ctx2.cgroups.remove(&cg).map_err(|e| e.to_string())
+            });
+            crate::failpoint::hit("start:after_cgroup").await?;
+
+            let log_path = (!c.log_path.is_empty()).then(|| PathBuf::from(&c.log_path));
+            let mut mc = MonitorConfig::new(&cdir, &c.id, log_path.clone());
+            mc.tty = c.config.tty;
+            mc.stdin = c.config.stdin;
+            mc.stdin_once = c.config.stdin_once;
+            let dir = cdir.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
+                }
+                // A fresh start: no exit record of an earlier life may linger.
+                let _ = std::fs::remove_file(&mc.exit_record_path);
+                mc.write(&dir).map_err(|e| Status::internal(format!("write monitor.json: {e}")))
+            })
+            .await
+            .map_err(join_error)??;
+            let (bin, dir) = (ctx.monitor_path.clone(), cdir.clone());
+            tokio::task::spawn_blocking(move || monitor::spawn(&bin, &dir))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| monitor_status(e, "start the container"))
+        }
+        .await;
+        match result {
+            Ok(started) => {
+                rb.commit();
+                entry.update(|r| {
+                    r.state = ContainerState::Running;
+                    r.pid = Some(started.pid);
+                    r.monitor_pid = Some(started.monitor_pid);
+                    r.started_at = now_nanos();
+                });
+                tracing::info!(pid = started.pid, "container started");
+                ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
+                super::spawn_exit_watcher(ctx, entry);
+                crate::failpoint::delay("start:after_monitor").await;
+                ctx.container_store.save_entry(&c.id, entry).await.status("persist the container")?;
+                Ok(())
+            }
+            Err(status) => {
+                let failed = rb.run().await;
+                // The container is done: it never ran. Its status says why.
+                entry.update(|r| {
+                    r.state = ContainerState::Exited;
+                    r.exit_code = 128;
+                    r.reason = "StartError".into();
+                    r.message = status.message().to_owned();
+                    r.finished_at = now_nanos();
+                    r.started_at = r.finished_at;
+                    if !failed.is_empty() {
+                        r.error = Some(format!("cleanup after the failed start incomplete: {}", failed.join("; ")));
+                    }
+                });
+                let _ = ctx.container_store.save_entry(&c.id, entry).await;
+                tracing::info!(error = %status.message(), "container start failed");
+                ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
+                Err(status)
+            }
+        }
+    }
+}
