@@ -135,6 +135,22 @@ pub fn check_relative_below(field: &str, p: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The pod's log directory of a container whose log file is `log_path` (the directory joined
+/// with the config's relative `config_log_path`), for the monitor to open the log beneath it.
+/// `None` when `log_path` does not end with `config_log_path` (a record of an older skiffd).
+pub fn log_dir_of(log_path: &str, config_log_path: &str) -> Option<std::path::PathBuf> {
+    if log_path.is_empty() || check_relative_below("log_path", config_log_path).is_err() {
+        return None;
+    }
+    let n = Path::new(config_log_path).components().filter(|c| matches!(c, Component::Normal(_))).count();
+    let full = Path::new(log_path);
+    let dir = full.ancestors().nth(n)?;
+    let rel = full.strip_prefix(dir).ok()?;
+    let want: Vec<_> = Path::new(config_log_path).components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let got: Vec<_> = rel.components().collect();
+    (want == got && dir.is_absolute()).then(|| dir.to_path_buf())
+}
+
 fn total<'a>(m: impl Iterator<Item = (&'a String, &'a String)>) -> usize {
     m.fold(0usize, |acc, (k, v)| acc.saturating_add(k.len()).saturating_add(v.len()))
 }
@@ -218,6 +234,15 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn log_dirs() {
+        assert_eq!(log_dir_of("/var/log/pods/x/c/0.log", "c/0.log").unwrap(), Path::new("/var/log/pods/x"));
+        assert_eq!(log_dir_of("/var/log/pods/x/./c/0.log", "./c/0.log").unwrap(), Path::new("/var/log/pods/x"));
+        assert_eq!(log_dir_of("/etc/x", "/etc/x"), None);
+        assert_eq!(log_dir_of("/a/b.log", "c.log"), None);
+        assert_eq!(log_dir_of("", "c.log"), None);
     }
 
     #[test]

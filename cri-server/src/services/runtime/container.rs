@@ -238,8 +238,9 @@ impl RuntimeSvc {
                 rlimits: Vec::new(),
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
             };
-            let spec =
-                runtime::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+            // It reads files (a Localhost seccomp profile, mount sources, devices): not on a worker.
+            let spec = tokio::task::block_in_place(|| runtime::spec::generate(&input))
+                .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
             let bytes =
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             runtime::util::write_atomic(&cdir.join("config.json"), &bytes, 0o600)
@@ -374,6 +375,7 @@ impl RuntimeSvc {
                 std::fs::create_dir_all(dir).map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
             }
             let mut mc = MonitorConfig::new(&cdir, &c.id, log_path);
+            mc.log_dir = crate::validate::log_dir_of(&c.log_path, &c.config.log_path);
             mc.tty = c.config.tty;
             mc.stdin = c.config.stdin;
             mc.stdin_once = c.config.stdin_once;

@@ -26,7 +26,11 @@ impl RuntimeSvc {
             if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
                 return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
             }
-            let new = runtime::spec::resources_from_cri(&linux)
+            // The effective resources: the update's fields over the ones in force.
+            let effective =
+                crate::validate::merge_resources(c.config.linux.as_ref().and_then(|l| l.resources.as_ref()), &linux);
+            crate::validate::check_resources("linux", &effective)?;
+            let new = runtime::spec::resources_from_cri(&effective)
                 .map_err(|e| from_kind(e.kind(), format!("resources: {e}")))?;
 
             // The spec keeps its device rules; the limits are replaced.
@@ -55,9 +59,7 @@ impl RuntimeSvc {
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode config.json: {e}")))?;
             runtime::util::write_atomic(&spec_path, &bytes, 0o600)
                 .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
-            if let Some(l) = c.config.linux.as_mut() {
-                l.resources = Some(linux);
-            }
+            c.config.linux.get_or_insert_with(Default::default).resources = Some(effective);
             self.ctx.container_store.save(&c.id, &*c).status("persist the container")?;
             tracing::info!("container resources updated");
             Ok(())
