@@ -245,7 +245,8 @@ async fn huge_metadata_is_refused() {
 
     let pc = pod_config(&d, "huge");
     let pod = d.run_pod(&pc).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut cri::ContainerConfig)>)> = vec![
+    type Edit = Box<dyn Fn(&mut cri::ContainerConfig)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("labels", Box::new(|c| drop(c.labels.insert("big".into(), "x".repeat(7 << 20))))),
         ("annotations", Box::new(|c| drop(c.annotations.insert("big".into(), "x".repeat(7 << 20))))),
         ("envs", Box::new(|c| c.envs = vec![cri::KeyValue { key: "K".into(), value: "v".repeat(200_000) }])),

@@ -129,7 +129,7 @@ fn clean(p: &str) -> String {
 fn check_mount(m: &Mount) -> Result<(), Status> {
     check_abs_path("mounts.container_path", &m.container_path, false)?;
     check_str("mounts.host_path", &m.host_path, MAX_PATH)?;
-    if m.host_path.is_empty() && m.image.as_ref().map_or(true, |i| i.image.is_empty()) {
+    if m.host_path.is_empty() && m.image.as_ref().is_none_or(|i| i.image.is_empty()) {
         return Err(invalid(&format!("mounts {:?}", truncated(&m.container_path)), "empty host path"));
     }
     let dest = clean(&m.container_path);

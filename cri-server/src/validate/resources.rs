@@ -56,9 +56,9 @@ pub fn init_host_limits() {
 /// `hugepages-2048kB` → `2MB` (the name in `hugetlb.<size>.limit_in_bytes`).
 fn hugepage_name(dir: &str) -> Option<String> {
     let kb: u64 = dir.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
-    Some(if kb % (1 << 20) == 0 {
+    Some(if kb.is_multiple_of(1 << 20) {
         format!("{}GB", kb >> 20)
-    } else if kb % (1 << 10) == 0 {
+    } else if kb.is_multiple_of(1 << 10) {
         format!("{}MB", kb >> 10)
     } else {
         format!("{kb}KB")
