@@ -246,6 +246,12 @@ pub fn list_pod_sandbox(req: &ListPodSandboxRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// UpdateRuntimeConfig: the node's pod CIDR (logged only).
+pub fn update_runtime_config(req: &UpdateRuntimeConfigRequest) -> Result<(), Status> {
+    let cidr = req.runtime_config.as_ref().and_then(|r| r.network_config.as_ref()).map(|n| n.pod_cidr.as_str());
+    check_str("runtime_config.network_config.pod_cidr", cidr.unwrap_or(""), 1024)
+}
+
 /// ListPodSandboxStats.
 pub fn list_pod_sandbox_stats(req: &ListPodSandboxStatsRequest) -> Result<(), Status> {
     if let Some(f) = &req.filter {

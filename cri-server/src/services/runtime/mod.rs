@@ -66,6 +66,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         r: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        validate::update_runtime_config(r.get_ref())?;
         self.update_runtime_config_impl(r.into_inner());
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
