@@ -68,7 +68,7 @@ async fn random_call_sequences_keep_skiffd_consistent() {
     let pod = d.run_pod(&pc).await;
 
     // Per operation: (succeeded, refused, cut by the deadline).
-    let mut tally = [(0u32, 0u32, 0u32); 6];
+    let mut tally = [(0u32, 0u32, 0u32); 8];
     for step in 0..steps {
         let name = NAMES[rng.random_range(0..NAMES.len())];
         // Deadlines from 1 ms (dropped at once) to 3 s (usually done).
@@ -77,8 +77,18 @@ async fn random_call_sequences_keep_skiffd_consistent() {
             1 => rng.random_range(20..300),
             _ => 3000,
         });
-        // create, start, stop, remove, exec, status (create, start and exec twice as often)
-        let op = [0, 0, 1, 1, 2, 3, 4, 4, 5][rng.random_range(0..9)];
+        // create, start, stop, remove, exec, status, update, reopen log (create, start and exec
+        // twice as often)
+        let op = [0, 0, 1, 1, 2, 3, 4, 4, 5, 6, 7][rng.random_range(0..11)];
+        // Updates: valid and invalid values alike.
+        let resources = cri::LinuxContainerResources {
+            memory_limit_in_bytes: [0, 1, 16 << 20, 256 << 20][rng.random_range(0..4)],
+            cpu_period: [0, 1, 100_000][rng.random_range(0..3)],
+            cpu_quota: [0, -1, 50_000][rng.random_range(0..3)],
+            cpu_shares: [0, 2, 1024, 1 << 30][rng.random_range(0..4)],
+            oom_score_adj: [0, 500, 5000][rng.random_range(0..3)],
+            ..Default::default()
+        };
         let mut rt = d.runtime();
         let id = id_of(&d, name).await.unwrap_or_else(|| format!("missing-{name}"));
         let fut = async {
@@ -94,6 +104,18 @@ async fn random_call_sequences_keep_skiffd_consistent() {
                 }
                 3 => rt.remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.map(|_| ()),
                 4 => d.exec(&id, &["true"], 2).await.map(|_| ()),
+                6 => rt
+                    .update_container_resources(cri::UpdateContainerResourcesRequest {
+                        container_id: id.clone(),
+                        linux: Some(resources.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                7 => rt
+                    .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() })
+                    .await
+                    .map(|_| ()),
                 _ => rt
                     .container_status(cri::ContainerStatusRequest { container_id: id.clone(), verbose: true })
                     .await
@@ -118,7 +140,7 @@ async fn random_call_sequences_keep_skiffd_consistent() {
         check_consistent(&d, &pod, step, seed).await;
     }
 
-    let ops = ["create", "start", "stop", "remove", "exec", "status"];
+    let ops = ["create", "start", "stop", "remove", "exec", "status", "update", "reopen log"];
     for (op, (ok, refused, cut)) in ops.iter().zip(tally) {
         eprintln!("  {op}: {ok} done, {refused} refused, {cut} cut by the deadline");
     }
