@@ -95,7 +95,9 @@ fn check_dns(dns: &DnsConfig) -> Result<(), Status> {
         }
     }
     for s in &dns.servers {
-        if s.parse::<IpAddr>().is_err() {
+        // An IPv6 link-local server may carry its zone (`fe80::1%eth0`).
+        let addr = s.split_once('%').map_or(s.as_str(), |(a, _)| a);
+        if addr.parse::<IpAddr>().is_err() {
             return Err(invalid("dns_config.servers", format!("{s:?} is not an IP address")));
         }
     }
@@ -317,6 +319,15 @@ mod tests {
         run_pod_sandbox(&pod(sysctl("net.ipv4.ip_unprivileged_port_start", "0"))).unwrap();
         run_pod_sandbox(&pod(sysctl("kernel/shm_rmid_forced", "1"))).unwrap();
         run_pod_sandbox(&pod(sysctl("kernel.sem", "250 32000 32 128"))).unwrap();
+        run_pod_sandbox(&pod(sysctl("net.ipv4.ip_local_port_range", "1024 65535"))).unwrap();
+        run_pod_sandbox(&pod(|c| {
+            c.dns_config = Some(DnsConfig {
+                servers: vec!["10.96.0.10".into(), "fe80::1%eth0".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            })
+        }))
+        .unwrap();
     }
 
     #[test]
