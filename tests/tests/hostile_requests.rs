@@ -115,7 +115,8 @@ async fn log_path_stays_in_the_log_directory() {
     std::os::unix::fs::symlink(&outside, logdir.join("link.log")).unwrap();
     std::os::unix::fs::symlink(std::env::temp_dir(), logdir.join("dirlink")).unwrap();
     let via_dir = format!("dirlink/skiff-pwned-{s}.log");
-    for (name, path) in [("filelink", "link.log"), ("dirlink", via_dir.as_str())] {
+    let made = format!("dirlink/skiff-made-{s}/0.log");
+    for (name, path) in [("filelink", "link.log"), ("dirlink", via_dir.as_str()), ("dirmade", made.as_str())] {
         let mut c = container_config(name, &["echo", "pwned"]);
         c.log_path = path.into();
         let id = d.create(&pod, &pc, c).await.expect("create");
@@ -128,6 +129,8 @@ async fn log_path_stays_in_the_log_directory() {
         assert!(e.message().contains("log"), "{e:?}");
         assert!(!outside.exists(), "{} was written through {path}", outside.display());
     }
+    let made_dir = std::env::temp_dir().join(format!("skiff-made-{s}"));
+    assert!(!made_dir.exists(), "{} was created through the symlink", made_dir.display());
     // An ordinary nested log path still works.
     let mut c = container_config("fine", &["echo", "fine"]);
     c.log_path = "fine/0.log".into();
