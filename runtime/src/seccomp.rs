@@ -662,33 +662,7 @@ pub const MAX_PROFILE_SIZE: u64 = 1024 * 1024;
 /// Reads a profile file: opened with `O_NONBLOCK` (a FIFO does not block the open), refused
 /// unless it is a regular file (`/dev/zero`, a FIFO, a directory), and at most `max` bytes.
 pub fn read_profile_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let md = f.metadata().map_err(|e| e.to_string())?;
-    let ft = md.file_type();
-    if !ft.is_file() {
-        let what = if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "a device"
-        } else if ft.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
-        return Err(format!("is {what}, not a regular file"));
-    }
-    if md.len() > max {
-        return Err(format!("{} bytes, the limit is {max}", md.len()));
-    }
-    let mut bytes = Vec::new();
-    // The size may change under us: never read more than the limit.
-    f.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let bytes = crate::util::read_regular_head(path, max.saturating_add(1), false).map_err(|e| e.to_string())?;
     if bytes.len() as u64 > max {
         return Err(format!("larger than the limit of {max} bytes"));
     }
@@ -734,7 +708,7 @@ mod tests {
         let big = dir.path().join("big.json");
         std::fs::write(&big, vec![b' '; MAX_PROFILE_SIZE as usize + 1]).unwrap();
         let e = load_profile(&big).unwrap_err().to_string();
-        assert!(e.contains("the limit is"), "{e}");
+        assert!(e.contains("the limit of"), "{e}");
     }
 
     #[test]

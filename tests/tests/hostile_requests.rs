@@ -456,3 +456,34 @@ async fn impossible_sysctls_are_refused_at_run_pod() {
     still_serves(&d).await;
     d.remove_pod(&pod).await;
 }
+
+/// A container that leaves a FIFO or a device node (it may mknod by default) where the kubelet
+/// reads its termination message: skiffd reads only regular files, a bounded amount, and keeps
+/// answering (a FIFO used to block the status calls, /dev/zero to fill skiffd's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_message_files_are_bounded() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "termmsg");
+    let pod = d.run_pod(&pc).await;
+    for (name, script) in [
+        ("fifo", "mkfifo /tmp/term; exit 1"),
+        ("zero", "mknod /tmp/term c 1 5; exit 1"),
+        ("big", "head -c 10000000 /dev/zero | tr '\\0' m > /tmp/term; exit 1"),
+    ] {
+        let mut c = container_config(name, &["sh", "-c", script]);
+        c.annotations.insert("io.kubernetes.container.terminationMessagePath".into(), "/tmp/term".into());
+        let id = d.create_and_start(&pod, &pc, c).await;
+        let st = tokio::time::timeout(Duration::from_secs(30), d.wait_exited(&id, Duration::from_secs(25)))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: status calls hang"));
+        assert_eq!(st.exit_code, 1, "{name}: {st:?}");
+        assert!(st.message.len() <= 4096, "{name}: message of {} bytes", st.message.len());
+        if name == "big" {
+            assert_eq!(st.message, "m".repeat(4096));
+        }
+        assert!(rss_kib(d.pid().unwrap()) < 512 * 1024, "{name}: skiffd RSS");
+    }
+    still_serves(&d).await;
+    d.remove_pod(&pod).await;
+}

@@ -673,14 +673,20 @@ fn termination_message(ctx: &Arc<Context>, c: &ContainerRecord) -> String {
     if let Some(path) = annotations.get(TERMINATION_MESSAGE_PATH).filter(|p| !p.is_empty()) {
         let upper = ctx.config.root.join("containers").join(&c.id).join("upper");
         if let Ok(p) = runtime::mounts::resolve_in_root(&upper, Path::new(path)) {
-            if let Ok(bytes) = std::fs::read(&p) {
-                message = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TERMINATION_MESSAGE)]).into_owned();
+            // The container made that file: a FIFO or a device node must not hang or flood us.
+            if let Ok(bytes) = runtime::util::read_regular_head(&p, MAX_TERMINATION_MESSAGE as u64, true) {
+                message = String::from_utf8_lossy(&bytes).into_owned();
             }
         }
     }
     let fallback = annotations.get(TERMINATION_MESSAGE_POLICY).map(String::as_str) == Some("FallbackToLogsOnError");
     if message.is_empty() && fallback && c.exit_code != 0 && !c.log_path.is_empty() {
-        if let Ok(log) = std::fs::read_to_string(&c.log_path) {
+        if let Ok(mut log) = runtime::util::read_regular_tail(Path::new(&c.log_path), 1 << 20, true) {
+            if log.len() >= 1 << 20 {
+                // Read from the middle of the file: its first line may be cut.
+                log.drain(..log.iter().position(|b| *b == b'\n').map_or(log.len(), |i| i + 1));
+            }
+            let log = String::from_utf8_lossy(&log);
             let lines: Vec<&str> = log.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect();
             let tail = lines[lines.len().saturating_sub(80)..].join("\n");
             let start = tail.len().saturating_sub(2048);
