@@ -61,6 +61,13 @@ impl IoError {
 pub trait Kinded {
     /// How the CRI edge should report this error.
     fn kind(&self) -> ErrorKind;
+
+    /// What the client asked for that was refused, in its words (`memory.limit_in_bytes: the
+    /// limit is below what the container uses now`), when the error knows; the edge puts it
+    /// first in the message.
+    fn detail(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Implements [`Kinded`] for error types that have an inherent `kind(&self) -> ErrorKind`.

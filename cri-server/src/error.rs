@@ -30,9 +30,13 @@ pub fn from_kind(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
     Status::new(code(kind), message.to_string())
 }
 
-/// A library error as a gRPC status, its message prefixed with what was being done.
+/// A library error as a gRPC status, its message prefixed with what was being done; when the
+/// error names what the client asked for (a cgroup value the kernel refused), that comes first.
 pub fn status_of(doing: &str, e: &(impl Kinded + std::fmt::Display)) -> Status {
-    from_kind(e.kind(), format!("{doing}: {e}"))
+    match e.detail() {
+        Some(detail) => from_kind(e.kind(), format!("{doing}: {detail} ({e})")),
+        None => from_kind(e.kind(), format!("{doing}: {e}")),
+    }
 }
 
 /// Maps library errors that tell their kind.
@@ -50,4 +54,26 @@ impl<T, E: Kinded + std::fmt::Display> StatusExt<T> for Result<T, E> {
 /// A join error of a blocking task as a status.
 pub fn join_error(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("internal task failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::cgroups::CgroupError;
+
+    fn write_error(file: &str, errno: i32) -> CgroupError {
+        CgroupError::Io { op: "write", file: file.into(), source: std::io::Error::from_raw_os_error(errno) }
+    }
+
+    #[test]
+    fn refused_cgroup_writes_name_the_resource() {
+        let s = status_of("apply", &write_error("/sys/fs/cgroup/memory/x/memory.limit_in_bytes", libc::EBUSY));
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(s.message().contains("memory.limit_in_bytes: the limit is below"), "{}", s.message());
+        let s = status_of("apply", &write_error("/sys/fs/cgroup/cpu/x/cpu.cfs_period_us", libc::EINVAL));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains("cpu.cfs_period_us"), "{}", s.message());
+        let s = status_of("apply", &write_error("/sys/fs/cgroup/cpu/x/cpu.shares", libc::EIO));
+        assert_eq!(s.code(), tonic::Code::Internal);
+    }
 }

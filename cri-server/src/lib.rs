@@ -13,3 +13,4 @@ pub mod server;
 pub mod services;
 pub mod spec;
 pub mod store;
+pub mod validate;

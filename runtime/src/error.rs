@@ -51,4 +51,25 @@ impl Error {
     }
 }
 
-common::impl_kinded!(Error, CapsError, CgroupError, MountError, NamespaceError, PodFilesError, SeccompError, UserError);
+common::impl_kinded!(CapsError, MountError, NamespaceError, PodFilesError, SeccompError, UserError);
+
+impl common::Kinded for Error {
+    fn kind(&self) -> ErrorKind {
+        Error::kind(self)
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            Error::Cgroup(e) => common::Kinded::detail(e),
+            _ => None,
+        }
+    }
+}
+
+impl common::Kinded for CgroupError {
+    fn kind(&self) -> ErrorKind {
+        CgroupError::kind(self)
+    }
+    fn detail(&self) -> Option<String> {
+        self.refused_resource().map(|(resource, why)| format!("{resource}: {why}"))
+    }
+}

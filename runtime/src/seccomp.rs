@@ -651,9 +651,22 @@ pub fn load_profile(path: &Path) -> Result<LinuxSeccomp, SeccompError> {
     if !path.is_absolute() {
         return Err(SeccompError::BadProfile { path: origin, reason: "path is not absolute".into() });
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| SeccompError::BadProfile { path: origin.clone(), reason: e.to_string() })?;
+    let bytes = read_profile_file(path, MAX_PROFILE_SIZE)
+        .map_err(|reason| SeccompError::BadProfile { path: origin.clone(), reason })?;
     parse_profile(&bytes, &origin)
+}
+
+/// Largest Localhost profile read (docker's default profile is about 20 KiB).
+pub const MAX_PROFILE_SIZE: u64 = 1024 * 1024;
+
+/// Reads a profile file: opened with `O_NONBLOCK` (a FIFO does not block the open), refused
+/// unless it is a regular file (`/dev/zero`, a FIFO, a directory), and at most `max` bytes.
+pub fn read_profile_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let bytes = crate::util::read_regular_head(path, max.saturating_add(1), false).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than the limit of {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -679,6 +692,23 @@ mod tests {
         // serializes to what runtimes expect
         let j = serde_json::to_value(&p).unwrap();
         assert_eq!(j["defaultAction"], "SCMP_ACT_ERRNO");
+    }
+
+    #[test]
+    fn profile_files_are_regular_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_profile(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("a device"), "{e}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = load_profile(&fifo).unwrap_err().to_string();
+        assert!(e.contains("a FIFO"), "{e}");
+        let e = load_profile(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_PROFILE_SIZE as usize + 1]).unwrap();
+        let e = load_profile(&big).unwrap_err().to_string();
+        assert!(e.contains("the limit of"), "{e}");
     }
 
     #[test]

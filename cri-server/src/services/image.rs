@@ -69,6 +69,7 @@ impl ImageService for ImageSvc {
     }
 
     async fn list_images(&self, r: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        crate::validate::list_images(r.get_ref())?;
         let filter = r.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.trim().is_empty());
         let images = match filter {
             Some(f) => match self.store.status(&f).await {
@@ -85,6 +86,7 @@ impl ImageService for ImageSvc {
     }
 
     async fn image_status(&self, r: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+        crate::validate::image_status(r.get_ref())?;
         let req = r.into_inner();
         let name = image_name(req.image.as_ref(), "ImageStatus")?;
         let doing = format!("image status of {name:?}");
@@ -107,6 +109,7 @@ impl ImageService for ImageSvc {
     }
 
     async fn pull_image(&self, r: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+        crate::validate::pull_image(r.get_ref())?;
         let req = r.into_inner();
         let name = image_name(req.image.as_ref(), "PullImage")?;
         let auth = req.auth.map(|a| imagesvc::Auth {
@@ -128,6 +131,7 @@ impl ImageService for ImageSvc {
     }
 
     async fn remove_image(&self, r: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+        crate::validate::remove_image(r.get_ref())?;
         let name = image_name(r.into_inner().image.as_ref(), "RemoveImage")?;
         let (store, n) = (self.store.clone(), name.clone());
         let removed = tokio::spawn(async move { store.remove(&n).await })

@@ -37,6 +37,22 @@ pub enum CgroupError {
 }
 
 impl CgroupError {
+    /// For a refused write: the cgroup file (the resource) and why the kernel refused it, in
+    /// words a client understands.
+    pub fn refused_resource(&self) -> Option<(String, &'static str)> {
+        let CgroupError::Io { op: "write", file, source } = self else { return None };
+        let name = file.file_name()?.to_string_lossy().into_owned();
+        let why = match source.raw_os_error()? {
+            libc::EINVAL | libc::ERANGE | libc::EOVERFLOW => "the kernel refused the value (out of range or malformed)",
+            libc::EBUSY if name.starts_with("memory.") => {
+                "the limit is below what the container uses now (or the cgroup is busy)"
+            }
+            libc::EBUSY => "the resource is in use and cannot be changed now",
+            _ => return None,
+        };
+        Some((name, why))
+    }
+
     pub(crate) fn io(op: &'static str, file: impl Into<PathBuf>, source: io::Error) -> Self {
         CgroupError::Io { op, file: file.into(), source }
     }
@@ -46,6 +62,13 @@ impl CgroupError {
         match self {
             CgroupError::InvalidPath { .. } | CgroupError::InvalidResource(_) => ErrorKind::InvalidArgument,
             CgroupError::NotFound(_) => ErrorKind::NotFound,
+            // The kernel refused a value (out of range, malformed) or cannot apply it now (a
+            // memory limit below the usage, a cpuset in use): the request's fault, not ours.
+            CgroupError::Io { op: "write", source, .. } => match source.raw_os_error() {
+                Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::EOVERFLOW) => ErrorKind::InvalidArgument,
+                Some(libc::EBUSY) => ErrorKind::FailedPrecondition,
+                _ => ErrorKind::Internal,
+            },
             _ => ErrorKind::Internal,
         }
     }

@@ -268,7 +268,8 @@ fn exec_loop(
 ) -> Result<i32, MonitorError> {
     let mut stdout = child.stdout.take().map(OwnedFd::from);
     let mut stderr = child.stderr.take().map(OwnedFd::from);
-    let deadline = timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
+    // A timeout too large for an Instant (i64::MAX seconds) is no timeout at all.
+    let deadline = timeout.filter(|t| !t.is_zero()).and_then(|t| Instant::now().checked_add(t));
     let mut status_open = true;
     let mut sbuf: Vec<u8> = Vec::new();
     let mut pgid: Option<i32> = None;

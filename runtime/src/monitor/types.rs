@@ -27,6 +27,11 @@ pub struct MonitorConfig {
     /// CRI log file (kubelet format). `None`: output is discarded.
     #[serde(default)]
     pub log_path: Option<PathBuf>,
+    /// The pod's log directory, which `log_path` must stay beneath: the monitor opens the log
+    /// relative to it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`. `None`: only the
+    /// last component is opened without following a symlink.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
     /// Where the exit record is written (normally `<dir>/exit.json`).
     pub exit_record_path: PathBuf,
     /// The monitor's unix socket (normally `<dir>/monitor.sock`).
@@ -56,6 +61,7 @@ impl MonitorConfig {
             version: MONITOR_CONFIG_VERSION,
             container_id: container_id.to_string(),
             log_path,
+            log_dir: None,
             exit_record_path: container_dir.join(EXIT_FILE),
             socket_path: container_dir.join(SOCKET_FILE),
             pid_file: Some(container_dir.join(PID_FILE)),

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::Context;
 use crate::error::unimplemented;
+use crate::validate;
 
 pub use status::RUNTIME_NAME;
 pub(crate) use streams::{chunked, ListStream};
@@ -39,6 +40,7 @@ pub struct RuntimeSvc {
 
 impl RuntimeSvc {
     pub fn new(ctx: Arc<Context>) -> Self {
+        validate::init_host_limits();
         Self { ctx, cpu_samples: stats::CpuSamples::default() }
     }
 }
@@ -67,6 +69,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         r: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        validate::update_runtime_config(r.get_ref())?;
         self.update_runtime_config_impl(r.into_inner());
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
@@ -84,81 +87,95 @@ impl RuntimeService for RuntimeSvc {
         &self,
         r: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        validate::run_pod_sandbox(r.get_ref())?;
         self.run_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
     async fn stop_pod_sandbox(
         &self,
         r: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        validate::pod_id(&r.get_ref().pod_sandbox_id)?;
         self.stop_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
     async fn remove_pod_sandbox(
         &self,
         r: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        validate::pod_id(&r.get_ref().pod_sandbox_id)?;
         self.remove_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
     async fn pod_sandbox_status(
         &self,
         r: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        validate::pod_id(&r.get_ref().pod_sandbox_id)?;
         self.pod_sandbox_status_impl(r.into_inner()).await.map(Response::new)
     }
     async fn list_pod_sandbox(
         &self,
         r: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        validate::list_pod_sandbox(r.get_ref())?;
         self.list_pod_sandbox_impl(r.into_inner()).await.map(Response::new)
     }
     async fn create_container(
         &self,
         r: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
+        validate::create_container(&self.ctx, r.get_ref()).await?;
         self.create_container_impl(r.into_inner()).await.map(Response::new)
     }
     async fn start_container(
         &self,
         r: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
+        validate::container_id(&r.get_ref().container_id)?;
         self.start_container_impl(r.into_inner()).await.map(Response::new)
     }
     async fn stop_container(
         &self,
         r: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
+        validate::container_id(&r.get_ref().container_id)?;
         self.stop_container_impl(r.into_inner()).await.map(Response::new)
     }
     async fn remove_container(
         &self,
         r: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
+        validate::container_id(&r.get_ref().container_id)?;
         self.remove_container_impl(r.into_inner()).await.map(Response::new)
     }
     async fn list_containers(
         &self,
         r: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
+        validate::list_containers(r.get_ref())?;
         self.list_containers_impl(r.into_inner()).await.map(Response::new)
     }
     async fn container_status(
         &self,
         r: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
+        validate::container_id(&r.get_ref().container_id)?;
         self.container_status_impl(r.into_inner()).await.map(Response::new)
     }
     async fn update_container_resources(
         &self,
         r: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        validate::update_container_resources(r.get_ref())?;
         self.update_container_resources_impl(r.into_inner()).await.map(Response::new)
     }
     async fn reopen_container_log(
         &self,
         r: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        validate::container_id(&r.get_ref().container_id)?;
         self.reopen_container_log_impl(r.into_inner()).await.map(Response::new)
     }
     async fn exec_sync(&self, r: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        validate::exec_sync(r.get_ref())?;
         self.exec_sync_impl(r.into_inner()).await.map(Response::new)
     }
     async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -174,24 +191,28 @@ impl RuntimeService for RuntimeSvc {
         &self,
         r: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
+        validate::container_id(&r.get_ref().container_id)?;
         self.container_stats_impl(r.into_inner()).await.map(Response::new)
     }
     async fn list_container_stats(
         &self,
         r: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        validate::list_container_stats(r.get_ref())?;
         self.list_container_stats_impl(r.into_inner()).await.map(Response::new)
     }
     async fn pod_sandbox_stats(
         &self,
         r: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        validate::pod_id(&r.get_ref().pod_sandbox_id)?;
         self.pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
     async fn list_pod_sandbox_stats(
         &self,
         r: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        validate::list_pod_sandbox_stats(r.get_ref())?;
         self.list_pod_sandbox_stats_impl(r.into_inner()).await.map(Response::new)
     }
     async fn update_pod_sandbox_resources(

@@ -31,7 +31,13 @@ impl RuntimeSvc {
                 if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
                     return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
                 }
-                let new = crate::spec::resources_from_cri(&linux)
+                // The effective resources: the update's fields over the ones in force.
+                let effective = crate::validate::merge_resources(
+                    c.config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+                    &linux,
+                );
+                crate::validate::check_resources("linux", &effective)?;
+                let new = crate::spec::resources_from_cri(&effective)
                     .map_err(|e| from_kind(e.kind(), format!("resources: {e}")))?;
 
                 // The spec keeps its device rules; the limits are replaced.
@@ -66,11 +72,7 @@ impl RuntimeSvc {
                     .await
                     .map_err(join_error)?
                     .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
-                entry.update(|r| {
-                    if let Some(l) = r.config.linux.as_mut() {
-                        l.resources = Some(linux);
-                    }
-                });
+                entry.update(|r| r.config.linux.get_or_insert_with(Default::default).resources = Some(effective));
                 ctx.container_store.save_entry(&c.id, &entry).await.status("persist the container")?;
                 tracing::info!("container resources updated");
                 Ok(())

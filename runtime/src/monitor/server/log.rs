@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The longest content of one record.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -44,26 +44,26 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// The log file (reopened on request).
 pub struct CriLog {
     path: Option<PathBuf>,
+    /// The directory `path` must stay beneath (the pod's log directory).
+    dir: Option<PathBuf>,
     file: Option<File>,
 }
 
 impl CriLog {
-    pub fn open(path: Option<PathBuf>) -> std::io::Result<CriLog> {
-        let mut l = CriLog { path, file: None };
+    pub fn open(path: Option<PathBuf>, dir: Option<PathBuf>) -> std::io::Result<CriLog> {
+        let mut l = CriLog { path, dir, file: None };
         l.reopen()?;
         Ok(l)
     }
 
-    /// (Re)opens the file in append mode, creating it.
+    /// (Re)opens the file in append mode, creating it. Beneath the log directory no symlink is
+    /// followed (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so that neither `..` nor a
+    /// symlink planted in the directory sends the container's output to another host file.
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         let Some(p) = &self.path else { return Ok(()) };
-        let f =
-            std::fs::OpenOptions::new().append(true).create(true).mode(0o640).custom_flags(libc::O_CLOEXEC).open(p)?;
-        self.file = Some(f);
+        self.file = Some(open_log(p, self.dir.as_deref())?);
         Ok(())
     }
-
     fn record(&mut self, stream: &str, tag: char, content: &[u8]) {
         let Some(f) = &mut self.file else { return };
         let ts = format_timestamp(super::util::now_nanos());
@@ -81,6 +81,73 @@ impl CriLog {
             super::util::diag_line(&format!("write log: {e}"));
         }
     }
+}
+
+/// Opens `path` for appending: beneath `dir` without following symlinks when `dir` is given
+/// and contains it (the directories between are created the same way), otherwise with
+/// `O_NOFOLLOW` on the last component.
+pub fn open_log(path: &Path, dir: Option<&Path>) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some((dir, rel)) = dir.and_then(|d| path.strip_prefix(d).ok().map(|r| (d, r))) {
+        match open_beneath(dir, rel) {
+            // Kernels before 5.6: the O_NOFOLLOW open below.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                return Err(std::io::Error::other(format!(
+                    "{} leaves the log directory {} or goes through a symlink",
+                    path.display(),
+                    dir.display()
+                )))
+            }
+            other => return other,
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+}
+
+/// `rel` (plain components only) beneath `dir`: each directory on the way made with `mkdirat`
+/// and entered with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, then the file opened the
+/// same way. `dir` itself (the pod's log directory, the kubelet's) is created if missing.
+fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<File> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Component;
+    let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    std::fs::create_dir_all(dir)?;
+    let root = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(dir)?;
+    let mut cur: OwnedFd = root.into();
+    let mut names: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::CurDir => {}
+            _ => return Err(std::io::Error::from_raw_os_error(libc::EXDEV)),
+        }
+    }
+    let Some((file, parents)) = names.split_last() else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"));
+    };
+    for name in parents {
+        match nix::sys::stat::mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(resolve);
+        cur = openat2(cur.as_fd(), *name, how)?;
+    }
+    let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let how = OpenHow::new().flags(flags).mode(Mode::from_bits_truncate(0o640)).resolve(resolve);
+    Ok(File::from(openat2(cur.as_fd(), *file, how)?))
 }
 
 /// Splits one stream into CRI records.
@@ -147,6 +214,31 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_stays_beneath_its_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("logs");
+        std::fs::create_dir_all(dir.join("c")).unwrap();
+        let outside = tmp.path().join("outside.log");
+        // a plain file beneath the directory, its directories created
+        open_log(&dir.join("c/0.log"), Some(&dir)).unwrap();
+        assert!(dir.join("c/0.log").is_file());
+        open_log(&dir.join("new/sub/0.log"), Some(&dir)).unwrap();
+        assert!(dir.join("new/sub/0.log").is_file());
+        // `..`, a symlinked file, a symlinked directory: refused, nothing written outside
+        assert!(open_log(&dir.join("../outside.log"), Some(&dir)).is_err());
+        std::os::unix::fs::symlink(&outside, dir.join("link.log")).unwrap();
+        assert!(open_log(&dir.join("link.log"), Some(&dir)).is_err());
+        std::os::unix::fs::symlink(tmp.path(), dir.join("d")).unwrap();
+        assert!(open_log(&dir.join("d/outside.log"), Some(&dir)).is_err());
+        // no directory is made through a symlinked one either
+        assert!(open_log(&dir.join("d/made/0.log"), Some(&dir)).is_err());
+        assert!(!tmp.path().join("made").exists());
+        // without a directory, the last component still does not follow a symlink
+        assert!(open_log(&dir.join("link.log"), None).is_err());
+        assert!(!outside.exists());
+    }
 
     fn split(chunks: &[&[u8]]) -> Vec<(char, Vec<u8>)> {
         let mut s = LineSplitter::new("stdout");

@@ -239,7 +239,7 @@ impl Monitor {
             write_atomic(p, std::process::id().to_string().as_bytes()).ctx(|| format!("write {}", p.display()))?;
         }
         let sigfd = signalfd(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT])?;
-        let log = CriLog::open(cfg.log_path.clone())
+        let log = CriLog::open(cfg.log_path.clone(), cfg.log_dir.clone())
             .ctx(|| format!("open log file {}", cfg.log_path.as_deref().unwrap_or(Path::new("")).display()))?;
         let cgroups_path =
             spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());

@@ -203,8 +203,9 @@ impl RuntimeSvc {
                 rlimits: Vec::new(),
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
             };
-            let spec =
-                crate::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+            // It reads files (a Localhost seccomp profile, mount sources, devices): not on a worker.
+            let spec = tokio::task::block_in_place(|| crate::spec::generate(&input))
+                .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
             let bytes =
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             let spec_path = cdir.join("config.json");

@@ -171,11 +171,9 @@ fn termination_message(ctx: &Context, c: &ContainerRecord, exit_code: i32) -> St
     if let Some(path) = annotations.get(TERMINATION_MESSAGE_PATH).filter(|p| !p.is_empty()) {
         let upper = ctx.config.root.join("containers").join(&c.id).join("upper");
         if let Ok(p) = runtime::mounts::resolve_in_root(&upper, Path::new(path)) {
-            if let Ok(f) = std::fs::File::open(&p) {
-                let mut bytes = Vec::new();
-                if f.take(MAX_TERMINATION_MESSAGE as u64).read_to_end(&mut bytes).is_ok() {
-                    message = String::from_utf8_lossy(&bytes).into_owned();
-                }
+            // The container made that file: a FIFO or a device node must not hang or flood us.
+            if let Ok(bytes) = runtime::util::read_regular_head(&p, MAX_TERMINATION_MESSAGE as u64, true) {
+                message = String::from_utf8_lossy(&bytes).into_owned();
             }
         }
     }
@@ -190,8 +188,7 @@ fn termination_message(ctx: &Context, c: &ContainerRecord, exit_code: i32) -> St
 
 /// The last `max` bytes of a file, from the first whole line in them.
 fn read_tail(path: &Path, max: u64) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
+    let (mut f, len) = runtime::util::open_regular(path, true).ok()?;
     let start = len.saturating_sub(max);
     f.seek(SeekFrom::Start(start)).ok()?;
     let mut bytes = Vec::new();

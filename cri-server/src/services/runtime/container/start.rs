@@ -95,12 +95,15 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
 
             let log_path = (!c.log_path.is_empty()).then(|| PathBuf::from(&c.log_path));
             let mut mc = MonitorConfig::new(&cdir, &c.id, log_path.clone());
+            // The monitor makes the log's directories beneath the pod's log dir, following no symlink.
+            let log_dir = crate::validate::log_dir_of(&c.log_path, &c.config.log_path);
+            mc.log_dir = log_dir.clone();
             mc.tty = c.config.tty;
             mc.stdin = c.config.stdin;
             mc.stdin_once = c.config.stdin_once;
             let dir = cdir.clone();
             tokio::task::spawn_blocking(move || {
-                if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()) {
+                if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()).filter(|_| log_dir.is_none()) {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
                 }
