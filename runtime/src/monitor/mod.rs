@@ -67,7 +67,9 @@ mod client;
 pub mod protocol;
 #[doc(hidden)]
 pub mod server;
+mod stream;
 mod types;
 
 pub use client::{exec_sync, read_exit_record, spawn, spawn_infra, Client};
+pub use stream::{attach, exec_stream, AttachOptions, AttachSession, ExecHandle, ExecSession, ExecStreamOptions};
 pub use types::*;
