@@ -336,24 +336,22 @@ pub fn exec_stream(
     };
     // Dropping `s` on an error path kills and reaps whatever started.
     s.reader.set_read_timeout(Some(EXEC_START_TIMEOUT))?;
-    loop {
-        match read_report(&mut s.reader, &mut s.rbuf)? {
-            Some(ExecReport::Started { .. }) => return Ok(s),
-            Some(ExecReport::Error { message }) => {
-                s.exit = Some(126);
-                s.reap(true);
-                return Err(MonitorError::StartError(message));
-            }
-            // Exited before Started cannot happen; keep it for `wait`.
-            Some(ExecReport::Exited { exit_code }) => {
-                s.exit = Some(exit_code);
-                return Ok(s);
-            }
-            None => {
-                let st = s.reap(true);
-                s.exit = Some(126);
-                return Err(MonitorError::Protocol(format!("exec helper ended early ({st})")));
-            }
+    match read_report(&mut s.reader, &mut s.rbuf)? {
+        Some(ExecReport::Started { .. }) => Ok(s),
+        Some(ExecReport::Error { message }) => {
+            s.exit = Some(126);
+            s.reap(true);
+            Err(MonitorError::StartError(message))
+        }
+        // Exited before Started cannot happen; keep it for `wait`.
+        Some(ExecReport::Exited { exit_code }) => {
+            s.exit = Some(exit_code);
+            Ok(s)
+        }
+        None => {
+            let st = s.reap(true);
+            s.exit = Some(126);
+            Err(MonitorError::Protocol(format!("exec helper ended early ({st})")))
         }
     }
 }
@@ -486,4 +484,34 @@ pub fn attach(container_dir_or_socket: &Path, opts: &AttachOptions) -> Result<At
     let stdout = next(has_out);
     let stderr = next(has_err);
     Ok(AttachSession { conn: Mutex::new(s), tty, stdin, stdout, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn sessions_cross_threads() {
+        send::<ExecSession>();
+        send_sync::<ExecHandle>();
+        send_sync::<AttachSession>();
+    }
+
+    #[test]
+    fn empty_command_is_a_start_error() {
+        let r = exec_stream(Path::new("/nonexistent"), Path::new("/nonexistent"), &[], &ExecStreamOptions::default());
+        assert!(matches!(r, Err(MonitorError::StartError(_))));
+        let r = exec_stream(
+            Path::new("/nonexistent/skiff-monitor"),
+            Path::new("/nonexistent"),
+            &["true".to_string()],
+            &ExecStreamOptions::default(),
+        );
+        assert!(matches!(r, Err(MonitorError::Spawn { .. })), "{r:?}");
+        let r = attach(Path::new("/nonexistent/monitor.sock"), &AttachOptions::default());
+        assert!(matches!(r, Err(MonitorError::MonitorGone)), "{r:?}");
+    }
 }

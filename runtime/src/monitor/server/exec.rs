@@ -214,7 +214,7 @@ struct Relay {
 
 impl Relay {
     /// Reads terminal output (when nothing is pending) and writes what is pending.
-    fn pump(&mut self, master_ev: PollFlags, stdin_ev: PollFlags, out_ev: PollFlags) {
+    fn pump(&mut self, master_ev: PollFlags, stdin_ev: PollFlags) {
         let mut chunk = [0u8; 16 * 1024];
         if !master_ev.is_empty() && self.obuf.is_empty() && !self.master_eof {
             match nix::unistd::read(self.master.as_fd(), &mut chunk) {
@@ -240,7 +240,6 @@ impl Relay {
                 }
             }
         }
-        let _ = out_ev;
         self.flush();
     }
 
@@ -397,7 +396,14 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
         }
         let (mi, ii, oi) =
             relay.as_ref().map(Relay::interest).unwrap_or((PollFlags::empty(), PollFlags::empty(), PollFlags::empty()));
-        let mut fds = vec![PollFd::new(sp_r.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        // Once the exit is known the stub's pipe is done with (and would poll as HUP).
+        let pipe_ix = if exited.is_none() {
+            fds.push(PollFd::new(sp_r.as_fd(), PollFlags::POLLIN));
+            Some(fds.len() - 1)
+        } else {
+            None
+        };
         let status_ix = if status_open {
             fds.push(PollFd::new(status, PollFlags::POLLIN));
             Some(fds.len() - 1)
@@ -421,13 +427,14 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
             Err(e) => bail!("poll: {e}"),
         }
         let ev = |i: Option<usize>| i.and_then(|i| fds[i].revents()).unwrap_or(PollFlags::empty());
-        let sig_ready = !ev(Some(1)).is_empty();
-        let pipe_ready = !ev(Some(0)).is_empty();
+        let sig_ready = !ev(Some(0)).is_empty();
+        let pipe_ready = !ev(pipe_ix).is_empty();
         let status_ready = !ev(status_ix).is_empty();
-        let rev = [ev(relay_ix[0]), ev(relay_ix[1]), ev(relay_ix[2])];
+        // (The out pipe's readiness needs nothing special: `pump` always flushes.)
+        let rev = [ev(relay_ix[0]), ev(relay_ix[1])];
         drop(fds);
         if let Some(r) = relay.as_mut() {
-            r.pump(rev[0], rev[1], rev[2]);
+            r.pump(rev[0], rev[1]);
         }
         if status_ready {
             let mut chunk = [0u8; 4096];
@@ -570,7 +577,7 @@ fn stub_main(
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         let _ = write_all_raw(sp, b"Ecannot become a child subreaper\n");
-        // SAFETY: _exit is always safe to call.
+        // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
         unsafe { libc::_exit(1) }
     }
     // SIGCHLD: reap; SIGTERM (from the helper, on a timeout): kill the command's whole tree.
@@ -585,9 +592,11 @@ fn stub_main(
         Ok(p) => p,
         Err(e) => {
             say(&format!("E{}\n", e.0.replace('\n', " ")));
+            // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
             unsafe { libc::_exit(1) }
         }
     };
+    // SAFETY: the stub is single-threaded, so the child may run any code.
     let cmd_pid = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(er_r);
@@ -596,7 +605,7 @@ fn stub_main(
                 // A session of its own, with the terminal as its controlling terminal.
                 if let Err(e) = take_terminal(slave) {
                     let _ = write_all_raw(er_w.as_raw_fd(), e.0.as_bytes());
-                    // SAFETY: _exit is always safe to call.
+                    // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
                     unsafe { libc::_exit(127) }
                 }
             }
@@ -605,11 +614,13 @@ fn stub_main(
                 Ok(never) => match never {},
             };
             let _ = write_all_raw(er_w.as_raw_fd(), e.0.as_bytes());
+            // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
             unsafe { libc::_exit(127) }
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             say(&format!("Efork: {e}\n"));
+            // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
             unsafe { libc::_exit(1) }
         }
     };
@@ -623,6 +634,7 @@ fn stub_main(
     if !msg.is_empty() {
         let _ = waitpid(cmd_pid, None);
         say(&format!("E{}\n", String::from_utf8_lossy(&msg).replace('\n', " ")));
+        // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
         unsafe { libc::_exit(0) }
     }
     say("S\n");
@@ -640,6 +652,7 @@ fn stub_main(
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 // No child left: the command and everything it left behind are gone.
+                // SAFETY: _exit takes no pointers and never returns.
                 Err(_) => unsafe { libc::_exit(0) },
             }
         }

@@ -26,6 +26,7 @@ pub fn main(dir: &Path) -> i32 {
     // fd 1 is the report pipe read by `spawn`; keep it aside, stdio goes to /dev/null.
     let report_fd = {
         close_inherited_fds();
+        // SAFETY: fcntl with integer arguments; a failure (-1) makes the report go nowhere.
         unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
     };
     stdio_to_null();
@@ -49,19 +50,26 @@ pub fn main(dir: &Path) -> i32 {
         Err(e) => return start_failed(&cfg, report_fd, &format!("read config.json: {e}"), None),
     };
     // Detach: the process skiffd started exits at once; the monitor is reparented away.
+    // SAFETY: the monitor is single-threaded, so the child may run any code.
     match unsafe { fork() } {
+        // SAFETY: _exit takes no pointers and never returns.
         Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
         Ok(ForkResult::Child) => {}
         Err(e) => return start_failed(&cfg, report_fd, &format!("fork: {e}"), None),
     }
     let _ = nix::unistd::setsid();
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        // Orphans then go to the node's init instead: not fatal.
+        diag!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+    }
     let mut m = match Monitor::start(&cfg, spec) {
         Ok(m) => m,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
     diag!("container {} started, pid {}", m.cfg.container_id, m.pid);
     report(report_fd, &StartReport::Started { pid: m.pid.as_raw(), monitor_pid: std::process::id() as i32 });
+    // SAFETY: the report pipe is ours and never used again.
     unsafe { libc::close(report_fd) };
     trim_heap();
     m.run()
@@ -233,6 +241,7 @@ fn recv_fd(sock: &OwnedFd) -> Result<OwnedFd> {
     for c in msg.cmsgs().ctx(|| "receive the terminal".into())? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us; nothing else owns it.
                 return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
             }
         }
@@ -344,6 +353,7 @@ impl Monitor {
         } else if plan.new_pid {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
         }
+        // SAFETY: the monitor is single-threaded, so the child may run any code.
         let pid = match unsafe { fork() } {
             Ok(ForkResult::Child) => container::child(
                 &spec,
