@@ -1073,6 +1073,15 @@ fn exec_helpers_of(dir: &Path) -> Vec<String> {
     procs_matching(|cmd, _| cmd.contains("skiff-monitor exec") && cmd.contains(&d))
 }
 
+/// Waits (bounded) until no exec helper of `dir` is left.
+fn no_exec_helpers(dir: &Path) {
+    let t = Instant::now();
+    while !exec_helpers_of(dir).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(exec_helpers_of(dir).is_empty(), "{:?}", exec_helpers_of(dir));
+}
+
 fn all_io() -> monitor::ExecStreamOptions {
     monitor::ExecStreamOptions { tty: false, stdin: true, stdout: true, stderr: true, size: None }
 }
@@ -1112,6 +1121,17 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(read_all(&out), "again\n");
     assert_eq!(s.wait().unwrap(), 0);
     drop(s);
+    // A background child holding stdout does not hold the session: EOF about 1 s after the
+    // exit, output intact.
+    let t = Instant::now();
+    let mut s =
+        monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 3 & seq 1 20000; exit 2"]), &o).unwrap();
+    let out = s.take_stdout().unwrap();
+    let got = read_all(&out);
+    assert!(got.starts_with("1\n2\n") && got.ends_with("\n19999\n20000\n"), "{}", got.len());
+    assert_eq!(s.wait().unwrap(), 2);
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    drop(s);
     // Streams not asked for are /dev/null for the command.
     let o = monitor::ExecStreamOptions { tty: false, stdin: false, stdout: false, stderr: false, size: None };
     let mut s =
@@ -1123,8 +1143,7 @@ fn exec_stream_pipes_stdin_exit_code() {
         Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-cmd"), "{m}"),
         other => panic!("{other:?}"),
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    no_exec_helpers(&c.dir);
 }
 
 #[test]
@@ -1167,8 +1186,7 @@ fn exec_stream_tty_and_resize() {
     assert!(got.starts_with("24 80\r\n") && got.ends_with("\r\n2000\r\n"), "{}", &got[..got.len().min(200)]);
     assert_eq!(s.wait().unwrap(), 0);
     drop(s);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    no_exec_helpers(&c.dir);
 }
 
 #[test]
@@ -1209,8 +1227,7 @@ fn exec_stream_kill_and_drop_kill_the_tree() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(left.is_empty(), "left behind after drop: {left:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    no_exec_helpers(&c.dir);
     let z = zombies_in(&ns_of(&s0.pid.to_string(), "pid"));
     assert!(z.is_empty(), "zombies: {z:?}");
     assert_eq!(c.client().status().unwrap().state, ContainerState::Running);

@@ -8,19 +8,24 @@
 //! and runs the command below a subreaper stub. fd 0 of the helper is a socket pair with us:
 //! the helper reports `Started`/`Error`/`Exited` ([`ExecReport`]), we send `Resize`/`Kill`
 //! ([`ExecControl`]) and, before the spawn, the stdin pipe's read end (SCM_RIGHTS).
-//! * Without a tty the command's stdin/stdout/stderr are our pipes themselves (nothing is
-//!   copied). With a tty, the helper allocates the terminal in the container's devpts (owned
-//!   by the command's user, the command's controlling terminal) and copies between it and our
-//!   pipes: `stdout` carries the terminal's output (stderr merged), `stderr` is `None`.
+//! * Without a tty the command's stdin is our pipe itself; its stdout/stderr are pipes of the
+//!   helper, copied into ours. With a tty, the helper allocates the terminal in the
+//!   container's devpts (owned by the command's user, the command's controlling terminal) and
+//!   copies between it and our pipes: `stdout` carries the terminal's output (stderr merged),
+//!   `stderr` is `None`.
 //! * A stream not asked for is `/dev/null` for the command.
 //! * **EOF**: closing the stdin fd is EOF for the command (without a tty; with a tty the
 //!   command keeps its terminal and just gets no more input: send `^D` through stdin to end
-//!   a shell, or kill it). The stdout/stderr fds reach EOF when every process holding them
-//!   (the command and any background child) has closed them; with a tty the helper closes
-//!   stdout once the terminal is closed by all its users, or 1 s after the command's exit.
-//!   So after [`ExecSession::wait`] returns, drain the output for a short grace only.
+//!   a shell, or kill it). The stdout/stderr fds reach EOF once the command and its children
+//!   have closed their output, and at the latest 1 s after the command's exit (background
+//!   children still holding it are cut off: their further writes fail with EPIPE). Closing
+//!   our stdout/stderr fd early is fine: that output is then discarded, never blocking the
+//!   command.
 //! * **Exit**: [`ExecSession::wait`] returns the command's exit code (128+signal when killed)
-//!   once it has exited; with a tty, after its output has been passed on.
+//!   once it has exited and its output has been handed to our pipes (and those closed), so
+//!   `wait` and EOF on stdout/stderr come together. The output is pushed into the pipes with
+//!   backpressure: a caller that neither reads nor closes stdout/stderr delays `wait` (and a
+//!   command writing a lot blocks, as it would on any pipe).
 //! * **Kill**: [`ExecSession::kill`] (and dropping the session before `wait` returned, which
 //!   closes the socket) makes the helper's stub SIGKILL the command's whole tree, reparented
 //!   orphans included, and reap it; `wait` then gives 137. Killing is idempotent and a no-op
