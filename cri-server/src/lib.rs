@@ -12,3 +12,4 @@ pub mod rollback;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod streaming;
