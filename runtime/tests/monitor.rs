@@ -1017,3 +1017,347 @@ fn tty_for_a_non_root_user() {
     let log = t.log_text();
     assert!(log.contains("stdout F via-tty") && log.contains("stdout F ok"), "{log}");
 }
+
+// ---- streaming exec and attach ----
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Reads `fd` until `pred(output so far)` holds, EOF or the timeout; returns what was read
+/// and whether EOF was seen.
+fn read_until(fd: &std::os::fd::OwnedFd, timeout: Duration, pred: impl Fn(&str) -> bool) -> (String, bool) {
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if pred(&String::from_utf8_lossy(&out)) {
+            return (String::from_utf8_lossy(&out).into_owned(), false);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (String::from_utf8_lossy(&out).into_owned(), false);
+        }
+        let mut p = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = nix::poll::PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32).unwrap();
+        if nix::poll::poll(&mut p, ms).unwrap_or(0) == 0 {
+            continue;
+        }
+        match nix::unistd::read(fd.as_fd(), &mut chunk) {
+            Ok(0) | Err(nix::errno::Errno::EIO) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+fn read_all(fd: &std::os::fd::OwnedFd) -> String {
+    let (s, eof) = read_until(fd, Duration::from_secs(10), |_| false);
+    assert!(eof, "no EOF; got {s:?}");
+    s
+}
+
+fn write_fd(fd: &std::os::fd::OwnedFd, data: &str) {
+    use std::os::fd::AsFd;
+    let mut d = data.as_bytes();
+    while !d.is_empty() {
+        let n = nix::unistd::write(fd.as_fd(), d).unwrap();
+        d = &d[n..];
+    }
+}
+
+fn exec_helpers_of(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    procs_matching(|cmd, _| cmd.contains("skiff-monitor exec") && cmd.contains(&d))
+}
+
+fn all_io() -> monitor::ExecStreamOptions {
+    monitor::ExecStreamOptions { tty: false, stdin: true, stdout: true, stderr: true, size: None }
+}
+
+#[test]
+fn exec_stream_pipes_stdin_exit_code() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    c.start().unwrap();
+    let bin = Path::new(BIN);
+    // echo: stdout, exit 0.
+    let o = monitor::ExecStreamOptions { stdin: false, ..all_io() };
+    let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["echo", "hi"]), &o).unwrap();
+    assert!(s.take_stdin().is_none());
+    let out = s.take_stdout().unwrap();
+    let err = s.take_stderr().unwrap();
+    assert_eq!(read_all(&out), "hi\n");
+    assert_eq!(read_all(&err), "");
+    assert_eq!(s.wait().unwrap(), 0);
+    assert_eq!(s.wait().unwrap(), 0);
+    // Exit code and stderr.
+    let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "echo oops >&2; exit 3"]), &o).unwrap();
+    let err = s.take_stderr().unwrap();
+    assert_eq!(read_all(&err), "oops\n");
+    assert_eq!(s.wait().unwrap(), 3);
+    // cat: what is written comes back; closing stdin ends it.
+    let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["cat"]), &all_io()).unwrap();
+    let inp = s.take_stdin().unwrap();
+    let out = s.take_stdout().unwrap();
+    write_fd(&inp, "hello\n");
+    let (got, _) = read_until(&out, Duration::from_secs(10), |s| s.contains("hello\n"));
+    assert_eq!(got, "hello\n");
+    write_fd(&inp, "again\n");
+    drop(inp);
+    assert_eq!(read_all(&out), "again\n");
+    assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
+    // Streams not asked for are /dev/null for the command.
+    let o = monitor::ExecStreamOptions { tty: false, stdin: false, stdout: false, stderr: false, size: None };
+    let mut s =
+        monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "read x; echo $? out; echo err >&2"]), &o).unwrap();
+    assert!(s.take_stdout().is_none() && s.take_stderr().is_none());
+    assert_eq!(s.wait().unwrap(), 0);
+    // Not found: a start error.
+    match monitor::exec_stream(bin, &c.dir, &strings(&["no-such-cmd"]), &all_io()) {
+        Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-cmd"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+}
+
+#[test]
+fn exec_stream_tty_and_resize() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::with(&["sleep", "1000"], |s| {
+        s["process"]["user"] = json!({"uid": 65534, "gid": 65534});
+    });
+    c.start().unwrap();
+    let o = monitor::ExecStreamOptions { tty: true, size: Some((100, 30)), ..all_io() };
+    let mut s = monitor::exec_stream(Path::new(BIN), &c.dir, &strings(&["sh"]), &o).unwrap();
+    assert!(s.take_stderr().is_none());
+    let inp = s.take_stdin().unwrap();
+    let out = s.take_stdout().unwrap();
+    write_fd(&inp, "stty size; tty; id -u; echo to-err >&2\n");
+    let (got, _) = read_until(&out, Duration::from_secs(10), |s| s.contains("to-err\r\n") && s.contains("30 100\r\n"));
+    assert!(got.contains("30 100\r\n"), "{got:?}");
+    assert!(got.contains("/dev/pts/"), "{got:?}");
+    assert!(got.contains("65534\r\n"), "{got:?}");
+    // Resize from another thread's handle, as the streaming server does.
+    let h = s.handle();
+    std::thread::spawn(move || h.resize(120, 40).unwrap()).join().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    write_fd(&inp, "stty size\n");
+    let (got, _) = read_until(&out, Duration::from_secs(10), |s| s.contains("40 120\r\n"));
+    assert!(got.contains("40 120\r\n"), "{got:?}");
+    s.resize(90, 20).unwrap();
+    write_fd(&inp, "stty size; exit 7\n");
+    let (got, eof) = read_until(&out, Duration::from_secs(10), |_| false);
+    assert!(eof && got.contains("20 90\r\n"), "{got:?}");
+    assert_eq!(s.wait().unwrap(), 7);
+    // Output printed right before the exit is not lost.
+    let o = monitor::ExecStreamOptions { tty: true, stdin: false, stdout: true, stderr: true, size: None };
+    let mut s =
+        monitor::exec_stream(Path::new(BIN), &c.dir, &strings(&["sh", "-c", "stty size; seq 1 2000"]), &o).unwrap();
+    let out = s.take_stdout().unwrap();
+    let got = read_all(&out);
+    assert!(got.starts_with("24 80\r\n") && got.ends_with("\r\n2000\r\n"), "{}", &got[..got.len().min(200)]);
+    assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+}
+
+#[test]
+fn exec_stream_kill_and_drop_kill_the_tree() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sleep", "1000"]);
+    let s0 = c.start().unwrap();
+    let bin = Path::new(BIN);
+    for tty in [false, true] {
+        let o = monitor::ExecStreamOptions { tty, ..all_io() };
+        let mut s =
+            monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "setsid sleep 1011 & sleep 1012"]), &o).unwrap();
+        let out = s.take_stdout().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!procs_matching(|cmd, _| cmd.starts_with("sleep 1012")).is_empty());
+        s.kill().unwrap();
+        s.kill().unwrap();
+        assert_eq!(s.wait().unwrap(), 137);
+        s.kill().unwrap();
+        s.handle().kill().unwrap();
+        let _ = read_until(&out, Duration::from_secs(5), |_| false);
+        std::thread::sleep(Duration::from_millis(300));
+        let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1011") || cmd.starts_with("sleep 1012"));
+        assert!(left.is_empty(), "tty {tty}: left behind: {left:?}");
+    }
+    // Dropping the session without waiting kills the command too.
+    let s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 1013 & sleep 1014"]), &all_io()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    let t = Instant::now();
+    let left = loop {
+        let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1013") || cmd.starts_with("sleep 1014"));
+        if left.is_empty() || t.elapsed() > Duration::from_secs(5) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(left.is_empty(), "left behind after drop: {left:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    let z = zombies_in(&ns_of(&s0.pid.to_string(), "pid"));
+    assert!(z.is_empty(), "zombies: {z:?}");
+    assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
+}
+
+fn attach_opts(stdin: bool) -> monitor::AttachOptions {
+    monitor::AttachOptions { stdin, stdout: true, stderr: true }
+}
+
+#[test]
+fn attach_gets_live_output_two_at_once() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c =
+        Ctr::new(&["sh", "-c", "i=0; while true; do echo line$i; echo eline$i >&2; i=$((i+1)); sleep 0.1; done"]);
+    c.start().unwrap();
+    c.wait_log("line5");
+    let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let mut b = monitor::attach(&c.cfg.socket_path, &attach_opts(false)).unwrap();
+    assert!(!a.tty());
+    // No stdin for a container without CRI stdin.
+    assert!(a.take_stdin().is_none() && b.take_stdin().is_none());
+    let (ao, ae, bo) = (a.take_stdout().unwrap(), a.take_stderr().unwrap(), b.take_stdout().unwrap());
+    let (x, _) = read_until(&ao, Duration::from_secs(5), |s| s.matches('\n').count() >= 3);
+    let (y, _) = read_until(&bo, Duration::from_secs(5), |s| s.matches('\n').count() >= 3);
+    let (e, _) = read_until(&ae, Duration::from_secs(5), |s| s.matches('\n').count() >= 3);
+    for got in [&x, &y] {
+        assert!(got.lines().count() >= 3 && got.lines().all(|l| l.starts_with("line")), "{got:?}");
+        // Live output, not the history.
+        assert!(!got.contains("line0\n"), "{got:?}");
+    }
+    assert!(e.lines().all(|l| l.starts_with("eline")), "{e:?}");
+    a.resize(10, 10).unwrap();
+    // Detaching does not stop the container; the log goes on.
+    drop((a, ao, ae));
+    let n = records(&c.log_text()).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(records(&c.log_text()).len() > n);
+    assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
+    let (y, _) = read_until(&bo, Duration::from_secs(5), |s| s.matches('\n').count() >= 2);
+    assert!(y.lines().count() >= 2, "{y:?}");
+    // The container's exit is EOF for attachers.
+    c.client().signal(9).unwrap();
+    let (_, eof) = read_until(&bo, Duration::from_secs(10), |_| false);
+    assert!(eof);
+    drop(b);
+    assert_eq!(c.wait().signal, Some(9));
+    // Attaching to a gone monitor.
+    let t = Instant::now();
+    while c.cfg.socket_path.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(monitor::attach(&c.dir, &attach_opts(false)), Err(MonitorError::MonitorGone)));
+}
+
+#[test]
+fn attach_stdin_echoes_and_stdin_once_closes() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["cat"]);
+    c.cfg.stdin = true;
+    c.cfg.write(&c.dir).unwrap();
+    c.start().unwrap();
+    let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let mut b = monitor::attach(&c.dir, &attach_opts(false)).unwrap();
+    let (ai, ao, bo) = (a.take_stdin().unwrap(), a.take_stdout().unwrap(), b.take_stdout().unwrap());
+    write_fd(&ai, "ping\n");
+    let (x, _) = read_until(&ao, Duration::from_secs(5), |s| s.contains("ping\n"));
+    let (y, _) = read_until(&bo, Duration::from_secs(5), |s| s.contains("ping\n"));
+    assert_eq!((x.as_str(), y.as_str()), ("ping\n", "ping\n"));
+    assert!(c.wait_log("stdout F ping").contains("stdout F ping"));
+    // Without stdin_once, an attacher's EOF does not close the container's stdin.
+    drop(ai);
+    drop(a);
+    let mut a2 = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let ai2 = a2.take_stdin().unwrap();
+    write_fd(&ai2, "pong\n");
+    let (y, _) = read_until(&bo, Duration::from_secs(5), |s| s.contains("pong\n"));
+    assert_eq!(y, "pong\n");
+    assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
+    drop((ai2, a2, b, bo, ao));
+
+    // stdin_once: the first attacher's EOF is the container's EOF.
+    let mut c = Ctr::new(&["sh", "-c", "cat; echo done"]);
+    c.cfg.stdin = true;
+    c.cfg.stdin_once = true;
+    c.cfg.write(&c.dir).unwrap();
+    c.start().unwrap();
+    let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let (ai, ao) = (a.take_stdin().unwrap(), a.take_stdout().unwrap());
+    write_fd(&ai, "once\n");
+    drop(ai);
+    let (x, eof) = read_until(&ao, Duration::from_secs(10), |_| false);
+    assert!(eof && x == "once\ndone\n", "{x:?}");
+    assert_eq!(c.wait().exit_code, 0);
+}
+
+#[test]
+fn attach_tty_stdin_and_resize() {
+    if !have_busybox() {
+        return;
+    }
+    let mut c = Ctr::new(&["sh"]);
+    c.cfg.tty = true;
+    c.cfg.stdin = true;
+    c.cfg.write(&c.dir).unwrap();
+    c.start().unwrap();
+    let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    assert!(a.tty());
+    assert!(a.take_stderr().is_none());
+    let (ai, ao) = (a.take_stdin().unwrap(), a.take_stdout().unwrap());
+    a.resize(50, 20).unwrap();
+    write_fd(&ai, "stty size; echo to-err >&2\n");
+    let (x, _) = read_until(&ao, Duration::from_secs(10), |s| s.contains("20 50\r\n") && s.contains("to-err\r\n"));
+    assert!(x.contains("20 50\r\n") && x.contains("to-err\r\n"), "{x:?}");
+    write_fd(&ai, "exit 4\n");
+    let (_, eof) = read_until(&ao, Duration::from_secs(10), |_| false);
+    assert!(eof);
+    assert_eq!(c.wait().exit_code, 4);
+    assert!(records(&c.log_text()).contains(&rec("stdout", "F", "20 50")), "{}", c.log_text());
+}
+
+#[test]
+fn attacher_reading_nothing_blocks_nothing() {
+    if !have_busybox() {
+        return;
+    }
+    // ~1 MB/s of output: more than any pipe holds within a few seconds.
+    let mut c = Ctr::new(&["sh", "-c", "while true; do head -c 50000 /dev/zero | tr '\\0' x; echo; sleep 0.05; done"]);
+    c.start().unwrap();
+    let mut a = monitor::attach(&c.dir, &attach_opts(false)).unwrap();
+    let stuck = a.take_stdout().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let len = |c: &Ctr| std::fs::metadata(&c.log).map(|m| m.len()).unwrap_or(0);
+    let l1 = len(&c);
+    assert!(l1 > 2_000_000, "{l1}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(len(&c) > l1 + 100_000, "log does not grow");
+    assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
+    // Another attacher still gets live output; the stuck one is still attached.
+    let mut b = monitor::attach(&c.dir, &attach_opts(false)).unwrap();
+    let bo = b.take_stdout().unwrap();
+    let (x, _) = read_until(&bo, Duration::from_secs(5), |s| s.len() > 100_000);
+    assert!(x.len() > 100_000);
+    let (y, _) = read_until(&stuck, Duration::from_secs(5), |s| s.len() > 100_000);
+    assert!(y.len() > 100_000);
+    drop((a, b, stuck, bo));
+}

@@ -144,7 +144,7 @@ pub(crate) fn connect_unix(path: &Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(short)
 }
 
-fn gone_or_io(e: std::io::Error) -> MonitorError {
+pub(crate) fn gone_or_io(e: std::io::Error) -> MonitorError {
     match e.kind() {
         ErrorKind::NotFound
         | ErrorKind::ConnectionRefused

@@ -15,8 +15,11 @@
 //!   is killed, so is the container (nothing would log it or record its exit otherwise). CRI
 //!   `stdin` gives it a pipe the monitor holds open; CRI `tty` a terminal allocated in the
 //!   container's own devpts (master passed back over SCM_RIGHTS), logged as `stdout`.
-//! * `skiff-monitor exec <container-dir> [--tty] -- cmd args…`: used by [`exec_sync`]
-//!   (`--tty` is refused for now).
+//! * `skiff-monitor exec <container-dir> [--tty [--size CxR]] [--stdin] -- cmd args…`: used
+//!   by [`exec_sync`] and [`exec_stream`]; fd 0 is a socket pair with the client (reports one
+//!   way, `Resize`/`Kill` and the stdin pipe the other), fds 1/2 the client's pipes. With
+//!   `--tty` the terminal is allocated in the container's devpts and relayed by the helper.
+//!   The client closing the socket kills the command's tree. See [`stream`].
 //! * `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace ([`spawn_infra`]).
 //!
 //! ## Client API (blocking; call from `spawn_blocking`)
@@ -30,6 +33,20 @@
 //! * [`exec_sync`]`(monitor_bin, container_dir, cmd, timeout, max_output)`;
 //!   `MonitorError::Timeout` after killing the command's process group.
 //! * [`spawn_infra`]`(monitor_bin, pod_dir) -> InfraStarted{pid}`; stop it with SIGTERM.
+//! * [`exec_stream`]`(monitor_bin, container_dir, cmd, &ExecStreamOptions{tty, stdin, stdout,
+//!   stderr, size}) -> ExecSession` (`take_stdin/take_stdout/take_stderr`, `resize`, `kill`,
+//!   `wait`, `handle() -> ExecHandle` for resize/kill from other threads).
+//! * [`attach`]`(container_dir_or_socket, &AttachOptions{stdin, stdout, stderr}) ->
+//!   AttachSession` (`tty`, `take_*`, `resize`).
+//!
+//! ## Streams
+//! EOF, exit, kill and slow readers of exec and attach sessions are described in the docs of
+//! the [`stream`] module; in short, exec's fds are
+//! the command's own pipes (or the relayed terminal), dropping an unfinished [`ExecSession`]
+//! kills the command's tree, [`ExecSession::wait`] gives the exit code; attachers get the
+//! live output on pipes the monitor writes without ever blocking (a full pipe drops that
+//! attacher's output), detaching (drop) never stops the container, and the container's exit
+//! is EOF on their stdout/stderr.
 //!
 //! ## config.json support
 //! Namespaces (new: pid, mount, ipc, uts, net, cgroup; joined by path: pid, ipc, uts, net,
@@ -60,14 +77,17 @@
 //!
 //! ## Protocol
 //! `monitor.sock` carries frames of a 4-byte big-endian length followed by a JSON object with
-//! a version field `v` (see [`protocol`]). Requests: status, signal, reopen_log, wait; an
-//! `exited` response is pushed to clients that sent `wait` when the container exits.
+//! a version field `v` (see [`protocol`]). Requests: status, signal, reopen_log, wait,
+//! attach (answered by `attached` carrying pipe fds with SCM_RIGHTS; the connection stays the
+//! attacher's), resize (the container's terminal); an `exited` response is pushed to clients
+//! that sent `wait` when the container exits. Still version 1: the new requests and answers
+//! only add variants, and old frames decode as before.
 
 mod client;
 pub mod protocol;
 #[doc(hidden)]
 pub mod server;
-mod stream;
+pub mod stream;
 mod types;
 
 pub use client::{exec_sync, read_exit_record, spawn, spawn_infra, Client};

@@ -30,15 +30,45 @@ pub enum Request {
     ReopenLog,
     /// Answered with `Exited` once the container has exited (at once if it already has).
     Wait,
+    /// Attach to the container's stdio: answered with `Attached` carrying the fds (SCM_RIGHTS)
+    /// or `Error`. The connection stays the attacher's: closing it detaches.
+    Attach {
+        #[serde(default)]
+        stdin: bool,
+        #[serde(default)]
+        stdout: bool,
+        #[serde(default)]
+        stderr: bool,
+    },
+    /// Set the container terminal's size (a no-op without a tty); answered with `Ok`.
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Status { status: Status },
+    Status {
+        status: Status,
+    },
     Ok,
-    Error { message: String },
-    Exited { record: ExitRecord },
+    Error {
+        message: String,
+    },
+    Exited {
+        record: ExitRecord,
+    },
+    /// Answer to `Attach`: the same message carries, in this order, the write end of a stdin
+    /// pipe (when `stdin`), the read end of a stdout pipe (when `stdout`) and of a stderr pipe
+    /// (when `stderr`; never with a tty: terminal output is stdout).
+    Attached {
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
 }
 
 /// What `skiff-monitor run|infra` writes to its stdout (one JSON line) before detaching.
@@ -63,6 +93,17 @@ pub enum ExecReport {
     Exited {
         exit_code: i32,
     },
+}
+
+/// Messages of the client to `skiff-monitor exec` on the same socket (streaming exec). The
+/// client closing its end of the socket kills the command like `Kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ExecControl {
+    /// TIOCSWINSZ on the command's terminal (ignored without a tty).
+    Resize { cols: u16, rows: u16 },
+    /// Kill the command's whole process tree; answered by `Exited`.
+    Kill,
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -151,5 +192,13 @@ mod tests {
         assert_eq!(r, Response::Ok);
         let r: Option<Response> = read_frame(&mut cur).unwrap();
         assert!(r.is_none());
+        let f = encode(&Request::Attach { stdin: true, stdout: true, stderr: false });
+        assert_eq!(
+            std::str::from_utf8(&f[4..]).unwrap(),
+            r#"{"v":1,"op":"attach","stdin":true,"stdout":true,"stderr":false}"#
+        );
+        let f = encode(&ExecControl::Resize { cols: 100, rows: 30 });
+        let (r, _): (ExecControl, usize) = take_frame(&f).unwrap().unwrap();
+        assert_eq!(r, ExecControl::Resize { cols: 100, rows: 30 });
     }
 }

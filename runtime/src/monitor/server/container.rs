@@ -76,6 +76,8 @@ pub fn child(
         Ok(never) => match never {},
     };
     let _ = write_all_raw(errfd, e.0.as_bytes());
+    // SAFETY: _exit takes no pointers and never returns; skipping atexit handlers and
+    // destructors is what a forked child wants.
     unsafe { libc::_exit(127) }
 }
 
@@ -91,10 +93,11 @@ fn child_inner(
     // copy its output or record its exit, so it gets SIGKILL (skiffd then reports the
     // container EXITED/Unknown, never an unmonitored RUNNING one).
     let monitor = nix::unistd::getppid();
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    set_pdeathsig()?;
     if nix::unistd::getppid() != monitor {
         bail!("the monitor died during the start");
     }
+    // SAFETY: umask takes an integer and cannot fail.
     unsafe { libc::umask(0o022) };
     for (i, fd) in stdio.iter().enumerate() {
         super::util::dup_onto(*fd, i as RawFd)?;
@@ -153,7 +156,7 @@ pub fn exec_process(
     }
     security::switch_user(p)?;
     // A credential change clears the parent-death signal: set it again.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    set_pdeathsig()?;
     let cwd = p.cwd();
     nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {:?} set in config.json", cwd))?;
     security::capabilities(caps)?;
@@ -165,10 +168,24 @@ pub fn exec_process(
         }
     }
     // Every fd but 0-2 closes on exec (our error pipe reports success that way).
-    unsafe {
+    // SAFETY: close_range with integer arguments only; with CLOSE_RANGE_CLOEXEC it closes
+    // nothing now, so no fd owned elsewhere in this process is invalidated.
+    let r = unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */)
     };
+    if r != 0 {
+        bail!("close_range: {}", std::io::Error::last_os_error());
+    }
     Err(security::exec(&exe, args, env))
+}
+
+/// SIGKILL when the parent (the monitor, or the exec stub) dies.
+fn set_pdeathsig() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        bail!("prctl(PR_SET_PDEATHSIG): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Allocates a terminal in the container's devpts (after pivot_root), makes it stdio and the
@@ -184,7 +201,10 @@ fn setup_terminal(sock: RawFd, uid: Option<u32>) -> Result<()> {
     let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .ctx(|| format!("open {name}"))?;
     let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
-    unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    // SAFETY: TIOCSWINSZ reads the `winsize` above, alive across the call; `slave` is open.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        bail!("set terminal size: {}", std::io::Error::last_os_error());
+    }
     // The terminal belongs to the container's user (so that it can reopen /dev/tty).
     if let Some(uid) = uid.filter(|u| *u != 0) {
         let _ = nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None);
@@ -192,6 +212,7 @@ fn setup_terminal(sock: RawFd, uid: Option<u32>) -> Result<()> {
     for i in 0..3 {
         super::util::dup_onto(slave.as_raw_fd(), i)?;
     }
+    // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the terminal's slave.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
         bail!("set controlling terminal: {}", std::io::Error::last_os_error());
     }

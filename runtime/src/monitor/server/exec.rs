@@ -16,9 +16,10 @@
 //! nothing is left, not even a zombie; if the stub does not finish within 3 s the helper kills
 //! its process group. [`exec_sync`](crate::monitor::exec_sync) sends that SIGTERM on timeout.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
@@ -30,23 +31,43 @@ use oci_spec::runtime::Spec;
 
 use super::container;
 use super::util::*;
-use crate::monitor::protocol::{self, ExecReport};
+use crate::monitor::protocol::{self, ExecControl, ExecReport};
 use crate::monitor::types::*;
+
+/// Parsed command line of the exec mode.
+#[derive(Default)]
+struct ExecArgs {
+    tty: bool,
+    /// The command's stdin comes over the status socket (SCM_RIGHTS, sent before the spawn).
+    stdin: bool,
+    /// Initial terminal size (cols, rows).
+    size: Option<(u16, u16)>,
+}
 
 pub fn main(dir: &Path, rest: &[String]) -> i32 {
     ignore_sigpipe();
-    let status_fd = {
-        close_inherited_fds();
-        unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) }
-    };
-    if let Ok(f) = std::fs::File::open("/dev/null") {
-        let _ = dup_onto(f.as_raw_fd(), 0);
+    close_inherited_fds();
+    // SAFETY: plain fcntl on fd 0 (our status socket); the new fd is checked below.
+    let status_fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if status_fd < 0 {
+        return 126;
     }
-    let mut tty = false;
+    let mut a = ExecArgs::default();
     let mut cmd: &[String] = &[];
-    for (i, a) in rest.iter().enumerate() {
-        match a.as_str() {
-            "--tty" | "-t" => tty = true,
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "--tty" | "-t" => a.tty = true,
+            "--stdin" | "-i" => a.stdin = true,
+            "--size" => {
+                i += 1;
+                let v = rest.get(i).map(String::as_str).unwrap_or("");
+                a.size = v.split_once('x').and_then(|(c, r)| Some((c.parse().ok()?, r.parse().ok()?)));
+                if a.size.is_none() {
+                    send(status_fd, &ExecReport::Error { message: format!("exec: bad --size {v:?}") });
+                    return 126;
+                }
+            }
             "--" => {
                 cmd = &rest[i + 1..];
                 break;
@@ -56,14 +77,64 @@ pub fn main(dir: &Path, rest: &[String]) -> i32 {
                 break;
             }
         }
+        i += 1;
     }
-    match exec_inner(dir, tty, cmd, status_fd) {
+    let stdin = if a.stdin {
+        match recv_stdin(status_fd) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                send(status_fd, &ExecReport::Error { message: e.0 });
+                return 126;
+            }
+        }
+    } else {
+        None
+    };
+    // fd 0 of the command: its stdin pipe (without a tty) or /dev/null.
+    match (&stdin, a.tty) {
+        (Some(fd), false) => {
+            let _ = dup_onto(fd.as_raw_fd(), 0);
+        }
+        _ => {
+            if let Ok(f) = std::fs::File::open("/dev/null") {
+                let _ = dup_onto(f.as_raw_fd(), 0);
+            }
+        }
+    }
+    let stdin = if a.tty { stdin } else { None };
+    match exec_inner(dir, &a, cmd, status_fd, stdin) {
         Ok(code) => code,
         Err(e) => {
             send(status_fd, &ExecReport::Error { message: e.0 });
             126
         }
     }
+}
+
+/// Receives the command's stdin (one fd, SCM_RIGHTS) from the status socket.
+fn recv_stdin(sock: RawFd) -> Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    // SAFETY: `sock` is our status socket, open for the whole process life.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) };
+    let mut pfd = [PollFd::new(bfd, PollFlags::POLLIN)];
+    match poll(&mut pfd, PollTimeout::from(10_000u16)) {
+        Ok(n) if n > 0 => {}
+        _ => bail!("exec: no stdin received from the client"),
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg =
+        recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ctx(|| "receive stdin".into())?;
+    for c in msg.cmsgs().ctx(|| "receive stdin".into())? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just gave us this fd; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    bail!("exec: the client sent no stdin")
 }
 
 fn send(fd: RawFd, r: &ExecReport) {
@@ -89,10 +160,152 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result<i32> {
-    if tty {
-        bail!("exec with a tty is not supported yet");
+/// A terminal allocated in the container's devpts (we are in its mount namespace).
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+fn open_pty(size: Option<(u16, u16)>, uid: u32) -> Result<Pty> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let m = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).ctx(|| "open /dev/ptmx".into())?;
+    grantpt(&m).ctx(|| "grantpt".into())?;
+    unlockpt(&m).ctx(|| "unlockpt".into())?;
+    let name = ptsname_r(&m).ctx(|| "ptsname".into())?;
+    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open {name}"))?;
+    let (cols, rows) = size.unwrap_or((80, 24));
+    set_winsize(slave.as_raw_fd(), cols, rows);
+    // The terminal belongs to the command's user (so that it can reopen /dev/tty).
+    if uid != 0 {
+        let _ = nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None);
     }
+    // SAFETY: `m` is an open fd we own, so the fd number is valid.
+    let master = unsafe { OwnedFd::from_raw_fd(m.into_raw_fd()) };
+    Ok(Pty { master, slave })
+}
+
+fn set_winsize(fd: RawFd, cols: u16, rows: u16) {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a `winsize` that lives across the call; a bad fd is an error
+    // return, which we ignore (the terminal may be gone).
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+fn set_nonblock(fd: BorrowedFd<'_>) {
+    if let Ok(fl) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(fl));
+    }
+}
+
+/// With a tty, the helper copies between the client's pipes and the terminal's master.
+struct Relay {
+    master: OwnedFd,
+    /// Read end of the client's stdin pipe (None: not requested, or EOF).
+    stdin: Option<OwnedFd>,
+    /// Write end of the client's stdout pipe (None: closed by the client, output discarded).
+    out: Option<OwnedFd>,
+    obuf: Vec<u8>,
+    ibuf: Vec<u8>,
+    /// All the terminal's slave fds are closed (read gives EIO).
+    master_eof: bool,
+}
+
+impl Relay {
+    /// Reads terminal output (when nothing is pending) and writes what is pending.
+    fn pump(&mut self, master_ev: PollFlags, stdin_ev: PollFlags) {
+        let mut chunk = [0u8; 16 * 1024];
+        if !master_ev.is_empty() && self.obuf.is_empty() && !self.master_eof {
+            match nix::unistd::read(self.master.as_fd(), &mut chunk) {
+                Ok(0) => self.master_eof = true,
+                Ok(n) => {
+                    if self.out.is_some() {
+                        self.obuf.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                // EIO: the last slave fd is closed.
+                Err(_) => self.master_eof = true,
+            }
+        }
+        if !stdin_ev.is_empty() && self.ibuf.is_empty() {
+            if let Some(fd) = &self.stdin {
+                match nix::unistd::read(fd.as_fd(), &mut chunk) {
+                    // EOF: the command keeps its terminal (nothing is sent to it).
+                    Ok(0) => self.stdin = None,
+                    Ok(n) => self.ibuf.extend_from_slice(&chunk[..n]),
+                    Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                    Err(_) => self.stdin = None,
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes pending data without blocking.
+    fn flush(&mut self) {
+        let mut out_gone = false;
+        if let Some(out) = &self.out {
+            while !self.obuf.is_empty() {
+                match nix::unistd::write(out, &self.obuf) {
+                    Ok(n) => {
+                        self.obuf.drain(..n);
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => break,
+                    Err(_) => {
+                        // The client closed its stdout: discard the output from now on.
+                        out_gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if out_gone || self.out.is_none() {
+            self.out = None;
+            self.obuf.clear();
+        }
+        while !self.ibuf.is_empty() && !self.master_eof {
+            match nix::unistd::write(&self.master, &self.ibuf) {
+                Ok(n) => {
+                    self.ibuf.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                Err(_) => self.ibuf.clear(),
+            }
+        }
+        if self.master_eof {
+            self.ibuf.clear();
+        }
+    }
+
+    /// Poll interest: (master, stdin, out).
+    fn interest(&self) -> (PollFlags, PollFlags, PollFlags) {
+        let mut m = PollFlags::empty();
+        if self.obuf.is_empty() && !self.master_eof {
+            m |= PollFlags::POLLIN;
+        }
+        if !self.ibuf.is_empty() && !self.master_eof {
+            m |= PollFlags::POLLOUT;
+        }
+        let i = if self.ibuf.is_empty() && self.stdin.is_some() { PollFlags::POLLIN } else { PollFlags::empty() };
+        let o = if !self.obuf.is_empty() && self.out.is_some() { PollFlags::POLLOUT } else { PollFlags::empty() };
+        (m, i, o)
+    }
+
+    /// Everything the terminal produced has been passed on (or the client is gone).
+    fn drained(&self) -> bool {
+        (self.master_eof || self.out.is_none()) && self.obuf.is_empty()
+    }
+}
+
+/// After the command exited, how long terminal output held open by its background children
+/// is still relayed.
+const TTY_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin: Option<OwnedFd>) -> Result<i32> {
     if cmd.is_empty() {
         bail!("exec: no command given");
     }
@@ -128,49 +341,161 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
     drop(nsfds);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     drop(spec);
+    // With a tty: the terminal comes from the container's devpts (/dev/ptmx of its mount
+    // namespace, which we are in now); we relay between it and the client's pipes.
+    let pty = if a.tty { Some(open_pty(a.size, process.user().uid())?) } else { None };
+    let out = if a.tty {
+        let fd = nix::unistd::dup(std::io::stdout()).ctx(|| "dup stdout".into())?;
+        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        Some(fd)
+    } else {
+        None
+    };
     let sigfd = signalfd(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])?;
     let (sp_r, sp_w) = pipe()?;
+    let term = pty.as_ref().map(|p| (p.master.as_raw_fd(), p.slave.as_raw_fd()));
+    // SAFETY: the helper is single-threaded, so the child may run arbitrary code.
     let stub = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(sp_r);
-            stub_main(&process, seccomp.as_ref(), cmd, sp_w.as_raw_fd(), status_fd)
+            stub_main(&process, seccomp.as_ref(), cmd, sp_w.as_raw_fd(), status_fd, term)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => bail!("fork: {e}"),
     };
     drop(sp_w);
-    // The command holds the client's pipes now; our copies must not delay its EOF.
+    // The command holds the client's pipes (or the terminal's slave) now; our copies must not
+    // delay its EOF.
     stdio_to_null();
+    let mut relay = pty.map(|p| {
+        drop(p.slave);
+        for fd in [Some(&p.master), stdin.as_ref(), out.as_ref()].into_iter().flatten() {
+            set_nonblock(fd.as_fd());
+        }
+        Relay { master: p.master, stdin, out, obuf: Vec::new(), ibuf: Vec::new(), master_eof: false }
+    });
+    // SAFETY: `status_fd` stays open for the whole process life.
+    let status = unsafe { BorrowedFd::borrow_raw(status_fd) };
+    let mut status_open = true;
+    let mut sbuf: Vec<u8> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut killing: Option<std::time::Instant> = None;
+    let mut exited: Option<(i32, std::time::Instant)> = None;
+    let mut kill_now = false;
     loop {
-        let mut fds = [PollFd::new(sp_r.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-        let timeout = if killing.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
+        if let Some((code, at)) = exited {
+            let done = relay.as_ref().is_none_or(|r| {
+                r.drained() || (at.elapsed() > TTY_DRAIN_GRACE && (r.out.is_none() || r.obuf.is_empty()))
+            });
+            if done || killing.is_some() || !status_open {
+                drop(relay);
+                send(status_fd, &ExecReport::Exited { exit_code: code });
+                reap_stub(stub);
+                return Ok(code);
+            }
+        }
+        let (mi, ii, oi) =
+            relay.as_ref().map(Relay::interest).unwrap_or((PollFlags::empty(), PollFlags::empty(), PollFlags::empty()));
+        let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        // Once the exit is known the stub's pipe is done with (and would poll as HUP).
+        let pipe_ix = if exited.is_none() {
+            fds.push(PollFd::new(sp_r.as_fd(), PollFlags::POLLIN));
+            Some(fds.len() - 1)
+        } else {
+            None
+        };
+        let status_ix = if status_open {
+            fds.push(PollFd::new(status, PollFlags::POLLIN));
+            Some(fds.len() - 1)
+        } else {
+            None
+        };
+        let mut relay_ix = [None; 3];
+        if let Some(r) = &relay {
+            let parts = [(Some(&r.master), mi), (r.stdin.as_ref(), ii), (r.out.as_ref(), oi)];
+            for (k, (fd, ev)) in parts.into_iter().enumerate() {
+                if let Some(fd) = fd.filter(|_| !ev.is_empty()) {
+                    fds.push(PollFd::new(fd.as_fd(), ev));
+                    relay_ix[k] = Some(fds.len() - 1);
+                }
+            }
+        }
+        let timeout = if killing.is_some() || exited.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(Errno::EINTR) => continue,
             Err(e) => bail!("poll: {e}"),
         }
-        let sig_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
-        let pipe_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let ev = |i: Option<usize>| i.and_then(|i| fds[i].revents()).unwrap_or(PollFlags::empty());
+        let sig_ready = !ev(Some(0)).is_empty();
+        let pipe_ready = !ev(pipe_ix).is_empty();
+        let status_ready = !ev(status_ix).is_empty();
+        // (The out pipe's readiness needs nothing special: `pump` always flushes.)
+        let rev = [ev(relay_ix[0]), ev(relay_ix[1])];
+        drop(fds);
+        if let Some(r) = relay.as_mut() {
+            r.pump(rev[0], rev[1]);
+        }
+        if status_ready {
+            let mut chunk = [0u8; 4096];
+            match nix::unistd::read(status, &mut chunk) {
+                Ok(0) => {
+                    // The client is gone: nobody wants the command any more.
+                    status_open = false;
+                    kill_now = true;
+                }
+                Ok(n) => sbuf.extend_from_slice(&chunk[..n]),
+                Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+                Err(_) => {
+                    status_open = false;
+                    kill_now = true;
+                }
+            }
+            loop {
+                match protocol::take_frame::<ExecControl>(&sbuf) {
+                    Ok(Some((msg, used))) => {
+                        sbuf.drain(..used);
+                        match msg {
+                            ExecControl::Resize { cols, rows } => {
+                                if let Some(r) = &relay {
+                                    set_winsize(r.master.as_raw_fd(), cols, rows);
+                                }
+                            }
+                            ExecControl::Kill => kill_now = true,
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Garbage from the client: treat it as gone.
+                        sbuf.clear();
+                        status_open = false;
+                        kill_now = true;
+                        break;
+                    }
+                }
+            }
+        }
         if sig_ready {
             while let Ok(Some(_)) = sigfd.read_signal() {}
+            kill_now = true;
+        }
+        if kill_now && killing.is_none() && exited.is_none() {
             // Ask the stub to kill the command's whole tree (it reaps as it goes).
             let _ = nix::sys::signal::kill(stub, Signal::SIGTERM);
-            killing.get_or_insert_with(std::time::Instant::now);
+            killing = Some(std::time::Instant::now());
         }
-        if killing.is_some_and(|t| t.elapsed() > KILL_GRACE) {
+        if exited.is_none() && killing.is_some_and(|t| t.elapsed() > KILL_GRACE) {
             // The stub does not answer: kill its process group and be done.
             kill_group(stub);
             let _ = waitpid(stub, None);
             send(status_fd, &ExecReport::Exited { exit_code: 137 });
             return Ok(137);
         }
-        if pipe_ready {
+        if pipe_ready && exited.is_none() {
             let mut chunk = [0u8; 4096];
             let n = match nix::unistd::read(sp_r.as_fd(), &mut chunk) {
                 Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(Errno::EINTR) => continue,
                 Err(e) => bail!("read: {e}"),
             };
             if n == 0 {
@@ -195,9 +520,7 @@ fn exec_inner(dir: &Path, tty: bool, cmd: &[String], status_fd: RawFd) -> Result
                     }
                     ("X", code) => {
                         let code: i32 = code.trim().parse().unwrap_or(255);
-                        send(status_fd, &ExecReport::Exited { exit_code: code });
-                        reap_stub(stub);
-                        return Ok(code);
+                        exited = Some((code, std::time::Instant::now()));
                     }
                     _ => {}
                 }
@@ -239,11 +562,24 @@ fn stub_main(
     cmd: &[String],
     sp: RawFd,
     status_fd: RawFd,
+    term: Option<(RawFd, RawFd)>,
 ) -> ! {
     reset_signals();
-    unsafe { libc::close(status_fd) };
+    // SAFETY: closing fds this process owns and never uses again (the status socket is the
+    // helper's; the terminal's master is the helper's).
+    unsafe {
+        libc::close(status_fd);
+        if let Some((master, _)) = term {
+            libc::close(master);
+        }
+    }
     let _ = nix::unistd::setsid();
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        let _ = write_all_raw(sp, b"Ecannot become a child subreaper\n");
+        // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
+        unsafe { libc::_exit(1) }
+    }
     // SIGCHLD: reap; SIGTERM (from the helper, on a timeout): kill the command's whole tree.
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(Signal::SIGCHLD);
@@ -256,32 +592,49 @@ fn stub_main(
         Ok(p) => p,
         Err(e) => {
             say(&format!("E{}\n", e.0.replace('\n', " ")));
+            // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
             unsafe { libc::_exit(1) }
         }
     };
+    // SAFETY: the stub is single-threaded, so the child may run any code.
     let cmd_pid = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(er_r);
             reset_signals();
+            if let Some((_, slave)) = term {
+                // A session of its own, with the terminal as its controlling terminal.
+                if let Err(e) = take_terminal(slave) {
+                    let _ = write_all_raw(er_w.as_raw_fd(), e.0.as_bytes());
+                    // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
+                    unsafe { libc::_exit(127) }
+                }
+            }
             let e = match container::exec_process(process, seccomp, Some(cmd), false) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
             let _ = write_all_raw(er_w.as_raw_fd(), e.0.as_bytes());
+            // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
             unsafe { libc::_exit(127) }
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             say(&format!("Efork: {e}\n"));
+            // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
             unsafe { libc::_exit(1) }
         }
     };
     drop(er_w);
+    if let Some((_, slave)) = term {
+        // SAFETY: the command has its copy; ours would keep the terminal open after its exit.
+        unsafe { libc::close(slave) };
+    }
     stdio_to_null();
     let msg = read_to_end_raw(er_r.as_raw_fd());
     if !msg.is_empty() {
         let _ = waitpid(cmd_pid, None);
         say(&format!("E{}\n", String::from_utf8_lossy(&msg).replace('\n', " ")));
+        // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
         unsafe { libc::_exit(0) }
     }
     say("S\n");
@@ -299,6 +652,7 @@ fn stub_main(
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 // No child left: the command and everything it left behind are gone.
+                // SAFETY: _exit takes no pointers and never returns.
                 Err(_) => unsafe { libc::_exit(0) },
             }
         }
@@ -310,6 +664,19 @@ fn stub_main(
             kill_children(cmd_pid);
         }
     }
+}
+
+/// In the command's process: new session, terminal as stdio and controlling terminal.
+fn take_terminal(slave: RawFd) -> Result<()> {
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    for i in 0..3 {
+        dup_onto(slave, i)?;
+    }
+    // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the terminal's slave.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        bail!("set controlling terminal: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// SIGKILLs every child of the stub (orphans of the command are reparented to it, the

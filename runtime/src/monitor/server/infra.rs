@@ -20,6 +20,7 @@ use crate::monitor::protocol::StartReport;
 pub fn main(pod_dir: &Path) -> i32 {
     let report_fd = {
         close_inherited_fds();
+        // SAFETY: fcntl with integer arguments; a failure (-1) makes the reports go nowhere.
         unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
     };
     stdio_to_null();
@@ -48,9 +49,11 @@ fn start(pod_dir: &Path, report_fd: i32) -> Result<i32> {
         nix::sched::setns(&fd, flag).ctx(|| format!("join {}", p.display()))?;
     }
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
+    // SAFETY: the monitor binary is single-threaded, so the child may run any code.
     match unsafe { fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
         Ok(ForkResult::Child) => {
+            // SAFETY: closes our copy of the report pipe, never used again in the child.
             unsafe { libc::close(report_fd) };
             init()
         }
@@ -61,9 +64,12 @@ fn start(pod_dir: &Path, report_fd: i32) -> Result<i32> {
 fn init() -> ! {
     let _ = nix::unistd::setsid();
     let _ = nix::unistd::chdir("/");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that lives across the call; a
+    // failure only leaves the old name.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"skiff-infra".as_ptr(), 0, 0, 0) };
     let sigfd = match signalfd(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT]) {
         Ok(s) => s,
+        // SAFETY: _exit takes no pointers and never returns.
         Err(_) => unsafe { libc::_exit(1) },
     };
     trim_heap();
@@ -71,11 +77,13 @@ fn init() -> ! {
         let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
             if e != nix::errno::Errno::EINTR {
+                // SAFETY: _exit takes no pointers and never returns.
                 unsafe { libc::_exit(1) }
             }
         }
         while let Ok(Some(si)) = sigfd.read_signal() {
             match Signal::try_from(si.ssi_signo as i32) {
+                // SAFETY: _exit takes no pointers and never returns.
                 Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => unsafe { libc::_exit(0) },
                 _ => {}
             }

@@ -195,6 +195,8 @@ impl Rootfs {
             }
             let name = cstr(Path::new(&c))?;
             let r = if todo.is_empty() && kind == Kind::File {
+                // SAFETY: `name` is a NUL-terminated string alive across the call; `parent`
+                // is an open directory fd.
                 let fd = unsafe {
                     libc::openat(
                         parent.as_raw_fd(),
@@ -204,12 +206,14 @@ impl Rootfs {
                     )
                 };
                 if fd >= 0 {
+                    // SAFETY: `fd` was just opened here and is owned by nothing else.
                     unsafe { libc::close(fd) };
                     0
                 } else {
                     -1
                 }
             } else {
+                // SAFETY: `name` is a NUL-terminated string alive across the call.
                 unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) }
             };
             if r < 0 {
@@ -360,6 +364,8 @@ fn set_recursive_readonly(target: &OwnedFd) -> Result<()> {
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
     const AT_RECURSIVE: libc::c_uint = 0x8000;
     let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: the path is a NUL-terminated literal and `attr` a `#[repr(C)]` mount_attr alive
+    // across the call, its size passed along.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
@@ -459,6 +465,7 @@ fn make_node(
     let dir = fs.resolve(parent, Some(Kind::Dir))?;
     let cname = cstr(name)?;
     let dev = libc::makedev(major as u32, minor as u32);
+    // SAFETY: `cname` is a NUL-terminated string alive across the call.
     let r = unsafe { libc::mknodat(dir.as_raw_fd(), cname.as_ptr(), kind | (mode & 0o7777), dev) };
     if r < 0 {
         let e = std::io::Error::last_os_error();
@@ -474,8 +481,9 @@ fn make_node(
             _ => bail!("mknod {}: {e}", path.display()),
         }
     }
-    unsafe {
-        libc::fchmodat(dir.as_raw_fd(), cname.as_ptr(), mode & 0o7777, 0);
+    // SAFETY: `cname` is a NUL-terminated string alive across the call.
+    if unsafe { libc::fchmodat(dir.as_raw_fd(), cname.as_ptr(), mode & 0o7777, 0) } != 0 {
+        bail!("chmod {}: {}", path.display(), std::io::Error::last_os_error());
     }
     if uid.is_some() || gid.is_some() {
         let _ = nix::unistd::fchownat(

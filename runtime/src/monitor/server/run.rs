@@ -1,7 +1,7 @@
 //! `skiff-monitor run <container-dir>`: start the container, then serve it until it exits.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ pub fn main(dir: &Path) -> i32 {
     // fd 1 is the report pipe read by `spawn`; keep it aside, stdio goes to /dev/null.
     let report_fd = {
         close_inherited_fds();
+        // SAFETY: fcntl with integer arguments; a failure (-1) makes the report go nowhere.
         unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
     };
     stdio_to_null();
@@ -49,19 +50,26 @@ pub fn main(dir: &Path) -> i32 {
         Err(e) => return start_failed(&cfg, report_fd, &format!("read config.json: {e}"), None),
     };
     // Detach: the process skiffd started exits at once; the monitor is reparented away.
+    // SAFETY: the monitor is single-threaded, so the child may run any code.
     match unsafe { fork() } {
+        // SAFETY: _exit takes no pointers and never returns.
         Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
         Ok(ForkResult::Child) => {}
         Err(e) => return start_failed(&cfg, report_fd, &format!("fork: {e}"), None),
     }
     let _ = nix::unistd::setsid();
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        // Orphans then go to the node's init instead: not fatal.
+        diag!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+    }
     let mut m = match Monitor::start(&cfg, spec) {
         Ok(m) => m,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
     diag!("container {} started, pid {}", m.cfg.container_id, m.pid);
     report(report_fd, &StartReport::Started { pid: m.pid.as_raw(), monitor_pid: std::process::id() as i32 });
+    // SAFETY: the report pipe is ours and never used again.
     unsafe { libc::close(report_fd) };
     trim_heap();
     m.run()
@@ -102,7 +110,35 @@ struct Conn {
     buf: Vec<u8>,
     waiting: bool,
     closed: bool,
+    attach: Option<Attacher>,
 }
+
+/// The monitor's ends of one attacher's pipes.
+struct Attacher {
+    /// Write ends (non-blocking) of its stdout and stderr pipes; with a tty only stdout.
+    out: [Option<OwnedFd>; 2],
+    /// Read end (non-blocking) of its stdin pipe.
+    stdin: Option<OwnedFd>,
+    /// The first attacher with stdin of a `stdin_once` container: its EOF (or detach) closes
+    /// the container's stdin.
+    stdin_once: bool,
+    /// Bytes of output dropped because its pipe was full.
+    dropped: u64,
+}
+
+/// What a poll slot is.
+#[derive(Clone, Copy)]
+enum Tag {
+    Signals,
+    Listener,
+    Output(usize),
+    Client(usize),
+    AttachStdin(usize),
+    ContainerStdin,
+}
+
+/// Attachers' output pipes are grown to this (best effort) before output is dropped.
+const ATTACH_PIPE_SIZE: libc::c_int = 1 << 20;
 
 struct Output {
     fd: OwnedFd,
@@ -126,8 +162,17 @@ struct Monitor {
     /// when its main process exits, the rest of its processes are killed (as containerd's
     /// shim does), instead of living on and holding its output open.
     kill_rest_on_exit: bool,
-    /// Write end of the container's stdin pipe (CRI `stdin`), held open so that reads block.
-    _stdin: Option<OwnedFd>,
+    /// Write end (non-blocking) of the container's stdin pipe (CRI `stdin` without tty), held
+    /// open so that reads block; attachers' input goes there (with a tty: to the master).
+    stdin_w: Option<OwnedFd>,
+    /// Attachers may send input (CRI `stdin`, and not yet closed by `stdin_once`).
+    stdin_open: bool,
+    /// Input read from an attacher, not yet written to the container.
+    stdin_buf: Vec<u8>,
+    /// `stdin_once`: close the container's stdin once `stdin_buf` is written.
+    stdin_close: bool,
+    /// `stdin_once`: the first attacher with stdin has been given it.
+    stdin_once_taken: bool,
 }
 
 /// The container's stdio: pipes, or a pseudo terminal (CRI `tty`: everything is "stdout").
@@ -196,11 +241,66 @@ fn recv_fd(sock: &OwnedFd) -> Result<OwnedFd> {
     for c in msg.cmsgs().ctx(|| "receive the terminal".into())? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us; nothing else owns it.
                 return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
             }
         }
     }
     bail!("the container did not send its terminal")
+}
+
+/// Copies output of stream `i` to every attacher of it, never blocking: what does not fit in
+/// an attacher's pipe is dropped for that attacher (counted in `monitor.log`).
+fn fan_out(clients: &mut [Conn], i: usize, data: &[u8]) {
+    for c in clients.iter_mut() {
+        let Some(a) = c.attach.as_mut() else { continue };
+        let Some(fd) = a.out[i].as_ref() else { continue };
+        let mut rest = data;
+        while !rest.is_empty() {
+            match nix::unistd::write(fd, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if a.dropped == 0 {
+                        diag!("attacher too slow: dropping its output");
+                    }
+                    a.dropped += rest.len() as u64;
+                    break;
+                }
+                Err(_) => {
+                    // It closed its end: stop sending it this stream.
+                    a.out[i] = None;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn set_nonblock(fd: BorrowedFd<'_>) {
+    if let Ok(fl) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(fl));
+    }
+}
+
+/// Writes one whole message on a (blocking, write-timeout) unix stream, `fds` attached to
+/// its first byte.
+fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let mut sent = 0;
+    while sent < data.len() {
+        let iov = [std::io::IoSlice::new(&data[sent..])];
+        let c: &[ControlMessage] = if sent == 0 && !raw.is_empty() { &cmsg } else { &[] };
+        match sendmsg::<()>(stream.as_raw_fd(), &iov, c, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILLs every process left in the container's cgroup (a no-op without one).
@@ -253,6 +353,7 @@ impl Monitor {
         } else if plan.new_pid {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
         }
+        // SAFETY: the monitor is single-threaded, so the child may run any code.
         let pid = match unsafe { fork() } {
             Ok(ForkResult::Child) => container::child(
                 &spec,
@@ -273,7 +374,7 @@ impl Monitor {
         }
         let started_at = now_nanos();
         let (out_r, err_r, stdin_keep) = io.into_parent()?;
-        for fd in [Some(&out_r), err_r.as_ref()].into_iter().flatten() {
+        for fd in [Some(&out_r), err_r.as_ref(), stdin_keep.as_ref()].into_iter().flatten() {
             let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
         }
         Ok(Monitor {
@@ -285,7 +386,11 @@ impl Monitor {
                 Some(Output { fd: out_r, split: LineSplitter::new("stdout") }),
                 err_r.map(|fd| Output { fd, split: LineSplitter::new("stderr") }),
             ],
-            _stdin: stdin_keep,
+            stdin_w: stdin_keep,
+            stdin_open: cfg.stdin,
+            stdin_buf: Vec::new(),
+            stdin_close: false,
+            stdin_once_taken: false,
             listener,
             clients: Vec::new(),
             sigfd,
@@ -311,22 +416,33 @@ impl Monitor {
                 }
                 None => PollTimeout::NONE,
             };
-            // 0: signals, 1: listener, 2/3: stdout/stderr, 4..: clients
-            let mut tags: Vec<usize> = Vec::new();
+            let mut tags: Vec<Tag> = Vec::new();
             let mut fds: Vec<PollFd> = Vec::new();
             fds.push(PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN));
-            tags.push(0);
+            tags.push(Tag::Signals);
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-            tags.push(1);
+            tags.push(Tag::Listener);
             for (i, o) in self.out.iter().enumerate() {
                 if let Some(o) = o {
                     fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
-                    tags.push(2 + i);
+                    tags.push(Tag::Output(i));
                 }
             }
             for (i, c) in self.clients.iter().enumerate() {
                 fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
-                tags.push(4 + i);
+                tags.push(Tag::Client(i));
+            }
+            // Input: read from attachers only when the previous chunk is written.
+            if self.stdin_buf.is_empty() {
+                for (i, c) in self.clients.iter().enumerate() {
+                    if let Some(fd) = c.attach.as_ref().and_then(|a| a.stdin.as_ref()) {
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                        tags.push(Tag::AttachStdin(i));
+                    }
+                }
+            } else if let Some(fd) = self.stdin_target() {
+                fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                tags.push(Tag::ContainerStdin);
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -337,7 +453,7 @@ impl Monitor {
                     continue;
                 }
             }
-            let ready: Vec<usize> = fds
+            let ready: Vec<Tag> = fds
                 .iter()
                 .zip(&tags)
                 .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
@@ -346,10 +462,20 @@ impl Monitor {
             drop(fds);
             for t in ready {
                 match t {
-                    0 => self.on_signals(),
-                    1 => self.on_accept(),
-                    2 | 3 => self.on_output(t - 2, &mut chunk),
-                    n => self.on_client(n - 4, &mut chunk),
+                    Tag::Signals => self.on_signals(),
+                    Tag::Listener => self.on_accept(),
+                    Tag::Output(i) => self.on_output(i, &mut chunk),
+                    Tag::Client(i) => self.on_client(i, &mut chunk),
+                    Tag::AttachStdin(i) => self.on_attach_stdin(i, &mut chunk),
+                    Tag::ContainerStdin => self.write_stdin(),
+                }
+            }
+            for i in 0..self.clients.len() {
+                if self.clients[i].closed {
+                    // Detach; the first stdin_once attacher going away is its EOF.
+                    if self.clients[i].attach.as_ref().is_some_and(|a| a.stdin.is_some() && a.stdin_once) {
+                        self.stdin_eof_once();
+                    }
                 }
             }
             self.clients.retain(|c| !c.closed);
@@ -392,7 +518,7 @@ impl Monitor {
         while let Ok((stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            self.clients.push(Conn { stream, buf: Vec::new(), waiting: false, closed: false });
+            self.clients.push(Conn { stream, buf: Vec::new(), waiting: false, closed: false, attach: None });
         }
     }
 
@@ -401,18 +527,27 @@ impl Monitor {
         // Read what is there (bounded, so that one chatty stream cannot starve the loop).
         for _ in 0..16 {
             match nix::unistd::read(o.fd.as_fd(), chunk) {
-                Ok(0) => {
-                    o.split.flush(&mut self.log);
-                    self.out[i] = None;
-                    return;
+                Ok(n) if n > 0 => {
+                    o.split.feed(&chunk[..n], &mut self.log);
+                    fan_out(&mut self.clients, i, &chunk[..n]);
                 }
-                Ok(n) => o.split.feed(&chunk[..n], &mut self.log),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(nix::errno::Errno::EAGAIN) => return,
-                Err(e) => {
-                    diag!("read output: {e}");
+                res => {
+                    if let Err(e) = res {
+                        // EIO on a terminal's master: its last user closed it.
+                        if !(self.cfg.tty && e == nix::errno::Errno::EIO) {
+                            diag!("read output: {e}");
+                        }
+                    }
                     o.split.flush(&mut self.log);
                     self.out[i] = None;
+                    // EOF for the attachers too.
+                    for c in self.clients.iter_mut() {
+                        if let Some(a) = c.attach.as_mut() {
+                            a.out[i] = None;
+                        }
+                    }
                     return;
                 }
             }
@@ -451,8 +586,156 @@ impl Monitor {
                     self.clients[i].waiting = true;
                     continue;
                 }
+                Request::Resize { cols, rows } => self.resize(cols, rows),
+                Request::Attach { stdin, stdout, stderr } => {
+                    if let Err(e) = self.attach(i, stdin, stdout, stderr) {
+                        self.send(i, &Response::Error { message: e.0 });
+                    }
+                    continue;
+                }
             };
             self.send(i, &resp);
+        }
+    }
+
+    /// The fd attachers' input is written to: the stdin pipe, or the terminal's master.
+    fn stdin_target(&self) -> Option<BorrowedFd<'_>> {
+        if !self.cfg.stdin {
+            return None;
+        }
+        if self.cfg.tty {
+            self.out[0].as_ref().map(|o| o.fd.as_fd())
+        } else {
+            self.stdin_w.as_ref().map(|f| f.as_fd())
+        }
+    }
+
+    fn resize(&mut self, cols: u16, rows: u16) -> Response {
+        if !self.cfg.tty {
+            return Response::Ok;
+        }
+        let Some(o) = &self.out[0] else { return Response::Ok };
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads the `winsize` above, valid across the call.
+        if unsafe { libc::ioctl(o.fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+            return Response::Error { message: format!("resize: {}", std::io::Error::last_os_error()) };
+        }
+        Response::Ok
+    }
+
+    /// `Attach` on connection `i`: pipes for what was asked (and is available), their other
+    /// ends sent back with the answer.
+    fn attach(&mut self, i: usize, stdin: bool, stdout: bool, stderr: bool) -> Result<()> {
+        if self.exited.is_some() {
+            bail!("container is not running");
+        }
+        if self.clients[i].attach.is_some() {
+            bail!("this connection is already attached");
+        }
+        let stdin = stdin && self.stdin_open && self.stdin_target().is_some();
+        let stderr = stderr && !self.cfg.tty;
+        let mut send_fds: Vec<OwnedFd> = Vec::new();
+        let mut a = Attacher { out: [None, None], stdin: None, stdin_once: false, dropped: 0 };
+        if stdin {
+            let (r, w) = pipe()?;
+            set_nonblock(r.as_fd());
+            a.stdin = Some(r);
+            send_fds.push(w);
+            if self.cfg.stdin_once && !self.stdin_once_taken {
+                self.stdin_once_taken = true;
+                a.stdin_once = true;
+            }
+        }
+        for (k, want) in [stdout, stderr].into_iter().enumerate() {
+            if !want {
+                continue;
+            }
+            let (r, w) = pipe()?;
+            set_nonblock(w.as_fd());
+            // SAFETY: F_SETPIPE_SZ takes an integer; failure (limit) just keeps 64 KiB.
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, ATTACH_PIPE_SIZE) };
+            // A stream already at EOF: the attacher gets EOF at once.
+            if self.out[k].is_some() {
+                a.out[k] = Some(w);
+            }
+            send_fds.push(r);
+        }
+        let resp = protocol::encode(&Response::Attached { tty: self.cfg.tty, stdin, stdout, stderr });
+        send_with_fds(&self.clients[i].stream, &resp, &send_fds).ctx(|| "send the attach answer".into())?;
+        diag!("attached (stdin {stdin}, stdout {stdout}, stderr {stderr})");
+        self.clients[i].attach = Some(a);
+        Ok(())
+    }
+
+    fn on_attach_stdin(&mut self, i: usize, chunk: &mut [u8]) {
+        let Some(a) = self.clients[i].attach.as_mut() else { return };
+        let Some(fd) = a.stdin.as_ref() else { return };
+        match nix::unistd::read(fd.as_fd(), chunk) {
+            Ok(0) | Err(nix::errno::Errno::EPIPE) => {
+                a.stdin = None;
+                if a.stdin_once {
+                    self.stdin_eof_once();
+                }
+            }
+            Ok(n) => {
+                if self.stdin_open {
+                    self.stdin_buf.extend_from_slice(&chunk[..n]);
+                    self.write_stdin();
+                }
+            }
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => {
+                diag!("read attacher input: {e}");
+                a.stdin = None;
+            }
+        }
+    }
+
+    /// Writes pending input to the container without blocking.
+    fn write_stdin(&mut self) {
+        while !self.stdin_buf.is_empty() {
+            let Some(fd) = self.stdin_target() else {
+                self.stdin_buf.clear();
+                break;
+            };
+            match nix::unistd::write(fd, &self.stdin_buf) {
+                Ok(n) => {
+                    self.stdin_buf.drain(..n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => {
+                    // The container closed its stdin (or exited): no more input.
+                    diag!("write container stdin: {e}");
+                    self.stdin_buf.clear();
+                    self.close_stdin();
+                }
+            }
+        }
+        if self.stdin_close {
+            self.close_stdin();
+        }
+    }
+
+    /// `stdin_once`: the first attacher's input ended; close the container's stdin once its
+    /// pending input is written.
+    fn stdin_eof_once(&mut self) {
+        self.stdin_close = true;
+        if self.stdin_buf.is_empty() {
+            self.close_stdin();
+        }
+    }
+
+    /// No more input: the stdin pipe is closed (EOF for the container; with a tty the
+    /// terminal stays, it just gets no more input) and every attacher's stdin too.
+    fn close_stdin(&mut self) {
+        self.stdin_open = false;
+        self.stdin_close = false;
+        self.stdin_w = None;
+        for c in self.clients.iter_mut() {
+            if let Some(a) = c.attach.as_mut() {
+                a.stdin = None;
+            }
         }
     }
 

@@ -100,6 +100,7 @@ pub fn rlimits(p: &Process) -> Result<()> {
             _ => continue,
         };
         let lim = libc::rlimit { rlim_cur: r.soft(), rlim_max: r.hard() };
+        // SAFETY: setrlimit reads the `rlimit` above, alive across the call.
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
             bail!("setrlimit {:?}: {}", r.typ(), std::io::Error::last_os_error());
         }
@@ -114,7 +115,7 @@ pub fn oom_score_adj(p: &Process) -> Result<()> {
     let cur: i32 =
         std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let mut v = want.clamp(-1000, 1000);
-    if v < cur && !has_cap(24) {
+    if v < cur && !has_cap(24)? {
         diag!("oom_score_adj {want} clamped to {cur} (no CAP_SYS_RESOURCE)");
         v = cur;
     }
@@ -128,9 +129,9 @@ pub fn oom_score_adj(p: &Process) -> Result<()> {
     }
 }
 
-fn has_cap(n: u32) -> bool {
-    let (_, data) = capget();
-    data[(n / 32) as usize].effective & (1 << (n % 32)) != 0
+fn has_cap(n: u32) -> Result<bool> {
+    let data = capget()?;
+    Ok(data[(n / 32) as usize].effective & (1 << (n % 32)) != 0)
 }
 
 #[repr(C)]
@@ -149,11 +150,17 @@ struct CapData {
 
 const CAP_V3: u32 = 0x2008_0522;
 
-fn capget() -> (CapHeader, [CapData; 2]) {
+/// Our own capability sets.
+fn capget() -> Result<[CapData; 2]> {
     let mut h = CapHeader { version: CAP_V3, pid: 0 };
     let mut d = [CapData::default(); 2];
-    unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) };
-    (h, d)
+    // SAFETY: `h` and `d` are `#[repr(C)]` and alive across the call; version 3 of the
+    // header takes exactly two `CapData`.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) };
+    if r != 0 {
+        bail!("capget: {}", std::io::Error::last_os_error());
+    }
+    Ok(d)
 }
 
 /// Drops every capability not in the bounding set (needs CAP_SETPCAP: before the user switch).
@@ -162,6 +169,7 @@ pub fn bounding(caps: Option<&LinuxCapabilities>) -> Result<()> {
     let keep = mask(caps.bounding());
     for n in 0..=last_cap() {
         if n < 64 && keep & (1 << n) == 0 {
+            // SAFETY: prctl with integer arguments only.
             let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, n as libc::c_ulong, 0, 0, 0) };
             if r != 0 {
                 let e = std::io::Error::last_os_error();
@@ -177,7 +185,10 @@ pub fn bounding(caps: Option<&LinuxCapabilities>) -> Result<()> {
 /// setgroups/setgid/setuid, keeping the permitted capabilities across the switch.
 pub fn switch_user(p: &Process) -> Result<()> {
     let u = p.user();
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        bail!("prctl(PR_SET_KEEPCAPS): {}", std::io::Error::last_os_error());
+    }
     let groups: Vec<nix::unistd::Gid> =
         u.additional_gids().as_deref().unwrap_or_default().iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).ctx(|| "setgroups".into())?;
@@ -185,8 +196,12 @@ pub fn switch_user(p: &Process) -> Result<()> {
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setgid {}", u.gid()))?;
     let uid = nix::unistd::Uid::from_raw(u.uid());
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setuid {}", u.uid()))?;
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) } != 0 {
+        bail!("prctl(PR_SET_KEEPCAPS): {}", std::io::Error::last_os_error());
+    }
     if let Some(m) = u.umask() {
+        // SAFETY: umask takes an integer and cannot fail.
         unsafe { libc::umask(m as libc::mode_t) };
     }
     Ok(())
@@ -198,11 +213,12 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
     // Only what the kernel allows: permitted within ours (the node may lack some, e.g.
     // CAP_SYS_RESOURCE), effective within permitted, inheritable within ours or the bounding
     // set. Asking for more would fail the whole start with EPERM; log what is left out.
-    let (_, cur) = capget();
+    let cur = capget()?;
     let cur_p = cur[0].permitted as u64 | (cur[1].permitted as u64) << 32;
     let cur_i = cur[0].inheritable as u64 | (cur[1].inheritable as u64) << 32;
     let mut bset = 0u64;
     for n in 0..=last_cap().min(63) {
+        // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_CAPBSET_READ, n as libc::c_ulong, 0, 0, 0) } == 1 {
             bset |= 1 << n;
         }
@@ -224,6 +240,8 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
         CapData { effective: e as u32, permitted: p as u32, inheritable: i as u32 },
         CapData { effective: (e >> 32) as u32, permitted: (p >> 32) as u32, inheritable: (i >> 32) as u32 },
     ];
+    // SAFETY: `h` and `d` are `#[repr(C)]` and alive across the call; version 3 of the
+    // header reads exactly two `CapData`.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) };
     if r != 0 {
         bail!("capset: {}", std::io::Error::last_os_error());
@@ -232,6 +250,7 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
     let a = mask(caps.ambient()) & p & i;
     for n in 0..64u32 {
         if a & (1 << n) != 0 {
+            // SAFETY: prctl with integer arguments only.
             let r = unsafe {
                 libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, n as libc::c_ulong, 0, 0)
             };
@@ -244,6 +263,7 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
 }
 
 pub fn no_new_privs() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         bail!("no_new_privs: {}", std::io::Error::last_os_error());
     }
@@ -343,6 +363,7 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
             continue;
         }
         let Ok(c) = CString::new(cand.as_os_str().as_encoded_bytes()) else { continue };
+        // SAFETY: `c` is a NUL-terminated string alive across the call.
         if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
             return Ok(cand);
         }

@@ -56,6 +56,8 @@ pub fn diag_line(msg: &str) {
     }
     let line =
         format!("{} skiff-monitor[{}]: {}\n", super::log::format_timestamp(now_nanos()), std::process::id(), msg);
+    // SAFETY: DIAG_FD is set only by `open_diag`, to an fd deliberately leaked (never closed)
+    // for the whole process life.
     let _ = nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, line.as_bytes());
 }
 
@@ -76,12 +78,15 @@ pub fn now_nanos() -> i64 {
 pub fn dup_onto(fd: RawFd, target: RawFd) -> Result<()> {
     if fd == target {
         // Make sure it survives exec.
+        // SAFETY: fcntl with integer arguments only; errors are checked.
         let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         if r < 0 {
             bail!("fcntl: {}", std::io::Error::last_os_error());
         }
         return Ok(());
     }
+    // SAFETY: dup2 with integer arguments; `target` is 0, 1 or 2, which the caller means to
+    // replace (no OwnedFd elsewhere owns those).
     if unsafe { libc::dup2(fd, target) } < 0 {
         bail!("dup2 {fd} -> {target}: {}", std::io::Error::last_os_error());
     }
@@ -105,6 +110,7 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// Writes all of `data` to a raw fd, retrying on EINTR.
 pub fn write_all_raw(fd: RawFd, mut data: &[u8]) -> std::io::Result<()> {
     while !data.is_empty() {
+        // SAFETY: the pointer and length come from a live slice.
         let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -123,6 +129,7 @@ pub fn read_to_end_raw(fd: RawFd) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
+        // SAFETY: the pointer and length come from a live, writable buffer.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
@@ -168,6 +175,7 @@ pub fn reset_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for s in [Signal::SIGPIPE, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD, Signal::SIGQUIT] {
+        // SAFETY: restoring SIG_DFL installs no handler.
         let _ = unsafe { sigaction(s, &dfl) };
     }
 }
@@ -176,6 +184,7 @@ pub fn reset_signals() {
 pub fn ignore_sigpipe() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no handler.
     let _ = unsafe { sigaction(Signal::SIGPIPE, &ign) };
 }
 
@@ -191,6 +200,7 @@ pub fn decode_wait(status: nix::sys::wait::WaitStatus) -> Option<(i32, Option<i3
 
 /// Frees what the allocator keeps (the monitor is long-lived and small).
 pub fn trim_heap() {
+    // SAFETY: malloc_trim takes an integer; it only returns memory to the system.
     unsafe {
         libc::malloc_trim(0);
     }
@@ -198,5 +208,7 @@ pub fn trim_heap() {
 
 /// Closes every fd above 2 that the spawner leaked to us (the monitor lives long).
 pub fn close_inherited_fds() {
+    // SAFETY: called first thing in `main`, before any fd above 2 is owned by Rust code, so
+    // closing them invalidates no OwnedFd/File. Failure leaves them open (harmless).
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
