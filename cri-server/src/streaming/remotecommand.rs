@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use runtime::monitor::{self, AttachOptions, ExecHandle, ExecStreamOptions, MonitorError};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::fdio::FdIo;
 use super::{spdy, ws, AttachTarget, ExecTarget};
@@ -170,8 +170,13 @@ impl Sizes {
     }
 }
 
-/// Copies a monitor output fd to a client stream until EOF, then ends the stream.
-async fn pump_out(fd: Option<OwnedFd>, out: Option<Out>) {
+/// After the command's exit, output still flows while it comes; a pipe silent this long is
+/// taken as ended (a background child may hold it open forever).
+const EXIT_DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Copies a monitor output fd to a client stream until EOF (or, once `exited` is set, until it
+/// has been silent for [`EXIT_DRAIN_GRACE`]), then ends the stream.
+async fn pump_out(fd: Option<OwnedFd>, out: Option<Out>, mut exited: Option<watch::Receiver<bool>>) {
     let Some(fd) = fd else {
         if let Some(o) = out {
             o.close().await;
@@ -187,7 +192,24 @@ async fn pump_out(fd: Option<OwnedFd>, out: Option<Out>) {
     };
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        let n = match io.read(&mut buf).await {
+        let read = async {
+            match exited.as_mut() {
+                Some(x) if *x.borrow() => {
+                    tokio::time::timeout(EXIT_DRAIN_GRACE, io.read(&mut buf)).await.unwrap_or(Ok(0))
+                }
+                Some(x) => {
+                    let mut x2 = x.clone();
+                    tokio::select! {
+                        r = io.read(&mut buf) => r,
+                        _ = crate::streaming::flag(&mut x2) => {
+                            tokio::time::timeout(EXIT_DRAIN_GRACE, io.read(&mut buf)).await.unwrap_or(Ok(0))
+                        }
+                    }
+                }
+                None => io.read(&mut buf).await,
+            }
+        };
+        let n = match read.await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -281,10 +303,15 @@ pub async fn exec(mut streams: Streams, target: ExecTarget, monitor_bin: PathBuf
     let handle = session.handle();
     let mut guard = KillOnDrop(Some(handle.clone()));
     let (fd_in, fd_out, fd_err) = (session.take_stdin(), session.take_stdout(), session.take_stderr());
-    let waiter = tokio::task::spawn_blocking(move || session.wait());
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let waiter = async move {
+        let r = tokio::task::spawn_blocking(move || session.wait()).await;
+        let _ = exited_tx.send(true);
+        r
+    };
     let outputs = futures::future::join(
-        pump_out(fd_out, streams.stdout.clone()),
-        pump_out(fd_err, streams.stderr.clone()),
+        pump_out(fd_out, streams.stdout.clone(), Some(exited_rx.clone())),
+        pump_out(fd_err, streams.stderr.clone(), Some(exited_rx)),
     );
     let inputs = futures::future::join(pump_in(streams.stdin.take(), fd_in), async move {
         while let Some(s) = sizes.as_mut() {
@@ -329,8 +356,8 @@ pub async fn attach(mut streams: Streams, target: AttachTarget) -> (Streams, Out
     };
     let has_output = fd_out.is_some() || fd_err.is_some();
     let outputs = futures::future::join(
-        pump_out(fd_out, streams.stdout.clone()),
-        pump_out(fd_err, streams.stderr.clone()),
+        pump_out(fd_out, streams.stdout.clone(), None),
+        pump_out(fd_err, streams.stderr.clone(), None),
     );
     let stdin = pump_in(streams.stdin.take(), fd_in);
     if has_output {
