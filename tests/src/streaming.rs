@@ -46,9 +46,12 @@ pub async fn request(url: &str, headers: &[(&str, &str)]) -> (u16, String, TcpSt
 
 /// The status code of a SPDY upgrade request to `url`.
 pub async fn upgrade_status(url: &str) -> u16 {
-    request(url, &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v4.channel.k8s.io")])
-        .await
-        .0
+    request(
+        url,
+        &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v4.channel.k8s.io")],
+    )
+    .await
+    .0
 }
 
 /// Upgrades to SPDY with `protocols` offered; panics unless the server switches.
@@ -182,12 +185,8 @@ impl WsSession {
         let mut req = format!("ws://{host}{path}").into_client_request().unwrap();
         req.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
         let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.expect("websocket handshake");
-        let protocol = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let protocol =
+            resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         WsSession { ws, protocol }
     }
 
@@ -244,6 +243,7 @@ pub async fn forward_roundtrip(conn: &Connection, port: u16, request_id: u32, re
     let (mut error, mut data) = forward_pair(conn, port, request_id).await;
     data.writer.write(request).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(30), read_all(&mut data.reader)).await.expect("reply in time");
-    let err = tokio::time::timeout(Duration::from_secs(30), read_all(&mut error.reader)).await.expect("error stream ends");
+    let err =
+        tokio::time::timeout(Duration::from_secs(30), read_all(&mut error.reader)).await.expect("error stream ends");
     (reply, String::from_utf8_lossy(&err).into_owned())
 }

@@ -136,8 +136,9 @@ async fn exec_with_a_tty_and_resize() {
 async fn a_dropped_client_kills_the_exec() {
     let e = env("killexec").await;
     let marker = format!("{}", 50_000 + rand::random::<u16>() % 10_000);
-    let url = exec_url(&e.d, exec_req(&e.ctr, &["sh", "-c", &format!("echo ready; exec sleep {marker}")], false, false))
-        .await;
+    let url =
+        exec_url(&e.d, exec_req(&e.ctr, &["sh", "-c", &format!("echo ready; exec sleep {marker}")], false, false))
+            .await;
     let mut s = SpdySession::open(&url, false, true, true, false).await;
     let b = tokio::time::timeout(Duration::from_secs(20), s.stdout.as_mut().unwrap().reader.read()).await.unwrap();
     assert_eq!(b.as_deref(), Some(&b"ready\n"[..]));
@@ -271,7 +272,9 @@ async fn port_forward_into_a_host_network_pod() {
     });
     let pod = d.run_pod(&pc).await;
     let port = 40_000 + rand::random::<u16>() % 20_000;
-    let script = format!("mkdir -p /www && echo hello-from-host-net > /www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /www");
+    let script = format!(
+        "mkdir -p /www && echo hello-from-host-net > /www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
     d.create_and_start(&pod, &pc, container_config("web", &["sh", "-c", &script])).await;
     let url = pf_url(&d, &pod, &[port as i32]).await;
     let (conn, _) = st::spdy_connect(&url, &["portforward.k8s.io"]).await;
@@ -307,9 +310,7 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     assert_eq!(code(rt.exec(exec_req(&e.ctr, &[], false, false)).await), Code::InvalidArgument);
     let pf = rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![80] }).await;
     assert_eq!(pf.unwrap_err().code(), Code::NotFound);
-    let at = rt
-        .attach(cri::AttachRequest { container_id: "nope".into(), stdout: true, ..Default::default() })
-        .await;
+    let at = rt.attach(cri::AttachRequest { container_id: "nope".into(), stdout: true, ..Default::default() }).await;
     assert_eq!(at.unwrap_err().code(), Code::NotFound);
 
     // Unknown token; a token used twice.

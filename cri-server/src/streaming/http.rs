@@ -449,7 +449,12 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             portforward::serve_spdy(incoming, target).await;
         }
         Session::WsCommand { req, protocol } => {
-            let ws = WebSocketStream::from_raw_socket(upgraded, tokio_tungstenite::tungstenite::protocol::Role::Server, None).await;
+            let ws = WebSocketStream::from_raw_socket(
+                upgraded,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
             let codec = if protocol.contains("base64") { ws::Codec::Base64 } else { ws::Codec::Binary };
             let version = command_version(protocol);
             let (tty, stdin, stdout, stderr) = flags(&req);
@@ -480,7 +485,12 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             conn.abort();
         }
         Session::WsPortForward { target, ports, protocol } => {
-            let ws = WebSocketStream::from_raw_socket(upgraded, tokio_tungstenite::tungstenite::protocol::Role::Server, None).await;
+            let ws = WebSocketStream::from_raw_socket(
+                upgraded,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
             let codec = if protocol.contains("base64") { ws::Codec::Base64 } else { ws::Codec::Binary };
             let readable: Vec<u8> = (0..ports.len()).map(|i| (2 * i) as u8).collect();
             let (conn, inputs) = ws::WsConn::new(ws, codec, &readable, false);

@@ -94,7 +94,12 @@ pub struct Streaming {
 
 impl Streaming {
     pub fn new(monitor_path: PathBuf, idle_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { cache: cache::RequestCache::new(cache::TOKEN_TTL), monitor_path, idle_timeout, addr: OnceLock::new() })
+        Arc::new(Self {
+            cache: cache::RequestCache::new(cache::TOKEN_TTL),
+            monitor_path,
+            idle_timeout,
+            addr: OnceLock::new(),
+        })
     }
 
     /// The bound address, once serving.

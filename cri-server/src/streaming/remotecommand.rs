@@ -213,14 +213,11 @@ async fn pump_out(fd: Option<OwnedFd>, out: Option<Out>, mut exited: Option<watc
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        match &out {
-            // Backpressure: the next read waits until the client took this chunk.
-            Some(o) => {
-                if o.write(&buf[..n]).await.is_err() {
-                    break;
-                }
+        // Backpressure: the next read waits until the client took this chunk.
+        if let Some(o) = &out {
+            if o.write(&buf[..n]).await.is_err() {
+                break;
             }
-            None => {}
         }
     }
     if let Some(o) = out {
@@ -293,8 +290,7 @@ pub async fn exec(mut streams: Streams, target: ExecTarget, monitor_bin: PathBuf
         size,
     };
     let (dir, cmd) = (target.container_dir.clone(), target.cmd.clone());
-    let started =
-        tokio::task::spawn_blocking(move || monitor::exec_stream(&monitor_bin, &dir, &cmd, &opts)).await;
+    let started = tokio::task::spawn_blocking(move || monitor::exec_stream(&monitor_bin, &dir, &cmd, &opts)).await;
     let mut session = match started {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return (streams, monitor_failure("exec", e)),

@@ -42,7 +42,10 @@ impl RuntimeSvc {
                 .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
             info.insert("config".to_owned(), config);
             if let Some(addr) = self.ctx.streaming.address() {
-                info.insert("streamingServer".to_owned(), serde_json::json!({ "address": addr.to_string() }).to_string());
+                info.insert(
+                    "streamingServer".to_owned(),
+                    serde_json::json!({ "address": addr.to_string() }).to_string(),
+                );
             }
         }
         Ok(StatusResponse {

@@ -545,7 +545,8 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (server, mut incoming) = Connection::new(a, Role::Server).unwrap();
         let (client, _none) = Connection::new(b, Role::Client).unwrap();
-        let opened = tokio::spawn(async move { client.open_stream(h("streamtype", "stdin")).await.map(|s| (s, client)) });
+        let opened =
+            tokio::spawn(async move { client.open_stream(h("streamtype", "stdin")).await.map(|s| (s, client)) });
         let mut s = incoming.recv().await.unwrap();
         assert_eq!(header(&s.headers, "streamType"), Some("stdin"));
         let (mut c, client) = opened.await.unwrap().unwrap();

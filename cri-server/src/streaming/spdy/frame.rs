@@ -45,18 +45,52 @@ pub fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    SynStream { stream_id: u32, associated_to: u32, priority: u8, flags: u8, headers: Headers },
-    SynReply { stream_id: u32, flags: u8, headers: Headers },
-    RstStream { stream_id: u32, status: u32 },
+    SynStream {
+        stream_id: u32,
+        associated_to: u32,
+        priority: u8,
+        flags: u8,
+        headers: Headers,
+    },
+    SynReply {
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    RstStream {
+        stream_id: u32,
+        status: u32,
+    },
     /// (flags, id, value) triples.
-    Settings { flags: u8, entries: Vec<(u8, u32, u32)> },
-    Ping { id: u32 },
-    GoAway { last_good_stream_id: u32, status: u32 },
-    Headers { stream_id: u32, flags: u8, headers: Headers },
-    WindowUpdate { stream_id: u32, delta: u32 },
-    Data { stream_id: u32, flags: u8, data: Bytes },
+    Settings {
+        flags: u8,
+        entries: Vec<(u8, u32, u32)>,
+    },
+    Ping {
+        id: u32,
+    },
+    GoAway {
+        last_good_stream_id: u32,
+        status: u32,
+    },
+    Headers {
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    WindowUpdate {
+        stream_id: u32,
+        delta: u32,
+    },
+    Data {
+        stream_id: u32,
+        flags: u8,
+        data: Bytes,
+    },
     /// A control frame of a type this implementation does not know: ignored, as the spec says.
-    Unknown { frame_type: u16 },
+    Unknown {
+        frame_type: u16,
+    },
 }
 
 fn encode_header_block(h: &Headers) -> Vec<u8> {
@@ -313,10 +347,8 @@ mod tests {
 
     #[test]
     fn syn_stream_layout_and_headers_round_trip() {
-        let headers: Headers = vec![
-            ("streamtype".into(), vec!["stdout".into()]),
-            ("x-multi".into(), vec!["a".into(), "b".into()]),
-        ];
+        let headers: Headers =
+            vec![("streamtype".into(), vec!["stdout".into()]), ("x-multi".into(), vec!["a".into(), "b".into()])];
         let f = Frame::SynStream { stream_id: 3, associated_to: 0, priority: 0, flags: FLAG_FIN, headers };
         let b = enc(&f);
         assert_eq!(&b[..4], &[0x80, 3, 0, 1]);
@@ -324,7 +356,16 @@ mod tests {
         assert_eq!(u32::from_be_bytes([0, b[5], b[6], b[7]]) as usize, b.len() - 8);
         assert_eq!(&b[8..16], &[0, 0, 0, 3, 0, 0, 0, 0]);
         assert_eq!(dec(&b), f);
-        assert_eq!(header(&match dec(&b) { Frame::SynStream { headers, .. } => headers, _ => unreachable!() }, "streamType"), Some("stdout"));
+        assert_eq!(
+            header(
+                &match dec(&b) {
+                    Frame::SynStream { headers, .. } => headers,
+                    _ => unreachable!(),
+                },
+                "streamType"
+            ),
+            Some("stdout")
+        );
     }
 
     #[test]

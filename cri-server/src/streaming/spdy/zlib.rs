@@ -9,15 +9,71 @@ use super::SpdyError;
 
 /// The length-prefixed words the SPDY/3 dictionary starts with, in the spec's order.
 const DICT_WORDS: &[&str] = &[
-    "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset", "accept-encoding",
-    "accept-language", "accept-ranges", "age", "allow", "authorization", "cache-control", "connection",
-    "content-base", "content-encoding", "content-language", "content-length", "content-location", "content-md5",
-    "content-range", "content-type", "date", "etag", "expect", "expires", "from", "host", "if-match",
-    "if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "last-modified", "location",
-    "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range", "referer", "retry-after",
-    "server", "te", "trailer", "transfer-encoding", "upgrade", "user-agent", "vary", "via", "warning",
-    "www-authenticate", "method", "get", "status", "200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie",
-    "keep-alive", "origin",
+    "options",
+    "head",
+    "post",
+    "put",
+    "delete",
+    "trace",
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "accept-ranges",
+    "age",
+    "allow",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-base",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-location",
+    "content-md5",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "expect",
+    "expires",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "last-modified",
+    "location",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "retry-after",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "vary",
+    "via",
+    "warning",
+    "www-authenticate",
+    "method",
+    "get",
+    "status",
+    "200 OK",
+    "version",
+    "HTTP/1.1",
+    "url",
+    "public",
+    "set-cookie",
+    "keep-alive",
+    "origin",
 ];
 
 /// The dictionary's tail, after the words: status codes and phrases, dates, content types.
@@ -149,7 +205,10 @@ mod tests {
         // A sync flush ends every block.
         assert_eq!(&a[a.len() - 4..], &[0, 0, 0xff, 0xff]);
         let b = c.compress(b"\x00\x00\x00\x00").unwrap();
-        assert_eq!(d.decompress(&a, 1 << 16).unwrap(), b"\x00\x00\x00\x01\x00\x00\x00\x0astreamtype\x00\x00\x00\x05error");
+        assert_eq!(
+            d.decompress(&a, 1 << 16).unwrap(),
+            b"\x00\x00\x00\x01\x00\x00\x00\x0astreamtype\x00\x00\x00\x05error"
+        );
         assert_eq!(d.decompress(&b, 1 << 16).unwrap(), b"\x00\x00\x00\x00");
         let big = vec![b'x'; 100_000];
         let z = c.compress(&big).unwrap();
