@@ -78,6 +78,24 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub registry: RegistryConfig,
     pub network: NetworkConfig,
+    pub streaming: StreamingConfig,
+}
+
+/// The `[streaming]` section: the server of Exec, Attach and PortForward URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// `ip:port` to listen on; port 0 picks a free port. Loopback by default: the URLs carry
+    /// tokens but no other authentication.
+    pub address: String,
+    /// A streaming connection without traffic for this long is closed (its exec'd process killed).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self { address: "127.0.0.1:0".into(), idle_timeout_secs: 4 * 60 * 60 }
+    }
 }
 
 /// The `[runtime]` section.
@@ -103,6 +121,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -261,6 +280,15 @@ impl Config {
         if !(576..=65535).contains(&self.network.mtu) {
             return Err(invalid("network.mtu", format!("{} is outside 576..65535", self.network.mtu)));
         }
+        if self.streaming.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "streaming.address",
+                format!("{:?} is not ip:port such as 127.0.0.1:0 or [::1]:10010", self.streaming.address),
+            ));
+        }
+        if self.streaming.idle_timeout_secs == 0 {
+            return Err(invalid("streaming.idle_timeout_secs", "must be at least 1".into()));
+        }
         if self.network.bridge.is_empty() || self.network.bridge.len() > 15 {
             return Err(invalid("network.bridge", "must be 1 to 15 characters".into()));
         }
@@ -357,6 +385,8 @@ mod tests {
             ("[network]\npod_cidr = \"10.88.0.0\"", "network.pod_cidr"),
             ("[network]\npod_cidr_v6 = \"10.0.0.0/8\"", "network.pod_cidr_v6"),
             ("[network]\nmtu = 10", "network.mtu"),
+            ("[streaming]\naddress = \"localhost\"", "streaming.address"),
+            ("[streaming]\nidle_timeout_secs = 0", "streaming.idle_timeout_secs"),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text}: {msg}");

@@ -37,6 +37,8 @@ pub struct Context {
     pub oom_score_adj_min: i32,
     /// Container and pod life-cycle events for GetContainerEvents.
     pub events: crate::services::runtime::events::Events,
+    /// The streaming server's tokens and address (Exec, Attach, PortForward).
+    pub streaming: Arc<crate::streaming::Streaming>,
 }
 
 impl Context {
@@ -59,6 +61,10 @@ impl Context {
                 "containers' oom_score_adj is clamped to skiffd's own value (lowering it needs CAP_SYS_RESOURCE)"
             );
         }
+        let streaming = crate::streaming::Streaming::new(
+            monitor_path.clone(),
+            std::time::Duration::from_secs(config.streaming.idle_timeout_secs),
+        );
         Ok(Self {
             config,
             pods: Table::default(),
@@ -71,6 +77,7 @@ impl Context {
             monitor_path,
             oom_score_adj_min,
             events: Default::default(),
+            streaming,
         })
     }
 

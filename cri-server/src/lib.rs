@@ -13,4 +13,5 @@ pub mod server;
 pub mod services;
 pub mod spec;
 pub mod store;
+pub mod streaming;
 pub mod validate;

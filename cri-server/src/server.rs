@@ -36,6 +36,8 @@ pub enum ServerError {
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
+    #[error("cannot listen for streaming on {address}: {source}")]
+    Streaming { address: String, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
     #[error(transparent)]
@@ -111,6 +113,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let ctx = Arc::new(crate::context::Context::open(config.clone()).await?);
     crate::recovery::recover(&ctx).await.map_err(crate::context::ContextError::from)?;
     crate::services::runtime::start_background(ctx.clone());
+    let address = config.streaming.address.clone();
+    let streaming = crate::streaming::http::Server::start(ctx.streaming.clone(), &address)
+        .await
+        .map_err(|source| ServerError::Streaming { address, source })?;
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -128,6 +134,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     tracing::info!(
         socket = %socket.display(),
+        streaming = %streaming.addr,
         root = %config.root.display(),
         state = %config.state.display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -155,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             }
         }
     };
+    streaming.shutdown().await;
     if let Err(e) = fs::remove_file(&socket) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");

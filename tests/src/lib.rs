@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub use proto::cri;
 
 pub mod pods;
+pub mod streaming;
 
 /// The test registry's address.
 pub fn registry() -> String {

@@ -9,6 +9,7 @@ pub(crate) mod pod_extras;
 mod pod_resize;
 mod stats;
 mod status;
+mod streaming;
 mod streams;
 mod update;
 
@@ -178,14 +179,14 @@ impl RuntimeService for RuntimeSvc {
         validate::exec_sync(r.get_ref())?;
         self.exec_sync_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        self.exec_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn attach(&self, _r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        self.attach_impl(r.into_inner()).await.map(Response::new)
     }
-    async fn port_forward(&self, _r: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, r: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+        self.port_forward_impl(r.into_inner()).await.map(Response::new)
     }
     async fn container_stats(
         &self,

@@ -41,6 +41,12 @@ impl RuntimeSvc {
             let config = serde_json::to_string(&*self.ctx.config)
                 .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
             info.insert("config".to_owned(), config);
+            if let Some(addr) = self.ctx.streaming.address() {
+                info.insert(
+                    "streamingServer".to_owned(),
+                    serde_json::json!({ "address": addr.to_string() }).to_string(),
+                );
+            }
         }
         Ok(StatusResponse {
             status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),
