@@ -155,6 +155,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             }
         }
     };
+    crate::services::runtime::container::drain_detached(Duration::from_secs(config.shutdown_timeout_secs)).await;
     if let Err(e) = fs::remove_file(&socket) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");

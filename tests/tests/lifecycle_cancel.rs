@@ -216,3 +216,25 @@ async fn a_cut_off_creation_that_then_fails_leaves_nothing() {
     d.remove_pod(&pod).await;
     assert_eq!(held(&d), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_cut_off_creation_finish() {
+    let mut d = Daemon::start_with_failpoints("pod:after_setup=sleep:1500").await;
+    let pc = pod_config(&d, "draining");
+    let _ = d.runtime().run_pod_sandbox(with_deadline(run_req(&pc), 200)).await.unwrap_err();
+    // SIGTERM while the creation (whose caller is gone) still runs: skiffd waits for it.
+    d.restart().await;
+    assert!(d.log().contains("pod sandbox ready"), "the creation did not finish before the exit");
+    let ids = pods_named(&d, "draining").await;
+    assert_eq!(ids.len(), 1, "the pod was rolled back instead of completed");
+    let st = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: ids[0].clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    d.remove_pod(&ids[0]).await;
+}
