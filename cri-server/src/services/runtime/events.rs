@@ -79,9 +79,9 @@ pub(crate) fn spawn_event_task(ctx: Arc<Context>) {
                 _ => None,
             };
             let mut containers_statuses = Vec::new();
-            for c in ctx.containers.records() {
-                if c.pod_id == p.pod_id {
-                    containers_statuses.push(container_status(&c));
+            for (_, c) in ctx.containers.all() {
+                if let Some(st) = c.read(|c| (c.pod_id == p.pod_id).then(|| container_status(c))) {
+                    containers_statuses.push(st);
                 }
             }
             let _ = ctx.events.tx.send(ContainerEventResponse {

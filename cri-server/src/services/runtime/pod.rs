@@ -309,7 +309,7 @@ impl RuntimeSvc {
         // The statuses of its containers too, as the evented PLEG reads them.
         let mut containers_statuses = Vec::new();
         for (_, c) in self.ctx.containers.all() {
-            if c.get().pod_id == pod.id {
+            if c.read(|c| c.pod_id == pod.id) {
                 containers_statuses.push(container_status(&refresh(&self.ctx, &c).await));
             }
         }

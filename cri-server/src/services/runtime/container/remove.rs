@@ -35,7 +35,7 @@ impl RuntimeSvc {
     /// Removes every container of a pod.
     pub(in crate::services::runtime) async fn remove_pod_containers(&self, pod_id: &str) -> Result<(), Status> {
         for (_, c) in self.ctx.containers.all() {
-            if c.get().pod_id == pod_id {
+            if c.read(|c| c.pod_id == pod_id) {
                 remove_container(&self.ctx, &c).await?;
             }
         }
