@@ -213,7 +213,10 @@ async fn reads_answer_during_a_long_stop() {
             .unwrap();
         d.runtime().list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap();
         let pod_time = t.elapsed();
-        println!("during the stop: ListContainers {list:?}, ContainerStatus {status_time:?}, PodSandboxStatus+ListContainerStats {pod_time:?}");
+        println!(
+            "during the stop: ListContainers {list:?}, ContainerStatus {status_time:?}, \
+             PodSandboxStatus+ListContainerStats {pod_time:?}"
+        );
         worst = worst.max(list).max(status_time).max(pod_time);
     }
     assert!(!stop.is_finished(), "the stop should still wait for the SIGTERM timeout");

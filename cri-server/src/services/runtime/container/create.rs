@@ -51,12 +51,13 @@ impl RuntimeSvc {
                 (self.handle(), pod_entry.clone(), config.clone(), image.clone(), name.clone());
             let container = md.name.clone();
             detached(async move {
-                let span = tracing::info_span!("create_container", container_id = %id, pod_id = %pod_entry.get().id, %container);
+                let pod_id = pod_entry.get().id;
+                let span = tracing::info_span!("create_container", container_id = %id, %pod_id, %container);
                 async {
                     let _p = pod_entry
                         .begin(Transition::InUse, Mode::Shared)
                         .await
-                        .map_err(|_| Status::not_found("pod sandbox removed meanwhile"))?;
+                        .map_err(|_| Status::not_found(format!("pod sandbox {pod_id:?} not found")))?;
                     let pod = pod_entry.get();
                     if pod.state != PodState::Ready {
                         return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
