@@ -220,6 +220,15 @@ async fn reads_answer_during_a_long_stop() {
         worst = worst.max(list).max(status_time).max(pod_time);
     }
     assert!(!stop.is_finished(), "the stop should still wait for the SIGTERM timeout");
+    // The verbose status shows the operation under way.
+    let st = d
+        .runtime()
+        .container_status(cri::ContainerStatusRequest { container_id: stubborn.clone(), verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    assert_eq!(info["transition"], "Stopping", "{info}");
     // Generous: the point is not waiting for the stop (seconds), not speed.
     assert!(worst < Duration::from_millis(1000), "a read took {worst:?} during the stop");
 

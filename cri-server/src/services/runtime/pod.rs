@@ -304,7 +304,8 @@ impl RuntimeSvc {
         &self,
         req: PodSandboxStatusRequest,
     ) -> Result<PodSandboxStatusResponse, Status> {
-        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?.get();
+        let entry = self.pod_or_not_found(&req.pod_sandbox_id)?;
+        let pod = entry.get();
         let status = pod_status(&pod);
         // The statuses of its containers too, as the evented PLEG reads them.
         let mut containers_statuses = Vec::new();
@@ -326,6 +327,7 @@ impl RuntimeSvc {
                 },
                 "runtimeHandler": pod.runtime_handler,
                 "error": pod.error,
+                "transition": entry.transition().map(|t| format!("{t:?}")),
                 "config": pod.config,
             });
             info.insert("info".to_owned(), v.to_string());
