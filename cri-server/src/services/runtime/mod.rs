@@ -24,7 +24,6 @@ pub use status::RUNTIME_NAME;
 
 /// Starts the daemon's background work (noticing container exits).
 pub fn start_background(ctx: Arc<Context>) {
-    events::spawn_event_task(ctx.clone());
     container::spawn_exit_sweeper(ctx);
 }
 

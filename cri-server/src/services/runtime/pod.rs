@@ -20,6 +20,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::container::{container_status, detached, refresh, PodEntry};
+use super::events;
 use super::RuntimeSvc;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
@@ -167,8 +168,8 @@ impl RuntimeSvc {
                 rb.commit();
                 tracing::info!(cgroup = %record.cgroup_parent, ips = ?record.ips, "pod sandbox ready");
                 ctx.pods.insert(id, record);
-                ctx.events.emit(id, id, ContainerEventType::ContainerCreatedEvent);
-                ctx.events.emit(id, id, ContainerEventType::ContainerStartedEvent);
+                events::emit(&ctx, id, id, ContainerEventType::ContainerCreatedEvent);
+                events::emit(&ctx, id, id, ContainerEventType::ContainerStartedEvent);
                 Ok(())
             }
             Err(status) => {
@@ -249,7 +250,7 @@ impl RuntimeSvc {
         torn?;
         if pod.state != PodState::NotReady {
             tracing::info!("pod sandbox stopped");
-            self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerStoppedEvent);
+            events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
     }
@@ -296,7 +297,7 @@ impl RuntimeSvc {
         self.ctx.pods.remove(&pod.id);
         self.ctx.pods.names.release(&pod.name, &pod.id);
         tracing::info!("pod sandbox removed");
-        self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
+        events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use super::{detached, parse_signal};
 use crate::error::{from_kind, join_error, StatusExt};
 use crate::rollback::Rollback;
 use crate::services::image::image_status;
+use crate::services::runtime::events;
 use crate::services::runtime::pod::namespace_options;
 use crate::services::runtime::RuntimeSvc;
 use crate::store::reserve::NameGuard;
@@ -217,8 +218,9 @@ impl RuntimeSvc {
             Ok(()) => {
                 rb.commit();
                 tracing::info!(image = %record.image, "container created");
-                ctx.events.emit(id, &record.pod_id, ContainerEventType::ContainerCreatedEvent);
+                let pod_id = record.pod_id.clone();
                 ctx.containers.insert(id, record);
+                events::emit(&ctx, id, &pod_id, ContainerEventType::ContainerCreatedEvent);
                 Ok(())
             }
             Err(status) => {
