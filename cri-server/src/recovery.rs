@@ -19,11 +19,17 @@ use crate::services::runtime::container::{cleanup_after_exit, notice_exit};
 use crate::services::runtime::pod_extras::{kill_infra, network_request, process_start_time, teardown_pod_extras};
 use crate::store::{ContainerRecord, ContainerState, Entry, PodRecord, PodState, StoreError};
 
+/// Runs `f` on the blocking pool (file, mount and /proc work).
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))
+}
+
 /// Runs the reconciliation; problems with single objects are logged and the object is kept
 /// visible, never dropped silently.
 pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
     let mut live_pods = HashSet::new();
-    for (id, rec) in ctx.pod_store.load_all::<PodRecord>()? {
+    let store = ctx.pod_store.clone();
+    for (id, rec) in blocking(move || store.load_all::<PodRecord>()).await?? {
         let mut pod = match rec {
             Ok(p) => p,
             Err(e) => {
@@ -35,7 +41,8 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
             tracing::info!(pod_id = %id, "rolling back a pod sandbox whose creation was interrupted");
             match remove_pod_leftovers(ctx, &mut pod).await {
                 Ok(()) => {
-                    let _ = ctx.pod_store.remove(&id);
+                    let (store, id) = (ctx.pod_store.clone(), id.clone());
+                    let _ = blocking(move || store.remove(&id)).await;
                     continue;
                 }
                 Err(e) => {
@@ -45,13 +52,18 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
             }
         }
         if pod.state == PodState::Ready {
-            let pins_ok = [&pod.namespaces.net, &pod.namespaces.ipc, &pod.namespaces.uts]
-                .iter()
-                .all(|p| p.as_ref().map(|p| runtime::podfiles::is_mountpoint(p)).unwrap_or(true));
-            let infra_ok = match pod.namespaces.infra_pid {
-                Some(pid) => process_start_time(pid) == pod.namespaces.infra_start_time,
-                None => true,
-            };
+            let ns = pod.namespaces.clone();
+            let (pins_ok, infra_ok) = blocking(move || {
+                let pins_ok = [&ns.net, &ns.ipc, &ns.uts]
+                    .iter()
+                    .all(|p| p.as_ref().map(|p| runtime::podfiles::is_mountpoint(p)).unwrap_or(true));
+                let infra_ok = match ns.infra_pid {
+                    Some(pid) => process_start_time(pid) == ns.infra_start_time,
+                    None => true,
+                };
+                (pins_ok, infra_ok)
+            })
+            .await?;
             if !pins_ok || !infra_ok {
                 tracing::warn!(pod_id = %id, pins_ok, infra_ok, "pod sandbox lost its namespaces: NOTREADY");
                 pod.state = PodState::NotReady;
@@ -63,7 +75,7 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         if pod.state == PodState::Ready && pod.network_set_up {
             live_pods.insert(pod.id.clone());
         }
-        let _ = ctx.pod_store.save(&id, &pod);
+        let _ = ctx.pod_store.save_async(&id, &pod).await;
         if let Err(holder) = ctx.pods.names.hold(&pod.name, &pod.id) {
             tracing::error!(pod_id = %id, holder = %holder, "two pod records hold the same name");
         }
@@ -71,7 +83,8 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
     }
 
     let mut containers = HashSet::new();
-    for (id, rec) in ctx.container_store.load_all::<ContainerRecord>()? {
+    let store = ctx.container_store.clone();
+    for (id, rec) in blocking(move || store.load_all::<ContainerRecord>()).await?? {
         let mut c = match rec {
             Ok(c) => c,
             Err(e) => {
@@ -83,12 +96,14 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
             tracing::info!(container_id = %id, "rolling back a container whose creation was interrupted");
             let released = ctx.images.release_rootfs(&id).await;
             let dir = ctx.container_dir(&id);
-            let removed = match std::fs::remove_dir_all(&dir) {
+            let removed = blocking(move || match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
-            };
+            })
+            .await?;
             if released.is_ok() && removed.is_ok() {
-                let _ = ctx.container_store.remove(&id);
+                let (store, id) = (ctx.container_store.clone(), id.clone());
+                let _ = blocking(move || store.remove(&id)).await;
                 continue;
             }
             c.state = ContainerState::Unknown;
@@ -136,9 +151,15 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
 async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
     use runtime::monitor;
     let cdir = ctx.container_dir(&c.id);
-    let monitor_pid =
-        std::fs::read_to_string(cdir.join(monitor::PID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
-    if monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE)).is_some() {
+    let dir = cdir.clone();
+    let read = blocking(move || {
+        let monitor_pid =
+            std::fs::read_to_string(dir.join(monitor::PID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        (monitor_pid, monitor::read_exit_record(&dir.join(monitor::EXIT_FILE)).is_some())
+    })
+    .await;
+    let (monitor_pid, exited) = read.unwrap_or((None, false));
+    if exited {
         tracing::info!(container_id = %c.id, "interrupted start: the container ran and exited");
         c.state = ContainerState::Running;
         c.monitor_pid = None;
@@ -160,16 +181,22 @@ async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
             c.monitor_pid = monitor_pid;
         }
         _ => {
-            if cdir.join(monitor::PID_FILE).exists() || runtime::podfiles::is_mountpoint(&cdir.join("rootfs")) {
+            let dir = cdir.clone();
+            let started = blocking(move || {
+                dir.join(monitor::PID_FILE).exists() || runtime::podfiles::is_mountpoint(&dir.join("rootfs"))
+            })
+            .await
+            .unwrap_or(true);
+            if started {
                 tracing::info!(container_id = %c.id, "interrupted start: releasing its rootfs mount and cgroup");
             }
             if let Some(e) = crate::services::runtime::container::release_runtime_resources(ctx, c).await {
                 c.error = Some(e);
             }
-            let _ = std::fs::remove_file(cdir.join(monitor::PID_FILE));
+            let _ = blocking(move || std::fs::remove_file(cdir.join(monitor::PID_FILE))).await;
         }
     }
-    if let Err(e) = ctx.container_store.save(&c.id, &*c) {
+    if let Err(e) = ctx.container_store.save_async(&c.id, &*c).await {
         tracing::warn!(container_id = %c.id, error = %e, "cannot persist the recovered container");
     }
 }

@@ -162,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             }
         }
     };
+    crate::services::runtime::container::drain_detached(Duration::from_secs(config.shutdown_timeout_secs)).await;
     streaming.shutdown().await;
     if let Err(e) = fs::remove_file(&socket) {
         if e.kind() != io::ErrorKind::NotFound {

@@ -159,3 +159,82 @@ async fn a_cancelled_start_runs_the_container_once() {
     d.remove_pod(&pod).await;
     assert!(monitors_of(&a).is_empty() && monitors_of(&b).is_empty());
 }
+
+/// Mounts under the daemon's dir, and entries of its state and record dirs.
+fn held(d: &Daemon) -> Vec<String> {
+    let dir = d.dir().to_string_lossy().into_owned();
+    let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&dir))
+        .map(|m| format!("mount {m}"))
+        .collect();
+    for sub in [
+        d.state().join("pods"),
+        d.state().join("containers"),
+        d.root().join("metadata/pods"),
+        d.root().join("metadata/containers"),
+        d.root().join("containers"),
+    ] {
+        for e in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_creation_that_then_fails_leaves_nothing() {
+    // Held 1 s at the first step (the client gives up), then failing at the next.
+    let d = Daemon::start_with_failpoints("pod:after_setup=sleep:1000,pod:after_network").await;
+    let pc = pod_config(&d, "doomed");
+    let err = d.runtime().run_pod_sandbox(with_deadline(run_req(&pc), 200)).await.unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    // A retry joins it, sees it fail, tries itself (and fails at the same failpoint).
+    let err = d.runtime().run_pod_sandbox(run_req(&pc)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("injected"), "{err:?}");
+    assert!(pods_named(&d, "doomed").await.is_empty());
+    assert_eq!(held(&d), Vec::<String>::new());
+
+    // The same for CreateContainer, in a daemon whose pods work.
+    drop(d);
+    let d = Daemon::start_with_failpoints("container:after_rootfs=sleep:1000,container:after_spec").await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "host");
+    let pod = d.run_pod(&pc).await;
+    let cc = container_config("doomed", &["true"]);
+    let _ = d.runtime().create_container(with_deadline(create_req(&pod, &pc, &cc), 200)).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(containers_named(&d, "doomed").await.is_empty());
+    assert!(std::fs::read_dir(d.state().join("containers")).map(|r| r.count()).unwrap_or(0) == 0);
+    assert!(std::fs::read_dir(d.root().join("containers")).map(|r| r.count()).unwrap_or(0) == 0);
+    // The name is free again: the next attempt runs (and fails at the failpoint, not as a duplicate).
+    let err = d.runtime().create_container(create_req(&pod, &pc, &cc)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    d.remove_pod(&pod).await;
+    assert_eq!(held(&d), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_cut_off_creation_finish() {
+    let mut d = Daemon::start_with_failpoints("pod:after_setup=sleep:1500").await;
+    let pc = pod_config(&d, "draining");
+    let _ = d.runtime().run_pod_sandbox(with_deadline(run_req(&pc), 200)).await.unwrap_err();
+    // SIGTERM while the creation (whose caller is gone) still runs: skiffd waits for it.
+    d.restart().await;
+    assert!(d.log().contains("pod sandbox ready"), "the creation did not finish before the exit");
+    let ids = pods_named(&d, "draining").await;
+    assert_eq!(ids.len(), 1, "the pod was rolled back instead of completed");
+    let st = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: ids[0].clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    d.remove_pod(&ids[0]).await;
+}

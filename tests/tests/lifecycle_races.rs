@@ -213,10 +213,22 @@ async fn reads_answer_during_a_long_stop() {
             .unwrap();
         d.runtime().list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap();
         let pod_time = t.elapsed();
-        println!("during the stop: ListContainers {list:?}, ContainerStatus {status_time:?}, PodSandboxStatus+ListContainerStats {pod_time:?}");
+        println!(
+            "during the stop: ListContainers {list:?}, ContainerStatus {status_time:?}, \
+             PodSandboxStatus+ListContainerStats {pod_time:?}"
+        );
         worst = worst.max(list).max(status_time).max(pod_time);
     }
     assert!(!stop.is_finished(), "the stop should still wait for the SIGTERM timeout");
+    // The verbose status shows the operation under way.
+    let st = d
+        .runtime()
+        .container_status(cri::ContainerStatusRequest { container_id: stubborn.clone(), verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    assert_eq!(info["transition"], "Stopping", "{info}");
     // Generous: the point is not waiting for the stop (seconds), not speed.
     assert!(worst < Duration::from_millis(1000), "a read took {worst:?} during the stop");
 
@@ -243,4 +255,33 @@ async fn reads_answer_during_a_long_stop() {
     assert_eq!(ids, want);
     assert!(ps.timestamp > 0);
     d.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_removal_waits_for_a_container_creation_under_way() {
+    let d = Daemon::start_with_failpoints("container:after_spec=sleep:800").await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "gone");
+    let pod = d.run_pod(&pc).await;
+    let (mut rt, p2, pc2) = (d.runtime(), pod.clone(), pc.clone());
+    let create = tokio::spawn(async move {
+        rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: p2,
+            config: Some(container_config("late", &["sleep", "3600"])),
+            sandbox_config: Some(pc2),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    tokio::time::timeout(DEADLOCK, d.remove_pod(&pod)).await.expect("remove deadlocked");
+    println!("RemovePodSandbox waited {:?} for the creation", t.elapsed());
+    // The creation finished first (its container was then removed with the pod).
+    let created = tokio::time::timeout(DEADLOCK, create).await.unwrap().unwrap();
+    assert!(created.is_ok(), "{created:?}");
+    assert!(listed(&d).await.is_empty());
+    assert!(std::fs::read_dir(d.root().join("metadata/containers")).unwrap().next().is_none());
+    // A creation in the removed pod: not found.
+    let err = d.create(&pod, &pc, container_config("after", &["true"])).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }

@@ -123,10 +123,10 @@ impl ImageService for ImageSvc {
         // In a task of its own: a pull cut off by the client's deadline still completes (and a
         // retry finds the image, or joins the store's pull under way).
         let (store, n) = (self.store.clone(), name.clone());
-        let rec = tokio::spawn(async move { store.pull(&n, auth).await })
-            .await
-            .map_err(crate::error::join_error)?
-            .map_err(|e| image_status(&format!("pulling image {name:?}"), e))?;
+        let rec = crate::services::runtime::container::detached(async move {
+            store.pull(&n, auth).await.map_err(|e| image_status(&format!("pulling image {n:?}"), e))
+        })
+        .await?;
         Ok(Response::new(PullImageResponse { image_ref: rec.id.to_string() }))
     }
 
@@ -134,10 +134,10 @@ impl ImageService for ImageSvc {
         crate::validate::remove_image(r.get_ref())?;
         let name = image_name(r.into_inner().image.as_ref(), "RemoveImage")?;
         let (store, n) = (self.store.clone(), name.clone());
-        let removed = tokio::spawn(async move { store.remove(&n).await })
-            .await
-            .map_err(crate::error::join_error)?
-            .map_err(|e| image_status(&format!("removing image {name:?}"), e))?;
+        let removed = crate::services::runtime::container::detached(async move {
+            store.remove(&n).await.map_err(|e| image_status(&format!("removing image {n:?}"), e))
+        })
+        .await?;
         if !removed {
             tracing::debug!(image = %name, "remove: image not present");
         }

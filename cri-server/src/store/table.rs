@@ -96,6 +96,11 @@ impl<T: Clone> Entry<T> {
         lock(&self.slot).record.clone()
     }
 
+    /// Reads the record in place (no copy), under the short lock.
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&lock(&self.slot).record)
+    }
+
     /// Changes the record in memory (a short, synchronous change; persist it afterwards).
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let r = f(&mut lock(&self.slot).record);

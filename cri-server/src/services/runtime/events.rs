@@ -2,14 +2,13 @@
 //! started, stopped, deleted), each with the pod's status and its containers' statuses, as the
 //! kubelet's evented PLEG expects.
 //!
-//! Emitters push (id, pod id, type) into one queue; a single task turns them, in order, into
-//! full events and broadcasts them to every subscriber. Nothing is built while nobody listens.
-
-use std::sync::Arc;
+//! [`emit`] captures those statuses at the transition itself (copies taken under the records'
+//! short locks, no waiting) and broadcasts the event to every subscriber; nothing is built
+//! while nobody listens.
 
 use futures::StreamExt;
 use proto::cri::{ContainerEventResponse, ContainerEventType};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::Status;
 
@@ -22,37 +21,19 @@ use crate::store::{now_nanos, Lookup};
 /// Events a slow subscriber may fall behind by before it misses some.
 const BACKLOG: usize = 1024;
 
-struct Pending {
-    id: String,
-    pod_id: String,
-    kind: ContainerEventType,
-    at: i64,
-}
-
 /// The event hub kept in the [`Context`].
 pub struct Events {
-    queue: mpsc::UnboundedSender<Pending>,
-    queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
     tx: broadcast::Sender<ContainerEventResponse>,
 }
 
 impl Default for Events {
     fn default() -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
         let (tx, _) = broadcast::channel(BACKLOG);
-        Self { queue, queue_rx: std::sync::Mutex::new(Some(rx)), tx }
+        Self { tx }
     }
 }
 
 impl Events {
-    /// Records an event of container (or pod sandbox) `id` of pod `pod_id`.
-    pub fn emit(&self, id: &str, pod_id: &str, kind: ContainerEventType) {
-        if self.tx.receiver_count() == 0 {
-            return;
-        }
-        let _ = self.queue.send(Pending { id: id.to_owned(), pod_id: pod_id.to_owned(), kind, at: now_nanos() });
-    }
-
     /// A new subscriber's stream.
     pub fn subscribe(&self) -> EventStream {
         let stream = BroadcastStream::new(self.tx.subscribe()).filter_map(|r| async move {
@@ -68,29 +49,27 @@ impl Events {
     }
 }
 
-/// Starts the task that completes and broadcasts the queued events.
-pub(crate) fn spawn_event_task(ctx: Arc<Context>) {
-    let rx = ctx.events.queue_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let Some(mut rx) = rx else { return };
-    tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            let pod_sandbox_status = match ctx.pods.lookup(&p.pod_id) {
-                Lookup::Found(pod) => Some(pod_status(&pod.get())),
-                _ => None,
-            };
-            let mut containers_statuses = Vec::new();
-            for c in ctx.containers.records() {
-                if c.pod_id == p.pod_id {
-                    containers_statuses.push(container_status(&c));
-                }
-            }
-            let _ = ctx.events.tx.send(ContainerEventResponse {
-                container_id: p.id,
-                container_event_type: p.kind as i32,
-                created_at: p.at,
-                pod_sandbox_status,
-                containers_statuses,
-            });
+/// Records an event of container (or pod sandbox) `id` of pod `pod_id`, with the pod's status
+/// and its containers' statuses as they are now.
+pub(crate) fn emit(ctx: &Context, id: &str, pod_id: &str, kind: ContainerEventType) {
+    if ctx.events.tx.receiver_count() == 0 {
+        return;
+    }
+    let pod_sandbox_status = match ctx.pods.lookup(pod_id) {
+        Lookup::Found(pod) => Some(pod.read(pod_status)),
+        _ => None,
+    };
+    let mut containers_statuses = Vec::new();
+    for (_, c) in ctx.containers.all() {
+        if let Some(st) = c.read(|c| (c.pod_id == pod_id).then(|| container_status(c))) {
+            containers_statuses.push(st);
         }
+    }
+    let _ = ctx.events.tx.send(ContainerEventResponse {
+        container_id: id.to_owned(),
+        container_event_type: kind as i32,
+        created_at: now_nanos(),
+        pod_sandbox_status,
+        containers_statuses,
     });
 }

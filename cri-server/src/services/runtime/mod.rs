@@ -29,7 +29,6 @@ pub(crate) use streams::{chunked, ListStream};
 
 /// Starts the daemon's background work (noticing container exits).
 pub fn start_background(ctx: Arc<Context>) {
-    events::spawn_event_task(ctx.clone());
     container::spawn_exit_sweeper(ctx);
 }
 

@@ -20,6 +20,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::container::{container_status, detached, refresh, PodEntry};
+use super::events;
 use super::RuntimeSvc;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
@@ -169,8 +170,8 @@ impl RuntimeSvc {
                 rb.commit();
                 tracing::info!(cgroup = %record.cgroup_parent, ips = ?record.ips, "pod sandbox ready");
                 ctx.pods.insert(id, record);
-                ctx.events.emit(id, id, ContainerEventType::ContainerCreatedEvent);
-                ctx.events.emit(id, id, ContainerEventType::ContainerStartedEvent);
+                events::emit(&ctx, id, id, ContainerEventType::ContainerCreatedEvent);
+                events::emit(&ctx, id, id, ContainerEventType::ContainerStartedEvent);
                 Ok(())
             }
             Err(status) => {
@@ -251,7 +252,7 @@ impl RuntimeSvc {
         torn?;
         if pod.state != PodState::NotReady {
             tracing::info!("pod sandbox stopped");
-            self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerStoppedEvent);
+            events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
     }
@@ -298,7 +299,7 @@ impl RuntimeSvc {
         self.ctx.pods.remove(&pod.id);
         self.ctx.pods.names.release(&pod.name, &pod.id);
         tracing::info!("pod sandbox removed");
-        self.ctx.events.emit(&pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
+        events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }
 
@@ -306,12 +307,13 @@ impl RuntimeSvc {
         &self,
         req: PodSandboxStatusRequest,
     ) -> Result<PodSandboxStatusResponse, Status> {
-        let pod = self.pod_or_not_found(&req.pod_sandbox_id)?.get();
+        let entry = self.pod_or_not_found(&req.pod_sandbox_id)?;
+        let pod = entry.get();
         let status = pod_status(&pod);
         // The statuses of its containers too, as the evented PLEG reads them.
         let mut containers_statuses = Vec::new();
         for (_, c) in self.ctx.containers.all() {
-            if c.get().pod_id == pod.id {
+            if c.read(|c| c.pod_id == pod.id) {
                 containers_statuses.push(container_status(&refresh(&self.ctx, &c).await));
             }
         }
@@ -328,6 +330,7 @@ impl RuntimeSvc {
                 },
                 "runtimeHandler": pod.runtime_handler,
                 "error": pod.error,
+                "transition": entry.transition().map(|t| format!("{t:?}")),
                 "config": pod.config,
             });
             info.insert("info".to_owned(), v.to_string());

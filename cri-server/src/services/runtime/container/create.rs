@@ -10,6 +10,7 @@ use super::detached;
 use crate::error::{from_kind, join_error, StatusExt};
 use crate::rollback::Rollback;
 use crate::services::image::image_status;
+use crate::services::runtime::events;
 use crate::services::runtime::pod::namespace_options;
 use crate::services::runtime::RuntimeSvc;
 use crate::store::reserve::NameGuard;
@@ -57,12 +58,13 @@ impl RuntimeSvc {
                 (self.handle(), pod_entry.clone(), config.clone(), image.clone(), name.clone());
             let container = md.name.clone();
             detached(async move {
-                let span = tracing::info_span!("create_container", container_id = %id, pod_id = %pod_entry.get().id, %container);
+                let pod_id = pod_entry.get().id;
+                let span = tracing::info_span!("create_container", container_id = %id, %pod_id, %container);
                 async {
                     let _p = pod_entry
                         .begin(Transition::InUse, Mode::Shared)
                         .await
-                        .map_err(|_| Status::not_found("pod sandbox removed meanwhile"))?;
+                        .map_err(|_| Status::not_found(format!("pod sandbox {pod_id:?} not found")))?;
                     let pod = pod_entry.get();
                     if pod.state != PodState::Ready {
                         return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
@@ -224,8 +226,9 @@ impl RuntimeSvc {
             Ok(()) => {
                 rb.commit();
                 tracing::info!(image = %record.image, "container created");
-                ctx.events.emit(id, &record.pod_id, ContainerEventType::ContainerCreatedEvent);
+                let pod_id = record.pod_id.clone();
                 ctx.containers.insert(id, record);
+                events::emit(&ctx, id, &pod_id, ContainerEventType::ContainerCreatedEvent);
                 Ok(())
             }
             Err(status) => {

@@ -22,6 +22,7 @@ use runtime::monitor;
 
 use super::ContainerEntry;
 use crate::context::Context;
+use crate::services::runtime::events;
 use crate::store::{now_nanos, ContainerRecord, ContainerState, Mode, Transition};
 
 /// The kubelet's annotations for the termination message.
@@ -87,7 +88,7 @@ pub(crate) async fn notice_exit(ctx: &Arc<Context>, entry: &ContainerEntry) -> (
     let c = entry.get();
     if noticed {
         tracing::info!(container_id = %c.id, exit_code = c.exit_code, reason = %c.reason, "container exited");
-        ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
+        events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
     }
     (c, noticed)
 }

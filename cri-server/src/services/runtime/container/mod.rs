@@ -52,7 +52,56 @@ where
     Fut: Future<Output = Result<R, Status>> + Send + 'static,
     R: Send + 'static,
 {
-    tokio::spawn(body).await.map_err(join_error)?
+    let running = Running::enter();
+    tokio::spawn(async move {
+        let _running = running;
+        body.await
+    })
+    .await
+    .map_err(join_error)?
+}
+
+/// The number of [`detached`] bodies under way (also those whose caller went away).
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RUNNING_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+struct Running;
+
+impl Running {
+    fn enter() -> Self {
+        RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        RUNNING_DONE.notify_waiters();
+    }
+}
+
+/// At shutdown: waits (at most `grace`) for the mutating operations still under way, also
+/// those whose caller went away, so that they end as they would have rather than be rolled
+/// back by the next start's recovery.
+pub async fn drain_detached(grace: std::time::Duration) {
+    let wait = async {
+        loop {
+            let done = RUNNING_DONE.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if RUNNING.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    };
+    if tokio::time::timeout(grace, wait).await.is_err() {
+        tracing::warn!(
+            left = RUNNING.load(std::sync::atomic::Ordering::SeqCst),
+            "operations still under way at shutdown; the next start's recovery completes or rolls them back"
+        );
+    }
 }
 pub(crate) use status::container_status;
 

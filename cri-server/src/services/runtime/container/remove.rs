@@ -12,6 +12,7 @@ use super::stop::stop_running;
 use super::{detached, find_container, ContainerEntry};
 use crate::context::Context;
 use crate::error::{join_error, StatusExt};
+use crate::services::runtime::events;
 use crate::services::runtime::RuntimeSvc;
 use crate::store::{Mode, Transition};
 
@@ -35,7 +36,7 @@ impl RuntimeSvc {
     /// Removes every container of a pod.
     pub(in crate::services::runtime) async fn remove_pod_containers(&self, pod_id: &str) -> Result<(), Status> {
         for (_, c) in self.ctx.containers.all() {
-            if c.get().pod_id == pod_id {
+            if c.read(|c| c.pod_id == pod_id) {
                 remove_container(&self.ctx, &c).await?;
             }
         }
@@ -73,6 +74,6 @@ pub(crate) async fn remove_container(ctx: &Arc<Context>, entry: &ContainerEntry)
     ctx.containers.remove(&c.id);
     ctx.containers.names.release(&c.name, &c.id);
     tracing::info!(container_id = %c.id, "container removed");
-    ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerDeletedEvent);
+    events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerDeletedEvent);
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::context::Context;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
 use crate::services::image::image_status;
+use crate::services::runtime::events;
 use crate::services::runtime::RuntimeSvc;
 use crate::store::{now_nanos, ContainerState, Mode, PodState, Transition};
 
@@ -130,7 +131,7 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                     r.started_at = now_nanos();
                 });
                 tracing::info!(pid = started.pid, "container started");
-                ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
+                events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
                 super::spawn_exit_watcher(ctx, entry);
                 crate::failpoint::delay("start:after_monitor").await;
                 ctx.container_store.save_entry(&c.id, entry).await.status("persist the container")?;
@@ -152,7 +153,7 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 });
                 let _ = ctx.container_store.save_entry(&c.id, entry).await;
                 tracing::info!(error = %status.message(), "container start failed");
-                ctx.events.emit(&c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
+                events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerStoppedEvent);
                 Err(status)
             }
         }

@@ -31,6 +31,8 @@ impl RuntimeSvc {
                 "cgroupPath": c.cgroup_path,
                 "imageID": c.image_id,
                 "error": c.error,
+                // The long operation under way (Starting, Stopping, Removing…), if any.
+                "transition": entry.transition().map(|t| format!("{t:?}")),
                 "config": c.config,
                 "runtimeSpec": spec,
             });

@@ -41,7 +41,7 @@ impl RuntimeSvc {
     /// Stops every container of a pod at once (no grace period), as StopPodSandbox does.
     pub(in crate::services::runtime) async fn stop_pod_containers(&self, pod_id: &str) -> Result<(), Status> {
         for (_, c) in self.ctx.containers.all() {
-            if c.get().pod_id == pod_id {
+            if c.read(|c| c.pod_id == pod_id) {
                 stop_container(&self.ctx, &c, Duration::ZERO).await?;
             }
         }
