@@ -89,7 +89,10 @@ struct Group {
 fn read_in_root(rootfs: &Path, path: &str) -> Result<String, UserError> {
     let io = |source| UserError::Io { path: path.to_string(), source };
     let p = resolve_in_root(rootfs, Path::new(path)).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&p);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&p);
     let f = match f {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
