@@ -70,6 +70,19 @@ pub trait Kinded {
     }
 }
 
+/// For tests with a prerequisite (root, `/bin/busybox`, v1 cgroups): `true` when `ok`; when
+/// not, a test run under `CI` (where everything is installed and tests run as root) fails, and
+/// elsewhere the test is skipped visibly (`SKIPPED: needs …` on stderr) so that a test never
+/// passes without testing unnoticed.
+pub fn prerequisite(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "this test needs {what} (missing under CI)");
+    eprintln!("SKIPPED: needs {what}");
+    false
+}
+
 /// Implements [`Kinded`] for error types that have an inherent `kind(&self) -> ErrorKind`.
 #[macro_export]
 macro_rules! impl_kinded {

@@ -260,13 +260,13 @@ fn v1_fake_tree() {
 
 fn real_v1_available() -> bool {
     let h = Hierarchies::detect().unwrap();
-    h.mode() != CgroupMode::Unified && nix::unistd::geteuid().is_root()
+    common::prerequisite(h.mode() != CgroupMode::Unified, "cgroup v1 hierarchies")
+        && common::prerequisite(nix::unistd::geteuid().is_root(), "root")
 }
 
 #[test]
 fn v1_real() {
     if !real_v1_available() {
-        eprintln!("skipping: no v1 cgroups or not root");
         return;
     }
     let base = format!("/skiff-test-{}", uniq());
@@ -396,7 +396,7 @@ fn v1_real_oom_counter() {
 fn v2_real_without_controllers() {
     let h = Hierarchies::detect().unwrap();
     let Some(unified) = h.unified.clone() else { return };
-    if !nix::unistd::geteuid().is_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let base = unified.join(format!("skiff-v2test-{}", uniq()));
@@ -437,7 +437,7 @@ fn v2_real_without_controllers() {
 fn v2_real_device_filter() {
     let h = Hierarchies::detect().unwrap();
     let Some(unified) = h.unified.clone() else { return };
-    if !nix::unistd::geteuid().is_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};

@@ -18,12 +18,8 @@ fn rand_suffix() -> String {
 }
 
 fn have_busybox() -> bool {
-    if Path::new("/bin/busybox").exists() {
-        true
-    } else {
-        eprintln!("SKIPPED: /bin/busybox missing (apt-get install busybox-static)");
-        false
-    }
+    common::prerequisite(Path::new("/bin/busybox").exists(), "/bin/busybox (apt-get install busybox-static)")
+        && common::prerequisite(nix::unistd::geteuid().is_root(), "root")
 }
 
 fn build_rootfs(root: &Path) {
@@ -645,50 +641,6 @@ fn infra_pid_namespace_shared_by_a_container() {
     assert!(stat.contains("(skiff-infra)"), "{stat}");
     let children = std::fs::read_to_string(format!("/proc/{ipid}/task/{ipid}/children")).unwrap_or_default();
     assert!(children.trim().is_empty(), "infra still has children: {children}");
-}
-
-/// Not a timed assertion: prints the monitors' PSS (run with --nocapture). Runs 8 monitors
-/// at once, as on a node, so that shared pages are shared. `SKIFF_MONITOR_BIN` may point at a
-/// release build to measure that.
-#[test]
-fn monitor_pss_report() {
-    if !have_busybox() {
-        return;
-    }
-    let bin = std::env::var("SKIFF_MONITOR_BIN").unwrap_or_else(|_| BIN.to_string());
-    let mut ctrs = Vec::new();
-    let mut spawn_time = Duration::ZERO;
-    for _ in 0..8 {
-        let mut c = Ctr::new(&["sh", "-c", "while true; do echo tick; sleep 0.2; done"]);
-        let t = Instant::now();
-        let s = monitor::spawn(Path::new(&bin), &c.dir).unwrap();
-        spawn_time += t.elapsed();
-        c.started = Some(s);
-        ctrs.push((c, s));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
-    for (c, _) in &ctrs {
-        let _ = c.client().status().unwrap();
-    }
-    let field = |pid: i32, k: &str| -> u64 {
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-        rollup
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let n = ctrs.len() as u64;
-    let sum = |k: &str| ctrs.iter().map(|(_, s)| field(s.monitor_pid, k)).sum::<u64>() / n;
-    eprintln!("skiff-monitor {bin}: spawn() until started: {:?} on average", spawn_time / n as u32);
-    eprintln!(
-        "skiff-monitor {bin}: {n} monitors, average per monitor: Rss {} kB, Pss {} kB (Pss_Anon {} kB, Pss_File {} kB)",
-        sum("Rss:"),
-        sum("Pss:"),
-        sum("Pss_Anon:"),
-        sum("Pss_File:")
-    );
 }
 
 #[test]

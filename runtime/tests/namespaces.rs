@@ -20,7 +20,7 @@ fn mounted(p: &Path) -> bool {
 
 #[test]
 fn pin_and_unpin() {
-    if !nix::unistd::geteuid().is_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -72,7 +72,7 @@ fn pin_and_unpin() {
 
 #[test]
 fn pin_subset_and_bad_hostname() {
-    if !nix::unistd::geteuid().is_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -90,7 +90,7 @@ fn pin_subset_and_bad_hostname() {
 
 #[test]
 fn shm_mount() {
-    if !nix::unistd::geteuid().is_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -109,7 +109,7 @@ fn shm_mount() {
 
 #[test]
 fn many_pods_in_parallel() {
-    if !nix::unistd::geteuid().is_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -43,20 +43,9 @@ fn request<'a>(
     }
 }
 
-/// Root is a prerequisite: under CI a missing one fails the test, elsewhere it is skipped
-/// visibly.
-fn have_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "this test needs root");
-    eprintln!("SKIPPED: needs root");
-    false
-}
-
 #[test]
 fn setup_and_teardown() {
-    if !have_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -84,7 +73,7 @@ fn setup_and_teardown() {
 
 #[test]
 fn host_network_and_rollback() {
-    if !have_root() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

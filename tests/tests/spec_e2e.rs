@@ -65,8 +65,10 @@ impl Drop for Cleanup<'_> {
 
 #[test]
 fn generated_spec_runs_under_the_monitor() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
-        eprintln!("SKIPPED: needs root and /bin/busybox");
+    if !common::prerequisite(
+        nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists(),
+        "root and /bin/busybox",
+    ) {
         return;
     }
     let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
@@ -207,8 +209,10 @@ fn generated_spec_runs_under_the_monitor() {
 
 #[test]
 fn privileged_host_namespaces_under_the_monitor() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
-        eprintln!("SKIPPED: needs root and /bin/busybox");
+    if !common::prerequisite(
+        nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists(),
+        "root and /bin/busybox",
+    ) {
         return;
     }
     let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
