@@ -22,5 +22,10 @@ if ! curl -fsS "http://$registry/v2/" >/dev/null 2>&1; then
     REGISTRY_ADDR=$registry ../shared/testimages/registry-up
 fi
 
-cargo build --workspace --bins --locked
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${SKIFF_TEST_THREADS:-4}"
+# Formatting and lints first: a failure here fails the run before the long tests.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked --features skiff-cri-server/failpoints -- -D warnings
+
+# The tests' skiffd has failpoints (SKIFF_FAILPOINTS); release builds never do.
+cargo build --workspace --bins --locked --features skiff-cri-server/failpoints
+cargo test --workspace --locked --no-fail-fast --features skiff-cri-server/failpoints -- --test-threads="${SKIFF_TEST_THREADS:-4}"

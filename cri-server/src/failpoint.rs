@@ -4,7 +4,12 @@
 //! `name=sleep:MS` (e.g. `pod:after_setup=sleep:2000`) makes the step wait MS milliseconds
 //! instead, so that a test can let a client's deadline pass at that point.
 //! Read once at start; with the variable unset a check costs one comparison.
+//!
+//! Compiled in only with the `failpoints` cargo feature (the tests' build: `test.sh` builds
+//! skiffd with `--features skiff-cri-server/failpoints`); a release build ignores the variable
+//! and says so in its log.
 
+#[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -25,16 +30,36 @@ pub const ALL: &[&str] = &[
 /// to undo), for the cancellation and race tests.
 pub const DELAY_ONLY: &[&str] = &["start:after_monitor", "stop:before_signal", "remove:before_release"];
 
+#[cfg_attr(not(any(feature = "failpoints", test)), allow(dead_code))]
 enum Action {
     Fail,
     Sleep(Duration),
 }
 
+#[cfg(feature = "failpoints")]
 fn enabled() -> &'static [(String, Action)] {
     static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
     POINTS.get_or_init(|| std::env::var("SKIFF_FAILPOINTS").map(|v| parse(&v)).unwrap_or_default())
 }
 
+#[cfg(not(feature = "failpoints"))]
+fn enabled() -> &'static [(String, Action)] {
+    &[]
+}
+
+/// Reads `SKIFF_FAILPOINTS` at start and logs what it enables (or that this build has none).
+pub fn init() {
+    let requested = std::env::var_os("SKIFF_FAILPOINTS").is_some_and(|v| !v.is_empty());
+    if cfg!(feature = "failpoints") {
+        if requested {
+            tracing::warn!(count = enabled().len(), "failpoints enabled (SKIFF_FAILPOINTS)");
+        }
+    } else if requested {
+        tracing::warn!("SKIFF_FAILPOINTS ignored: this skiffd was built without the failpoints feature");
+    }
+}
+
+#[cfg_attr(not(any(feature = "failpoints", test)), allow(dead_code))]
 fn parse(v: &str) -> Vec<(String, Action)> {
     v.split(',')
         .map(str::trim)

@@ -1,6 +1,8 @@
 //! skiffd, the skiff CRI daemon: configuration, the gRPC services, state stores, streaming and
 //! recovery. It is thin: the work is done by the `runtime`, `imagesvc` and `netplugin` crates.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod config;
 pub mod context;
 pub mod error;

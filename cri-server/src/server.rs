@@ -100,6 +100,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
 /// Runs skiffd until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    crate::failpoint::init();
     create_dir(&config.root, 0o711)?;
     create_dir(&config.state, 0o711)?;
     let _lock = InstanceLock::acquire(&config.state)?;

@@ -8,6 +8,8 @@
 //!
 //! Entry point: [`ImageStore`].
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod config;
 pub mod content;
 pub mod error;

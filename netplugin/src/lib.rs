@@ -33,6 +33,8 @@
 //! ```
 //! Everything must run inside a tokio runtime with IO enabled.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod bridge;
 pub mod cidr;
 pub mod cni;

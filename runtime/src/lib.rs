@@ -23,6 +23,8 @@
 //! Errors: every module has a `thiserror` enum with `kind()`; [`Error`] wraps them and
 //! [`ErrorKind`] says which gRPC code fits.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod caps;
 pub mod cgroups;
 pub mod error;

@@ -88,7 +88,12 @@ impl Daemon {
 
     /// Starts skiffd with failpoints enabled (see cri-server's `failpoint` module).
     pub async fn start_with_failpoints(points: &str) -> Daemon {
-        Self::start_with_config_and_env("", &[("SKIFF_FAILPOINTS", points)]).await
+        let d = Self::start_with_config_and_env("", &[("SKIFF_FAILPOINTS", points)]).await;
+        assert!(
+            !d.log().contains("SKIFF_FAILPOINTS ignored"),
+            "skiffd was built without failpoints: build it with `cargo build --workspace --bins --features skiff-cri-server/failpoints` (test.sh does)"
+        );
+        d
     }
 
     /// Starts skiffd with `extra` TOML merged over the harness's defaults.
