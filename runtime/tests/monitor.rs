@@ -1292,7 +1292,9 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     let mut c = Ctr::new(&["cat"]);
     c.cfg.stdin = true;
     c.cfg.write(&c.dir).unwrap();
-    c.start().unwrap();
+    let st = c.start().unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", st.monitor_pid)).unwrap().count();
+    let fds_before = fds();
     let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
     let mut b = monitor::attach(&c.dir, &attach_opts(false)).unwrap();
     let (ai, ao, bo) = (a.take_stdin().unwrap(), a.take_stdout().unwrap(), b.take_stdout().unwrap());
@@ -1311,6 +1313,12 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     assert_eq!(y, "pong\n");
     assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
     drop((ai2, a2, b, bo, ao));
+    // Detached: the monitor holds no fd of them any more.
+    let t = Instant::now();
+    while fds() != fds_before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fds(), fds_before);
 
     // stdin_once: the first attacher's EOF is the container's EOF.
     let mut c = Ctr::new(&["sh", "-c", "cat; echo done"]);
