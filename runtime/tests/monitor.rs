@@ -1073,13 +1073,23 @@ fn exec_helpers_of(dir: &Path) -> Vec<String> {
     procs_matching(|cmd, _| cmd.contains("skiff-monitor exec") && cmd.contains(&d))
 }
 
-/// Waits (bounded) until no exec helper of `dir` is left.
+/// Zombie children of this test process (unreaped helpers have an empty cmdline).
+fn our_zombies() -> Vec<String> {
+    let me = std::process::id().to_string();
+    procs_matching(|_, stat| {
+        let f: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
+        f.first() == Some(&"Z") && f.get(1) == Some(&me.as_str())
+    })
+}
+
+/// Waits (bounded) until no exec helper of `dir` is left, not even unreaped.
 fn no_exec_helpers(dir: &Path) {
     let t = Instant::now();
-    while !exec_helpers_of(dir).is_empty() && t.elapsed() < Duration::from_secs(10) {
+    while !(exec_helpers_of(dir).is_empty() && our_zombies().is_empty()) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(exec_helpers_of(dir).is_empty(), "{:?}", exec_helpers_of(dir));
+    assert!(our_zombies().is_empty(), "{:?}", our_zombies());
 }
 
 fn all_io() -> monitor::ExecStreamOptions {
@@ -1104,11 +1114,13 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(read_all(&err), "");
     assert_eq!(s.wait().unwrap(), 0);
     assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Exit code and stderr.
     let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "echo oops >&2; exit 3"]), &o).unwrap();
     let err = s.take_stderr().unwrap();
     assert_eq!(read_all(&err), "oops\n");
     assert_eq!(s.wait().unwrap(), 3);
+    drop(s);
     // cat: what is written comes back; closing stdin ends it.
     let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["cat"]), &all_io()).unwrap();
     let inp = s.take_stdin().unwrap();
@@ -1138,6 +1150,7 @@ fn exec_stream_pipes_stdin_exit_code() {
         monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "read x; echo $? out; echo err >&2"]), &o).unwrap();
     assert!(s.take_stdout().is_none() && s.take_stderr().is_none());
     assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Not found: a start error.
     match monitor::exec_stream(bin, &c.dir, &strings(&["no-such-cmd"]), &all_io()) {
         Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-cmd"), "{m}"),
@@ -1177,6 +1190,7 @@ fn exec_stream_tty_and_resize() {
     let (got, eof) = read_until(&out, Duration::from_secs(10), |_| false);
     assert!(eof && got.contains("20 90\r\n"), "{got:?}");
     assert_eq!(s.wait().unwrap(), 7);
+    drop(s);
     // Output printed right before the exit is not lost.
     let o = monitor::ExecStreamOptions { tty: true, stdin: false, stdout: true, stderr: true, size: None };
     let mut s =

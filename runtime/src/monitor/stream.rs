@@ -29,8 +29,10 @@
 //! * **Kill**: [`ExecSession::kill`] (and dropping the session before `wait` returned, which
 //!   closes the socket) makes the helper's stub SIGKILL the command's whole tree, reparented
 //!   orphans included, and reap it; `wait` then gives 137. Killing is idempotent and a no-op
-//!   after the exit. The helper process is reaped by a background thread if the session is
-//!   dropped while it still runs.
+//!   after the exit.
+//! * The helper process lingers up to ~1 s after the exit (it waits for its stub); it is
+//!   reaped when the session is dropped (by a short-lived background thread if it still
+//!   runs), so drop sessions once done with them.
 //!
 //! ## Attach ([`attach`])
 //! A request `attach{stdin,stdout,stderr}` on the container's `monitor.sock`; the monitor
