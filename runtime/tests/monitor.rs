@@ -1357,6 +1357,7 @@ fn attach_tty_stdin_and_resize() {
     let mut c = Ctr::new(&["sh"]);
     c.cfg.tty = true;
     c.cfg.stdin = true;
+    c.cfg.stdin_once = true;
     c.cfg.write(&c.dir).unwrap();
     c.start().unwrap();
     let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
@@ -1367,6 +1368,11 @@ fn attach_tty_stdin_and_resize() {
     write_fd(&ai, "stty size; echo to-err >&2\n");
     let (x, _) = read_until(&ao, Duration::from_secs(10), |s| s.contains("20 50\r\n") && s.contains("to-err\r\n"));
     assert!(x.contains("20 50\r\n") && x.contains("to-err\r\n"), "{x:?}");
+    // With a tty, stdin_once closes nothing: a later attacher still types into the shell.
+    drop(ai);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut a2 = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let ai = a2.take_stdin().expect("stdin after the first attacher's EOF");
     write_fd(&ai, "exit 4\n");
     let (_, eof) = read_until(&ao, Duration::from_secs(10), |_| false);
     assert!(eof);

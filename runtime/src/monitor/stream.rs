@@ -42,9 +42,11 @@
 //! see EOF, stdin writes fail with EPIPE). Several attachers at once each get the live output
 //! (not the log history) while the CRI log keeps being written.
 //! * stdin is given only when the container has CRI `stdin: true` (else `take_stdin` is
-//!   `None`). With `stdin_once`, EOF on the first attacher's stdin (or its detach) closes the
-//!   container's stdin: the container sees EOF (without a tty) and no attacher gets input
-//!   any more (their stdin fds are closed).
+//!   `None`). Without a tty and with `stdin_once`, EOF on the first attacher's stdin (or its
+//!   detach) closes the container's stdin: the container sees EOF and no attacher gets input
+//!   any more (their stdin fds are closed, later attachers get none). With a tty an
+//!   attacher's EOF never closes anything (the terminal is the container's stdin; as with
+//!   containerd).
 //! * tty containers: `stdout` is the terminal's output, no `stderr`; [`AttachSession::resize`]
 //!   sets the terminal size (a no-op without a tty).
 //! * A slow attacher never blocks the container or the log: the monitor grows each
