@@ -1144,6 +1144,19 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(s.wait().unwrap(), 2);
     assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
     drop(s);
+    // Bulk output (kubectl cp reads a tar this way) arrives whole.
+    let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["head", "-c", "50000000", "/dev/zero"]), &o).unwrap();
+    let out = s.take_stdout().unwrap();
+    let (mut n, mut chunk) = (0usize, vec![0u8; 1 << 16]);
+    loop {
+        match nix::unistd::read(&out, &mut chunk).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    assert_eq!(n, 50_000_000);
+    assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Streams not asked for are /dev/null for the command.
     let o = monitor::ExecStreamOptions { tty: false, stdin: false, stdout: false, stderr: false, size: None };
     let mut s =

@@ -250,7 +250,7 @@ enum Slot {
 
 /// Reads one chunk (non-blocking) into `buf`: false when nothing more will come.
 fn read_into(fd: &OwnedFd, buf: &mut Vec<u8>, keep: bool) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = [0u8; 64 * 1024];
     match nix::unistd::read(fd.as_fd(), &mut chunk) {
         Ok(0) => false,
         Ok(n) => {
