@@ -92,8 +92,8 @@ struct Ctl {
 
 impl Ctl {
     fn send(&self, msg: &ExecControl) -> Result<(), MonitorError> {
-        let mut s = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        match protocol::write_frame(&mut *s, msg) {
+        let s = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        match send_frame(&s, msg) {
             Ok(()) => Ok(()),
             // The helper is gone (the command has exited) or the session was closed.
             Err(e)
@@ -265,6 +265,22 @@ fn read_report(s: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<ExecRepor
     }
 }
 
+/// Writes one frame with MSG_NOSIGNAL: a gone peer is EPIPE, never SIGPIPE (whatever the
+/// caller's SIGPIPE disposition). Honours the socket's write timeout.
+fn send_frame<T: serde::Serialize>(s: &UnixStream, msg: &T) -> std::io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    let data = protocol::encode(msg);
+    let mut sent = 0;
+    while sent < data.len() {
+        match send(s.as_raw_fd(), &data[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), MonitorError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| MonitorError::Io(e.into()))
 }
@@ -414,7 +430,7 @@ impl AttachSession {
             return Ok(());
         }
         let mut s = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        protocol::write_frame(&mut *s, &Request::Resize { cols, rows }).map_err(gone_or_io)?;
+        send_frame(&s, &Request::Resize { cols, rows }).map_err(gone_or_io)?;
         match protocol::read_frame::<_, Response>(&mut *s).map_err(gone_or_io)? {
             Some(Response::Ok) => Ok(()),
             Some(Response::Error { message }) => Err(MonitorError::Remote(message)),
@@ -472,11 +488,11 @@ pub fn attach(container_dir_or_socket: &Path, opts: &AttachOptions) -> Result<At
     } else {
         container_dir_or_socket.to_path_buf()
     };
-    let mut s = connect_unix(&sock).map_err(gone_or_io)?;
+    let s = connect_unix(&sock).map_err(gone_or_io)?;
     s.set_read_timeout(Some(CALL_TIMEOUT))?;
     s.set_write_timeout(Some(CALL_TIMEOUT))?;
     let req = Request::Attach { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
-    protocol::write_frame(&mut s, &req).map_err(gone_or_io)?;
+    send_frame(&s, &req).map_err(gone_or_io)?;
     let (resp, fds) = recv_with_fds(&s)?;
     let (tty, has_in, has_out, has_err) = match resp {
         Response::Attached { tty, stdin, stdout, stderr } => (tty, stdin, stdout, stderr),
