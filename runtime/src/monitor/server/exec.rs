@@ -20,10 +20,9 @@
 //! ```
 //!
 //! Killing: SIGTERM/SIGINT/SIGHUP to the helper (or a `Kill` frame, or the client closing
-//! the socket) makes it send SIGTERM to the stub, which
-//! SIGKILLs its children round after round (orphans are reparented to it) and reaps them, so
-//! nothing is left, not even a zombie; if the stub does not finish within 3 s the helper kills
-//! its process group. [`exec_sync`](crate::monitor::exec_sync) sends that SIGTERM on timeout.
+//! the socket) makes it send SIGTERM to the stub, which SIGKILLs its children round after
+//! round (orphans are reparented to it) and reaps them, so nothing is left, not even a
+//! zombie; if the stub does not finish within 3 s the helper kills its process group. [`exec_sync`](crate::monitor::exec_sync) sends that SIGTERM on timeout.
 //! The stub's parent-death signal (SIGUSR1) does the same if the helper itself dies while the
 //! command runs (after a normal end, background children are left alone).
 
