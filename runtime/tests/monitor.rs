@@ -1025,13 +1025,23 @@ fn exec_helpers_of(dir: &Path) -> Vec<String> {
     procs_matching(|cmd, _| cmd.contains("skiff-monitor exec") && cmd.contains(&d))
 }
 
-/// Waits (bounded) until no exec helper of `dir` is left.
+/// Zombie children of this test process (unreaped helpers have an empty cmdline).
+fn our_zombies() -> Vec<String> {
+    let me = std::process::id().to_string();
+    procs_matching(|_, stat| {
+        let f: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
+        f.first() == Some(&"Z") && f.get(1) == Some(&me.as_str())
+    })
+}
+
+/// Waits (bounded) until no exec helper of `dir` is left, not even unreaped.
 fn no_exec_helpers(dir: &Path) {
     let t = Instant::now();
-    while !exec_helpers_of(dir).is_empty() && t.elapsed() < Duration::from_secs(10) {
+    while !(exec_helpers_of(dir).is_empty() && our_zombies().is_empty()) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(exec_helpers_of(dir).is_empty(), "{:?}", exec_helpers_of(dir));
+    assert!(our_zombies().is_empty(), "{:?}", our_zombies());
 }
 
 fn all_io() -> monitor::ExecStreamOptions {
@@ -1056,11 +1066,13 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(read_all(&err), "");
     assert_eq!(s.wait().unwrap(), 0);
     assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Exit code and stderr.
     let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "echo oops >&2; exit 3"]), &o).unwrap();
     let err = s.take_stderr().unwrap();
     assert_eq!(read_all(&err), "oops\n");
     assert_eq!(s.wait().unwrap(), 3);
+    drop(s);
     // cat: what is written comes back; closing stdin ends it.
     let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["cat"]), &all_io()).unwrap();
     let inp = s.take_stdin().unwrap();
@@ -1084,12 +1096,26 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(s.wait().unwrap(), 2);
     assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
     drop(s);
+    // Bulk output (kubectl cp reads a tar this way) arrives whole.
+    let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["head", "-c", "50000000", "/dev/zero"]), &o).unwrap();
+    let out = s.take_stdout().unwrap();
+    let (mut n, mut chunk) = (0usize, vec![0u8; 1 << 16]);
+    loop {
+        match nix::unistd::read(&out, &mut chunk).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    assert_eq!(n, 50_000_000);
+    assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Streams not asked for are /dev/null for the command.
     let o = monitor::ExecStreamOptions { tty: false, stdin: false, stdout: false, stderr: false, size: None };
     let mut s =
         monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "read x; echo $? out; echo err >&2"]), &o).unwrap();
     assert!(s.take_stdout().is_none() && s.take_stderr().is_none());
     assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Not found: a start error.
     match monitor::exec_stream(bin, &c.dir, &strings(&["no-such-cmd"]), &all_io()) {
         Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-cmd"), "{m}"),
@@ -1129,6 +1155,7 @@ fn exec_stream_tty_and_resize() {
     let (got, eof) = read_until(&out, Duration::from_secs(10), |_| false);
     assert!(eof && got.contains("20 90\r\n"), "{got:?}");
     assert_eq!(s.wait().unwrap(), 7);
+    drop(s);
     // Output printed right before the exit is not lost.
     let o = monitor::ExecStreamOptions { tty: true, stdin: false, stdout: true, stderr: true, size: None };
     let mut s =
@@ -1166,6 +1193,33 @@ fn exec_stream_kill_and_drop_kill_the_tree() {
         let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1011") || cmd.starts_with("sleep 1012"));
         assert!(left.is_empty(), "tty {tty}: left behind: {left:?}");
     }
+    // A helper killed outright (SIGKILL) takes the command's tree with it.
+    let mut s =
+        monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 1015 & sleep 1016"]), &all_io()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let me = std::process::id().to_string();
+    let d = c.dir.display().to_string();
+    let helper: Vec<i32> = procs_matching(|cmd, stat| {
+        cmd.contains("skiff-monitor exec")
+            && cmd.contains(&d)
+            && stat.rsplit(") ").next().unwrap_or("").split(' ').nth(1) == Some(&me)
+    })
+    .iter()
+    .map(|l| l.split(':').next().unwrap().parse().unwrap())
+    .collect();
+    assert_eq!(helper.len(), 1, "{helper:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(s.wait().is_err());
+    drop(s);
+    let t = Instant::now();
+    let left = loop {
+        let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1015") || cmd.starts_with("sleep 1016"));
+        if left.is_empty() || t.elapsed() > Duration::from_secs(5) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(left.is_empty(), "left behind after the helper's death: {left:?}");
     // Dropping the session without waiting kills the command too.
     let s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 1013 & sleep 1014"]), &all_io()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -1244,7 +1298,9 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     let mut c = Ctr::new(&["cat"]);
     c.cfg.stdin = true;
     c.cfg.write(&c.dir).unwrap();
-    c.start().unwrap();
+    let st = c.start().unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", st.monitor_pid)).unwrap().count();
+    let fds_before = fds();
     let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
     let mut b = monitor::attach(&c.dir, &attach_opts(false)).unwrap();
     let (ai, ao, bo) = (a.take_stdin().unwrap(), a.take_stdout().unwrap(), b.take_stdout().unwrap());
@@ -1263,6 +1319,12 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     assert_eq!(y, "pong\n");
     assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
     drop((ai2, a2, b, bo, ao));
+    // Detached: the monitor holds no fd of them any more.
+    let t = Instant::now();
+    while fds() != fds_before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fds(), fds_before);
 
     // stdin_once: the first attacher's EOF is the container's EOF.
     let mut c = Ctr::new(&["sh", "-c", "cat; echo done"]);
@@ -1287,6 +1349,7 @@ fn attach_tty_stdin_and_resize() {
     let mut c = Ctr::new(&["sh"]);
     c.cfg.tty = true;
     c.cfg.stdin = true;
+    c.cfg.stdin_once = true;
     c.cfg.write(&c.dir).unwrap();
     c.start().unwrap();
     let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
@@ -1297,6 +1360,11 @@ fn attach_tty_stdin_and_resize() {
     write_fd(&ai, "stty size; echo to-err >&2\n");
     let (x, _) = read_until(&ao, Duration::from_secs(10), |s| s.contains("20 50\r\n") && s.contains("to-err\r\n"));
     assert!(x.contains("20 50\r\n") && x.contains("to-err\r\n"), "{x:?}");
+    // With a tty, stdin_once closes nothing: a later attacher still types into the shell.
+    drop(ai);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut a2 = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let ai = a2.take_stdin().expect("stdin after the first attacher's EOF");
     write_fd(&ai, "exit 4\n");
     let (_, eof) = read_until(&ao, Duration::from_secs(10), |_| false);
     assert!(eof);
