@@ -61,7 +61,7 @@ impl ConfList {
         })
     }
 
-    fn from_json(file: &Path, v: Value) -> std::result::Result<Self, String> {
+    pub fn from_json(file: &Path, v: Value) -> std::result::Result<Self, String> {
         let Value::Object(mut obj) = v else { return Err("not a JSON object".into()) };
         let is_list = obj.contains_key("plugins");
         let name = obj.get("name").and_then(Value::as_str).unwrap_or_default().to_string();

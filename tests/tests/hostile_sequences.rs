@@ -6,7 +6,7 @@
 //! harness checks that nothing was left behind. Server-side errors (INTERNAL, UNKNOWN) are
 //! printed with their step.
 //!
-//! Bounded and seeded: `SKIFF_PROPTEST_STEPS` (default 300) steps from `SKIFF_PROPTEST_SEED`
+//! Bounded and seeded: `SKIFF_PROPTEST_STEPS` (default 2000, about a minute) steps from `SKIFF_PROPTEST_SEED`
 //! (default: random, printed, so that a failure can be replayed).
 
 use std::time::Duration;
@@ -60,7 +60,7 @@ async fn check_consistent(d: &Daemon, pod: &str, step: usize, seed: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_call_sequences_keep_skiffd_consistent() {
     let seed = env_u64("SKIFF_PROPTEST_SEED").unwrap_or_else(rand::random);
-    let steps = env_u64("SKIFF_PROPTEST_STEPS").unwrap_or(300) as usize;
+    let steps = env_u64("SKIFF_PROPTEST_STEPS").unwrap_or(2000) as usize;
     eprintln!("hostile_sequences: seed {seed}, {steps} steps (SKIFF_PROPTEST_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
     let d = Daemon::start().await;

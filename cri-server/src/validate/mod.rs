@@ -21,4 +21,4 @@ pub use common::*;
 pub use container::*;
 pub use image::*;
 pub use pod::*;
-pub use resources::{check_resources, init_host_limits, merge_resources};
+pub use resources::{check_resources, init_host_limits, merge_resources, parse_cpuset};
