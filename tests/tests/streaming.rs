@@ -252,6 +252,21 @@ async fn port_forward_into_a_bridge_pod() {
     let got = ws.collect().await;
     let page = String::from_utf8_lossy(got.get(&0).map(|v| v.as_slice()).unwrap_or_default()).into_owned();
     assert!(page.starts_with("HTTP/1.") && page.contains("nginx"), "{page:?}");
+
+    // SPDY tunnelled in WebSocket messages (client-go's WebSocket port-forward).
+    let url = pf_url(&d, &pod, &[80]).await;
+    let ws = WsSession::open(&url, "SPDY/3.1+portforward.k8s.io").await;
+    assert_eq!(ws.protocol, "SPDY/3.1+portforward.k8s.io");
+    let (bytes, pump) = cri_server::streaming::ws::tunnel(ws.ws);
+    tokio::spawn(pump);
+    let (conn, _incoming) =
+        cri_server::streaming::spdy::Connection::new(bytes, cri_server::streaming::spdy::Role::Client).unwrap();
+    let rounds = (0..3).map(|i| st::forward_roundtrip(&conn, 80, i, b"GET / HTTP/1.0\r\n\r\n"));
+    for (reply, err) in futures::future::join_all(rounds).await {
+        assert!(err.is_empty(), "{err}");
+        assert!(String::from_utf8_lossy(&reply).contains("nginx"));
+    }
+    drop(conn);
     d.remove_pod(&pod).await;
 }
 

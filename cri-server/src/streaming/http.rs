@@ -43,7 +43,11 @@ pub const COMMAND_WS_PROTOCOLS: &[&str] = &[
     "",
 ];
 pub const PORTFORWARD_SPDY_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
-pub const PORTFORWARD_WS_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v4.base64.channel.k8s.io", ""];
+pub const PORTFORWARD_WS_PROTOCOLS: &[&str] =
+    &[SPDY_TUNNEL_PROTOCOL, "v4.channel.k8s.io", "v4.base64.channel.k8s.io", ""];
+/// SPDY port-forward tunnelled in WebSocket binary messages (client-go's WebSocket
+/// port-forward, `crictl port-forward -r websocket`, as the API server accepts it).
+pub const SPDY_TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// How long a client may take to open all of a session's SPDY streams.
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -164,6 +168,7 @@ enum Session {
     SpdyPortForward { target: PortForwardTarget },
     WsCommand { req: StreamRequest, protocol: &'static str },
     WsPortForward { target: PortForwardTarget, ports: Vec<u16>, protocol: &'static str },
+    TunnelPortForward { target: PortForwardTarget },
 }
 
 struct Upgrade {
@@ -275,6 +280,9 @@ fn route(mut req: Request<Incoming>, st: &Streaming, up_tx: &mpsc::Sender<Upgrad
             );
         };
         let session = match cached {
+            StreamRequest::PortForward(target) if protocol == SPDY_TUNNEL_PROTOCOL => {
+                Session::TunnelPortForward { target }
+            }
             StreamRequest::PortForward(target) => {
                 let ports = match portforward::query_ports(req.uri().query().unwrap_or_default()) {
                     Ok(p) if p.len() <= 127 => p,
@@ -441,6 +449,22 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             finish(&outcome.0, &outcome.1).await;
             conn.close().await;
             let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+        }
+        Session::TunnelPortForward { target } => {
+            let ws = WebSocketStream::from_raw_socket(
+                upgraded,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let (bytes, pump) = ws::tunnel(ws);
+            let Ok((conn, incoming)) = spdy::Connection::new(bytes, spdy::Role::Server) else { return };
+            let _abort = spdy::conn::AbortOnDrop(conn.clone());
+            tracing::debug!(pod_id = %target.pod_id, "streaming: port-forward session (SPDY in WebSocket)");
+            tokio::select! {
+                _ = portforward::serve_spdy(incoming, target) => {}
+                _ = pump => {}
+            }
         }
         Session::SpdyPortForward { target } => {
             let Ok((conn, incoming)) = spdy::Connection::new(upgraded, spdy::Role::Server) else { return };
