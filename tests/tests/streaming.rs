@@ -358,3 +358,38 @@ async fn tokens_expire_after_a_minute() {
     assert_eq!(st::upgrade_status(&url).await, 404);
     d.remove_pod(&pod).await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_back_the_command() {
+    let e = env("backpressure").await;
+    const TOTAL: usize = 40 * 1000 * 1000;
+    let marker = format!("{}", 1000 + rand::random::<u16>() % 9000);
+    let cmd = format!("head -c {TOTAL} /dev/zero; : {marker}");
+    let url = exec_url(&e.d, exec_req(&e.ctr, &["sh", "-c", &cmd], false, false)).await;
+    let pid = e.d.pid().expect("skiffd pid");
+    let before = rss_kib(pid);
+    let mut s = SpdySession::open(&url, false, true, true, false).await;
+    // Read nothing for a while: the command must stay blocked on its pipe, and skiffd must not
+    // buffer what it cannot send.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 16 * 1024, "skiffd grew by {grown} KiB while the client read nothing");
+    assert!(!processes_mentioning(&format!(": {marker}")).is_empty(), "the command finished unread");
+    let mut n = 0;
+    let out = s.stdout.as_mut().unwrap();
+    while let Some(b) = tokio::time::timeout(Duration::from_secs(30), out.reader.read()).await.unwrap() {
+        n += b.len();
+    }
+    assert_eq!(n, TOTAL);
+    assert_eq!(s.finish().await.exit_code(), 0);
+    e.d.remove_pod(&e.pod).await;
+}
