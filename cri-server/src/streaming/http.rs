@@ -444,7 +444,10 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             drop(incoming);
             let outcome = tokio::select! {
                 r = run_command(req, streams, st) => r,
-                _ = conn.closed() => return,
+                _ = conn.closed() => {
+                    tracing::debug!("streaming: the client went away; session ended");
+                    return;
+                }
             };
             finish(&outcome.0, &outcome.1).await;
             conn.close().await;
@@ -501,7 +504,10 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             }
             let outcome = tokio::select! {
                 r = run_command(req, streams, st) => r,
-                _ = conn.closed() => return,
+                _ = conn.closed() => {
+                    tracing::debug!("streaming: the client went away; session ended");
+                    return;
+                }
             };
             finish(&outcome.0, &outcome.1).await;
             conn.close().await;
@@ -521,7 +527,10 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             tracing::debug!(pod_id = %target.pod_id, ?ports, "streaming: port-forward session (websocket)");
             tokio::select! {
                 _ = portforward::serve_ws(&conn, inputs, ports, target) => {}
-                _ = conn.closed() => return,
+                _ = conn.closed() => {
+                    tracing::debug!("streaming: the client went away; session ended");
+                    return;
+                }
             }
             conn.close().await;
             let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
