@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,9 +22,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::WebSocketStream;
 
@@ -62,13 +64,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `address` (`host:port`; port 0 picks a free one) and serves.
-    pub async fn start(streaming: Arc<Streaming>, address: &str) -> io::Result<Server> {
+    /// Binds `address` (`host:port`; port 0 picks a free one) and serves, over TLS when
+    /// `tls` names a PEM certificate chain and key.
+    pub async fn start(streaming: Arc<Streaming>, address: &str, tls: Option<(&Path, &Path)>) -> io::Result<Server> {
+        let acceptor = match tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let _ = streaming.addr.set(addr);
+        let _ = streaming.addr.set((addr, acceptor.is_some()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, streaming, stop_rx));
+        let task = tokio::spawn(accept_loop(listener, streaming, acceptor, stop_rx));
         Ok(Server { stop, task, addr })
     }
 
@@ -79,14 +86,56 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, streaming: Arc<Streaming>, mut stop: watch::Receiver<bool>) {
+fn tls_acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &Path, e: &dyn std::fmt::Display| io::Error::other(format!("{}: {e}", what.display()));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad(cert, &"no certificate in the file"));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| bad(cert, &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    streaming: Arc<Streaming>,
+    acceptor: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    conns.spawn(serve_conn(tcp, streaming.clone()));
+                    let st = streaming.clone();
+                    match acceptor.clone() {
+                        None => {
+                            conns.spawn(serve_conn(tcp, st));
+                        }
+                        Some(a) => {
+                            conns.spawn(async move {
+                                match tokio::time::timeout(Duration::from_secs(10), a.accept(tcp)).await {
+                                    Ok(Ok(tls)) => serve_conn(tls, st).await,
+                                    Ok(Err(e)) => tracing::debug!(error = %e, "streaming: TLS handshake failed"),
+                                    Err(_) => tracing::debug!("streaming: TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "streaming: accept failed");
@@ -176,7 +225,10 @@ struct Upgrade {
     session: Session,
 }
 
-async fn serve_conn(tcp: TcpStream, streaming: Arc<Streaming>) {
+async fn serve_conn<T>(tcp: T, streaming: Arc<Streaming>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     activity.touch();
     let io = TokioIo::new(IdleIo { inner: tcp, activity: activity.clone() });
