@@ -1073,6 +1073,25 @@ fn exec_helpers_of(dir: &Path) -> Vec<String> {
     procs_matching(|cmd, _| cmd.contains("skiff-monitor exec") && cmd.contains(&d))
 }
 
+/// Zombie children of this test process (unreaped helpers have an empty cmdline).
+fn our_zombies() -> Vec<String> {
+    let me = std::process::id().to_string();
+    procs_matching(|_, stat| {
+        let f: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
+        f.first() == Some(&"Z") && f.get(1) == Some(&me.as_str())
+    })
+}
+
+/// Waits (bounded) until no exec helper of `dir` is left, not even unreaped.
+fn no_exec_helpers(dir: &Path) {
+    let t = Instant::now();
+    while !(exec_helpers_of(dir).is_empty() && our_zombies().is_empty()) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(exec_helpers_of(dir).is_empty(), "{:?}", exec_helpers_of(dir));
+    assert!(our_zombies().is_empty(), "{:?}", our_zombies());
+}
+
 fn all_io() -> monitor::ExecStreamOptions {
     monitor::ExecStreamOptions { tty: false, stdin: true, stdout: true, stderr: true, size: None }
 }
@@ -1095,11 +1114,13 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(read_all(&err), "");
     assert_eq!(s.wait().unwrap(), 0);
     assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Exit code and stderr.
     let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "echo oops >&2; exit 3"]), &o).unwrap();
     let err = s.take_stderr().unwrap();
     assert_eq!(read_all(&err), "oops\n");
     assert_eq!(s.wait().unwrap(), 3);
+    drop(s);
     // cat: what is written comes back; closing stdin ends it.
     let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["cat"]), &all_io()).unwrap();
     let inp = s.take_stdin().unwrap();
@@ -1112,19 +1133,43 @@ fn exec_stream_pipes_stdin_exit_code() {
     assert_eq!(read_all(&out), "again\n");
     assert_eq!(s.wait().unwrap(), 0);
     drop(s);
+    // A background child holding stdout does not hold the session: EOF about 1 s after the
+    // exit, output intact.
+    let t = Instant::now();
+    let mut s =
+        monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 3 & seq 1 20000; exit 2"]), &o).unwrap();
+    let out = s.take_stdout().unwrap();
+    let got = read_all(&out);
+    assert!(got.starts_with("1\n2\n") && got.ends_with("\n19999\n20000\n"), "{}", got.len());
+    assert_eq!(s.wait().unwrap(), 2);
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    drop(s);
+    // Bulk output (kubectl cp reads a tar this way) arrives whole.
+    let mut s = monitor::exec_stream(bin, &c.dir, &strings(&["head", "-c", "50000000", "/dev/zero"]), &o).unwrap();
+    let out = s.take_stdout().unwrap();
+    let (mut n, mut chunk) = (0usize, vec![0u8; 1 << 16]);
+    loop {
+        match nix::unistd::read(&out, &mut chunk).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    assert_eq!(n, 50_000_000);
+    assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Streams not asked for are /dev/null for the command.
     let o = monitor::ExecStreamOptions { tty: false, stdin: false, stdout: false, stderr: false, size: None };
     let mut s =
         monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "read x; echo $? out; echo err >&2"]), &o).unwrap();
     assert!(s.take_stdout().is_none() && s.take_stderr().is_none());
     assert_eq!(s.wait().unwrap(), 0);
+    drop(s);
     // Not found: a start error.
     match monitor::exec_stream(bin, &c.dir, &strings(&["no-such-cmd"]), &all_io()) {
         Err(MonitorError::StartError(m)) => assert!(m.contains("no-such-cmd"), "{m}"),
         other => panic!("{other:?}"),
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    no_exec_helpers(&c.dir);
 }
 
 #[test]
@@ -1158,6 +1203,7 @@ fn exec_stream_tty_and_resize() {
     let (got, eof) = read_until(&out, Duration::from_secs(10), |_| false);
     assert!(eof && got.contains("20 90\r\n"), "{got:?}");
     assert_eq!(s.wait().unwrap(), 7);
+    drop(s);
     // Output printed right before the exit is not lost.
     let o = monitor::ExecStreamOptions { tty: true, stdin: false, stdout: true, stderr: true, size: None };
     let mut s =
@@ -1167,8 +1213,7 @@ fn exec_stream_tty_and_resize() {
     assert!(got.starts_with("24 80\r\n") && got.ends_with("\r\n2000\r\n"), "{}", &got[..got.len().min(200)]);
     assert_eq!(s.wait().unwrap(), 0);
     drop(s);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    no_exec_helpers(&c.dir);
 }
 
 #[test]
@@ -1209,8 +1254,7 @@ fn exec_stream_kill_and_drop_kill_the_tree() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(left.is_empty(), "left behind after drop: {left:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(exec_helpers_of(&c.dir).is_empty(), "{:?}", exec_helpers_of(&c.dir));
+    no_exec_helpers(&c.dir);
     let z = zombies_in(&ns_of(&s0.pid.to_string(), "pid"));
     assert!(z.is_empty(), "zombies: {z:?}");
     assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
@@ -1275,7 +1319,9 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     let mut c = Ctr::new(&["cat"]);
     c.cfg.stdin = true;
     c.cfg.write(&c.dir).unwrap();
-    c.start().unwrap();
+    let st = c.start().unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", st.monitor_pid)).unwrap().count();
+    let fds_before = fds();
     let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
     let mut b = monitor::attach(&c.dir, &attach_opts(false)).unwrap();
     let (ai, ao, bo) = (a.take_stdin().unwrap(), a.take_stdout().unwrap(), b.take_stdout().unwrap());
@@ -1294,6 +1340,12 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     assert_eq!(y, "pong\n");
     assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
     drop((ai2, a2, b, bo, ao));
+    // Detached: the monitor holds no fd of them any more.
+    let t = Instant::now();
+    while fds() != fds_before && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fds(), fds_before);
 
     // stdin_once: the first attacher's EOF is the container's EOF.
     let mut c = Ctr::new(&["sh", "-c", "cat; echo done"]);
@@ -1318,6 +1370,7 @@ fn attach_tty_stdin_and_resize() {
     let mut c = Ctr::new(&["sh"]);
     c.cfg.tty = true;
     c.cfg.stdin = true;
+    c.cfg.stdin_once = true;
     c.cfg.write(&c.dir).unwrap();
     c.start().unwrap();
     let mut a = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
@@ -1328,6 +1381,11 @@ fn attach_tty_stdin_and_resize() {
     write_fd(&ai, "stty size; echo to-err >&2\n");
     let (x, _) = read_until(&ao, Duration::from_secs(10), |s| s.contains("20 50\r\n") && s.contains("to-err\r\n"));
     assert!(x.contains("20 50\r\n") && x.contains("to-err\r\n"), "{x:?}");
+    // With a tty, stdin_once closes nothing: a later attacher still types into the shell.
+    drop(ai);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut a2 = monitor::attach(&c.dir, &attach_opts(true)).unwrap();
+    let ai = a2.take_stdin().expect("stdin after the first attacher's EOF");
     write_fd(&ai, "exit 4\n");
     let (_, eof) = read_until(&ao, Duration::from_secs(10), |_| false);
     assert!(eof);

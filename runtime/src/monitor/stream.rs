@@ -8,24 +8,31 @@
 //! and runs the command below a subreaper stub. fd 0 of the helper is a socket pair with us:
 //! the helper reports `Started`/`Error`/`Exited` ([`ExecReport`]), we send `Resize`/`Kill`
 //! ([`ExecControl`]) and, before the spawn, the stdin pipe's read end (SCM_RIGHTS).
-//! * Without a tty the command's stdin/stdout/stderr are our pipes themselves (nothing is
-//!   copied). With a tty, the helper allocates the terminal in the container's devpts (owned
-//!   by the command's user, the command's controlling terminal) and copies between it and our
-//!   pipes: `stdout` carries the terminal's output (stderr merged), `stderr` is `None`.
+//! * Without a tty the command's stdin is our pipe itself; its stdout/stderr are pipes of the
+//!   helper, copied into ours. With a tty, the helper allocates the terminal in the
+//!   container's devpts (owned by the command's user, the command's controlling terminal) and
+//!   copies between it and our pipes: `stdout` carries the terminal's output (stderr merged),
+//!   `stderr` is `None`.
 //! * A stream not asked for is `/dev/null` for the command.
 //! * **EOF**: closing the stdin fd is EOF for the command (without a tty; with a tty the
 //!   command keeps its terminal and just gets no more input: send `^D` through stdin to end
-//!   a shell, or kill it). The stdout/stderr fds reach EOF when every process holding them
-//!   (the command and any background child) has closed them; with a tty the helper closes
-//!   stdout once the terminal is closed by all its users, or 1 s after the command's exit.
-//!   So after [`ExecSession::wait`] returns, drain the output for a short grace only.
+//!   a shell, or kill it). The stdout/stderr fds reach EOF once the command and its children
+//!   have closed their output, and at the latest 1 s after the command's exit (background
+//!   children still holding it are cut off: their further writes fail with EPIPE). Closing
+//!   our stdout/stderr fd early is fine: that output is then discarded, never blocking the
+//!   command.
 //! * **Exit**: [`ExecSession::wait`] returns the command's exit code (128+signal when killed)
-//!   once it has exited; with a tty, after its output has been passed on.
+//!   once it has exited and its output has been handed to our pipes (and those closed), so
+//!   `wait` and EOF on stdout/stderr come together. The output is pushed into the pipes with
+//!   backpressure: a caller that neither reads nor closes stdout/stderr delays `wait` (and a
+//!   command writing a lot blocks, as it would on any pipe).
 //! * **Kill**: [`ExecSession::kill`] (and dropping the session before `wait` returned, which
 //!   closes the socket) makes the helper's stub SIGKILL the command's whole tree, reparented
 //!   orphans included, and reap it; `wait` then gives 137. Killing is idempotent and a no-op
-//!   after the exit. The helper process is reaped by a background thread if the session is
-//!   dropped while it still runs.
+//!   after the exit.
+//! * The helper process lingers up to ~1 s after the exit (it waits for its stub); it is
+//!   reaped when the session is dropped (by a short-lived background thread if it still
+//!   runs), so drop sessions once done with them.
 //!
 //! ## Attach ([`attach`])
 //! A request `attach{stdin,stdout,stderr}` on the container's `monitor.sock`; the monitor
@@ -35,9 +42,11 @@
 //! see EOF, stdin writes fail with EPIPE). Several attachers at once each get the live output
 //! (not the log history) while the CRI log keeps being written.
 //! * stdin is given only when the container has CRI `stdin: true` (else `take_stdin` is
-//!   `None`). With `stdin_once`, EOF on the first attacher's stdin (or its detach) closes the
-//!   container's stdin: the container sees EOF (without a tty) and no attacher gets input
-//!   any more (their stdin fds are closed).
+//!   `None`). Without a tty and with `stdin_once`, EOF on the first attacher's stdin (or its
+//!   detach) closes the container's stdin: the container sees EOF and no attacher gets input
+//!   any more (their stdin fds are closed, later attachers get none). With a tty an
+//!   attacher's EOF never closes anything (the terminal is the container's stdin; as with
+//!   containerd).
 //! * tty containers: `stdout` is the terminal's output, no `stderr`; [`AttachSession::resize`]
 //!   sets the terminal size (a no-op without a tty).
 //! * A slow attacher never blocks the container or the log: the monitor grows each
@@ -83,8 +92,8 @@ struct Ctl {
 
 impl Ctl {
     fn send(&self, msg: &ExecControl) -> Result<(), MonitorError> {
-        let mut s = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        match protocol::write_frame(&mut *s, msg) {
+        let s = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        match send_frame(&s, msg) {
             Ok(()) => Ok(()),
             // The helper is gone (the command has exited) or the session was closed.
             Err(e)
@@ -256,6 +265,22 @@ fn read_report(s: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<ExecRepor
     }
 }
 
+/// Writes one frame with MSG_NOSIGNAL: a gone peer is EPIPE, never SIGPIPE (whatever the
+/// caller's SIGPIPE disposition). Honours the socket's write timeout.
+fn send_frame<T: serde::Serialize>(s: &UnixStream, msg: &T) -> std::io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    let data = protocol::encode(msg);
+    let mut sent = 0;
+    while sent < data.len() {
+        match send(s.as_raw_fd(), &data[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), MonitorError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| MonitorError::Io(e.into()))
 }
@@ -405,7 +430,7 @@ impl AttachSession {
             return Ok(());
         }
         let mut s = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        protocol::write_frame(&mut *s, &Request::Resize { cols, rows }).map_err(gone_or_io)?;
+        send_frame(&s, &Request::Resize { cols, rows }).map_err(gone_or_io)?;
         match protocol::read_frame::<_, Response>(&mut *s).map_err(gone_or_io)? {
             Some(Response::Ok) => Ok(()),
             Some(Response::Error { message }) => Err(MonitorError::Remote(message)),
@@ -463,11 +488,11 @@ pub fn attach(container_dir_or_socket: &Path, opts: &AttachOptions) -> Result<At
     } else {
         container_dir_or_socket.to_path_buf()
     };
-    let mut s = connect_unix(&sock).map_err(gone_or_io)?;
+    let s = connect_unix(&sock).map_err(gone_or_io)?;
     s.set_read_timeout(Some(CALL_TIMEOUT))?;
     s.set_write_timeout(Some(CALL_TIMEOUT))?;
     let req = Request::Attach { stdin: opts.stdin, stdout: opts.stdout, stderr: opts.stderr };
-    protocol::write_frame(&mut s, &req).map_err(gone_or_io)?;
+    send_frame(&s, &req).map_err(gone_or_io)?;
     let (resp, fds) = recv_with_fds(&s)?;
     let (tty, has_in, has_out, has_err) = match resp {
         Response::Attached { tty, stdin, stdout, stderr } => (tty, stdin, stdout, stderr),

@@ -1,8 +1,16 @@
-//! `skiff-monitor exec <container-dir> [--tty] -- cmd args…` (ExecSync).
+//! `skiff-monitor exec <container-dir> [--tty [--size CxR]] [--stdin] -- cmd args…`
+//! (ExecSync and streaming exec).
 //!
-//! fd 0 is a socket shared with the client ([`exec_sync`](crate::monitor::exec_sync)); it
-//! receives [`ExecReport`]s. fds 1 and 2 are the client's pipes and are handed straight to the
-//! command. Process tree:
+//! fd 0 is a socket shared with the client ([`exec_sync`](crate::monitor::exec_sync),
+//! [`exec_stream`](crate::monitor::exec_stream)): it receives [`ExecReport`]s and sends
+//! [`ExecControl`] frames (resize, kill; EOF = kill); with `--stdin` its first message
+//! carries the command's stdin pipe (SCM_RIGHTS). fds 1 and 2 are the client's pipes (or
+//! /dev/null). The helper relays: the command writes into pipes of the helper, copied to the
+//! client's, so that the client's pipes reach EOF at most [`DRAIN_GRACE`] after the exit even
+//! when background children keep the command's output open; `Exited` is sent once that
+//! output is passed on. Without a tty stdin is the client's pipe itself. With `--tty` the
+//! terminal is opened in the container's devpts (we are in its mount namespace), owned by the
+//! command's user, made its controlling terminal, and relayed both ways. Process tree:
 //!
 //! ```text
 //! helper (host pid ns; joins the container's cgroup, then its namespaces, mnt last)
@@ -199,111 +207,178 @@ fn set_nonblock(fd: BorrowedFd<'_>) {
     }
 }
 
-/// With a tty, the helper copies between the client's pipes and the terminal's master.
+/// One output the helper copies to the client: the command's stdout/stderr pipe, or the
+/// terminal's master.
+struct RelayOut {
+    src: OwnedFd,
+    /// The client's pipe (None: it closed it; output is read and discarded).
+    dst: Option<OwnedFd>,
+    buf: Vec<u8>,
+    /// Nothing more comes from `src` (EOF; EIO on a master whose slave fds are all closed;
+    /// or given up on after the exit grace).
+    eof: bool,
+}
+
+/// With a tty, the client's stdin copied to the terminal's master.
+struct RelayIn {
+    /// Read end of the client's stdin pipe (None: EOF; the terminal stays).
+    src: Option<OwnedFd>,
+    /// A dup of the master.
+    dst: OwnedFd,
+    buf: Vec<u8>,
+}
+
+/// The helper's copying between the command and the client's pipes. Without a tty the
+/// command writes into pipes of the helper (so that the client's pipes reach EOF soon after
+/// the exit even when a background child keeps the command's output open); its stdin is the
+/// client's pipe itself. With a tty everything goes through the terminal's master.
 struct Relay {
-    master: OwnedFd,
-    /// Read end of the client's stdin pipe (None: not requested, or EOF).
-    stdin: Option<OwnedFd>,
-    /// Write end of the client's stdout pipe (None: closed by the client, output discarded).
-    out: Option<OwnedFd>,
-    obuf: Vec<u8>,
-    ibuf: Vec<u8>,
-    /// All the terminal's slave fds are closed (read gives EIO).
-    master_eof: bool,
+    outs: Vec<RelayOut>,
+    input: Option<RelayIn>,
+    /// The terminal's master (for resize).
+    master: Option<RawFd>,
+}
+
+/// Which fd of the relay a poll slot is.
+#[derive(Clone, Copy)]
+enum Slot {
+    OutSrc(usize),
+    OutDst,
+    InSrc,
+    InDst,
+}
+
+/// Reads one chunk (non-blocking) into `buf`: false when nothing more will come.
+fn read_into(fd: &OwnedFd, buf: &mut Vec<u8>, keep: bool) -> bool {
+    let mut chunk = [0u8; 64 * 1024];
+    match nix::unistd::read(fd.as_fd(), &mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            if keep {
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            true
+        }
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => true,
+        // EIO: the terminal's last slave fd is closed.
+        Err(_) => false,
+    }
+}
+
+/// Writes what it can of `buf` (non-blocking): false when `fd` is dead (EPIPE, EIO).
+fn write_from(fd: &OwnedFd, buf: &mut Vec<u8>) -> bool {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => {
+                buf.drain(..n);
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 impl Relay {
-    /// Reads terminal output (when nothing is pending) and writes what is pending.
-    fn pump(&mut self, master_ev: PollFlags, stdin_ev: PollFlags) {
-        let mut chunk = [0u8; 16 * 1024];
-        if !master_ev.is_empty() && self.obuf.is_empty() && !self.master_eof {
-            match nix::unistd::read(self.master.as_fd(), &mut chunk) {
-                Ok(0) => self.master_eof = true,
-                Ok(n) => {
-                    if self.out.is_some() {
-                        self.obuf.extend_from_slice(&chunk[..n]);
-                    }
-                }
-                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                // EIO: the last slave fd is closed.
-                Err(_) => self.master_eof = true,
+    fn slots(&self) -> Vec<(Slot, BorrowedFd<'_>, PollFlags)> {
+        let mut v = Vec::new();
+        for (k, o) in self.outs.iter().enumerate() {
+            if o.buf.is_empty() && !o.eof {
+                v.push((Slot::OutSrc(k), o.src.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(d) = o.dst.as_ref().filter(|_| !o.buf.is_empty()) {
+                v.push((Slot::OutDst, d.as_fd(), PollFlags::POLLOUT));
             }
         }
-        if !stdin_ev.is_empty() && self.ibuf.is_empty() {
-            if let Some(fd) = &self.stdin {
-                match nix::unistd::read(fd.as_fd(), &mut chunk) {
-                    // EOF: the command keeps its terminal (nothing is sent to it).
-                    Ok(0) => self.stdin = None,
-                    Ok(n) => self.ibuf.extend_from_slice(&chunk[..n]),
-                    Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                    Err(_) => self.stdin = None,
-                }
+        if let Some(i) = &self.input {
+            match &i.src {
+                Some(src) if i.buf.is_empty() => v.push((Slot::InSrc, src.as_fd(), PollFlags::POLLIN)),
+                _ if !i.buf.is_empty() => v.push((Slot::InDst, i.dst.as_fd(), PollFlags::POLLOUT)),
+                _ => {}
             }
         }
-        self.flush();
+        v
     }
 
-    /// Writes pending data without blocking.
-    fn flush(&mut self) {
-        let mut out_gone = false;
-        if let Some(out) = &self.out {
-            while !self.obuf.is_empty() {
-                match nix::unistd::write(out, &self.obuf) {
-                    Ok(n) => {
-                        self.obuf.drain(..n);
-                    }
-                    Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => break,
-                    Err(_) => {
-                        // The client closed its stdout: discard the output from now on.
-                        out_gone = true;
-                        break;
+    /// Handles the ready slots, then writes whatever is pending.
+    fn pump(&mut self, ready: &[Slot]) {
+        for s in ready {
+            match *s {
+                Slot::OutSrc(k) => {
+                    let o = &mut self.outs[k];
+                    if o.buf.is_empty() && !o.eof {
+                        let keep = o.dst.is_some();
+                        o.eof = !read_into(&o.src, &mut o.buf, keep);
                     }
                 }
-            }
-        }
-        if out_gone || self.out.is_none() {
-            self.out = None;
-            self.obuf.clear();
-        }
-        while !self.ibuf.is_empty() && !self.master_eof {
-            match nix::unistd::write(&self.master, &self.ibuf) {
-                Ok(n) => {
-                    self.ibuf.drain(..n);
+                Slot::InSrc => {
+                    if let Some(i) = self.input.as_mut() {
+                        if let Some(src) = &i.src {
+                            if i.buf.is_empty() && !read_into(src, &mut i.buf, true) {
+                                // EOF: the command keeps its terminal (nothing is sent to it).
+                                i.src = None;
+                            }
+                        }
+                    }
                 }
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => break,
-                Err(_) => self.ibuf.clear(),
+                Slot::OutDst | Slot::InDst => {}
             }
         }
-        if self.master_eof {
-            self.ibuf.clear();
+        for o in self.outs.iter_mut() {
+            if let Some(d) = &o.dst {
+                if !write_from(d, &mut o.buf) {
+                    // The client closed its end: discard this output from now on.
+                    o.dst = None;
+                }
+            }
+            if o.dst.is_none() {
+                o.buf.clear();
+            }
+        }
+        if let Some(i) = self.input.as_mut() {
+            if !write_from(&i.dst, &mut i.buf) {
+                i.buf.clear();
+                i.src = None;
+            }
         }
     }
 
-    /// Poll interest: (master, stdin, out).
-    fn interest(&self) -> (PollFlags, PollFlags, PollFlags) {
-        let mut m = PollFlags::empty();
-        if self.obuf.is_empty() && !self.master_eof {
-            m |= PollFlags::POLLIN;
+    /// Stops reading the command's output (after the exit grace): what is buffered is still
+    /// passed on.
+    fn give_up_reading(&mut self) {
+        for o in self.outs.iter_mut() {
+            o.eof = true;
         }
-        if !self.ibuf.is_empty() && !self.master_eof {
-            m |= PollFlags::POLLOUT;
-        }
-        let i = if self.ibuf.is_empty() && self.stdin.is_some() { PollFlags::POLLIN } else { PollFlags::empty() };
-        let o = if !self.obuf.is_empty() && self.out.is_some() { PollFlags::POLLOUT } else { PollFlags::empty() };
-        (m, i, o)
     }
 
-    /// Everything the terminal produced has been passed on (or the client is gone).
+    /// Everything the command produced has been passed on (or the client is gone).
     fn drained(&self) -> bool {
-        (self.master_eof || self.out.is_none()) && self.obuf.is_empty()
+        self.outs.iter().all(|o| (o.eof || o.dst.is_none()) && o.buf.is_empty())
     }
 }
 
-/// After the command exited, how long terminal output held open by its background children
-/// is still relayed.
-const TTY_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// After the command exited, how long output held open by its background children is still
+/// relayed.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// fd is a pipe (so worth relaying; /dev/null is given to the command as it is).
+fn is_fifo(fd: RawFd) -> bool {
+    // SAFETY: `fd` is one of our open stdio fds for the duration of the call.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(b).map(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO).unwrap_or(false)
+}
+
+/// A CLOEXEC duplicate of one of our stdio fds.
+fn dup_cloexec(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: fcntl with integer arguments; the result is checked and then owned.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if r < 0 {
+        bail!("dup fd {fd}: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `r` is a new fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
 
 fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin: Option<OwnedFd>) -> Result<i32> {
     if cmd.is_empty() {
@@ -344,36 +419,71 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
     // With a tty: the terminal comes from the container's devpts (/dev/ptmx of its mount
     // namespace, which we are in now); we relay between it and the client's pipes.
     let pty = if a.tty { Some(open_pty(a.size, process.user().uid())?) } else { None };
-    let out = if a.tty {
-        let fd = nix::unistd::dup(std::io::stdout()).ctx(|| "dup stdout".into())?;
-        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-        Some(fd)
+    let mut relay = Relay { outs: Vec::new(), input: None, master: None };
+    if let Some(p) = &pty {
+        let src = dup_cloexec(p.master.as_raw_fd())?;
+        let dst = dup_cloexec(1)?;
+        relay.outs.push(RelayOut { src, dst: Some(dst), buf: Vec::new(), eof: false });
+        if let Some(fd) = stdin {
+            relay.input = Some(RelayIn { src: Some(fd), dst: dup_cloexec(p.master.as_raw_fd())?, buf: Vec::new() });
+        }
+        relay.master = Some(p.master.as_raw_fd());
     } else {
-        None
-    };
+        // Our fds 1 and 2 become pipes of ours for the command; we copy them to the client's.
+        for fd in [1, 2] {
+            if !is_fifo(fd) {
+                continue;
+            }
+            let dst = dup_cloexec(fd)?;
+            let (r, w) = pipe()?;
+            dup_onto(w.as_raw_fd(), fd)?;
+            relay.outs.push(RelayOut { src: r, dst: Some(dst), buf: Vec::new(), eof: false });
+        }
+    }
     let sigfd = signalfd(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])?;
     let (sp_r, sp_w) = pipe()?;
     let term = pty.as_ref().map(|p| (p.master.as_raw_fd(), p.slave.as_raw_fd()));
+    // The stub never execs: it must close our fds itself (a copy of the client's pipes in
+    // it would hold them open as long as the command's background children live).
+    let mut ours: Vec<RawFd> = vec![status_fd, sigfd.as_raw_fd()];
+    for o in &relay.outs {
+        ours.push(o.src.as_raw_fd());
+        ours.extend(o.dst.as_ref().map(|d| d.as_raw_fd()));
+    }
+    if let Some(i) = &relay.input {
+        ours.push(i.dst.as_raw_fd());
+        ours.extend(i.src.as_ref().map(|d| d.as_raw_fd()));
+    }
+    ours.extend(term.map(|t| t.0));
     // SAFETY: the helper is single-threaded, so the child may run arbitrary code.
     let stub = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(sp_r);
-            stub_main(&process, seccomp.as_ref(), cmd, sp_w.as_raw_fd(), status_fd, term)
+            stub_main(&process, seccomp.as_ref(), cmd, sp_w.as_raw_fd(), &ours, term.map(|t| t.1))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => bail!("fork: {e}"),
     };
     drop(sp_w);
-    // The command holds the client's pipes (or the terminal's slave) now; our copies must not
-    // delay its EOF.
+    // The command holds its pipes (or the terminal's slave) now; our copies must not delay
+    // their EOF.
     stdio_to_null();
-    let mut relay = pty.map(|p| {
+    let _pty = pty.map(|p| {
         drop(p.slave);
-        for fd in [Some(&p.master), stdin.as_ref(), out.as_ref()].into_iter().flatten() {
-            set_nonblock(fd.as_fd());
-        }
-        Relay { master: p.master, stdin, out, obuf: Vec::new(), ibuf: Vec::new(), master_eof: false }
+        p.master
     });
+    for o in &relay.outs {
+        set_nonblock(o.src.as_fd());
+        if let Some(d) = &o.dst {
+            set_nonblock(d.as_fd());
+        }
+    }
+    if let Some(i) = &relay.input {
+        set_nonblock(i.dst.as_fd());
+        if let Some(s) = &i.src {
+            set_nonblock(s.as_fd());
+        }
+    }
     // SAFETY: `status_fd` stays open for the whole process life.
     let status = unsafe { BorrowedFd::borrow_raw(status_fd) };
     let mut status_open = true;
@@ -384,18 +494,16 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
     let mut kill_now = false;
     loop {
         if let Some((code, at)) = exited {
-            let done = relay.as_ref().is_none_or(|r| {
-                r.drained() || (at.elapsed() > TTY_DRAIN_GRACE && (r.out.is_none() || r.obuf.is_empty()))
-            });
-            if done || killing.is_some() || !status_open {
+            if at.elapsed() > DRAIN_GRACE {
+                relay.give_up_reading();
+            }
+            if relay.drained() || killing.is_some() || !status_open {
                 drop(relay);
                 send(status_fd, &ExecReport::Exited { exit_code: code });
                 reap_stub(stub);
                 return Ok(code);
             }
         }
-        let (mi, ii, oi) =
-            relay.as_ref().map(Relay::interest).unwrap_or((PollFlags::empty(), PollFlags::empty(), PollFlags::empty()));
         let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         // Once the exit is known the stub's pipe is done with (and would poll as HUP).
         let pipe_ix = if exited.is_none() {
@@ -410,15 +518,11 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
         } else {
             None
         };
-        let mut relay_ix = [None; 3];
-        if let Some(r) = &relay {
-            let parts = [(Some(&r.master), mi), (r.stdin.as_ref(), ii), (r.out.as_ref(), oi)];
-            for (k, (fd, ev)) in parts.into_iter().enumerate() {
-                if let Some(fd) = fd.filter(|_| !ev.is_empty()) {
-                    fds.push(PollFd::new(fd.as_fd(), ev));
-                    relay_ix[k] = Some(fds.len() - 1);
-                }
-            }
+        let first_slot = fds.len();
+        let slots = relay.slots();
+        let kinds: Vec<Slot> = slots.iter().map(|(k, _, _)| *k).collect();
+        for (_, fd, ev) in slots {
+            fds.push(PollFd::new(fd, ev));
         }
         let timeout = if killing.is_some() || exited.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
         match poll(&mut fds, timeout) {
@@ -430,12 +534,10 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
         let sig_ready = !ev(Some(0)).is_empty();
         let pipe_ready = !ev(pipe_ix).is_empty();
         let status_ready = !ev(status_ix).is_empty();
-        // (The out pipe's readiness needs nothing special: `pump` always flushes.)
-        let rev = [ev(relay_ix[0]), ev(relay_ix[1])];
+        let ready: Vec<Slot> =
+            kinds.iter().enumerate().filter(|(k, _)| !ev(Some(first_slot + k)).is_empty()).map(|(_, s)| *s).collect();
         drop(fds);
-        if let Some(r) = relay.as_mut() {
-            r.pump(rev[0], rev[1]);
-        }
+        relay.pump(&ready);
         if status_ready {
             let mut chunk = [0u8; 4096];
             match nix::unistd::read(status, &mut chunk) {
@@ -457,8 +559,8 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
                         sbuf.drain(..used);
                         match msg {
                             ExecControl::Resize { cols, rows } => {
-                                if let Some(r) = &relay {
-                                    set_winsize(r.master.as_raw_fd(), cols, rows);
+                                if let Some(m) = relay.master {
+                                    set_winsize(m, cols, rows);
                                 }
                             }
                             ExecControl::Kill => kill_now = true,
@@ -561,17 +663,15 @@ fn stub_main(
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     cmd: &[String],
     sp: RawFd,
-    status_fd: RawFd,
-    term: Option<(RawFd, RawFd)>,
+    helpers: &[RawFd],
+    term: Option<RawFd>,
 ) -> ! {
     reset_signals();
-    // SAFETY: closing fds this process owns and never uses again (the status socket is the
-    // helper's; the terminal's master is the helper's).
-    unsafe {
-        libc::close(status_fd);
-        if let Some((master, _)) = term {
-            libc::close(master);
-        }
+    for fd in helpers {
+        // SAFETY: the helper's fds (status socket, signalfd, relay pipes, terminal master)
+        // are never used in this process; the OwnedFds around them are never dropped here
+        // either (the stub only leaves through _exit).
+        unsafe { libc::close(*fd) };
     }
     let _ = nix::unistd::setsid();
     // SAFETY: prctl with integer arguments only.
@@ -601,7 +701,7 @@ fn stub_main(
         Ok(ForkResult::Child) => {
             drop(er_r);
             reset_signals();
-            if let Some((_, slave)) = term {
+            if let Some(slave) = term {
                 // A session of its own, with the terminal as its controlling terminal.
                 if let Err(e) = take_terminal(slave) {
                     let _ = write_all_raw(er_w.as_raw_fd(), e.0.as_bytes());
@@ -625,7 +725,7 @@ fn stub_main(
         }
     };
     drop(er_w);
-    if let Some((_, slave)) = term {
+    if let Some(slave) = term {
         // SAFETY: the command has its copy; ours would keep the terminal open after its exit.
         unsafe { libc::close(slave) };
     }

@@ -718,8 +718,12 @@ impl Monitor {
     }
 
     /// `stdin_once`: the first attacher's input ended; close the container's stdin once its
-    /// pending input is written.
+    /// pending input is written. With a tty there is no stdin to close (the terminal is the
+    /// container's stdio): nothing happens, as with containerd.
     fn stdin_eof_once(&mut self) {
+        if self.cfg.tty {
+            return;
+        }
         self.stdin_close = true;
         if self.stdin_buf.is_empty() {
             self.close_stdin();
@@ -727,7 +731,8 @@ impl Monitor {
     }
 
     /// No more input: the stdin pipe is closed (EOF for the container; with a tty the
-    /// terminal stays, it just gets no more input) and every attacher's stdin too.
+    /// terminal stays, it just gets no more input) and every attacher's stdin too. With a tty
+    /// only when writing to the terminal fails (it is gone).
     fn close_stdin(&mut self) {
         self.stdin_open = false;
         self.stdin_close = false;
