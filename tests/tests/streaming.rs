@@ -393,3 +393,75 @@ async fn a_slow_reader_holds_back_the_command() {
     assert_eq!(s.finish().await.exit_code(), 0);
     e.d.remove_pod(&e.pod).await;
 }
+
+async fn wait_gone(needle: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_mentioning(needle).is_empty() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_time_out_and_shutdown_ends_sessions() {
+    let d = Daemon::start_with_config("[streaming]\nidle_timeout_secs = 2\n").await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "idle");
+    let pod = d.run_pod(&pc).await;
+    let ctr = d.create_and_start(&pod, &pc, container_config("main", &["sleep", "100000"])).await;
+    // A session without traffic is closed after idle_timeout_secs; its command dies.
+    let marker = format!("{}", 60_000 + rand::random::<u16>() % 5_000);
+    let url = exec_url(&d, exec_req(&ctr, &["sleep", &marker], false, false)).await;
+    let s = SpdySession::open(&url, false, true, true, false).await;
+    let needle = format!("sleep {marker}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_mentioning(&needle).is_empty() {
+        assert!(Instant::now() < deadline, "the command never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), s.conn.closed()).await.expect("the idle session is closed");
+    assert!(t0.elapsed() >= Duration::from_secs(1), "closed before the idle timeout");
+    wait_gone(&needle, "the idle session's command outlived it").await;
+    drop(s);
+
+    // skiffd's shutdown ends the sessions that run (a busy one here) and kills their commands.
+    let mut d = d;
+    let marker = format!("{}", 65_000 + rand::random::<u16>() % 500);
+    let url = exec_url(
+        &d,
+        exec_req(&ctr, &["sh", "-c", &format!("while true; do echo {marker}; sleep 0.5; done")], false, false),
+    )
+    .await;
+    let mut s = SpdySession::open(&url, false, true, true, false).await;
+    let b = tokio::time::timeout(Duration::from_secs(10), s.stdout.as_mut().unwrap().reader.read()).await.unwrap();
+    assert!(b.is_some());
+    let needle = format!("echo {marker}");
+    d.stop();
+    tokio::time::timeout(Duration::from_secs(15), s.conn.closed()).await.expect("shutdown closes the session");
+    wait_gone(&needle, "a session's command outlived skiffd's shutdown").await;
+    d.start_again().await;
+    d.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_websocket_protocol() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let e = env("b64").await;
+    let url = exec_url(&e.d, exec_req(&e.ctr, &["echo", "b64"], false, false)).await;
+    let mut ws = WsSession::open(&url, "v4.base64.channel.k8s.io").await;
+    assert_eq!(ws.protocol, "v4.base64.channel.k8s.io");
+    let mut texts = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(20), ws.ws.next()).await {
+        match m {
+            Message::Text(t) => texts.push(t.to_string()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    // "1" + base64("b64\n"), and the status on channel "3".
+    assert!(texts.contains(&"1YjY0Cg==".to_owned()), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with('3')), "{texts:?}");
+    e.d.remove_pod(&e.pod).await;
+}
