@@ -335,6 +335,9 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     let out = SpdySession::open(&url, false, true, true, false).await.finish().await;
     assert_eq!(out.exit_code(), 0);
     assert_eq!(st::upgrade_status(&url).await, 404);
+    // Tokens are never logged (the harness logs at debug).
+    let token = url.rsplit('/').next().unwrap();
+    assert!(!e.d.log().contains(token), "the token is in skiffd's log");
     // A token is bound to its kind.
     let url = exec_url(&e.d, exec_req(&e.ctr, &["true"], false, false)).await;
     assert_eq!(st::upgrade_status(&url.replace("/exec/", "/attach/")).await, 404);
