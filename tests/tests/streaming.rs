@@ -468,3 +468,34 @@ async fn base64_websocket_protocol() {
     assert!(texts.iter().any(|t| t.starts_with('3')), "{texts:?}");
     e.d.remove_pod(&e.pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_stdin_over_websocket() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "attachin");
+    let pod = d.run_pod(&pc).await;
+    let mut cc = container_config("echoer", &["cat"]);
+    cc.stdin = true;
+    let ctr = d.create_and_start(&pod, &pc, cc).await;
+    let url = d
+        .runtime()
+        .attach(cri::AttachRequest { container_id: ctr.clone(), stdin: true, tty: false, stdout: true, stderr: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = WsSession::open(&url, "v5.channel.k8s.io").await;
+    ws.send(0, b"through attach\n").await;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("through attach") {
+        let (ch, data) = ws.next_data().await.expect("output");
+        if ch == 1 {
+            seen.extend_from_slice(&data);
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.container_status(&ctr).await.state, cri::ContainerState::ContainerRunning as i32);
+    d.remove_pod(&pod).await;
+}
