@@ -68,7 +68,11 @@ impl Server {
     /// `tls` names a PEM certificate chain and key.
     pub async fn start(streaming: Arc<Streaming>, address: &str, tls: Option<(&Path, &Path)>) -> io::Result<Server> {
         let acceptor = match tls {
-            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            Some((cert, key)) => {
+                let (cert, key) = (cert.to_owned(), key.to_owned());
+                let load = tokio::task::spawn_blocking(move || tls_acceptor(&cert, &key));
+                Some(load.await.map_err(io::Error::other)??)
+            }
             None => None,
         };
         let listener = TcpListener::bind(address).await?;
