@@ -615,4 +615,16 @@ mod tests {
         assert_eq!(command_version("channel.k8s.io"), 1);
         assert_eq!(command_version(""), 1);
     }
+
+    #[test]
+    fn tls_files_are_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = tls_acceptor(&missing, &missing).err().unwrap().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = tls_acceptor(&empty, &empty).err().unwrap().to_string();
+        assert!(e.contains("no certificate"), "{e}");
+    }
 }
