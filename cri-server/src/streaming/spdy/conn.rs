@@ -388,7 +388,8 @@ async fn reader_task<R: AsyncRead>(
         loop {
             match dec.decode(&mut buf) {
                 Ok(Some(f)) => {
-                    if !handle_frame(&inner, f, &mut incoming).await {
+                    let ends = [stop.clone(), abort.clone()];
+                    if !handle_frame(&inner, f, &mut incoming, ends).await {
                         break 'read;
                     }
                 }
@@ -433,7 +434,13 @@ async fn reader_task<R: AsyncRead>(
 }
 
 /// Handles one frame; false ends the connection.
-async fn handle_frame(inner: &Arc<Inner>, f: Frame, incoming: &mut Option<mpsc::Sender<Stream>>) -> bool {
+/// `ends` (the writer's stop, the abort) end a wait on a slow consumer.
+async fn handle_frame(
+    inner: &Arc<Inner>,
+    f: Frame,
+    incoming: &mut Option<mpsc::Sender<Stream>>,
+    ends: [watch::Receiver<bool>; 2],
+) -> bool {
     let send = |f: Frame| {
         let out = inner.out.clone();
         async move { out.send(Out::Frame(f)).await.is_ok() }
@@ -502,8 +509,14 @@ async fn handle_frame(inner: &Arc<Inner>, f: Frame, incoming: &mut Option<mpsc::
             };
             if let Some(tx) = tx {
                 if !data.is_empty() {
-                    // Waits while the consumer is slow: backpressure onto the socket.
-                    let _ = tx.send(data).await;
+                    // Waits while the consumer is slow: backpressure onto the socket. A
+                    // writer that failed (the peer is gone) or an abort ends the wait.
+                    let [mut stop, mut abort] = ends;
+                    tokio::select! {
+                        _ = tx.send(data) => {}
+                        _ = crate::streaming::flag(&mut stop) => return false,
+                        _ = crate::streaming::flag(&mut abort) => return false,
+                    }
                 }
             }
         }
