@@ -1241,6 +1241,33 @@ fn exec_stream_kill_and_drop_kill_the_tree() {
         let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1011") || cmd.starts_with("sleep 1012"));
         assert!(left.is_empty(), "tty {tty}: left behind: {left:?}");
     }
+    // A helper killed outright (SIGKILL) takes the command's tree with it.
+    let mut s =
+        monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 1015 & sleep 1016"]), &all_io()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let me = std::process::id().to_string();
+    let d = c.dir.display().to_string();
+    let helper: Vec<i32> = procs_matching(|cmd, stat| {
+        cmd.contains("skiff-monitor exec")
+            && cmd.contains(&d)
+            && stat.rsplit(") ").next().unwrap_or("").split(' ').nth(1) == Some(&me)
+    })
+    .iter()
+    .map(|l| l.split(':').next().unwrap().parse().unwrap())
+    .collect();
+    assert_eq!(helper.len(), 1, "{helper:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(s.wait().is_err());
+    drop(s);
+    let t = Instant::now();
+    let left = loop {
+        let left = procs_matching(|cmd, _| cmd.starts_with("sleep 1015") || cmd.starts_with("sleep 1016"));
+        if left.is_empty() || t.elapsed() > Duration::from_secs(5) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(left.is_empty(), "left behind after the helper's death: {left:?}");
     // Dropping the session without waiting kills the command too.
     let s = monitor::exec_stream(bin, &c.dir, &strings(&["sh", "-c", "sleep 1013 & sleep 1014"]), &all_io()).unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -29,7 +29,9 @@
 //! * **Kill**: [`ExecSession::kill`] (and dropping the session before `wait` returned, which
 //!   closes the socket) makes the helper's stub SIGKILL the command's whole tree, reparented
 //!   orphans included, and reap it; `wait` then gives 137. Killing is idempotent and a no-op
-//!   after the exit.
+//!   after the exit. If the helper itself dies (skiffd killed with its children…) while the
+//!   command runs, its stub kills the tree too. Background children left by a command that
+//!   ended normally are not killed (as with runc/containerd exec).
 //! * The helper process lingers up to ~1 s after the exit (it waits for its stub); it is
 //!   reaped when the session is dropped (by a short-lived background thread if it still
 //!   runs), so drop sessions once done with them.

@@ -19,10 +19,12 @@
 //!     └─ command (container user, caps, no_new_privs, seccomp, env, cwd)
 //! ```
 //!
-//! Killing: SIGTERM/SIGINT/SIGHUP to the helper makes it send SIGTERM to the stub, which
-//! SIGKILLs its children round after round (orphans are reparented to it) and reaps them, so
-//! nothing is left, not even a zombie; if the stub does not finish within 3 s the helper kills
-//! its process group. [`exec_sync`](crate::monitor::exec_sync) sends that SIGTERM on timeout.
+//! Killing: SIGTERM/SIGINT/SIGHUP to the helper (or a `Kill` frame, or the client closing
+//! the socket) makes it send SIGTERM to the stub, which SIGKILLs its children round after
+//! round (orphans are reparented to it) and reaps them, so nothing is left, not even a
+//! zombie; if the stub does not finish within 3 s the helper kills its process group. [`exec_sync`](crate::monitor::exec_sync) sends that SIGTERM on timeout.
+//! The stub's parent-death signal (SIGUSR1) does the same if the helper itself dies while the
+//! command runs (after a normal end, background children are left alone).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -667,6 +669,9 @@ fn stub_main(
     term: Option<RawFd>,
 ) -> ! {
     reset_signals();
+    // Reports to a helper that is gone must fail, not kill the stub (its orphans would go to
+    // the container's PID 1, unkilled). The command's child resets this before its exec.
+    ignore_sigpipe();
     for fd in helpers {
         // SAFETY: the helper's fds (status socket, signalfd, relay pipes, terminal master)
         // are never used in this process; the OwnedFds around them are never dropped here
@@ -680,14 +685,30 @@ fn stub_main(
         // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
         unsafe { libc::_exit(1) }
     }
-    // SIGCHLD: reap; SIGTERM (from the helper, on a timeout): kill the command's whole tree.
+    // SIGCHLD: reap; SIGTERM (from the helper: kill, timeout, client gone): kill the
+    // command's whole tree; SIGUSR1 (parent-death signal): the helper died, e.g. SIGKILLed:
+    // nobody relays or reports any more, so a command still running is killed too (its
+    // background children after a normal end are left alone).
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(Signal::SIGCHLD);
     set.add(Signal::SIGTERM);
+    set.add(Signal::SIGUSR1);
     let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None);
     let say = |s: &str| {
         let _ = write_all_raw(sp, s.as_bytes());
     };
+    // The helper is outside our PID namespace (then this is 0) or our plain parent.
+    let helper = nix::unistd::getppid();
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1 as libc::c_ulong, 0, 0, 0) } != 0 {
+        say(&format!("Eprctl(PR_SET_PDEATHSIG): {}\n", std::io::Error::last_os_error()));
+        // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
+        unsafe { libc::_exit(1) }
+    }
+    if nix::unistd::getppid() != helper {
+        // SAFETY: _exit takes no pointers and never returns (no destructors run in a forked child).
+        unsafe { libc::_exit(1) }
+    }
     let (er_r, er_w) = match pipe() {
         Ok(p) => p,
         Err(e) => {
@@ -739,6 +760,7 @@ fn stub_main(
     }
     say("S\n");
     let mut killing = false;
+    let mut cmd_done = false;
     loop {
         loop {
             match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
@@ -746,6 +768,7 @@ fn stub_main(
                 Ok(st) => {
                     if st.pid() == Some(cmd_pid) {
                         if let Some((code, _)) = decode_wait(st) {
+                            cmd_done = true;
                             say(&format!("X{code}\n"));
                         }
                     }
@@ -759,9 +782,16 @@ fn stub_main(
         if killing {
             kill_children(cmd_pid);
         }
-        if let Ok(Signal::SIGTERM) = set.wait() {
-            killing = true;
-            kill_children(cmd_pid);
+        match set.wait() {
+            Ok(Signal::SIGTERM) => {
+                killing = true;
+                kill_children(cmd_pid);
+            }
+            Ok(Signal::SIGUSR1) if !cmd_done => {
+                killing = true;
+                kill_children(cmd_pid);
+            }
+            _ => {}
         }
     }
 }
