@@ -316,6 +316,7 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     let server: serde_json::Value = serde_json::from_str(&info["streamingServer"]).unwrap();
     let addr = server["address"].as_str().unwrap().to_owned();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_eq!(server["tls"], false);
 
     let code = |r: Result<tonic::Response<cri::ExecResponse>, tonic::Status>| r.unwrap_err().code();
     assert_eq!(code(rt.exec(exec_req("nope", &["true"], false, false)).await), Code::NotFound);
@@ -323,6 +324,12 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     (none.stdout, none.stderr) = (false, false);
     assert_eq!(code(rt.exec(none).await), Code::InvalidArgument);
     assert_eq!(code(rt.exec(exec_req(&e.ctr, &[], false, false)).await), Code::InvalidArgument);
+    // tty with stderr is accepted: stderr is merged into stdout (the CRI contract).
+    let mut merged = exec_req(&e.ctr, &["sh", "-c", "echo to-stderr >&2"], false, true);
+    merged.stderr = true;
+    let url = rt.exec(merged).await.expect("tty with stderr").into_inner().url;
+    let out = SpdySession::open(&url, false, true, false, true).await.finish().await;
+    assert!(out.stdout().contains("to-stderr"), "{out:?}");
     let pf = rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![80] }).await;
     assert_eq!(pf.unwrap_err().code(), Code::NotFound);
     let at = rt.attach(cri::AttachRequest { container_id: "nope".into(), stdout: true, ..Default::default() }).await;

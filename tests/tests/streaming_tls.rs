@@ -50,6 +50,8 @@ async fn exec_over_https() {
         .into_inner()
         .url;
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let info = d.runtime().status(cri::StatusRequest { verbose: true }).await.unwrap().into_inner().info;
+    assert!(info["streamingServer"].contains("\"tls\":true"), "{}", info["streamingServer"]);
 
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();

@@ -108,6 +108,11 @@ impl Streaming {
         self.addr.get().map(|a| a.0)
     }
 
+    /// Whether the server speaks TLS (once serving).
+    pub fn tls(&self) -> bool {
+        self.addr.get().is_some_and(|a| a.1)
+    }
+
     /// Stores `req` and returns its single-use URL.
     pub fn url_for(&self, req: StreamRequest) -> Result<String, StreamingError> {
         let (addr, tls) = self.addr.get().copied().ok_or(StreamingError::NotServing)?;
