@@ -506,3 +506,45 @@ async fn attach_with_stdin_over_websocket() {
     assert_eq!(d.container_status(&ctr).await.state, cri::ContainerState::ContainerRunning as i32);
     d.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_spdy_protocols_report_failures_as_text() {
+    let e = env("oldproto").await;
+    for (protocol, cmd, want) in [
+        ("v3.channel.k8s.io", "echo ok", ""),
+        ("v3.channel.k8s.io", "exit 3", "exit status 3"),
+        ("v2.channel.k8s.io", "exit 4", "exit status 4"),
+        ("channel.k8s.io", "echo ok", ""),
+    ] {
+        let url = exec_url(&e.d, exec_req(&e.ctr, &["sh", "-c", cmd], false, false)).await;
+        let (conn, head) = st::spdy_connect(&url, &[protocol]).await;
+        assert!(head.to_ascii_lowercase().contains(&format!("x-stream-protocol-version: {protocol}")), "{head}");
+        let hdr = |t: &str| vec![("streamtype".to_owned(), vec![t.to_owned()])];
+        let mut error = conn.open_stream(hdr("error")).await.unwrap();
+        let mut stdout = conn.open_stream(hdr("stdout")).await.unwrap();
+        let mut stderr = conn.open_stream(hdr("stderr")).await.unwrap();
+        let mut status = Vec::new();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(b) = stdout.reader.read().await {
+                out.extend_from_slice(&b);
+            }
+            while let Some(b) = stderr.reader.read().await {
+                err.extend_from_slice(&b);
+            }
+            while let Some(b) = error.reader.read().await {
+                status.extend_from_slice(&b);
+            }
+        })
+        .await
+        .expect("session ends");
+        let status = String::from_utf8_lossy(&status);
+        if want.is_empty() {
+            assert!(status.is_empty(), "{protocol}: {status}");
+            assert_eq!(out, b"ok\n");
+        } else {
+            assert!(status.contains(want), "{protocol}: {status}");
+        }
+    }
+    e.d.remove_pod(&e.pod).await;
+}
