@@ -90,11 +90,19 @@ pub struct StreamingConfig {
     pub address: String,
     /// A streaming connection without traffic for this long is closed (its exec'd process killed).
     pub idle_timeout_secs: u64,
+    /// PEM certificate chain and private key: both set = HTTPS; both empty = plain HTTP.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        Self { address: "127.0.0.1:0".into(), idle_timeout_secs: 4 * 60 * 60 }
+        Self {
+            address: "127.0.0.1:0".into(),
+            idle_timeout_secs: 4 * 60 * 60,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+        }
     }
 }
 
@@ -286,6 +294,10 @@ impl Config {
                 format!("{:?} is not ip:port such as 127.0.0.1:0 or [::1]:10010", self.streaming.address),
             ));
         }
+        let (cert, key) = (&self.streaming.tls_cert, &self.streaming.tls_key);
+        if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+            return Err(invalid("streaming.tls_cert", "tls_cert and tls_key go together".into()));
+        }
         if self.streaming.idle_timeout_secs == 0 {
             return Err(invalid("streaming.idle_timeout_secs", "must be at least 1".into()));
         }
@@ -387,6 +399,7 @@ mod tests {
             ("[network]\nmtu = 10", "network.mtu"),
             ("[streaming]\naddress = \"localhost\"", "streaming.address"),
             ("[streaming]\nidle_timeout_secs = 0", "streaming.idle_timeout_secs"),
+            ("[streaming]\ntls_cert = \"/c.pem\"", "streaming.tls_cert"),
         ] {
             let msg = parse(text).unwrap_err().to_string();
             assert!(msg.contains(key), "{text}: {msg}");

@@ -115,7 +115,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     crate::recovery::recover(&ctx).await.map_err(crate::context::ContextError::from)?;
     crate::services::runtime::start_background(ctx.clone());
     let address = config.streaming.address.clone();
-    let streaming = crate::streaming::http::Server::start(ctx.streaming.clone(), &address)
+    let sc = &config.streaming;
+    let tls = (!sc.tls_cert.as_os_str().is_empty()).then(|| (sc.tls_cert.as_path(), sc.tls_key.as_path()));
+    let streaming = crate::streaming::http::Server::start(ctx.streaming.clone(), &address, tls)
         .await
         .map_err(|source| ServerError::Streaming { address, source })?;
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(ctx.clone()))

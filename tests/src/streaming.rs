@@ -14,7 +14,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// `http://host:port/path` → (host:port, /path).
 pub fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("not an http URL: {url}"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or_else(|| panic!("not an http URL: {url}"));
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     (host.to_owned(), format!("/{path}"))
 }
@@ -23,7 +26,15 @@ pub fn split_url(url: &str) -> (String, String) {
 /// nothing after it is consumed). Returns the status code, the head, and the socket.
 pub async fn request(url: &str, headers: &[(&str, &str)]) -> (u16, String, TcpStream) {
     let (host, path) = split_url(url);
-    let mut s = TcpStream::connect(&host).await.expect("connect to the streaming server");
+    let s = TcpStream::connect(&host).await.expect("connect to the streaming server");
+    request_on(s, &host, &path, headers).await
+}
+
+/// [`request`] on a connection of the caller's (e.g. TLS).
+pub async fn request_on<S>(mut s: S, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));

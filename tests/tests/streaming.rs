@@ -252,6 +252,21 @@ async fn port_forward_into_a_bridge_pod() {
     let got = ws.collect().await;
     let page = String::from_utf8_lossy(got.get(&0).map(|v| v.as_slice()).unwrap_or_default()).into_owned();
     assert!(page.starts_with("HTTP/1.") && page.contains("nginx"), "{page:?}");
+
+    // SPDY tunnelled in WebSocket messages (client-go's WebSocket port-forward).
+    let url = pf_url(&d, &pod, &[80]).await;
+    let ws = WsSession::open(&url, "SPDY/3.1+portforward.k8s.io").await;
+    assert_eq!(ws.protocol, "SPDY/3.1+portforward.k8s.io");
+    let (bytes, pump) = cri_server::streaming::ws::tunnel(ws.ws);
+    tokio::spawn(pump);
+    let (conn, _incoming) =
+        cri_server::streaming::spdy::Connection::new(bytes, cri_server::streaming::spdy::Role::Client).unwrap();
+    let rounds = (0..3).map(|i| st::forward_roundtrip(&conn, 80, i, b"GET / HTTP/1.0\r\n\r\n"));
+    for (reply, err) in futures::future::join_all(rounds).await {
+        assert!(err.is_empty(), "{err}");
+        assert!(String::from_utf8_lossy(&reply).contains("nginx"));
+    }
+    drop(conn);
     d.remove_pod(&pod).await;
 }
 
@@ -301,6 +316,7 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     let server: serde_json::Value = serde_json::from_str(&info["streamingServer"]).unwrap();
     let addr = server["address"].as_str().unwrap().to_owned();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_eq!(server["tls"], false);
 
     let code = |r: Result<tonic::Response<cri::ExecResponse>, tonic::Status>| r.unwrap_err().code();
     assert_eq!(code(rt.exec(exec_req("nope", &["true"], false, false)).await), Code::NotFound);
@@ -308,6 +324,12 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     (none.stdout, none.stderr) = (false, false);
     assert_eq!(code(rt.exec(none).await), Code::InvalidArgument);
     assert_eq!(code(rt.exec(exec_req(&e.ctr, &[], false, false)).await), Code::InvalidArgument);
+    // tty with stderr is accepted: stderr is merged into stdout (the CRI contract).
+    let mut merged = exec_req(&e.ctr, &["sh", "-c", "echo to-stderr >&2"], false, true);
+    merged.stderr = true;
+    let url = rt.exec(merged).await.expect("tty with stderr").into_inner().url;
+    let out = SpdySession::open(&url, false, true, false, true).await.finish().await;
+    assert!(out.stdout().contains("to-stderr"), "{out:?}");
     let pf = rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![80] }).await;
     assert_eq!(pf.unwrap_err().code(), Code::NotFound);
     let at = rt.attach(cri::AttachRequest { container_id: "nope".into(), stdout: true, ..Default::default() }).await;
@@ -320,6 +342,9 @@ async fn requests_are_validated_and_tokens_are_single_use() {
     let out = SpdySession::open(&url, false, true, true, false).await.finish().await;
     assert_eq!(out.exit_code(), 0);
     assert_eq!(st::upgrade_status(&url).await, 404);
+    // Tokens are never logged (the harness logs at debug).
+    let token = url.rsplit('/').next().unwrap();
+    assert!(!e.d.log().contains(token), "the token is in skiffd's log");
     // A token is bound to its kind.
     let url = exec_url(&e.d, exec_req(&e.ctr, &["true"], false, false)).await;
     assert_eq!(st::upgrade_status(&url.replace("/exec/", "/attach/")).await, 404);
@@ -342,4 +367,184 @@ async fn tokens_expire_after_a_minute() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     assert_eq!(st::upgrade_status(&url).await, 404);
     d.remove_pod(&pod).await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_back_the_command() {
+    let e = env("backpressure").await;
+    const TOTAL: usize = 40 * 1000 * 1000;
+    let marker = format!("{}", 1000 + rand::random::<u16>() % 9000);
+    let cmd = format!("head -c {TOTAL} /dev/zero; : {marker}");
+    let url = exec_url(&e.d, exec_req(&e.ctr, &["sh", "-c", &cmd], false, false)).await;
+    let pid = e.d.pid().expect("skiffd pid");
+    let before = rss_kib(pid);
+    let mut s = SpdySession::open(&url, false, true, true, false).await;
+    // Read nothing for a while: the command must stay blocked on its pipe, and skiffd must not
+    // buffer what it cannot send.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 16 * 1024, "skiffd grew by {grown} KiB while the client read nothing");
+    assert!(!processes_mentioning(&format!(": {marker}")).is_empty(), "the command finished unread");
+    let mut n = 0;
+    let out = s.stdout.as_mut().unwrap();
+    while let Some(b) = tokio::time::timeout(Duration::from_secs(30), out.reader.read()).await.unwrap() {
+        n += b.len();
+    }
+    assert_eq!(n, TOTAL);
+    assert_eq!(s.finish().await.exit_code(), 0);
+    e.d.remove_pod(&e.pod).await;
+}
+
+async fn wait_gone(needle: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_mentioning(needle).is_empty() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_time_out_and_shutdown_ends_sessions() {
+    let d = Daemon::start_with_config("[streaming]\nidle_timeout_secs = 2\n").await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "idle");
+    let pod = d.run_pod(&pc).await;
+    let ctr = d.create_and_start(&pod, &pc, container_config("main", &["sleep", "100000"])).await;
+    // A session without traffic is closed after idle_timeout_secs; its command dies.
+    let marker = format!("{}", 60_000 + rand::random::<u16>() % 5_000);
+    let url = exec_url(&d, exec_req(&ctr, &["sleep", &marker], false, false)).await;
+    let s = SpdySession::open(&url, false, true, true, false).await;
+    let needle = format!("sleep {marker}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_mentioning(&needle).is_empty() {
+        assert!(Instant::now() < deadline, "the command never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), s.conn.closed()).await.expect("the idle session is closed");
+    assert!(t0.elapsed() >= Duration::from_secs(1), "closed before the idle timeout");
+    wait_gone(&needle, "the idle session's command outlived it").await;
+    drop(s);
+
+    // skiffd's shutdown ends the sessions that run (a busy one here) and kills their commands.
+    let mut d = d;
+    let marker = format!("{}", 65_000 + rand::random::<u16>() % 500);
+    let url = exec_url(
+        &d,
+        exec_req(&ctr, &["sh", "-c", &format!("while true; do echo {marker}; sleep 0.5; done")], false, false),
+    )
+    .await;
+    let mut s = SpdySession::open(&url, false, true, true, false).await;
+    let b = tokio::time::timeout(Duration::from_secs(10), s.stdout.as_mut().unwrap().reader.read()).await.unwrap();
+    assert!(b.is_some());
+    let needle = format!("echo {marker}");
+    d.stop();
+    tokio::time::timeout(Duration::from_secs(15), s.conn.closed()).await.expect("shutdown closes the session");
+    wait_gone(&needle, "a session's command outlived skiffd's shutdown").await;
+    d.start_again().await;
+    d.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_websocket_protocol() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let e = env("b64").await;
+    let url = exec_url(&e.d, exec_req(&e.ctr, &["echo", "b64"], false, false)).await;
+    let mut ws = WsSession::open(&url, "v4.base64.channel.k8s.io").await;
+    assert_eq!(ws.protocol, "v4.base64.channel.k8s.io");
+    let mut texts = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(20), ws.ws.next()).await {
+        match m {
+            Message::Text(t) => texts.push(t.to_string()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    // "1" + base64("b64\n"), and the status on channel "3".
+    assert!(texts.contains(&"1YjY0Cg==".to_owned()), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with('3')), "{texts:?}");
+    e.d.remove_pod(&e.pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_stdin_over_websocket() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "attachin");
+    let pod = d.run_pod(&pc).await;
+    let mut cc = container_config("echoer", &["cat"]);
+    cc.stdin = true;
+    let ctr = d.create_and_start(&pod, &pc, cc).await;
+    let url = d
+        .runtime()
+        .attach(cri::AttachRequest { container_id: ctr.clone(), stdin: true, tty: false, stdout: true, stderr: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = WsSession::open(&url, "v5.channel.k8s.io").await;
+    ws.send(0, b"through attach\n").await;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("through attach") {
+        let (ch, data) = ws.next_data().await.expect("output");
+        if ch == 1 {
+            seen.extend_from_slice(&data);
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.container_status(&ctr).await.state, cri::ContainerState::ContainerRunning as i32);
+    d.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_spdy_protocols_report_failures_as_text() {
+    let e = env("oldproto").await;
+    for (protocol, cmd, want) in [
+        ("v3.channel.k8s.io", "echo ok", ""),
+        ("v3.channel.k8s.io", "exit 3", "exit status 3"),
+        ("v2.channel.k8s.io", "exit 4", "exit status 4"),
+        ("channel.k8s.io", "echo ok", ""),
+    ] {
+        let url = exec_url(&e.d, exec_req(&e.ctr, &["sh", "-c", cmd], false, false)).await;
+        let (conn, head) = st::spdy_connect(&url, &[protocol]).await;
+        assert!(head.to_ascii_lowercase().contains(&format!("x-stream-protocol-version: {protocol}")), "{head}");
+        let hdr = |t: &str| vec![("streamtype".to_owned(), vec![t.to_owned()])];
+        let mut error = conn.open_stream(hdr("error")).await.unwrap();
+        let mut stdout = conn.open_stream(hdr("stdout")).await.unwrap();
+        let mut stderr = conn.open_stream(hdr("stderr")).await.unwrap();
+        let mut status = Vec::new();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(b) = stdout.reader.read().await {
+                out.extend_from_slice(&b);
+            }
+            while let Some(b) = stderr.reader.read().await {
+                err.extend_from_slice(&b);
+            }
+            while let Some(b) = error.reader.read().await {
+                status.extend_from_slice(&b);
+            }
+        })
+        .await
+        .expect("session ends");
+        let status = String::from_utf8_lossy(&status);
+        if want.is_empty() {
+            assert!(status.is_empty(), "{protocol}: {status}");
+            assert_eq!(out, b"ok\n");
+        } else {
+            assert!(status.contains(want), "{protocol}: {status}");
+        }
+    }
+    e.d.remove_pod(&e.pod).await;
 }

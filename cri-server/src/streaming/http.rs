@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,9 +22,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::WebSocketStream;
 
@@ -43,7 +45,11 @@ pub const COMMAND_WS_PROTOCOLS: &[&str] = &[
     "",
 ];
 pub const PORTFORWARD_SPDY_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
-pub const PORTFORWARD_WS_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v4.base64.channel.k8s.io", ""];
+pub const PORTFORWARD_WS_PROTOCOLS: &[&str] =
+    &[SPDY_TUNNEL_PROTOCOL, "v4.channel.k8s.io", "v4.base64.channel.k8s.io", ""];
+/// SPDY port-forward tunnelled in WebSocket binary messages (client-go's WebSocket
+/// port-forward, `crictl port-forward -r websocket`, as the API server accepts it).
+pub const SPDY_TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// How long a client may take to open all of a session's SPDY streams.
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,13 +64,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `address` (`host:port`; port 0 picks a free one) and serves.
-    pub async fn start(streaming: Arc<Streaming>, address: &str) -> io::Result<Server> {
+    /// Binds `address` (`host:port`; port 0 picks a free one) and serves, over TLS when
+    /// `tls` names a PEM certificate chain and key.
+    pub async fn start(streaming: Arc<Streaming>, address: &str, tls: Option<(&Path, &Path)>) -> io::Result<Server> {
+        let acceptor = match tls {
+            Some((cert, key)) => {
+                let (cert, key) = (cert.to_owned(), key.to_owned());
+                let load = tokio::task::spawn_blocking(move || tls_acceptor(&cert, &key));
+                Some(load.await.map_err(io::Error::other)??)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
-        let _ = streaming.addr.set(addr);
+        let _ = streaming.addr.set((addr, acceptor.is_some()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, streaming, stop_rx));
+        let task = tokio::spawn(accept_loop(listener, streaming, acceptor, stop_rx));
         Ok(Server { stop, task, addr })
     }
 
@@ -75,14 +90,56 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, streaming: Arc<Streaming>, mut stop: watch::Receiver<bool>) {
+fn tls_acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &Path, e: &dyn std::fmt::Display| io::Error::other(format!("{}: {e}", what.display()));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad(cert, &"no certificate in the file"));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| bad(cert, &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    streaming: Arc<Streaming>,
+    acceptor: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    conns.spawn(serve_conn(tcp, streaming.clone()));
+                    let st = streaming.clone();
+                    match acceptor.clone() {
+                        None => {
+                            conns.spawn(serve_conn(tcp, st));
+                        }
+                        Some(a) => {
+                            conns.spawn(async move {
+                                match tokio::time::timeout(Duration::from_secs(10), a.accept(tcp)).await {
+                                    Ok(Ok(tls)) => serve_conn(tls, st).await,
+                                    Ok(Err(e)) => tracing::debug!(error = %e, "streaming: TLS handshake failed"),
+                                    Err(_) => tracing::debug!("streaming: TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "streaming: accept failed");
@@ -164,6 +221,7 @@ enum Session {
     SpdyPortForward { target: PortForwardTarget },
     WsCommand { req: StreamRequest, protocol: &'static str },
     WsPortForward { target: PortForwardTarget, ports: Vec<u16>, protocol: &'static str },
+    TunnelPortForward { target: PortForwardTarget },
 }
 
 struct Upgrade {
@@ -171,7 +229,10 @@ struct Upgrade {
     session: Session,
 }
 
-async fn serve_conn(tcp: TcpStream, streaming: Arc<Streaming>) {
+async fn serve_conn<T>(tcp: T, streaming: Arc<Streaming>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     activity.touch();
     let io = TokioIo::new(IdleIo { inner: tcp, activity: activity.clone() });
@@ -275,6 +336,9 @@ fn route(mut req: Request<Incoming>, st: &Streaming, up_tx: &mpsc::Sender<Upgrad
             );
         };
         let session = match cached {
+            StreamRequest::PortForward(target) if protocol == SPDY_TUNNEL_PROTOCOL => {
+                Session::TunnelPortForward { target }
+            }
             StreamRequest::PortForward(target) => {
                 let ports = match portforward::query_ports(req.uri().query().unwrap_or_default()) {
                     Ok(p) if p.len() <= 127 => p,
@@ -436,11 +500,30 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             drop(incoming);
             let outcome = tokio::select! {
                 r = run_command(req, streams, st) => r,
-                _ = conn.closed() => return,
+                _ = conn.closed() => {
+                    tracing::debug!("streaming: the client went away; session ended");
+                    return;
+                }
             };
             finish(&outcome.0, &outcome.1).await;
             conn.close().await;
             let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+        }
+        Session::TunnelPortForward { target } => {
+            let ws = WebSocketStream::from_raw_socket(
+                upgraded,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let (bytes, pump) = ws::tunnel(ws);
+            let Ok((conn, incoming)) = spdy::Connection::new(bytes, spdy::Role::Server) else { return };
+            let _abort = spdy::conn::AbortOnDrop(conn.clone());
+            tracing::debug!(pod_id = %target.pod_id, "streaming: port-forward session (SPDY in WebSocket)");
+            tokio::select! {
+                _ = portforward::serve_spdy(incoming, target) => {}
+                _ = pump => {}
+            }
         }
         Session::SpdyPortForward { target } => {
             let Ok((conn, incoming)) = spdy::Connection::new(upgraded, spdy::Role::Server) else { return };
@@ -477,7 +560,10 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             }
             let outcome = tokio::select! {
                 r = run_command(req, streams, st) => r,
-                _ = conn.closed() => return,
+                _ = conn.closed() => {
+                    tracing::debug!("streaming: the client went away; session ended");
+                    return;
+                }
             };
             finish(&outcome.0, &outcome.1).await;
             conn.close().await;
@@ -497,7 +583,10 @@ async fn run_session(up: Upgrade, st: &Streaming) {
             tracing::debug!(pod_id = %target.pod_id, ?ports, "streaming: port-forward session (websocket)");
             tokio::select! {
                 _ = portforward::serve_ws(&conn, inputs, ports, target) => {}
-                _ = conn.closed() => return,
+                _ = conn.closed() => {
+                    tracing::debug!("streaming: the client went away; session ended");
+                    return;
+                }
             }
             conn.close().await;
             let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
@@ -525,5 +614,17 @@ mod tests {
         assert_eq!(command_version("v4.base64.channel.k8s.io"), 4);
         assert_eq!(command_version("channel.k8s.io"), 1);
         assert_eq!(command_version(""), 1);
+    }
+
+    #[test]
+    fn tls_files_are_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = tls_acceptor(&missing, &missing).err().unwrap().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = tls_acceptor(&empty, &empty).err().unwrap().to_string();
+        assert!(e.contains("no certificate"), "{e}");
     }
 }

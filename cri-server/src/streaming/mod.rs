@@ -89,7 +89,8 @@ pub struct Streaming {
     pub cache: cache::RequestCache,
     pub monitor_path: PathBuf,
     pub idle_timeout: Duration,
-    addr: OnceLock<SocketAddr>,
+    /// The bound address and whether it speaks TLS.
+    addr: OnceLock<(SocketAddr, bool)>,
 }
 
 impl Streaming {
@@ -104,15 +105,21 @@ impl Streaming {
 
     /// The bound address, once serving.
     pub fn address(&self) -> Option<SocketAddr> {
-        self.addr.get().copied()
+        self.addr.get().map(|a| a.0)
+    }
+
+    /// Whether the server speaks TLS (once serving).
+    pub fn tls(&self) -> bool {
+        self.addr.get().is_some_and(|a| a.1)
     }
 
     /// Stores `req` and returns its single-use URL.
     pub fn url_for(&self, req: StreamRequest) -> Result<String, StreamingError> {
-        let addr = self.address().ok_or(StreamingError::NotServing)?;
+        let (addr, tls) = self.addr.get().copied().ok_or(StreamingError::NotServing)?;
         let path = req.path();
         let token = self.cache.insert(req)?;
-        Ok(format!("http://{addr}/{path}/{token}"))
+        let scheme = if tls { "https" } else { "http" };
+        Ok(format!("{scheme}://{addr}/{path}/{token}"))
     }
 }
 

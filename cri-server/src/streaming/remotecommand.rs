@@ -319,7 +319,8 @@ pub async fn exec(mut streams: Streams, target: ExecTarget, monitor_bin: PathBuf
     let done = async { futures::future::join(waiter, outputs).await.0 };
     let waited = tokio::select! {
         w = done => w,
-        _ = async { inputs.await; std::future::pending::<()>().await } => unreachable!(),
+        // Inputs ending (stdin EOF) never end the session: this branch never completes.
+        w = async { inputs.await; std::future::pending().await } => w,
     };
     let outcome = match waited {
         Ok(Ok(code)) => Outcome::Exited(code),

@@ -191,6 +191,50 @@ impl WsConn {
     }
 }
 
+/// A byte stream carried in binary messages, as `SPDY/3.1+portforward.k8s.io` tunnels SPDY:
+/// returns the byte end for the SPDY connection and the future that pumps between the two
+/// (it ends when either side does). The duplex buffer bounds what is in flight.
+pub fn tunnel<T>(ws: WebSocketStream<T>) -> (tokio::io::DuplexStream, impl std::future::Future<Output = ()> + Send)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let pump = async move {
+        let (mut sink, mut stream) = ws.split();
+        let (mut rd, mut wr) = tokio::io::split(theirs);
+        let inbound = async {
+            while let Some(Ok(m)) = stream.next().await {
+                match m {
+                    Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            let _ = wr.shutdown().await;
+        };
+        let outbound = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sink.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+        };
+        tokio::select! {
+            _ = inbound => {}
+            _ = outbound => {}
+        }
+    };
+    (ours, pump)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ impl RuntimeSvc {
             if let Some(addr) = self.ctx.streaming.address() {
                 info.insert(
                     "streamingServer".to_owned(),
-                    serde_json::json!({ "address": addr.to_string() }).to_string(),
+                    serde_json::json!({ "address": addr.to_string(), "tls": self.ctx.streaming.tls() }).to_string(),
                 );
             }
         }

@@ -57,6 +57,8 @@ struct Shared {
     initial_window: i64,
     session_window: i64,
     dead: bool,
+    /// Data consumed but not yet acknowledged, per stream (0 = the session).
+    credit: HashMap<u32, u32>,
 }
 
 struct Inner {
@@ -70,6 +72,8 @@ struct Inner {
 
 enum Out {
     Frame(Frame),
+    /// Wakes the writer to send pending WINDOW_UPDATEs.
+    Credit,
     /// GOAWAY, then shut the write side down.
     Close,
 }
@@ -142,6 +146,7 @@ impl Connection {
                 initial_window: DEFAULT_WINDOW,
                 session_window: DEFAULT_WINDOW,
                 dead: false,
+                credit: HashMap::new(),
             }),
             window_changed: Notify::new(),
             out: out_tx,
@@ -150,7 +155,7 @@ impl Connection {
         });
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
         let (r, w) = tokio::io::split(io);
-        tokio::spawn(writer_task(w, out_rx, z, stop_tx, abort_rx.clone()));
+        tokio::spawn(writer_task(w, out_rx, z, stop_tx, abort_rx.clone(), Arc::downgrade(&inner)));
         tokio::spawn(reader_task(r, inner.clone(), incoming_tx, closed_tx, stop_rx, abort_rx));
         Ok((Connection { inner }, incoming_rx))
     }
@@ -212,12 +217,17 @@ impl StreamReader {
         let b = self.rx.recv().await?;
         let delta = b.len() as u32;
         if delta > 0 {
-            let alive = lock(&self.inner).streams.get(&self.id).is_some_and(|s| !s.remote_fin);
-            let out = &self.inner.out;
-            if alive {
-                let _ = out.send(Out::Frame(Frame::WindowUpdate { stream_id: self.id, delta })).await;
+            // Credit the peer; the writer task sends the WINDOW_UPDATEs, so that a reader is
+            // never held up by a full outbound queue (the peer may not be reading our output).
+            {
+                let mut s = lock(&self.inner);
+                let alive = s.streams.get(&self.id).is_some_and(|s| !s.remote_fin);
+                if alive {
+                    *s.credit.entry(self.id).or_default() += delta;
+                }
+                *s.credit.entry(0).or_default() += delta;
             }
-            let _ = out.send(Out::Frame(Frame::WindowUpdate { stream_id: 0, delta })).await;
+            let _ = self.inner.out.try_send(Out::Credit);
         }
         Some(b)
     }
@@ -310,6 +320,7 @@ async fn writer_task<W: AsyncWrite>(
     mut z: HeaderCompressor,
     stop: watch::Sender<bool>,
     mut abort: watch::Receiver<bool>,
+    inner: std::sync::Weak<Inner>,
 ) {
     tokio::pin!(w);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -328,6 +339,7 @@ async fn writer_task<W: AsyncWrite>(
                         tracing::debug!(error = %e, "SPDY: cannot encode a frame");
                     }
                 }
+                Out::Credit => {}
                 Out::Close => {
                     let _ = Frame::GoAway { last_good_stream_id: 0, status: 0 }.encode(&mut z, &mut buf);
                     closing = true;
@@ -336,6 +348,12 @@ async fn writer_task<W: AsyncWrite>(
             }
             if buf.len() < 64 * 1024 {
                 next = rx.try_recv().ok();
+            }
+        }
+        if let Some(inner) = inner.upgrade().filter(|_| !closing) {
+            let credit: Vec<(u32, u32)> = lock(&inner).credit.drain().collect();
+            for (stream_id, delta) in credit {
+                let _ = Frame::WindowUpdate { stream_id, delta }.encode(&mut z, &mut buf);
             }
         }
         let written = tokio::select! {
@@ -370,7 +388,8 @@ async fn reader_task<R: AsyncRead>(
         loop {
             match dec.decode(&mut buf) {
                 Ok(Some(f)) => {
-                    if !handle_frame(&inner, f, &mut incoming).await {
+                    let ends = [stop.clone(), abort.clone()];
+                    if !handle_frame(&inner, f, &mut incoming, ends).await {
                         break 'read;
                     }
                 }
@@ -415,7 +434,13 @@ async fn reader_task<R: AsyncRead>(
 }
 
 /// Handles one frame; false ends the connection.
-async fn handle_frame(inner: &Arc<Inner>, f: Frame, incoming: &mut Option<mpsc::Sender<Stream>>) -> bool {
+/// `ends` (the writer's stop, the abort) end a wait on a slow consumer.
+async fn handle_frame(
+    inner: &Arc<Inner>,
+    f: Frame,
+    incoming: &mut Option<mpsc::Sender<Stream>>,
+    ends: [watch::Receiver<bool>; 2],
+) -> bool {
     let send = |f: Frame| {
         let out = inner.out.clone();
         async move { out.send(Out::Frame(f)).await.is_ok() }
@@ -484,8 +509,14 @@ async fn handle_frame(inner: &Arc<Inner>, f: Frame, incoming: &mut Option<mpsc::
             };
             if let Some(tx) = tx {
                 if !data.is_empty() {
-                    // Waits while the consumer is slow: backpressure onto the socket.
-                    let _ = tx.send(data).await;
+                    // Waits while the consumer is slow: backpressure onto the socket. A
+                    // writer that failed (the peer is gone) or an abort ends the wait.
+                    let [mut stop, mut abort] = ends;
+                    tokio::select! {
+                        _ = tx.send(data) => {}
+                        _ = crate::streaming::flag(&mut stop) => return false,
+                        _ = crate::streaming::flag(&mut abort) => return false,
+                    }
                 }
             }
         }
@@ -624,5 +655,34 @@ mod tests {
         }
         assert_eq!(frames[0], Frame::Ping { id: 3 });
         assert_eq!(frames[1], Frame::RstStream { stream_id: 2, status: RST_PROTOCOL_ERROR });
+    }
+
+    #[tokio::test]
+    async fn consumed_data_is_acknowledged() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (_server, mut incoming) = Connection::new(a, Role::Server).unwrap();
+        let (mut raw_r, mut raw_w) = tokio::io::split(b);
+        let mut z = HeaderCompressor::new().unwrap();
+        let mut out = BytesMut::new();
+        let headers = h("streamtype", "stdin");
+        Frame::SynStream { stream_id: 1, associated_to: 0, priority: 0, flags: 0, headers }
+            .encode(&mut z, &mut out)
+            .unwrap();
+        Frame::Data { stream_id: 1, flags: 0, data: Bytes::from_static(b"12345") }.encode(&mut z, &mut out).unwrap();
+        raw_w.write_all(&out).await.unwrap();
+        let mut s = incoming.recv().await.unwrap();
+        assert_eq!(s.reader.read().await.as_deref(), Some(&b"12345"[..]));
+        let mut dec = FrameDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            raw_r.read_buf(&mut buf).await.unwrap();
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames[0], Frame::SynReply { stream_id: 1, flags: 0, headers: vec![] });
+        assert!(frames.contains(&Frame::WindowUpdate { stream_id: 1, delta: 5 }), "{frames:?}");
+        assert!(frames.contains(&Frame::WindowUpdate { stream_id: 0, delta: 5 }), "{frames:?}");
     }
 }

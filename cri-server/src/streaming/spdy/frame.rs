@@ -389,6 +389,33 @@ mod tests {
         assert!(d.decode(&mut buf).is_err());
     }
 
+    /// The first three frames crictl v1.32.0 (client-go's SPDY executor over moby/spdystream)
+    /// sent for `crictl exec <ctr> echo captured`, captured with strace on skiff's streaming
+    /// connection: SYN_STREAMs for the error, stdout and stderr streams, their header blocks
+    /// on one zlib stream primed with the dictionary.
+    #[test]
+    fn decodes_a_captured_go_client_session() {
+        let hex = concat!(
+            "800300010000002a0000000100000000000078f9e3c6a7c26260606004a7b392a2d4c45c6851c29a5a54945f04000000ffff",
+            "800300010000001900000003000000000000c22ac5565c92925f5a02000000ffff",
+            "800300010000001500000005000000000000c229975a5404000000ffff",
+        );
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut d = FrameDecoder::default();
+        for (id, kind) in [(1, "error"), (3, "stdout"), (5, "stderr")] {
+            match d.decode(&mut buf).unwrap() {
+                Some(Frame::SynStream { stream_id, associated_to: 0, flags: 0, headers, .. }) => {
+                    assert_eq!(stream_id, id);
+                    assert_eq!(headers, vec![("streamtype".to_owned(), vec![kind.to_owned()])]);
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
     #[test]
     fn header_blocks_share_one_zlib_stream_per_direction() {
         let mut z = HeaderCompressor::new().unwrap();
