@@ -134,9 +134,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
             }
         }));
 
-        let shm = if host_ipc {
-            PathBuf::from("/dev/shm")
-        } else {
+        if !host_ipc {
             podfiles::mount_shm(&paths.shm(), req.shm_size)?;
             let shm = paths.shm();
             undo.push(Box::new(move || {
@@ -144,8 +142,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
                     tracing::warn!(error = %e, "rollback: unmount shm");
                 }
             }));
-            paths.shm()
-        };
+        }
 
         let existed = cgroups.exists(&cg)?;
         cgroups.create(&cg)?;
@@ -161,12 +158,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
         Ok(PodResources {
             dir: paths.dir.clone(),
             namespaces: PodNamespacePaths { net: pins.net, ipc: pins.ipc, uts: pins.uts },
-            files: PodFilePaths {
-                resolv_conf: Some(paths.resolv_conf()),
-                hosts: Some(paths.hosts()),
-                hostname: Some(paths.hostname()),
-                shm: Some(shm),
-            },
+            files: paths.files(host_ipc),
             cgroup_parent: cg.clone(),
             hostname: hostname.clone(),
         })

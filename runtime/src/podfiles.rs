@@ -46,6 +46,17 @@ pub struct PodPaths {
 }
 
 impl PodPaths {
+    /// The files bind-mounted into each of the pod's containers: its resolv.conf, hosts and
+    /// hostname, and its shm tmpfs (the node's `/dev/shm` when the pod shares the node's IPC).
+    pub fn files(&self, host_ipc: bool) -> crate::pod::PodFilePaths {
+        crate::pod::PodFilePaths {
+            resolv_conf: Some(self.resolv_conf()),
+            hosts: Some(self.hosts()),
+            hostname: Some(self.hostname()),
+            shm: Some(if host_ipc { PathBuf::from("/dev/shm") } else { self.shm() }),
+        }
+    }
+
     pub fn new(state_dir: &Path, pod_id: &str) -> Self {
         PodPaths { dir: state_dir.join("pods").join(pod_id) }
     }

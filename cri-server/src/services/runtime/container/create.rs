@@ -187,12 +187,7 @@ impl RuntimeSvc {
                 image: image_config.as_ref(),
                 image_name: &image_name,
                 rootfs: &cdir.join("rootfs"),
-                pod_files: crate::spec::PodFilePaths {
-                    resolv_conf: Some(paths.resolv_conf()),
-                    hosts: Some(paths.hosts()),
-                    hostname: Some(paths.hostname()),
-                    shm: Some(if host_ipc { PathBuf::from("/dev/shm") } else { paths.shm() }),
-                },
+                pod_files: paths.files(host_ipc),
                 namespaces: crate::spec::PodNamespacePaths {
                     net: pod.namespaces.net.clone(),
                     ipc: pod.namespaces.ipc.clone(),
