@@ -314,6 +314,17 @@ pub fn add_image_volumes(mounts: &mut Vec<Mount>, vols: &[ImageVolumeMount]) -> 
     Ok(())
 }
 
+/// [`add_image_volumes`] on a generated spec.
+pub fn with_image_volumes(spec: &mut oci_spec::runtime::Spec, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
+    if vols.is_empty() {
+        return Ok(());
+    }
+    let mut ms = spec.mounts().clone().unwrap_or_default();
+    add_image_volumes(&mut ms, vols)?;
+    spec.set_mounts(Some(ms));
+    Ok(())
+}
+
 #[cfg(test)]
 mod image_volume_tests {
     use super::*;
@@ -386,15 +397,4 @@ mod image_volume_tests {
         m.image_sub_path = "../..".into();
         assert!(check_image_volume(&m).is_err());
     }
-}
-
-/// [`add_image_volumes`] on a generated spec.
-pub fn with_image_volumes(spec: &mut oci_spec::runtime::Spec, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
-    if vols.is_empty() {
-        return Ok(());
-    }
-    let mut ms = spec.mounts().clone().unwrap_or_default();
-    add_image_volumes(&mut ms, vols)?;
-    spec.set_mounts(Some(ms));
-    Ok(())
 }
