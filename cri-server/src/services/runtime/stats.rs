@@ -1,5 +1,6 @@
-//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: CPU and memory
-//! from the cgroups, the writable layer's disk use, and the pod's network counters.
+//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: CPU and memory (with
+//! PSI where the kernel has it, and IoUsage = io PSI) from the cgroups, the writable layer's disk
+//! use, and the pod's network counters.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
