@@ -28,4 +28,4 @@ pub use meta::ImageRecord;
 pub use reference::{Digest, Reference};
 pub use registry::Auth;
 pub use snapshot::RootfsMount;
-pub use store::{FsInfo, FsUsage, Image, ImageStore, ImageStoreConfig};
+pub use store::{FsInfo, FsUsage, Image, ImageStore, ImageStoreConfig, ImageVolume};

@@ -323,6 +323,10 @@ pub struct ContainerRootfs {
     pub container_id: String,
     pub image_id: Digest,
     pub chain_ids: Vec<Digest>,
+    /// The snapshots of the images the container mounts as image volumes (CRI `Mount.image`),
+    /// held like its own rootfs until the container is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_chain_ids: Vec<Digest>,
 }
 
 #[cfg(test)]

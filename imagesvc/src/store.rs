@@ -56,6 +56,13 @@ impl Image {
     }
 }
 
+/// An image mounted as a volume: its ID and layer directories (topmost first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageVolume {
+    pub image_id: Digest,
+    pub layers: Vec<PathBuf>,
+}
+
 /// Usage of one filesystem tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsUsage {
@@ -644,6 +651,7 @@ impl ImageStore {
         }
         for h in st.holds.values() {
             snaps.extend(h.chain_ids.iter());
+            snaps.extend(h.volume_chain_ids.iter());
         }
         let mut doomed = Vec::new();
         {
@@ -734,6 +742,7 @@ impl ImageStore {
             container_id: container_id.to_string(),
             image_id: img.id.clone(),
             chain_ids: img.chain_ids.clone(),
+            volume_chain_ids: st.holds.get(container_id).map(|h| h.volume_chain_ids.clone()).unwrap_or_default(),
         };
         let d2 = dir.clone();
         let h2 = hold.clone();
@@ -794,6 +803,56 @@ impl ImageStore {
             self.gc().await?;
         }
         Ok(())
+    }
+
+    /// Image volumes (CRI `Mount.image`) of a container whose rootfs is prepared: resolves each
+    /// image (it must be pulled: [`ImageError::ImageNotFound`] otherwise), adds its snapshots
+    /// to the container's hold (saved in `rootfs.json`, so they outlive a RemoveImage of the
+    /// image and a restart of skiffd until [`ImageStore::release_rootfs`]) and returns, per
+    /// image, its ID and its layer directories, topmost first.
+    pub async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
+        }
+        let mut st = self.inner.state.lock().await;
+        let mut out = Vec::new();
+        let mut chains: Vec<Digest> = Vec::new();
+        for name in images {
+            let img = Self::find(&st.images, name).cloned().ok_or_else(|| {
+                ImageError::ImageNotFound(format!("{name} (image volumes need the image pulled first)"))
+            })?;
+            for c in &img.chain_ids {
+                if !self.inner.snapshots.exists(c) {
+                    return Err(ImageError::ImageNotFound(format!(
+                        "{name} (snapshot {} is missing; pull the image again)",
+                        c.short()
+                    )));
+                }
+                if !chains.contains(c) {
+                    chains.push(c.clone());
+                }
+            }
+            let layers = img.chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect();
+            out.push(ImageVolume { image_id: img.id.clone(), layers });
+        }
+        let Some(hold) = st.holds.get(container_id).cloned() else {
+            return Err(ImageError::InvalidArgument(format!("container {container_id} has no prepared rootfs")));
+        };
+        let mut hold = hold;
+        for c in chains {
+            if !hold.volume_chain_ids.contains(&c) {
+                hold.volume_chain_ids.push(c);
+            }
+        }
+        let dir = self.inner.containers_dir.join(container_id);
+        let h2 = hold.clone();
+        blocking(move || {
+            let data = serde_json::to_vec(&h2).map_err(|e| ImageError::Metadata(e.to_string()))?;
+            meta::atomic_write(&dir.join("rootfs.json"), &data)
+        })
+        .await?;
+        st.holds.insert(container_id.to_string(), hold);
+        Ok(out)
     }
 
     /// The container ids holding snapshots (for reconciliation by skiffd).

@@ -311,6 +311,10 @@ pub struct NetDevStats {
     pub rx_errors: u64,
     pub tx_bytes: u64,
     pub tx_errors: u64,
+    pub rx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
 }
 
 /// Parses the text of `/proc/net/dev`.
@@ -320,7 +324,7 @@ pub fn parse_net_dev(text: &str) -> Vec<NetDevStats> {
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
             let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if f.len() < 11 {
+            if f.len() < 12 {
                 return None;
             }
             Some(NetDevStats {
@@ -329,6 +333,10 @@ pub fn parse_net_dev(text: &str) -> Vec<NetDevStats> {
                 rx_errors: f[2],
                 tx_bytes: f[8],
                 tx_errors: f[10],
+                rx_packets: f[1],
+                rx_dropped: f[3],
+                tx_packets: f[9],
+                tx_dropped: f[11],
             })
         })
         .collect()

@@ -6,7 +6,7 @@
 //! CRI resources for [`runtime::cgroups::CgroupManager::apply`] (CreateContainer and
 //! UpdateContainerResources). [`user_request`] + [`runtime::user::resolve`] give the user.
 
-mod mounts;
+pub mod mounts;
 mod process;
 mod resources;
 mod security;

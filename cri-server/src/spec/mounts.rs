@@ -1,5 +1,11 @@
 //! The `mounts` section: the default container mounts, the pod's files, and CRI mounts
 //! (bind mounts with readonly and propagation), ordered parents first.
+//!
+//! Image volumes (CRI `Mount.image`, KEP-4639): the image's layers are mounted read-only at the
+//! container path, as an overlay of the layer directories without an upper dir (or a read-only
+//! bind when a single layer holds the path); `image_sub_path` mounts that directory (or file) of
+//! the image instead of its root. They are resolved by CreateContainer (which holds the image's
+//! snapshots for the container) and added with [`add_image_volumes`].
 
 use std::path::{Component, Path, PathBuf};
 
@@ -98,11 +104,10 @@ pub(super) fn build(
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
             return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "container path must be absolute"));
         }
-        if m.image.as_ref().map(|i| !i.image.is_empty()).unwrap_or(false) {
-            return Err(SpecError::invalid(
-                format!("mount {:?}", m.container_path),
-                "image volume mounts are not supported",
-            ));
+        if is_image_volume(m) {
+            // resolved by CreateContainer and added with [`add_image_volumes`]
+            check_image_volume(m)?;
+            continue;
         }
         if m.host_path.is_empty() {
             return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "empty host path"));
@@ -175,4 +180,221 @@ pub(super) fn build(
     rest.sort_by_key(|m| depth(m.destination()));
     out.extend(rest);
     Ok((out, propagation.map(str::to_string)))
+}
+
+/// Whether a CRI mount is an image volume.
+pub fn is_image_volume(m: &cri::Mount) -> bool {
+    m.image.as_ref().is_some_and(|i| !i.image.trim().is_empty())
+}
+
+/// The checks of an image volume that need no image: read-only (all image mounts are, per the
+/// CRI; the kubelet always sets `readonly`, so a writable request is refused), no host path,
+/// no id mapping, a relative sub-path without `..`.
+fn check_image_volume(m: &cri::Mount) -> Result<(), SpecError> {
+    let what = || format!("mount {:?}", m.container_path);
+    if !m.host_path.is_empty() {
+        return Err(SpecError::invalid(what(), "host_path and image are mutually exclusive"));
+    }
+    if !m.readonly {
+        return Err(SpecError::invalid(what(), "image volumes are read-only: readonly must be set"));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(SpecError::invalid(what(), "id-mapped mounts are not supported"));
+    }
+    sub_path_components(&m.image_sub_path).map_err(|r| SpecError::invalid(what(), r))?;
+    Ok(())
+}
+
+fn sub_path_components(sub: &str) -> Result<Vec<String>, &'static str> {
+    let mut out = Vec::new();
+    if sub.starts_with('/') {
+        return Err("image_sub_path must be relative");
+    }
+    for c in Path::new(sub).components() {
+        match c {
+            Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            _ => return Err("image_sub_path must not leave the image"),
+        }
+    }
+    Ok(out)
+}
+
+/// An image volume resolved by CreateContainer.
+#[derive(Debug, Clone)]
+pub struct ImageVolumeMount {
+    pub container_path: String,
+    /// The image's layer directories, topmost first.
+    pub layers: Vec<PathBuf>,
+    pub sub_path: String,
+}
+
+/// Whether `p` is an overlay whiteout (a 0:0 character device).
+fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    xattr_is_y(dir, "trusted.overlay.opaque")
+}
+
+fn xattr_is_y(p: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(path), Ok(name)) = (std::ffi::CString::new(p.as_os_str().as_bytes()), std::ffi::CString::new(name)) else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    // SAFETY: both strings are NUL-terminated and live across the call; buf is writable for
+    // its length.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    n == 1 && buf[0] == b'y'
+}
+
+/// The OCI mount of one image volume: the layers that hold the (sub-)path, topmost first,
+/// stopping at a whiteout, an opaque directory or a non-directory. Reads the layers.
+pub fn image_volume_mount(v: &ImageVolumeMount) -> Result<Mount, SpecError> {
+    let what = || format!("mount {:?}", v.container_path);
+    let comps = sub_path_components(&v.sub_path).map_err(|r| SpecError::invalid(what(), r))?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut file: Option<PathBuf> = None;
+    'layers: for layer in &v.layers {
+        // walk the sub-path without following symlinks: a symlink could point out of the image
+        let mut p = layer.clone();
+        for (i, c) in comps.iter().enumerate() {
+            p.push(c);
+            let Ok(meta) = std::fs::symlink_metadata(&p) else { continue 'layers };
+            if is_whiteout(&meta) {
+                break 'layers;
+            }
+            let last = i + 1 == comps.len();
+            if meta.file_type().is_symlink() {
+                return Err(SpecError::invalid(what(), format!("image_sub_path {:?} has a symlink", v.sub_path)));
+            }
+            if !meta.is_dir() {
+                if last && dirs.is_empty() {
+                    file = Some(p.clone());
+                }
+                break 'layers;
+            }
+        }
+        dirs.push(p.clone());
+        if is_opaque(&p) {
+            break;
+        }
+    }
+    let dest = clean(&v.container_path);
+    if let Some(f) = file {
+        return Ok(bind(&dest, &f, vec!["rbind".into(), "rprivate".into(), "ro".into()]));
+    }
+    match dirs.len() {
+        0 if comps.is_empty() => Err(SpecError::invalid(what(), "the image has no layers")),
+        0 => Err(SpecError::invalid(what(), format!("image_sub_path {:?} does not exist in the image", v.sub_path))),
+        1 => Ok(bind(&dest, &dirs[0], vec!["rbind".into(), "rprivate".into(), "ro".into()])),
+        _ => {
+            let lower: Vec<String> = dirs.iter().map(|d| d.display().to_string().replace(':', "\\:")).collect();
+            let data = format!("lowerdir={}", lower.join(":"));
+            if data.len() > 4000 {
+                return Err(SpecError::invalid(what(), "the image has too many layers for one overlay mount"));
+            }
+            Ok(mount(&dest, "overlay", "overlay", &["ro", "nosuid", "nodev", &data]))
+        }
+    }
+}
+
+/// Inserts the image volumes into `mounts` (built by [`build`]), parents first.
+pub fn add_image_volumes(mounts: &mut Vec<Mount>, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
+    for v in vols {
+        let m = image_volume_mount(v)?;
+        let d = depth(m.destination());
+        mounts.retain(|x| x.destination() != m.destination());
+        let at = mounts.iter().position(|x| depth(x.destination()) > d).unwrap_or(mounts.len());
+        mounts.insert(at, m);
+    }
+    Ok(())
+}
+
+/// [`add_image_volumes`] on a generated spec.
+pub fn with_image_volumes(spec: &mut oci_spec::runtime::Spec, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
+    if vols.is_empty() {
+        return Ok(());
+    }
+    let mut ms = spec.mounts().clone().unwrap_or_default();
+    add_image_volumes(&mut ms, vols)?;
+    spec.set_mounts(Some(ms));
+    Ok(())
+}
+
+#[cfg(test)]
+mod image_volume_tests {
+    use super::*;
+
+    fn vol(layers: &[PathBuf], sub: &str) -> ImageVolumeMount {
+        ImageVolumeMount { container_path: "/mnt/v".into(), layers: layers.to_vec(), sub_path: sub.into() }
+    }
+
+    #[test]
+    fn layers_and_sub_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let (top, base) = (t.path().join("top"), t.path().join("base"));
+        std::fs::create_dir_all(base.join("etc/ssl")).unwrap();
+        std::fs::write(base.join("etc/passwd"), "root").unwrap();
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(top.join("only-top")).unwrap();
+        let layers = vec![top.clone(), base.clone()];
+
+        let m = image_volume_mount(&vol(&layers, "")).unwrap();
+        assert_eq!(m.typ().as_deref(), Some("overlay"));
+        let o = m.options().clone().unwrap();
+        assert!(o.contains(&"ro".to_string()));
+        assert!(o.contains(&format!("lowerdir={}:{}", top.display(), base.display())), "{o:?}");
+        assert!(!o.iter().any(|x| x == "noexec"));
+
+        let m = image_volume_mount(&vol(&layers, "etc")).unwrap();
+        assert!(m.options().clone().unwrap().contains(&format!(
+            "lowerdir={}:{}",
+            top.join("etc").display(),
+            base.join("etc").display()
+        )));
+        // a directory in a single layer: a read-only bind
+        let m = image_volume_mount(&vol(&layers, "only-top")).unwrap();
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        assert_eq!(m.source().as_deref(), Some(top.join("only-top").as_path()));
+        // a file
+        let m = image_volume_mount(&vol(&layers, "./etc/passwd")).unwrap();
+        assert_eq!(m.source().as_deref(), Some(base.join("etc/passwd").as_path()));
+        assert!(m.options().clone().unwrap().contains(&"ro".to_string()));
+        // missing, escaping, symlinked
+        assert_eq!(image_volume_mount(&vol(&layers, "nope")).unwrap_err().kind(), runtime::ErrorKind::InvalidArgument);
+        assert!(image_volume_mount(&vol(&layers, "../x")).is_err());
+        assert!(image_volume_mount(&vol(&layers, "/etc")).is_err());
+        std::os::unix::fs::symlink("/etc", top.join("link")).unwrap();
+        assert!(image_volume_mount(&vol(&layers, "link")).is_err());
+
+        // insertion keeps parents first
+        let mut ms = vec![bind("/mnt", &base, vec![]), bind("/mnt/v/deeper", &base, vec![])];
+        add_image_volumes(&mut ms, &[vol(&layers, "etc")]).unwrap();
+        let dests: Vec<_> = ms.iter().map(|m| m.destination().display().to_string()).collect();
+        assert_eq!(dests, ["/mnt", "/mnt/v", "/mnt/v/deeper"]);
+    }
+
+    #[test]
+    fn checks_without_the_image() {
+        let mut m = cri::Mount {
+            container_path: "/v".into(),
+            readonly: true,
+            image: Some(cri::ImageSpec { image: "sha256:abc".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(is_image_volume(&m));
+        check_image_volume(&m).unwrap();
+        m.readonly = false;
+        assert!(check_image_volume(&m).is_err());
+        m.readonly = true;
+        m.host_path = "/tmp".into();
+        assert!(check_image_volume(&m).is_err());
+        m.host_path.clear();
+        m.image_sub_path = "../..".into();
+        assert!(check_image_volume(&m).is_err());
+    }
 }

@@ -13,7 +13,7 @@ use oci_spec::runtime::LinuxResources;
 use super::hierarchy::{join_rel, normalize, CgroupMode, Hierarchies};
 use super::registry::Registry;
 use super::util::{is_cgroupfs, read};
-use super::{v1, v2, CgroupError, CgroupStats};
+use super::{stats, v1, v2, CgroupError, CgroupStats};
 
 /// Manages the cgroups skiff creates. Thread-safe (the registry is behind a mutex).
 #[derive(Debug)]
@@ -284,16 +284,24 @@ impl CgroupManager {
             let _ = v2::cpu::stats(&dir, &mut s);
             let _ = v2::memory::stats(&dir, &mut s);
             let _ = v2::pids::stats(&dir, &mut s);
+            stats::v2_extra(&dir, &mut s);
             return Ok(s);
         }
-        if let Some(d) = self.v1_dir("cpuacct", &rel) {
-            let _ = v1::cpuacct::stats(&d, &mut s);
+        let cpuacct = self.v1_dir("cpuacct", &rel);
+        if let Some(d) = &cpuacct {
+            let _ = v1::cpuacct::stats(d, &mut s);
         }
+        stats::v1_cpu(self.v1_dir("cpu", &rel).as_deref(), cpuacct.as_deref(), &mut s);
         if let Some(d) = self.v1_dir("memory", &rel) {
             let _ = v1::memory::stats(&d, &mut s);
+            stats::v1_memory(&d, &mut s);
         }
         if let Some(d) = self.v1_dir("pids", &rel) {
             let _ = v1::pids::stats(&d, &mut s);
+            stats::pids_max(&d, &mut s);
+        }
+        if let Some(d) = self.v1_dir("blkio", &rel) {
+            stats::v1_blkio(&d, &mut s);
         }
         Ok(s)
     }

@@ -22,7 +22,7 @@ pub mod v2;
 pub use error::CgroupError;
 pub use hierarchy::{normalize, CgroupMode, Hierarchies, V1Hierarchy};
 pub use manager::CgroupManager;
-pub use stats::CgroupStats;
+pub use stats::{parse_blkio, parse_io_stat, parse_psi, CgroupStats, IoDeviceStats, Psi, PsiLine};
 
 /// Moves `pid` into cgroup `path` (cgroupfs form) in every mounted v1 hierarchy where the cgroup
 /// exists, or in the unified tree on v2 hosts. Fails with [`CgroupError::NotFound`] when the

@@ -4,6 +4,7 @@
 pub(crate) mod container;
 pub(crate) mod events;
 mod exec;
+mod metrics;
 mod pod;
 pub(crate) mod pod_extras;
 mod pod_resize;
@@ -36,12 +37,13 @@ pub fn start_background(ctx: Arc<Context>) {
 pub struct RuntimeSvc {
     ctx: Arc<Context>,
     cpu_samples: stats::CpuSamples,
+    fs_cache: Arc<metrics::FsUsageCache>,
 }
 
 impl RuntimeSvc {
     pub fn new(ctx: Arc<Context>) -> Self {
         validate::init_host_limits();
-        Self { ctx, cpu_samples: stats::CpuSamples::default() }
+        Self { ctx, cpu_samples: stats::CpuSamples::default(), fs_cache: Arc::default() }
     }
 }
 
@@ -255,7 +257,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _r: Request<StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("StreamPodSandboxMetrics"))
+        self.stream_pod_sandbox_metrics_impl().await.map(Response::new)
     }
 
     async fn checkpoint_container(
@@ -268,12 +270,12 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _r: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors: metrics::descriptors() }))
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        self.list_pod_sandbox_metrics_impl().await.map(Response::new)
     }
 }

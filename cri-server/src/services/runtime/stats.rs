@@ -1,5 +1,6 @@
-//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: CPU and memory
-//! from the cgroups, the writable layer's disk use, and the pod's network counters.
+//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: CPU and memory (with
+//! PSI where the kernel has it, and IoUsage = io PSI) from the cgroups, the writable layer's disk
+//! use, and the pod's network counters.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,21 +34,46 @@ impl CpuSamples {
     }
 }
 
-fn v(x: Option<u64>) -> Option<UInt64Value> {
+pub(super) fn v(x: Option<u64>) -> Option<UInt64Value> {
     x.map(|value| UInt64Value { value })
 }
 
+/// A cgroup PSI file as the CRI's `PsiStats` (kernel totals are µs, the CRI's ns).
+fn psi(p: Option<runtime::cgroups::Psi>) -> Option<PsiStats> {
+    let data = |l: runtime::cgroups::PsiLine| PsiData {
+        total: l.total_us.saturating_mul(1000),
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    };
+    p.map(|p| PsiStats { some: Some(data(p.some)), full: p.full.map(data) })
+}
+
+/// What one cgroup read gives the stats RPCs.
+pub(super) struct Usage {
+    pub cpu: Option<CpuUsage>,
+    pub memory: Option<MemoryUsage>,
+    pub io: Option<IoUsage>,
+    pub pids: Option<u64>,
+}
+
 impl RuntimeSvc {
-    /// CPU and memory of one cgroup as CRI usage messages.
-    fn cgroup_usage(&self, cgroup: &str, now: i64) -> (Option<CpuUsage>, Option<MemoryUsage>, Option<u64>) {
-        let Ok(st) = self.ctx.cgroups.stats(cgroup) else {
-            return (None, None, None);
+    /// A cgroup's stats, read on a blocking thread (None when the cgroup is gone).
+    pub(super) async fn read_cgroup(&self, cgroup: &str) -> Option<runtime::cgroups::CgroupStats> {
+        let (ctx, cg) = (self.ctx.clone(), cgroup.to_string());
+        tokio::task::spawn_blocking(move || ctx.cgroups.stats(&cg).ok()).await.ok().flatten()
+    }
+
+    /// CPU, memory and I/O pressure of one cgroup as CRI usage messages.
+    async fn cgroup_usage(&self, cgroup: &str, now: i64) -> Usage {
+        let Some(st) = self.read_cgroup(cgroup).await else {
+            return Usage { cpu: None, memory: None, io: None, pids: None };
         };
         let cpu = st.cpu_usage_ns.map(|usage| CpuUsage {
             timestamp: now,
             usage_core_nano_seconds: v(Some(usage)),
             usage_nano_cores: v(self.cpu_samples.rate(cgroup, now, usage)),
-            psi: None,
+            psi: psi(st.cpu_psi),
         });
         let memory = Some(MemoryUsage {
             timestamp: now,
@@ -57,18 +83,19 @@ impl RuntimeSvc {
             rss_bytes: v(st.memory_rss_bytes),
             page_faults: v(st.page_faults),
             major_page_faults: v(st.major_page_faults),
-            psi: None,
+            psi: psi(st.memory_psi),
         });
-        (cpu, memory, st.pids_current)
+        // IoUsage carries only PSI: absent where the kernel has none (v1, CONFIG_PSI off)
+        let io = st.io_psi.map(|p| IoUsage { timestamp: now, psi: psi(Some(p)) });
+        Usage { cpu, memory, io, pids: st.pids_current }
     }
 
     async fn container_stats_of(&self, c: &ContainerRecord) -> Result<ContainerStats, Status> {
         let now = now_nanos();
-        let (cpu, memory) = if c.state == ContainerState::Running {
-            let (cpu, memory, _) = self.cgroup_usage(&c.cgroup_path, now);
-            (cpu, memory)
+        let Usage { cpu, memory, io, .. } = if c.state == ContainerState::Running {
+            self.cgroup_usage(&c.cgroup_path, now).await
         } else {
-            (None, None)
+            Usage { cpu: None, memory: None, io: None, pids: None }
         };
         let upper = self.ctx.config.root.join("containers").join(&c.id).join("upper");
         let usage =
@@ -92,7 +119,7 @@ impl RuntimeSvc {
             memory,
             writable_layer,
             swap: None,
-            io: None,
+            io,
         })
     }
 
@@ -107,7 +134,7 @@ impl RuntimeSvc {
     }
 
     /// Records of the containers matching a filter (creating ones excluded).
-    async fn containers_matching(
+    pub(super) async fn containers_matching(
         &self,
         id: &str,
         pod_id: &str,
@@ -153,8 +180,11 @@ impl RuntimeSvc {
 
     async fn pod_stats_of(&self, pod: &PodRecord) -> Result<PodSandboxStats, Status> {
         let now = now_nanos();
-        let (cpu, memory, pids) =
-            if pod.state == PodState::Ready { self.cgroup_usage(&pod.cgroup_parent, now) } else { (None, None, None) };
+        let Usage { cpu, memory, io, pids } = if pod.state == PodState::Ready {
+            self.cgroup_usage(&pod.cgroup_parent, now).await
+        } else {
+            Usage { cpu: None, memory: None, io: None, pids: None }
+        };
         let network = match (&pod.namespaces.net, pod.state) {
             (Some(netns), PodState::Ready) => {
                 let netns = netns.clone();
@@ -195,7 +225,7 @@ impl RuntimeSvc {
                 network,
                 process: Some(ProcessUsage { timestamp: now, process_count: v(pids) }),
                 containers,
-                io: None,
+                io,
             }),
             windows: None,
         })

@@ -163,6 +163,9 @@ impl RuntimeSvc {
             }
             crate::failpoint::hit("container:after_rootfs").await?;
 
+            // Image volumes: the images must be pulled; their snapshots are held with the rootfs.
+            let image_volumes = image_volumes(&ctx, id, &config, &mut record).await?;
+
             // The user, looked up in the image's own /etc/passwd and /etc/group.
             let lowerdirs = layout.lowerdirs.clone();
             let cfg2 = config.clone();
@@ -201,8 +204,12 @@ impl RuntimeSvc {
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
             };
             // It reads files (a Localhost seccomp profile, mount sources, devices): not on a worker.
-            let spec = tokio::task::block_in_place(|| crate::spec::generate(&input))
-                .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+            let spec = tokio::task::block_in_place(|| {
+                let mut spec = crate::spec::generate(&input)?;
+                crate::spec::mounts::with_image_volumes(&mut spec, &image_volumes)?;
+                Ok::<_, crate::spec::SpecError>(spec)
+            })
+            .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
             let bytes =
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             let spec_path = cdir.join("config.json");
@@ -276,4 +283,39 @@ impl RuntimeSvc {
             }
         }
     }
+}
+
+/// Resolves and holds the container's image volumes (CRI `Mount.image`); records each one's
+/// image ID as `image.image_ref` of its mount, which ContainerStatus reports.
+async fn image_volumes(
+    ctx: &crate::context::Context,
+    id: &str,
+    config: &ContainerConfig,
+    record: &mut ContainerRecord,
+) -> Result<Vec<crate::spec::mounts::ImageVolumeMount>, Status> {
+    let wanted: Vec<(usize, String)> = config
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| crate::spec::mounts::is_image_volume(m))
+        .filter_map(|(i, m)| m.image.as_ref().map(|im| (i, im.image.trim().to_string())))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = wanted.iter().map(|(_, n)| n.clone()).collect();
+    let held = ctx.images.hold_image_volumes(id, &names).await.map_err(|e| image_status("image volume", e))?;
+    let mut out = Vec::new();
+    for ((i, _), v) in wanted.into_iter().zip(held) {
+        let m = &config.mounts[i];
+        if let Some(im) = record.config.mounts.get_mut(i).and_then(|m| m.image.as_mut()) {
+            im.image_ref = v.image_id.to_string();
+        }
+        out.push(crate::spec::mounts::ImageVolumeMount {
+            container_path: m.container_path.clone(),
+            layers: v.layers,
+            sub_path: m.image_sub_path.clone(),
+        });
+    }
+    Ok(out)
 }
