@@ -18,7 +18,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-target}
 # With an explicit --target the flags reach only the targets, not build scripts and proc macros.
 host=$(rustc -vV | sed -n 's/^host: //p')
-cargo build --release --locked --bins --target "$host"
+# The workspace's lock file pins every shared dependency; cargo adds libFuzzer's.
+cp ../Cargo.lock Cargo.lock
+cargo build --release --bins --target "$host"
 for t in "${targets[@]}"; do
     work=$(mktemp -d)
     mkdir -p "artifacts/$t" "corpus/$t"

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::codegen::http;
 use tracing::Instrument;
@@ -48,6 +48,12 @@ pub fn filter_directives(level: &str) -> String {
 }
 
 /// Wraps every gRPC call in a `rpc` span (method name) and logs its gRPC status and duration.
+///
+/// It also answers DEADLINE_EXCEEDED when the client's `grpc-timeout` passes, as grpc-go
+/// servers (containerd, CRI-O) do: tonic's own enforcement of that header, outside every layer,
+/// answers CANCELLED, which clients and critest read as the caller giving up. This layer's
+/// timer runs out just before tonic's, so the answer is DEADLINE_EXCEEDED; the handler is
+/// dropped either way (the mutating RPCs' bodies run in tasks of their own and go on).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcSpanLayer;
 
@@ -66,11 +72,38 @@ pub struct RpcSpan<S> {
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// The client's deadline from `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit);
+/// `None` when absent or malformed (tonic ignores those too).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let s = headers.get("grpc-timeout")?.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How much sooner than tonic this layer's deadline answer comes: a hundredth of the timeout,
+/// between 100 µs and 5 ms.
+fn deadline_margin(timeout: Duration) -> Duration {
+    (timeout / 100).clamp(Duration::from_micros(100), Duration::from_millis(5))
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for RpcSpan<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
+    R: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -85,9 +118,18 @@ where
         let method = path.rsplit('/').next().unwrap_or(path).to_owned();
         let span = tracing::info_span!("rpc", method = %method);
         let start = Instant::now();
+        let deadline = grpc_timeout(req.headers())
+            .and_then(|t| tokio::time::Instant::from_std(start).checked_add(t.saturating_sub(deadline_margin(t))));
         let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
-            let result = fut.await;
+            let result = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded(format!("{method}: the client's deadline passed"))
+                        .into_http::<R>()),
+                },
+                None => fut.await,
+            };
             let elapsed_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
             let _enter = span.enter();
             match &result {

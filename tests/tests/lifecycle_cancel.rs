@@ -238,3 +238,24 @@ async fn shutdown_lets_a_cut_off_creation_finish() {
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     d.remove_pod(&ids[0]).await;
 }
+
+/// The answer to a call whose `grpc-timeout` passes is DEADLINE_EXCEEDED (as grpc-go servers
+/// give it), never CANCELLED, whether or not the client's own timer fired first. A raw client
+/// without a timer of its own sees skiffd's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_is_deadline_exceeded() {
+    let d = Daemon::start_with_failpoints("pod:after_setup=sleep:1500").await;
+    let pc = pod_config(&d, "deadline-code");
+    for _ in 0..3 {
+        let mut req = tonic::Request::new(run_req(&pc));
+        // The header only: tonic's client adds no timer for a header set by hand.
+        req.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
+        let t = Instant::now();
+        let e = d.runtime().run_pod_sandbox(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+        assert!(t.elapsed() < Duration::from_millis(1400), "answered after {:?}", t.elapsed());
+    }
+    // The cut-off creation finished in the background and a retry gets it.
+    let pod = d.run_pod(&pc).await;
+    d.remove_pod(&pod).await;
+}
