@@ -4,6 +4,7 @@
 pub(crate) mod container;
 pub(crate) mod events;
 mod exec;
+mod filter;
 mod metrics;
 mod pod;
 pub(crate) mod pod_extras;

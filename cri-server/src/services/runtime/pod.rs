@@ -344,18 +344,9 @@ impl RuntimeSvc {
     ) -> Result<ListPodSandboxResponse, Status> {
         let filter = req.filter.unwrap_or_default();
         let mut items = Vec::new();
-        for (id, pod) in self.ctx.pods.all() {
-            if !filter.id.is_empty() && !id.starts_with(&filter.id) {
-                continue;
-            }
-            let pod = pod.get();
+        for pod in self.pods_matching(&filter.id, &filter.label_selector) {
             let state = cri_state(pod.state);
-            if let Some(s) = &filter.state {
-                if s.state != state as i32 {
-                    continue;
-                }
-            }
-            if !labels_match(&pod.config.labels, &filter.label_selector) {
+            if filter.state.as_ref().is_some_and(|s| s.state != state as i32) {
                 continue;
             }
             items.push(PodSandbox {

@@ -9,7 +9,6 @@ use proto::cri::*;
 use tonic::Status;
 
 use super::container::refresh;
-use super::pod::labels_match;
 use super::RuntimeSvc;
 use crate::error::join_error;
 use crate::store::{now_nanos, ContainerRecord, ContainerState, PodRecord, PodState};
@@ -133,30 +132,6 @@ impl RuntimeSvc {
         Ok(ContainerStatsResponse { stats: Some(stats) })
     }
 
-    /// Records of the containers matching a filter (creating ones excluded).
-    pub(super) async fn containers_matching(
-        &self,
-        id: &str,
-        pod_id: &str,
-        labels: &HashMap<String, String>,
-    ) -> Vec<ContainerRecord> {
-        let mut out = Vec::new();
-        for (cid, entry) in self.ctx.containers.all() {
-            if !id.is_empty() && !cid.starts_with(id) {
-                continue;
-            }
-            let c = entry.get();
-            if c.state == ContainerState::Creating
-                || (!pod_id.is_empty() && !c.pod_id.starts_with(pod_id))
-                || !labels_match(&c.config.labels, labels)
-            {
-                continue;
-            }
-            out.push(refresh(&self.ctx, &entry).await);
-        }
-        out
-    }
-
     pub(super) async fn list_container_stats_impl(
         &self,
         req: ListContainerStatsRequest,
@@ -245,14 +220,7 @@ impl RuntimeSvc {
     ) -> Result<ListPodSandboxStatsResponse, Status> {
         let f = req.filter.unwrap_or_default();
         let mut stats = Vec::new();
-        for (id, pod) in self.ctx.pods.all() {
-            if !f.id.is_empty() && !id.starts_with(&f.id) {
-                continue;
-            }
-            let pod = pod.get();
-            if !labels_match(&pod.config.labels, &f.label_selector) {
-                continue;
-            }
+        for pod in self.pods_matching(&f.id, &f.label_selector) {
             stats.push(self.pod_stats_of(&pod).await?);
         }
         Ok(ListPodSandboxStatsResponse { stats })

@@ -4,11 +4,8 @@ use proto::cri::*;
 use tonic::Status;
 
 use super::container_state;
-use super::exit::refresh;
 use super::status::image_spec;
-use crate::services::runtime::pod::labels_match;
 use crate::services::runtime::RuntimeSvc;
-use crate::store::ContainerState;
 
 impl RuntimeSvc {
     pub(in crate::services::runtime) async fn list_containers_impl(
@@ -17,25 +14,9 @@ impl RuntimeSvc {
     ) -> Result<ListContainersResponse, Status> {
         let filter = req.filter.unwrap_or_default();
         let mut out = Vec::new();
-        for (id, entry) in self.ctx.containers.all() {
-            if !filter.id.is_empty() && !id.starts_with(&filter.id) {
-                continue;
-            }
-            let c = entry.get();
-            if c.state == ContainerState::Creating {
-                continue;
-            }
-            if !filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id) {
-                continue;
-            }
-            let c = refresh(&self.ctx, &entry).await;
+        for c in self.containers_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector).await {
             let state = container_state(c.state);
-            if let Some(s) = &filter.state {
-                if s.state != state as i32 {
-                    continue;
-                }
-            }
-            if !labels_match(&c.config.labels, &filter.label_selector) {
+            if filter.state.as_ref().is_some_and(|s| s.state != state as i32) {
                 continue;
             }
             out.push(Container {
