@@ -192,6 +192,15 @@ pub fn run(config: &Config) -> Vec<Check> {
             ));
         }
     }
+    let rro = runtime::features::mount_setattr();
+    out.push(check(
+        "recursive read-only mounts",
+        if rro { Outcome::Ok } else { Outcome::Warn },
+        if rro { "mount_setattr(AT_RECURSIVE)" } else { "no mount_setattr (Linux 5.12+): not announced" },
+        "",
+    ));
+    out.push(check("supplemental groups policy", Outcome::Ok, "Merge and Strict", ""));
+    out.push(check("user namespaces", Outcome::Info, "not supported by skiff yet: not announced", ""));
     out.push(check("/dev/net/tun", Outcome::Info, "not needed", ""));
     out
 }
