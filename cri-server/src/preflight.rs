@@ -200,7 +200,21 @@ pub fn run(config: &Config) -> Vec<Check> {
         "",
     ));
     out.push(check("supplemental groups policy", Outcome::Ok, "Merge and Strict", ""));
-    out.push(check("user namespaces", Outcome::Info, "not supported by skiff yet: not announced", ""));
+    // What a user-namespaced pod would need: a user namespace and idmapped mounts of the image
+    // layers' filesystem (overlayfs itself, in most kernels, cannot be idmapped: each lower dir
+    // is) and of tmpfs (the pod's /dev/shm).
+    for (what, r) in runtime::features::idmap_report(&config.root) {
+        out.push(match r {
+            Ok(()) => check(&format!("idmapped mounts: {what}"), Outcome::Info, "supported", ""),
+            Err(e) => check(&format!("idmapped mounts: {what}"), Outcome::Info, format!("not supported ({e})"), ""),
+        });
+    }
+    out.push(check(
+        "user namespaces",
+        Outcome::Info,
+        "pods with a user namespace: not implemented by skiff yet, not announced",
+        "",
+    ));
     out.push(check("/dev/net/tun", Outcome::Info, "not needed", ""));
     out
 }
