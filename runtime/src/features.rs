@@ -143,10 +143,13 @@ pub fn idmap_works(path: &Path, userns: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One probe's outcome: what was tried, and why it failed.
+pub type Probe = (String, Result<(), String>);
+
 /// What this kernel can idmap, for `skiffd check`: (filesystem, outcome) for the filesystem
 /// holding `root` (the image layers), a tmpfs and an overlay (mounted in a temporary directory
 /// and unmounted again). Forks and mounts: call it from a plain thread.
-pub fn idmap_report(root: &Path) -> Vec<(String, Result<(), String>)> {
+pub fn idmap_report(root: &Path) -> Vec<Probe> {
     let mut out = Vec::new();
     let userns = match new_user_namespace(1 << 30, 65536) {
         Ok(u) => u,
@@ -164,7 +167,7 @@ pub fn idmap_report(root: &Path) -> Vec<(String, Result<(), String>)> {
     }
     out.push((format!("layers filesystem ({})", dir.display()), idmap_works(dir, &userns).map_err(|e| e.to_string())));
     let tmp = std::env::temp_dir().join(format!("skiff-idmap-probe-{}", std::process::id()));
-    let res = (|| -> Result<Vec<(String, Result<(), String>)>, String> {
+    let res = (|| -> Result<Vec<Probe>, String> {
         use nix::mount::{mount, umount2, MntFlags, MsFlags};
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         mount(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::empty(), Some("size=1m")).map_err(|e| e.to_string())?;

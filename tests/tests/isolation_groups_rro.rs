@@ -29,7 +29,7 @@ async fn status_announces_features() {
     assert!(f.supplemental_groups_policy);
     // not announced until it works
     assert!(!f.user_namespaces_host_network);
-    let h = st.runtime_handlers[0].features.clone().unwrap();
+    let h = st.runtime_handlers[0].features.unwrap();
     assert_eq!(h.recursive_read_only_mounts, runtime_has_mount_setattr());
     assert!(!h.user_namespaces);
 }
