@@ -1344,7 +1344,7 @@ fn joins_a_pod_user_namespace() {
     let net = pinned.net.clone().unwrap();
     let script =
         "cat /proc/self/uid_map; echo uid=$(id -u); echo pid=$$; ls /sys/class/net | grep -q lo && echo sysok; \
-                  unshare -U true && echo unshare-ok; echo go > /tmp/go-$$ ; sleep 2";
+                  unshare -U true && echo unshare-ok; echo go > /tmp/go-$$ ; sleep 4";
     let (u2, n2) = (user.clone(), net.clone());
     let mut c = Ctr::with(&["sh", "-c", script], move |s| {
         let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
@@ -1365,6 +1365,10 @@ fn joins_a_pod_user_namespace() {
     // seen from the host, the container's process runs as the mapped id
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap_or_default();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("").to_string();
+    // exec enters the user namespace too
+    let e = c.exec(&["sh", "-c", "cat /proc/self/uid_map; id -u"], Some(Duration::from_secs(10))).unwrap();
+    let text = String::from_utf8_lossy(&e.stdout).to_string();
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["0", "2000000", "65536", "0"], "exec: {text}");
     let r = c.wait();
     assert_eq!(r.exit_code, 0, "{log}");
     let out: Vec<String> = records(&log).into_iter().map(|r| r.2).collect();
