@@ -192,6 +192,29 @@ pub fn run(config: &Config) -> Vec<Check> {
             ));
         }
     }
+    let rro = runtime::features::mount_setattr();
+    out.push(check(
+        "recursive read-only mounts",
+        if rro { Outcome::Ok } else { Outcome::Warn },
+        if rro { "mount_setattr(AT_RECURSIVE)" } else { "no mount_setattr (Linux 5.12+): not announced" },
+        "",
+    ));
+    out.push(check("supplemental groups policy", Outcome::Ok, "Merge and Strict", ""));
+    // What a user-namespaced pod would need: a user namespace and idmapped mounts of the image
+    // layers' filesystem (overlayfs itself, in most kernels, cannot be idmapped: each lower dir
+    // is) and of tmpfs (the pod's /dev/shm).
+    for (what, r) in runtime::features::idmap_report(&config.root) {
+        out.push(match r {
+            Ok(()) => check(&format!("idmapped mounts: {what}"), Outcome::Info, "supported", ""),
+            Err(e) => check(&format!("idmapped mounts: {what}"), Outcome::Info, format!("not supported ({e})"), ""),
+        });
+    }
+    out.push(check(
+        "user namespaces",
+        Outcome::Info,
+        "pods with a user namespace: not implemented by skiff yet, not announced",
+        "",
+    ));
     out.push(check("/dev/net/tun", Outcome::Info, "not needed", ""));
     out
 }

@@ -205,6 +205,159 @@ fn pin_on_this_thread(
     Ok(done)
 }
 
+/// One id mapping of a user namespace: ids `container_id..+length` inside are
+/// `host_id..+length` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+/// Like [`pin`], but first creates a user namespace with the given mappings, pinned as
+/// `<dir>/user`, and the other namespaces inside it, so that they are owned by it (a process
+/// joining the pod's user namespace has its capabilities over them). A user namespace cannot be
+/// entered or created by a thread of a threaded process, so this forks a helper from a
+/// dedicated thread; between fork and `_exit` the helper makes only raw syscalls on memory
+/// prepared before the fork. On failure nothing is left pinned. Blocking.
+///
+/// Not used by skiffd yet: pods with a user namespace are refused until containers can join
+/// one (see the README, "User namespaces").
+pub fn pin_in_user_namespace(
+    dir: &Path,
+    types: &[NsType],
+    hostname: Option<&str>,
+    uid: IdMap,
+    gid: IdMap,
+) -> Result<(PathBuf, PinnedNamespaces), NamespaceError> {
+    if let Some(h) = hostname {
+        validate_hostname(h)?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| NamespaceError::io("create", dir, e))?;
+    for name in std::iter::once("user").chain(types.iter().map(|t| t.name())) {
+        let p = dir.join(name);
+        if p.exists() {
+            return Err(NamespaceError::AlreadyPinned(p));
+        }
+    }
+    let (dir2, types2, hostname) = (dir.to_path_buf(), types.to_vec(), hostname.map(str::to_string));
+    std::thread::Builder::new()
+        .name("skiff-pinns-user".into())
+        .spawn(move || pin_user_from_thread(&dir2, &types2, hostname.as_deref(), uid, gid))
+        .map_err(|e| NamespaceError::io("spawn thread", dir, e))?
+        .join()
+        .map_err(|_| NamespaceError::ThreadPanicked)?
+}
+
+fn pipe_pair() -> Result<(OwnedFd, OwnedFd), NamespaceError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| NamespaceError::sys("pipe", e))
+}
+
+fn pin_user_from_thread(
+    dir: &Path,
+    types: &[NsType],
+    hostname: Option<&str>,
+    uid: IdMap,
+    gid: IdMap,
+) -> Result<(PathBuf, PinnedNamespaces), NamespaceError> {
+    let mut flags = CloneFlags::empty();
+    for t in types {
+        flags |= t.flag();
+    }
+    let want_net = types.contains(&NsType::Net);
+    let host = hostname.filter(|_| types.contains(&NsType::Uts)).map(|h| h.as_bytes().to_vec());
+    let (go_r, go_w) = pipe_pair()?;
+    let (ready_r, ready_w) = pipe_pair()?;
+    // SAFETY: the child below makes only async-signal-safe calls (close, unshare, write, read,
+    // sethostname, socket, ioctl, _exit) on fds and buffers made before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(NamespaceError::sys("fork", Errno::last()));
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls only; the child never returns and ends in _exit.
+        unsafe {
+            libc::close(go_w.as_raw_fd());
+            libc::close(ready_r.as_raw_fd());
+            let say = |b: u8| libc::write(ready_w.as_raw_fd(), &b as *const u8 as *const libc::c_void, 1);
+            let mut b = 0u8;
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(1);
+            }
+            say(1);
+            // the parent writes the id maps, then says go
+            if libc::read(go_r.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1) != 1 {
+                libc::_exit(1);
+            }
+            if libc::unshare(flags.bits()) != 0 {
+                libc::_exit(2);
+            }
+            if let Some(h) = &host {
+                if libc::sethostname(h.as_ptr() as *const libc::c_char, h.len()) != 0 {
+                    libc::_exit(3);
+                }
+            }
+            if want_net && loopback_up().is_err() {
+                libc::_exit(4);
+            }
+            say(2);
+            // keep the namespaces alive until the parent has bind-mounted them
+            libc::read(go_r.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1);
+            libc::_exit(0);
+        }
+    }
+    drop((ready_w, go_r));
+    let mut pinned: Vec<PathBuf> = Vec::new();
+    let res = (|| -> Result<(PathBuf, PinnedNamespaces), NamespaceError> {
+        let mut b = [0u8; 1];
+        let step = |b: &mut [u8; 1]| nix::unistd::read(&ready_r, b).map_err(|e| NamespaceError::sys("read", e));
+        if step(&mut b)? != 1 || b[0] != 1 {
+            return Err(NamespaceError::sys("unshare user namespace", Errno::EPERM));
+        }
+        for (file, m) in [("uid_map", uid), ("gid_map", gid)] {
+            let p = format!("/proc/{pid}/{file}");
+            std::fs::write(&p, format!("{} {} {}\n", m.container_id, m.host_id, m.length))
+                .map_err(|e| NamespaceError::io("write", &p, e))?;
+        }
+        nix::unistd::write(&go_w, &[1]).map_err(|e| NamespaceError::sys("write", e))?;
+        if step(&mut b)? != 1 || b[0] != 2 {
+            return Err(NamespaceError::sys("create namespaces in the user namespace", Errno::EPERM));
+        }
+        let mut out = PinnedNamespaces::default();
+        for name in std::iter::once("user").chain(types.iter().map(|t| t.name())) {
+            let target = dir.join(name);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&target)
+                .map_err(|e| NamespaceError::io("create pin file", &target, e))?;
+            pinned.push(target.clone());
+            let src = format!("/proc/{pid}/ns/{name}");
+            mount(Some(src.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| NamespaceError::sys("bind-mount namespace", e))?;
+            match name {
+                "net" => out.net = Some(target),
+                "ipc" => out.ipc = Some(target),
+                "uts" => out.uts = Some(target),
+                _ => {}
+            }
+        }
+        Ok((dir.join("user"), out))
+    })();
+    drop(go_w);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if res.is_err() {
+        for p in pinned.iter().rev() {
+            let _ = unpin_file(p);
+        }
+    }
+    res
+}
+
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.
 pub fn loopback_up() -> Result<(), NamespaceError> {
     // SAFETY: plain socket(2); the fd is owned right away.
@@ -249,11 +402,11 @@ pub fn unpin_file(path: &Path) -> Result<(), NamespaceError> {
     }
 }
 
-/// Unpins `<dir>/{net,ipc,uts}` and removes `dir` if it is then empty. Idempotent.
+/// Unpins `<dir>/{net,ipc,uts,user}` and removes `dir` if it is then empty. Idempotent.
 pub fn unpin(dir: &Path) -> Result<(), NamespaceError> {
     let mut first_err = None;
-    for t in NsType::ALL {
-        if let Err(e) = unpin_file(&dir.join(t.name())) {
+    for name in NsType::ALL.iter().map(|t| t.name()).chain(["user"]) {
+        if let Err(e) = unpin_file(&dir.join(name)) {
             first_err.get_or_insert(e);
         }
     }

@@ -1398,3 +1398,58 @@ fn attacher_reading_nothing_blocks_nothing() {
     assert!(y.len() > 100_000);
     drop((a, b, stuck, bo));
 }
+
+#[test]
+fn joins_a_pod_user_namespace() {
+    if !have_busybox() {
+        return;
+    }
+    use runtime::namespaces::{self, IdMap, NsType};
+    let pins = tempfile::tempdir().unwrap();
+    let nsdir = pins.path().join("ns");
+    let map = IdMap { container_id: 0, host_id: 2_000_000, length: 65536 };
+    let (user, pinned) = namespaces::pin_in_user_namespace(&nsdir, &[NsType::Net], None, map, map).unwrap();
+    let net = pinned.net.clone().unwrap();
+    let script =
+        "cat /proc/self/uid_map; echo uid=$(id -u); echo pid=$$; ls /sys/class/net | grep -q lo && echo sysok; \
+                  unshare -U true && echo unshare-ok; echo go > /tmp/go-$$ ; sleep 4";
+    let (u2, n2) = (user.clone(), net.clone());
+    let mut c = Ctr::with(&["sh", "-c", script], move |s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(json!({"type": "user", "path": u2}));
+        ns.push(json!({"type": "network", "path": n2}));
+        // no sysctl: the netns is the pod's
+        s["linux"].as_object_mut().unwrap().remove("sysctl");
+    });
+    let nsdir2 = nsdir.clone();
+    c.cleanups.push(Box::new(move || {
+        let _ = namespaces::unpin(&nsdir2);
+    }));
+    // the test rootfs is the host's root's: the container's root (host 2000000) writes to /tmp
+    std::fs::set_permissions(c.rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let s = c.start().unwrap();
+    let log = c.wait_log("unshare-ok");
+    // seen from the host, the container's process runs as the mapped id
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap_or_default();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("").to_string();
+    // exec enters the user namespace too
+    let e = c.exec(&["sh", "-c", "cat /proc/self/uid_map; id -u"], Some(Duration::from_secs(10))).unwrap();
+    let text = String::from_utf8_lossy(&e.stdout).to_string();
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["0", "2000000", "65536", "0"], "exec: {text}");
+    let r = c.wait();
+    assert_eq!(r.exit_code, 0, "{log}");
+    let out: Vec<String> = records(&log).into_iter().map(|r| r.2).collect();
+    assert!(out.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "2000000", "65536"]), "{out:?}");
+    assert!(out.contains(&"uid=0".to_string()), "{out:?}");
+    assert!(out.contains(&"pid=1".to_string()), "{out:?}");
+    assert!(out.contains(&"sysok".to_string()), "{out:?}");
+    assert!(out.contains(&"unshare-ok".to_string()), "{out:?}");
+    assert_eq!(uid_line.split_whitespace().nth(1), Some("2000000"), "{status}");
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::read_dir(c.rootfs.join("tmp"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("go-"));
+    assert_eq!(f.map(|e| e.metadata().unwrap().uid()), Some(2_000_000), "file written by the container's root");
+}

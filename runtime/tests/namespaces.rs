@@ -138,3 +138,47 @@ fn many_pods_in_parallel() {
     }
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*tmp.path().to_string_lossy()));
 }
+
+/// The owning user namespace of the namespace at `p` (NS_GET_USERNS), as an inode number.
+fn owner_inode(p: &Path) -> u64 {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    let f = std::fs::File::open(p).unwrap();
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd.
+    let fd = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS as _) };
+    assert!(fd >= 0, "NS_GET_USERNS {}: {}", p.display(), std::io::Error::last_os_error());
+    // SAFETY: the ioctl returned a fresh fd owned here.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::fs::File::from(owned).metadata().unwrap().ino()
+}
+
+#[test]
+fn pin_in_user_namespace_owns_the_others() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(format!("pod-{}", uniq())).join("ns");
+    let map = namespaces::IdMap { container_id: 0, host_id: 3_000_000, length: 65536 };
+    let (user, pins) =
+        namespaces::pin_in_user_namespace(&dir, &NsType::ALL, Some("skiff-userns-test"), map, map).unwrap();
+    let host_user = namespaces::ns_inode(Path::new("/proc/self/ns/user")).unwrap();
+    let user_ino = namespaces::ns_inode(&user).unwrap();
+    assert_ne!(user_ino, host_user, "a new user namespace");
+    for p in [pins.net.as_ref().unwrap(), pins.ipc.as_ref().unwrap(), pins.uts.as_ref().unwrap()] {
+        assert!(mounted(p), "{} mounted", p.display());
+        assert_eq!(owner_inode(p), user_ino, "{} owned by the pod's user namespace", p.display());
+    }
+    let name = namespaces::run_in_ns(pins.uts.as_ref().unwrap(), nix::sched::CloneFlags::CLONE_NEWUTS, || {
+        nix::unistd::gethostname().unwrap()
+    })
+    .unwrap();
+    assert_eq!(name.to_str(), Some("skiff-userns-test"));
+    // a second pin on the same dir is refused, and nothing of the first is lost
+    let again = namespaces::pin_in_user_namespace(&dir, &[NsType::Net], None, map, map);
+    assert!(matches!(again, Err(namespaces::NamespaceError::AlreadyPinned(_))), "{again:?}");
+    namespaces::unpin(&dir).unwrap();
+    assert!(!dir.exists());
+    assert!(!mounted(&user));
+}

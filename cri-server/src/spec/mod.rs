@@ -11,6 +11,7 @@ mod process;
 mod resources;
 mod security;
 pub mod signal;
+pub mod userns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -183,6 +184,9 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         input.sandbox.linux.as_ref().and_then(|l| l.security_context.as_ref()).map(|s| s.privileged).unwrap_or(false);
     if privileged && !pod_privileged {
         return Err(SpecError::invalid("security context", "a privileged container needs a privileged pod sandbox"));
+    }
+    if let Some(nso) = &sc.namespace_options {
+        userns::check(nso, privileged)?;
     }
     let host_uts = input.namespaces.uts.is_none();
     let hostname = if host_uts {

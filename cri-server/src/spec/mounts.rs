@@ -147,6 +147,18 @@ pub(super) fn build(
                     "recursive_read_only needs readonly",
                 ));
             }
+            if prop != "rprivate" {
+                return Err(SpecError::invalid(
+                    format!("mount {:?}", m.container_path),
+                    "recursive_read_only needs private propagation",
+                ));
+            }
+            if !runtime::features::mount_setattr() {
+                return Err(SpecError::invalid(
+                    format!("mount {:?}", m.container_path),
+                    "recursive_read_only needs mount_setattr (Linux 5.12+), which this kernel lacks",
+                ));
+            }
             opts.push("rro".into());
         } else {
             opts.push(if m.readonly { "ro" } else { "rw" }.into());

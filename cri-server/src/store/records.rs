@@ -109,4 +109,18 @@ pub struct ContainerRecord {
     pub stop_signal: i32,
     /// Set when a cleanup step failed: what is left and why.
     pub error: Option<String>,
+    /// The process identity resolved at create (reported in `ContainerStatus.user`); absent in
+    /// records written before it was kept.
+    #[serde(default)]
+    pub user: Option<ContainerUserIds>,
+}
+
+/// The effective uid, gid and supplemental groups of a container's process (inside its user
+/// namespace, when it has one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUserIds {
+    pub uid: u32,
+    pub gid: u32,
+    /// All the process' groups, the primary gid first (as `id -G` shows them).
+    pub supplemental_groups: Vec<u32>,
 }

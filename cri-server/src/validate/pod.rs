@@ -47,6 +47,8 @@ pub fn pod_config(c: &PodSandboxConfig) -> Result<(), Status> {
         if net == NamespaceMode::Target || ipc == NamespaceMode::Target {
             return Err(invalid("namespace_options", "network and IPC cannot be TARGET"));
         }
+        let privileged = l.security_context.as_ref().map(|s| s.privileged).unwrap_or(false);
+        crate::spec::userns::check(&ns, privileged).map_err(|e| invalid("namespace_options", e))?;
         check_sysctls(&l.sysctls, net == NamespaceMode::Node, ipc == NamespaceMode::Node)?;
         if let Some(sc) = &l.security_context {
             check_groups(

@@ -54,9 +54,14 @@ impl RuntimeSvc {
             runtime_handlers: vec![RuntimeHandler {
                 // The default handler has the empty name.
                 name: String::new(),
-                features: Some(RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: runtime::features::mount_setattr(),
+                    user_namespaces: false,
+                }),
             }],
-            features: Some(RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
+            // Strict and Merge are applied at CreateContainer and the identity is reported in
+            // ContainerStatus.user.
+            features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
         })
     }
 

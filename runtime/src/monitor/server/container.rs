@@ -23,10 +23,13 @@ pub struct NsPlan {
     pub new: CloneFlags,
     /// unshare(CLONE_NEWPID) in the monitor before the fork.
     pub new_pid: bool,
+    /// The pod's user namespace, joined in the child once the filesystem is set up (see
+    /// `child_inner`).
+    pub user: Option<(OwnedFd, String)>,
 }
 
 pub fn plan(spec: &Spec) -> Result<NsPlan> {
-    let mut p = NsPlan { join: Vec::new(), pid_join: None, new: CloneFlags::empty(), new_pid: false };
+    let mut p = NsPlan { join: Vec::new(), pid_join: None, new: CloneFlags::empty(), new_pid: false, user: None };
     let mut mnt_join = None;
     for ns in spec.linux().as_ref().and_then(|l| l.namespaces().as_deref()).unwrap_or_default() {
         let flag = match ns.typ() {
@@ -36,6 +39,7 @@ pub fn plan(spec: &Spec) -> Result<NsPlan> {
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
             LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
             other => bail!("{other:?} namespaces are not supported"),
         };
         match ns.path() {
@@ -45,13 +49,20 @@ pub fn plan(spec: &Spec) -> Result<NsPlan> {
                 let what = format!("{} namespace {}", ns.typ(), path.display());
                 match flag {
                     CloneFlags::CLONE_NEWPID => p.pid_join = Some((fd, what)),
+                    CloneFlags::CLONE_NEWUSER => p.user = Some((fd, what)),
                     CloneFlags::CLONE_NEWNS => mnt_join = Some((fd, flag, what)),
                     _ => p.join.push((fd, flag, what)),
                 }
             }
             None if flag == CloneFlags::CLONE_NEWPID => p.new_pid = true,
+            None if flag == CloneFlags::CLONE_NEWUSER => {
+                bail!("a user namespace of the container's own is not supported (join the pod's by path)")
+            }
             None => p.new |= flag,
         }
+    }
+    if p.user.is_some() && p.pid_join.is_some() {
+        bail!("joining a PID namespace together with a user namespace is not supported");
     }
     if mnt_join.is_some() {
         bail!("joining an existing mount namespace is not supported");
@@ -117,6 +128,16 @@ fn child_inner(
         }
     }
     rootfs::finish(spec)?;
+    if let Some((fd, what)) = &plan.user {
+        // The pod's user namespace comes last: the pid, cgroup and first mount namespace were
+        // made, and the filesystem set up, with the host's privileges (a PID namespace can only
+        // be joined with a process in it, and its PID 1 is the container's process). A new
+        // mount namespace made inside the user namespace copies the finished tree, every mount
+        // locked, so the container's root owns its mount namespace but cannot undo the setup.
+        nix::sched::setns(fd, CloneFlags::CLONE_NEWUSER).ctx(|| format!("join {what}"))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).ctx(|| "mount namespace in the user namespace".into())?;
+    }
+    drop(plan.user);
     let Some(p) = spec.process() else { bail!("config.json has no process") };
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     // A session of its own; with a tty, that terminal becomes its controlling terminal.

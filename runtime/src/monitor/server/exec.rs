@@ -158,6 +158,8 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("net", CloneFlags::CLONE_NEWNET),
     ("pid", CloneFlags::CLONE_NEWPID),
     ("mnt", CloneFlags::CLONE_NEWNS),
+    // Last: joined with the host's privileges, the others would be out of reach afterwards.
+    ("user", CloneFlags::CLONE_NEWUSER),
 ];
 
 fn same_file(a: &Path, b: &Path) -> bool {

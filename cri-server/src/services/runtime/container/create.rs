@@ -129,6 +129,7 @@ impl RuntimeSvc {
                 image_config.as_ref().and_then(|c| c.stop_signal().clone()).as_deref().unwrap_or(""),
             ),
             error: None,
+            user: None,
         };
 
         let mut rb = Rollback::new();
@@ -178,6 +179,11 @@ impl RuntimeSvc {
             .map_err(join_error)?
             .map_err(|e| from_kind(e.kind(), format!("resolve the container user: {e}")))?;
 
+            record.user = Some(crate::store::ContainerUserIds {
+                uid: user.uid,
+                gid: user.gid,
+                supplemental_groups: user.additional_gids.clone(),
+            });
             let pid = self.pid_namespace(&config, pod).await?;
             let paths = ctx.pod_paths(&pod.id);
             let ns = namespace_options(&pod.config);

@@ -67,7 +67,13 @@ pub(crate) fn container_status(c: &ContainerRecord) -> proto::cri::ContainerStat
             .map(|r| ContainerResources { linux: Some(r), windows: None }),
         image_id: c.image_id.clone(),
         stop_signal: crate::spec::signal::to_cri(c.stop_signal),
-        user: None,
+        user: c.user.as_ref().map(|u| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: u.uid as i64,
+                gid: u.gid as i64,
+                supplemental_groups: u.supplemental_groups.iter().map(|g| *g as i64).collect(),
+            }),
+        }),
     }
 }
 
