@@ -265,11 +265,14 @@ impl Config {
                 }
             }
         }
-        if cidr_prefix(&self.network.pod_cidr, false).is_none() {
+        if !self.network.pod_cidr.is_empty() && cidr_prefix(&self.network.pod_cidr, false).is_none() {
             return Err(invalid(
                 "network.pod_cidr",
                 format!("{:?} is not an IPv4 CIDR such as 10.88.0.0/16", self.network.pod_cidr),
             ));
+        }
+        if !self.network.pod_cidr_v6.is_empty() && self.network.pod_cidr.is_empty() {
+            return Err(invalid("network.pod_cidr_v6", "needs network.pod_cidr (an IPv4 range) too".into()));
         }
         if !self.network.pod_cidr_v6.is_empty() && cidr_prefix(&self.network.pod_cidr_v6, true).is_none() {
             return Err(invalid(
