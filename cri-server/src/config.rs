@@ -74,6 +74,8 @@ pub struct Config {
     pub listen: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Append the log to this file instead of stderr; "" = stderr (systemd's journal).
+    pub log_file: PathBuf,
     pub shutdown_timeout_secs: u64,
     pub runtime: RuntimeConfig,
     pub registry: RegistryConfig,
@@ -117,6 +119,7 @@ impl Default for Config {
             listen: PathBuf::new(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            log_file: PathBuf::new(),
             shutdown_timeout_secs: 10,
             runtime: RuntimeConfig::default(),
             registry: RegistryConfig::default(),
@@ -145,6 +148,7 @@ pub struct Overrides {
     pub listen: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub log_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -192,6 +196,9 @@ impl Config {
         if let Some(v) = o.log_format {
             self.log_format = v;
         }
+        if let Some(v) = o.log_file {
+            self.log_file = v;
+        }
         self.validate(Path::new("command line"))
     }
 
@@ -225,6 +232,9 @@ impl Config {
         }
         if !self.listen.as_os_str().is_empty() && !self.listen.is_absolute() {
             return Err(invalid("listen", format!("{} is not an absolute path", self.listen.display())));
+        }
+        if !self.log_file.as_os_str().is_empty() && !self.log_file.is_absolute() {
+            return Err(invalid("log_file", format!("{} is not an absolute path", self.log_file.display())));
         }
         // A bare word must be a level; anything else is a tracing filter ("info,imagesvc=debug").
         const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];

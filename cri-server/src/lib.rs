@@ -9,6 +9,7 @@ pub mod logging;
 pub mod preflight;
 pub mod recovery;
 pub mod rollback;
+pub mod sdnotify;
 pub mod server;
 pub mod services;
 pub mod spec;

@@ -1,29 +1,84 @@
-//! Logging: `tracing` to stderr, text or JSON, and a tower layer that opens one span per RPC
+//! Logging: `tracing` to stderr or a log file (reopened on SIGHUP), text or JSON, and a tower layer that opens one span per RPC
 //! and logs its outcome and duration.
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tonic::codegen::http;
 use tracing::Instrument;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `level` is a tracing filter (validated by the config).
-pub fn init(level: &str, format: LogFormat) {
+/// Installs the global subscriber, writing to stderr, or appending to `log_file` when it is
+/// not empty (then [`reopen`], on SIGHUP, opens the file again after logrotate moved it).
+/// `level` is a tracing filter (validated by the config).
+pub fn init(level: &str, format: LogFormat, log_file: &Path) -> io::Result<()> {
     let filter = EnvFilter::try_new(filter_directives(level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true);
+    let (writer, ansi) = if log_file.as_os_str().is_empty() {
+        (BoxMakeWriter::new(std::io::stderr), std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    } else {
+        let file = open_log(log_file)?;
+        let _ = LOG_FILE.set(LogFile { path: log_file.to_owned(), file: Mutex::new(file) });
+        (BoxMakeWriter::new(|| FileWriter), false)
+    };
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi).with_target(true);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
+    Ok(())
+}
+
+/// The log file of `log_file`, shared by every writer.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
+
+fn open_log(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+/// Opens the log file again (SIGHUP; logrotate's `postrotate`). Blocking: call it off the
+/// async workers. `Ok(false)` when skiffd logs to stderr.
+pub fn reopen() -> io::Result<bool> {
+    let Some(log) = LOG_FILE.get() else { return Ok(false) };
+    let file = open_log(&log.path)?;
+    match log.file.lock() {
+        Ok(mut g) => *g = file,
+        Err(p) => *p.into_inner() = file,
+    }
+    Ok(true)
+}
+
+/// One event's write to the shared log file.
+struct FileWriter;
+
+impl io::Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(log) = LOG_FILE.get() else { return Ok(buf.len()) };
+        let mut f = log.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// skiff's own crates; a bare level ("debug") applies to them, while the libraries below

@@ -28,6 +28,9 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Append the log to this file instead of stderr (reopened on SIGHUP).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -69,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         listen: cli.listen,
         log_level: cli.log_level,
         log_format: cli.log_format,
+        log_file: cli.log_file,
     };
     match cli.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
@@ -94,7 +98,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => {
             let mut config = Config::load(cli.config.as_deref())?;
             config.apply(overrides)?;
-            cri_server::logging::init(&config.log_level, config.log_format);
+            cri_server::logging::init(&config.log_level, config.log_format, &config.log_file)
+                .with_context(|| format!("cannot open the log file {}", config.log_file.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("skiffd")

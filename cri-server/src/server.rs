@@ -108,6 +108,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let ctx = Arc::new(crate::context::Context::open(config.clone()).await?);
@@ -141,11 +142,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "skiffd serving"
     );
 
-    let served = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
-        r = &mut server => Some(r),
+    // The accept loop runs: tell systemd (Type=notify) that the socket serves.
+    crate::sdnotify::notify("READY=1").await;
+
+    let served = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break None }
+            _ = sighup.recv() => {
+                match tokio::task::spawn_blocking(crate::logging::reopen).await {
+                    Ok(Ok(true)) => tracing::info!("SIGHUP: log file reopened"),
+                    Ok(Ok(false)) => tracing::info!("SIGHUP: logging to stderr, nothing to reopen"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "SIGHUP: cannot reopen the log file"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the reopen task failed"),
+                }
+            }
+            r = &mut server => break Some(r),
+        }
     };
+    crate::sdnotify::notify("STOPPING=1").await;
     let result = match served {
         Some(r) => r,
         None => {
