@@ -81,6 +81,15 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub network: NetworkConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: skiffd's own Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` serving `/metrics`; "" = off.
+    pub address: String,
 }
 
 /// The `[streaming]` section: the server of Exec, Attach and PortForward URLs.
@@ -125,6 +134,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -297,6 +307,12 @@ impl Config {
             return Err(invalid(
                 "streaming.address",
                 format!("{:?} is not ip:port such as 127.0.0.1:0 or [::1]:10010", self.streaming.address),
+            ));
+        }
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.address",
+                format!("{:?} is not ip:port such as 127.0.0.1:9102", self.metrics.address),
             ));
         }
         if self.streaming.idle_timeout_secs == 0 {

@@ -6,6 +6,7 @@ pub mod context;
 pub mod error;
 pub mod failpoint;
 pub mod logging;
+pub mod metrics;
 pub mod preflight;
 pub mod recovery;
 pub mod rollback;

@@ -102,7 +102,8 @@ pub fn filter_directives(level: &str) -> String {
     out
 }
 
-/// Wraps every gRPC call in a `rpc` span (method name) and logs its gRPC status and duration.
+/// Wraps every gRPC call in a `rpc` span (method name), logs its gRPC status and duration, and
+/// records both in [`crate::metrics`] (`skiff_grpc_request*`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcSpanLayer;
 
@@ -143,7 +144,8 @@ where
         let fut = self.inner.call(req).instrument(span.clone());
         Box::pin(async move {
             let result = fut.await;
-            let elapsed_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
+            let elapsed = start.elapsed();
+            let elapsed_ms = (elapsed.as_secs_f64() * 1e6).round() / 1000.0;
             let _enter = span.enter();
             match &result {
                 Ok(resp) => {
@@ -154,6 +156,9 @@ where
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<i32>().ok())
                         .unwrap_or(0);
+                    // Unknown methods (Unimplemented) share one label: a client cannot grow the set.
+                    let label = if code == tonic::Code::Unimplemented as i32 { "unknown" } else { method.as_str() };
+                    crate::metrics::METRICS.rpc(label, &format!("{:?}", tonic::Code::from_i32(code)), elapsed);
                     if code == 0 {
                         tracing::debug!(elapsed_ms, "rpc done");
                     } else {
@@ -166,7 +171,10 @@ where
                         tracing::info!(elapsed_ms, ?code, %message, "rpc failed");
                     }
                 }
-                Err(e) => tracing::warn!(elapsed_ms, error = %e, "rpc transport error"),
+                Err(e) => {
+                    crate::metrics::METRICS.rpc("unknown", "Transport", elapsed);
+                    tracing::warn!(elapsed_ms, error = %e, "rpc transport error")
+                }
             }
             result
         })

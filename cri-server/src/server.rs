@@ -38,6 +38,8 @@ pub enum ServerError {
     Listen { path: PathBuf, source: io::Error },
     #[error("cannot listen for streaming on {address}: {source}")]
     Streaming { address: String, source: io::Error },
+    #[error("cannot listen for metrics on {address}: {source}")]
+    Metrics { address: String, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
     #[error(transparent)]
@@ -118,6 +120,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let streaming = crate::streaming::http::Server::start(ctx.streaming.clone(), &address)
         .await
         .map_err(|source| ServerError::Streaming { address, source })?;
+    let metrics = if config.metrics.address.is_empty() {
+        None
+    } else {
+        let address = config.metrics.address.clone();
+        let m = crate::metrics::start(&address, ctx.clone())
+            .await
+            .map_err(|source| ServerError::Metrics { address, source })?;
+        tracing::info!(address = %m.addr, "metrics served at /metrics");
+        Some(m)
+    };
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -179,6 +191,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
     crate::services::runtime::container::drain_detached(Duration::from_secs(config.shutdown_timeout_secs)).await;
     streaming.shutdown().await;
+    drop(metrics);
     if let Err(e) = fs::remove_file(&socket) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
