@@ -221,6 +221,29 @@ impl Config {
         }
     }
 
+    /// One value by its dotted key, with the derived values resolved (`listen`,
+    /// `runtime.monitor_path`, `network.nft_table`); tables print as JSON.
+    pub fn get(&self, key: &str) -> Result<String, ConfigError> {
+        let unknown = || ConfigError::Invalid {
+            path: PathBuf::from("command line"),
+            key: "key",
+            reason: format!("{key:?} is not a configuration key"),
+            line: None,
+        };
+        let mut v = serde_json::to_value(self).map_err(|_| unknown())?;
+        v["listen"] = self.socket_path().to_string_lossy().into_owned().into();
+        v["runtime"]["monitor_path"] = self.monitor_path().to_string_lossy().into_owned().into();
+        v["network"]["nft_table"] = self.network.nft_table_name().into();
+        let mut cur = &v;
+        for part in key.split('.') {
+            cur = cur.get(part).ok_or_else(unknown)?;
+        }
+        Ok(match cur {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
     /// The monitor binary skiffd spawns per container.
     pub fn monitor_path(&self) -> PathBuf {
         if !self.runtime.monitor_path.as_os_str().is_empty() {

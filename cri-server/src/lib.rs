@@ -1,6 +1,7 @@
 //! skiffd, the skiff CRI daemon: configuration, the gRPC services, state stores, streaming and
 //! recovery. It is thin: the work is done by the `runtime`, `imagesvc` and `netplugin` crates.
 
+pub mod admin;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -44,6 +44,12 @@ enum Command {
     },
     /// Check that this machine has what skiff needs.
     Check,
+    /// List the pods of the running skiffd (id, state, namespace/name), one a line.
+    Pods {
+        /// Stop and remove every pod (and its containers); fails if any is left.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +58,9 @@ enum ConfigCommand {
     Default,
     /// Validate a configuration file (`-` or /dev/stdin for standard input).
     Check { file: PathBuf },
+    /// Print one value of the configuration in force (file and flags), as scripts need it:
+    /// e.g. `network.bridge`, `root`, `listen` and `network.nft_table` (resolved).
+    Get { key: String },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +97,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Config::parse(&text, &file)?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Config { command: ConfigCommand::Get { key } }) => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            config.apply(overrides)?;
+            println!("{}", config.get(&key)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Pods { remove }) => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            config.apply(overrides)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let (_, left) = rt.block_on(cri_server::admin::pods(&config.socket_path(), remove))?;
+            Ok(if left == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Some(Command::Check) => {
             let mut config = Config::load(cli.config.as_deref())?;
