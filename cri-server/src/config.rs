@@ -24,6 +24,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// More than one invalid value (one line each).
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
     #[error("{path}{}: invalid value for `{key}`: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
@@ -166,11 +169,15 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
-        config.validate(path).map_err(|e| match e {
+        let with_line = |e: ConfigError| match e {
             ConfigError::Invalid { path, key, reason, .. } => {
                 ConfigError::Invalid { line: line_of(text, key), path, key, reason }
             }
             other => other,
+        };
+        config.validate(path).map_err(|e| match e {
+            ConfigError::Several(all) => ConfigError::Several(all.into_iter().map(with_line).collect()),
+            other => with_line(other),
         })?;
         Ok(config)
     }
@@ -255,51 +262,52 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("skiff-monitor"))
     }
 
+    /// Checks every value; all problems are reported, not only the first.
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
         let invalid =
             |key: &'static str, reason: String| ConfigError::Invalid { path: path.to_owned(), key, reason, line: None };
         for (key, p) in [("root", &self.root), ("state", &self.state)] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} is not an absolute path", p.display())));
+                errs.push(invalid(key, format!("{} is not an absolute path", p.display())));
             }
         }
         if !self.listen.as_os_str().is_empty() && !self.listen.is_absolute() {
-            return Err(invalid("listen", format!("{} is not an absolute path", self.listen.display())));
+            errs.push(invalid("listen", format!("{} is not an absolute path", self.listen.display())));
         }
         if !self.log_file.as_os_str().is_empty() && !self.log_file.is_absolute() {
-            return Err(invalid("log_file", format!("{} is not an absolute path", self.log_file.display())));
+            errs.push(invalid("log_file", format!("{} is not an absolute path", self.log_file.display())));
         }
         // A bare word must be a level; anything else is a tracing filter ("info,imagesvc=debug").
         const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
         let level = self.log_level.trim();
         if !level.contains(['=', ',']) && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(invalid(
+            errs.push(invalid(
                 "log_level",
                 format!("{level:?} is not one of {LEVELS:?} nor a filter such as \"info,imagesvc=debug\""),
             ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
-            return Err(invalid("log_level", e.to_string()));
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            errs.push(invalid("log_level", e.to_string()));
         }
         if self.runtime.cgroup_driver != "cgroupfs" {
-            return Err(invalid(
+            errs.push(invalid(
                 "runtime.cgroup_driver",
                 format!("{:?} is not supported (only \"cgroupfs\")", self.runtime.cgroup_driver),
             ));
         }
         if !self.runtime.default_cgroup_parent.starts_with('/') {
-            return Err(invalid("runtime.default_cgroup_parent", "must start with /".into()));
+            errs.push(invalid("runtime.default_cgroup_parent", "must start with /".into()));
         }
         if self.registry.max_concurrent_downloads == 0 {
-            return Err(invalid("registry.max_concurrent_downloads", "must be at least 1".into()));
+            errs.push(invalid("registry.max_concurrent_downloads", "must be at least 1".into()));
         }
         if self.registry.stall_timeout_secs == 0 {
-            return Err(invalid("registry.stall_timeout_secs", "must be at least 1".into()));
+            errs.push(invalid("registry.stall_timeout_secs", "must be at least 1".into()));
         }
         for (host, endpoints) in &self.registry.mirrors {
             for e in endpoints {
                 if !(e.starts_with("http://") || e.starts_with("https://")) {
-                    return Err(ConfigError::Invalid {
+                    errs.push(ConfigError::Invalid {
                         path: path.to_owned(),
                         key: "registry.mirrors",
                         reason: format!("mirror {e:?} of {host:?} must start with http:// or https://"),
@@ -309,42 +317,46 @@ impl Config {
             }
         }
         if !self.network.pod_cidr.is_empty() && cidr_prefix(&self.network.pod_cidr, false).is_none() {
-            return Err(invalid(
+            errs.push(invalid(
                 "network.pod_cidr",
                 format!("{:?} is not an IPv4 CIDR such as 10.88.0.0/16", self.network.pod_cidr),
             ));
         }
         if !self.network.pod_cidr_v6.is_empty() && self.network.pod_cidr.is_empty() {
-            return Err(invalid("network.pod_cidr_v6", "needs network.pod_cidr (an IPv4 range) too".into()));
+            errs.push(invalid("network.pod_cidr_v6", "needs network.pod_cidr (an IPv4 range) too".into()));
         }
         if !self.network.pod_cidr_v6.is_empty() && cidr_prefix(&self.network.pod_cidr_v6, true).is_none() {
-            return Err(invalid(
+            errs.push(invalid(
                 "network.pod_cidr_v6",
                 format!("{:?} is not an IPv6 CIDR such as fd00:88::/64", self.network.pod_cidr_v6),
             ));
         }
         if !(576..=65535).contains(&self.network.mtu) {
-            return Err(invalid("network.mtu", format!("{} is outside 576..65535", self.network.mtu)));
+            errs.push(invalid("network.mtu", format!("{} is outside 576..65535", self.network.mtu)));
         }
         if self.streaming.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
+            errs.push(invalid(
                 "streaming.address",
                 format!("{:?} is not ip:port such as 127.0.0.1:0 or [::1]:10010", self.streaming.address),
             ));
         }
         if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
+            errs.push(invalid(
                 "metrics.address",
                 format!("{:?} is not ip:port such as 127.0.0.1:9102", self.metrics.address),
             ));
         }
         if self.streaming.idle_timeout_secs == 0 {
-            return Err(invalid("streaming.idle_timeout_secs", "must be at least 1".into()));
+            errs.push(invalid("streaming.idle_timeout_secs", "must be at least 1".into()));
         }
         if self.network.bridge.is_empty() || self.network.bridge.len() > 15 {
-            return Err(invalid("network.bridge", "must be 1 to 15 characters".into()));
+            errs.push(invalid("network.bridge", "must be 1 to 15 characters".into()));
         }
-        Ok(())
+        match errs.len() {
+            0 => Ok(()),
+            1 => Err(errs.remove(0)),
+            _ => Err(ConfigError::Several(errs)),
+        }
     }
 }
 
@@ -467,6 +479,16 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.socket_path(), PathBuf::from("/b/skiff.sock"));
         assert!(c.apply(Overrides { listen: Some("rel.sock".into()), ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "root = \"rel\"\n[runtime]\ncgroup_driver = \"systemd\"\n[network]\nmtu = 10\n";
+        let msg = parse(text).unwrap_err().to_string();
+        assert!(msg.starts_with("3 problems:"), "{msg}");
+        assert!(msg.contains("`root`") && msg.contains("line 1"), "{msg}");
+        assert!(msg.contains("runtime.cgroup_driver") && msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("network.mtu") && msg.contains("line 5"), "{msg}");
     }
 
     #[test]
