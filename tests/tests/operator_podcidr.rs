@@ -79,6 +79,9 @@ async fn pod_range_comes_from_the_kubelet() {
     let (range, prefix) = random_range();
     update(&d, &range).await.unwrap();
     update(&d, &range).await.unwrap(); // the kubelet repeats it: a no-op
+    let st = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let names: Vec<&str> = st.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "skiff"]);
     let c = network_condition(&d).await;
     assert!(c.status, "{c:?}");
     assert!(bridge_has_address(&d.bridge, &format!("{prefix}1")));
@@ -89,7 +92,17 @@ async fn pod_range_comes_from_the_kubelet() {
     assert_eq!(cfg["listen"], d.socket().to_string_lossy().as_ref(), "{cfg}");
     assert!(cfg["runtime"]["monitor_path"].as_str().unwrap().ends_with("/skiff-monitor"), "{cfg}");
 
-    let pod = d.run_pod(&pod_config(&d, "a")).await;
+    // The named handler is the default one.
+    let pod = d
+        .runtime()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&d, "a")),
+            runtime_handler: "skiff".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
     let ip = pod_ip(&d, &pod).await;
     assert!(ip.starts_with(&prefix), "{ip} not in {range}");
 
