@@ -193,6 +193,15 @@ impl BridgeNetwork {
                 return Ok(false);
             }
             Some((r, Source::Kubelet)) if r == new => return Ok(false),
+            Some((r, Source::Fallback)) if r == new => {
+                // The kubelet confirms the fallback range: record where it now comes from, the
+                // host side and the pods stay as they are.
+                let cidr = self.cidr.clone();
+                tokio::task::spawn_blocking(move || cidr.set(new))
+                    .await
+                    .map_err(|e| NetworkError::Internal(format!("pod range task failed: {e}")))??;
+                return Ok(false);
+            }
             _ => {}
         }
         let leases = self.ipam_call(|i| i.leases()).await?;
