@@ -24,6 +24,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// More than one invalid value (one line each).
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
     #[error("{path}{}: invalid value for `{key}`: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
@@ -74,11 +77,22 @@ pub struct Config {
     pub listen: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Append the log to this file instead of stderr; "" = stderr (systemd's journal).
+    pub log_file: PathBuf,
     pub shutdown_timeout_secs: u64,
     pub runtime: RuntimeConfig,
     pub registry: RegistryConfig,
     pub network: NetworkConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: skiffd's own Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` serving `/metrics`; "" = off.
+    pub address: String,
 }
 
 /// The `[streaming]` section: the server of Exec, Attach and PortForward URLs.
@@ -125,11 +139,13 @@ impl Default for Config {
             listen: PathBuf::new(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            log_file: PathBuf::new(),
             shutdown_timeout_secs: 10,
             runtime: RuntimeConfig::default(),
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -153,6 +169,7 @@ pub struct Overrides {
     pub listen: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub log_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -160,11 +177,15 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
-        config.validate(path).map_err(|e| match e {
+        let with_line = |e: ConfigError| match e {
             ConfigError::Invalid { path, key, reason, .. } => {
                 ConfigError::Invalid { line: line_of(text, key), path, key, reason }
             }
             other => other,
+        };
+        config.validate(path).map_err(|e| match e {
+            ConfigError::Several(all) => ConfigError::Several(all.into_iter().map(with_line).collect()),
+            other => with_line(other),
         })?;
         Ok(config)
     }
@@ -200,6 +221,9 @@ impl Config {
         if let Some(v) = o.log_format {
             self.log_format = v;
         }
+        if let Some(v) = o.log_file {
+            self.log_file = v;
+        }
         self.validate(Path::new("command line"))
     }
 
@@ -210,6 +234,29 @@ impl Config {
         } else {
             self.listen.clone()
         }
+    }
+
+    /// One value by its dotted key, with the derived values resolved (`listen`,
+    /// `runtime.monitor_path`, `network.nft_table`); tables print as JSON.
+    pub fn get(&self, key: &str) -> Result<String, ConfigError> {
+        let unknown = || ConfigError::Invalid {
+            path: PathBuf::from("command line"),
+            key: "key",
+            reason: format!("{key:?} is not a configuration key"),
+            line: None,
+        };
+        let mut v = serde_json::to_value(self).map_err(|_| unknown())?;
+        v["listen"] = self.socket_path().to_string_lossy().into_owned().into();
+        v["runtime"]["monitor_path"] = self.monitor_path().to_string_lossy().into_owned().into();
+        v["network"]["nft_table"] = self.network.nft_table_name().into();
+        let mut cur = &v;
+        for part in key.split('.') {
+            cur = cur.get(part).ok_or_else(unknown)?;
+        }
+        Ok(match cur {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
     }
 
     /// The monitor binary skiffd spawns per container.
@@ -223,48 +270,52 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("skiff-monitor"))
     }
 
+    /// Checks every value; all problems are reported, not only the first.
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
         let invalid =
             |key: &'static str, reason: String| ConfigError::Invalid { path: path.to_owned(), key, reason, line: None };
         for (key, p) in [("root", &self.root), ("state", &self.state)] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} is not an absolute path", p.display())));
+                errs.push(invalid(key, format!("{} is not an absolute path", p.display())));
             }
         }
         if !self.listen.as_os_str().is_empty() && !self.listen.is_absolute() {
-            return Err(invalid("listen", format!("{} is not an absolute path", self.listen.display())));
+            errs.push(invalid("listen", format!("{} is not an absolute path", self.listen.display())));
+        }
+        if !self.log_file.as_os_str().is_empty() && !self.log_file.is_absolute() {
+            errs.push(invalid("log_file", format!("{} is not an absolute path", self.log_file.display())));
         }
         // A bare word must be a level; anything else is a tracing filter ("info,imagesvc=debug").
         const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
         let level = self.log_level.trim();
         if !level.contains(['=', ',']) && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(invalid(
+            errs.push(invalid(
                 "log_level",
                 format!("{level:?} is not one of {LEVELS:?} nor a filter such as \"info,imagesvc=debug\""),
             ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
-            return Err(invalid("log_level", e.to_string()));
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            errs.push(invalid("log_level", e.to_string()));
         }
         if self.runtime.cgroup_driver != "cgroupfs" {
-            return Err(invalid(
+            errs.push(invalid(
                 "runtime.cgroup_driver",
                 format!("{:?} is not supported (only \"cgroupfs\")", self.runtime.cgroup_driver),
             ));
         }
         if !self.runtime.default_cgroup_parent.starts_with('/') {
-            return Err(invalid("runtime.default_cgroup_parent", "must start with /".into()));
+            errs.push(invalid("runtime.default_cgroup_parent", "must start with /".into()));
         }
         if self.registry.max_concurrent_downloads == 0 {
-            return Err(invalid("registry.max_concurrent_downloads", "must be at least 1".into()));
+            errs.push(invalid("registry.max_concurrent_downloads", "must be at least 1".into()));
         }
         if self.registry.stall_timeout_secs == 0 {
-            return Err(invalid("registry.stall_timeout_secs", "must be at least 1".into()));
+            errs.push(invalid("registry.stall_timeout_secs", "must be at least 1".into()));
         }
         for (host, endpoints) in &self.registry.mirrors {
             for e in endpoints {
                 if !(e.starts_with("http://") || e.starts_with("https://")) {
-                    return Err(ConfigError::Invalid {
+                    errs.push(ConfigError::Invalid {
                         path: path.to_owned(),
                         key: "registry.mirrors",
                         reason: format!("mirror {e:?} of {host:?} must start with http:// or https://"),
@@ -273,38 +324,51 @@ impl Config {
                 }
             }
         }
-        if cidr_prefix(&self.network.pod_cidr, false).is_none() {
-            return Err(invalid(
+        if !self.network.pod_cidr.is_empty() && cidr_prefix(&self.network.pod_cidr, false).is_none() {
+            errs.push(invalid(
                 "network.pod_cidr",
                 format!("{:?} is not an IPv4 CIDR such as 10.88.0.0/16", self.network.pod_cidr),
             ));
         }
+        if !self.network.pod_cidr_v6.is_empty() && self.network.pod_cidr.is_empty() {
+            errs.push(invalid("network.pod_cidr_v6", "needs network.pod_cidr (an IPv4 range) too".into()));
+        }
         if !self.network.pod_cidr_v6.is_empty() && cidr_prefix(&self.network.pod_cidr_v6, true).is_none() {
-            return Err(invalid(
+            errs.push(invalid(
                 "network.pod_cidr_v6",
                 format!("{:?} is not an IPv6 CIDR such as fd00:88::/64", self.network.pod_cidr_v6),
             ));
         }
         if !(576..=65535).contains(&self.network.mtu) {
-            return Err(invalid("network.mtu", format!("{} is outside 576..65535", self.network.mtu)));
+            errs.push(invalid("network.mtu", format!("{} is outside 576..65535", self.network.mtu)));
         }
         if self.streaming.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
+            errs.push(invalid(
                 "streaming.address",
                 format!("{:?} is not ip:port such as 127.0.0.1:0 or [::1]:10010", self.streaming.address),
             ));
         }
         let (cert, key) = (&self.streaming.tls_cert, &self.streaming.tls_key);
         if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
-            return Err(invalid("streaming.tls_cert", "tls_cert and tls_key go together".into()));
+            errs.push(invalid("streaming.tls_cert", "tls_cert and tls_key go together".into()));
+        }
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
+            errs.push(invalid(
+                "metrics.address",
+                format!("{:?} is not ip:port such as 127.0.0.1:9102", self.metrics.address),
+            ));
         }
         if self.streaming.idle_timeout_secs == 0 {
-            return Err(invalid("streaming.idle_timeout_secs", "must be at least 1".into()));
+            errs.push(invalid("streaming.idle_timeout_secs", "must be at least 1".into()));
         }
         if self.network.bridge.is_empty() || self.network.bridge.len() > 15 {
-            return Err(invalid("network.bridge", "must be 1 to 15 characters".into()));
+            errs.push(invalid("network.bridge", "must be 1 to 15 characters".into()));
         }
-        Ok(())
+        match errs.len() {
+            0 => Ok(()),
+            1 => Err(errs.remove(0)),
+            _ => Err(ConfigError::Several(errs)),
+        }
     }
 }
 
@@ -428,6 +492,16 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.socket_path(), PathBuf::from("/b/skiff.sock"));
         assert!(c.apply(Overrides { listen: Some("rel.sock".into()), ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "root = \"rel\"\n[runtime]\ncgroup_driver = \"systemd\"\n[network]\nmtu = 10\n";
+        let msg = parse(text).unwrap_err().to_string();
+        assert!(msg.starts_with("3 problems:"), "{msg}");
+        assert!(msg.contains("`root`") && msg.contains("line 1"), "{msg}");
+        assert!(msg.contains("runtime.cgroup_driver") && msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("network.mtu") && msg.contains("line 5"), "{msg}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Context {
             registry: config.registry.clone(),
         })
         .await?;
-        let network = netplugin::open(&config.network, &config.root)?;
+        let network = crate::metrics::network::wrap(netplugin::open(&config.network, &config.root)?);
         let oom_score_adj_min = crate::spec::current_oom_score_adj();
         if oom_score_adj_min > -1000 {
             tracing::info!(

@@ -3,14 +3,17 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod admin;
 pub mod config;
 pub mod context;
 pub mod error;
 pub mod failpoint;
 pub mod logging;
+pub mod metrics;
 pub mod preflight;
 pub mod recovery;
 pub mod rollback;
+pub mod sdnotify;
 pub mod server;
 pub mod services;
 pub mod spec;

@@ -1,29 +1,84 @@
-//! Logging: `tracing` to stderr, text or JSON, and a tower layer that opens one span per RPC
+//! Logging: `tracing` to stderr or a log file (reopened on SIGHUP), text or JSON, and a tower layer that opens one span per RPC
 //! and logs its outcome and duration.
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tonic::codegen::http;
 use tracing::Instrument;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `level` is a tracing filter (validated by the config).
-pub fn init(level: &str, format: LogFormat) {
+/// Installs the global subscriber, writing to stderr, or appending to `log_file` when it is
+/// not empty (then [`reopen`], on SIGHUP, opens the file again after logrotate moved it).
+/// `level` is a tracing filter (validated by the config).
+pub fn init(level: &str, format: LogFormat, log_file: &Path) -> io::Result<()> {
     let filter = EnvFilter::try_new(filter_directives(level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true);
+    let (writer, ansi) = if log_file.as_os_str().is_empty() {
+        (BoxMakeWriter::new(std::io::stderr), std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    } else {
+        let file = open_log(log_file)?;
+        let _ = LOG_FILE.set(LogFile { path: log_file.to_owned(), file: Mutex::new(file) });
+        (BoxMakeWriter::new(|| FileWriter), false)
+    };
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi).with_target(true);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
+    Ok(())
+}
+
+/// The log file of `log_file`, shared by every writer.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
+
+fn open_log(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+/// Opens the log file again (SIGHUP; logrotate's `postrotate`). Blocking: call it off the
+/// async workers. `Ok(false)` when skiffd logs to stderr.
+pub fn reopen() -> io::Result<bool> {
+    let Some(log) = LOG_FILE.get() else { return Ok(false) };
+    let file = open_log(&log.path)?;
+    match log.file.lock() {
+        Ok(mut g) => *g = file,
+        Err(p) => *p.into_inner() = file,
+    }
+    Ok(true)
+}
+
+/// One event's write to the shared log file.
+struct FileWriter;
+
+impl io::Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(log) = LOG_FILE.get() else { return Ok(buf.len()) };
+        let mut f = log.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// skiff's own crates; a bare level ("debug") applies to them, while the libraries below
@@ -47,7 +102,8 @@ pub fn filter_directives(level: &str) -> String {
     out
 }
 
-/// Wraps every gRPC call in a `rpc` span (method name) and logs its gRPC status and duration.
+/// Wraps every gRPC call in a `rpc` span (method name), logs its gRPC status and duration, and
+/// records both in [`crate::metrics`] (`skiff_grpc_request*`).
 ///
 /// It also answers DEADLINE_EXCEEDED when the client's `grpc-timeout` passes, as grpc-go
 /// servers (containerd, CRI-O) do: tonic's own enforcement of that header, outside every layer,
@@ -130,7 +186,8 @@ where
                 },
                 None => fut.await,
             };
-            let elapsed_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
+            let elapsed = start.elapsed();
+            let elapsed_ms = (elapsed.as_secs_f64() * 1e6).round() / 1000.0;
             let _enter = span.enter();
             match &result {
                 Ok(resp) => {
@@ -141,6 +198,9 @@ where
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<i32>().ok())
                         .unwrap_or(0);
+                    // Unknown methods (Unimplemented) share one label: a client cannot grow the set.
+                    let label = if code == tonic::Code::Unimplemented as i32 { "unknown" } else { method.as_str() };
+                    crate::metrics::METRICS.rpc(label, &format!("{:?}", tonic::Code::from_i32(code)), elapsed);
                     if code == 0 {
                         tracing::debug!(elapsed_ms, "rpc done");
                     } else {
@@ -153,7 +213,10 @@ where
                         tracing::info!(elapsed_ms, ?code, %message, "rpc failed");
                     }
                 }
-                Err(e) => tracing::warn!(elapsed_ms, error = %e, "rpc transport error"),
+                Err(e) => {
+                    crate::metrics::METRICS.rpc("unknown", "Transport", elapsed);
+                    tracing::warn!(elapsed_ms, error = %e, "rpc transport error")
+                }
             }
             result
         })

@@ -28,6 +28,9 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Append the log to this file instead of stderr (reopened on SIGHUP).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,6 +44,12 @@ enum Command {
     },
     /// Check that this machine has what skiff needs.
     Check,
+    /// List the pods of the running skiffd (id, state, namespace/name), one a line.
+    Pods {
+        /// Stop and remove every pod (and its containers); fails if any is left.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,6 +58,9 @@ enum ConfigCommand {
     Default,
     /// Validate a configuration file (`-` or /dev/stdin for standard input).
     Check { file: PathBuf },
+    /// Print one value of the configuration in force (file and flags), as scripts need it:
+    /// e.g. `network.bridge`, `root`, `listen` and `network.nft_table` (resolved).
+    Get { key: String },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         listen: cli.listen,
         log_level: cli.log_level,
         log_format: cli.log_format,
+        log_file: cli.log_file,
     };
     match cli.command {
         Some(Command::Config { command: ConfigCommand::Default }) => {
@@ -85,6 +98,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Config { command: ConfigCommand::Get { key } }) => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            config.apply(overrides)?;
+            println!("{}", config.get(&key)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Pods { remove }) => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            config.apply(overrides)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let (_, left) = rt.block_on(cri_server::admin::pods(&config.socket_path(), remove))?;
+            Ok(if left == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Some(Command::Check) => {
             let mut config = Config::load(cli.config.as_deref())?;
             config.apply(overrides)?;
@@ -94,7 +123,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => {
             let mut config = Config::load(cli.config.as_deref())?;
             config.apply(overrides)?;
-            cri_server::logging::init(&config.log_level, config.log_format);
+            cri_server::logging::init(&config.log_level, config.log_format, &config.log_file)
+                .with_context(|| format!("cannot open the log file {}", config.log_file.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("skiffd")

@@ -38,6 +38,8 @@ pub enum ServerError {
     Listen { path: PathBuf, source: io::Error },
     #[error("cannot listen for streaming on {address}: {source}")]
     Streaming { address: String, source: io::Error },
+    #[error("cannot listen for metrics on {address}: {source}")]
+    Metrics { address: String, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
     #[error(transparent)]
@@ -109,6 +111,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let ctx = Arc::new(crate::context::Context::open(config.clone()).await?);
@@ -120,6 +123,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let streaming = crate::streaming::http::Server::start(ctx.streaming.clone(), &address, tls)
         .await
         .map_err(|source| ServerError::Streaming { address, source })?;
+    let metrics = if config.metrics.address.is_empty() {
+        None
+    } else {
+        let address = config.metrics.address.clone();
+        let m = crate::metrics::start(&address, ctx.clone())
+            .await
+            .map_err(|source| ServerError::Metrics { address, source })?;
+        tracing::info!(address = %m.addr, "metrics served at /metrics");
+        Some(m)
+    };
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -144,11 +157,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "skiffd serving"
     );
 
-    let served = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
-        r = &mut server => Some(r),
+    // The accept loop runs: tell systemd (Type=notify) that the socket serves.
+    crate::sdnotify::notify("READY=1").await;
+
+    let served = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break None }
+            _ = sighup.recv() => {
+                match tokio::task::spawn_blocking(crate::logging::reopen).await {
+                    Ok(Ok(true)) => tracing::info!("SIGHUP: log file reopened"),
+                    Ok(Ok(false)) => tracing::info!("SIGHUP: logging to stderr, nothing to reopen"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "SIGHUP: cannot reopen the log file"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the reopen task failed"),
+                }
+            }
+            r = &mut server => break Some(r),
+        }
     };
+    crate::sdnotify::notify("STOPPING=1").await;
     let result = match served {
         Some(r) => r,
         None => {
@@ -167,6 +194,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
     crate::services::runtime::container::drain_detached(Duration::from_secs(config.shutdown_timeout_secs)).await;
     streaming.shutdown().await;
+    drop(metrics);
     if let Err(e) = fs::remove_file(&socket) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");

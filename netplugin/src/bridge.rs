@@ -39,6 +39,7 @@ use crate::error::{NetworkError, Result};
 use crate::fsutil::{remove_durable, write_atomic};
 use crate::ipam::Ipam;
 use crate::nft::{nft_binary, BaseRules, Nft};
+use crate::podcidr::{PodCidr, Ranges, Source};
 use crate::rtnl::{self, Rtnl, EEXIST};
 use crate::sysctl;
 use crate::types::{NotReady, PodNetworkRequest, PodNetworkStatus, PortMapping};
@@ -62,8 +63,10 @@ pub enum FailPoint {
 /// The built-in bridge plugin.
 pub struct BridgeNetwork {
     bridge: String,
-    v4: Cidr,
-    v6: Option<Cidr>,
+    /// The pod ranges (configured, from the kubelet, or the fallback).
+    cidr: Arc<PodCidr>,
+    /// Held shared by `setup`, exclusively while the pod ranges change.
+    range_lock: tokio::sync::RwLock<()>,
     mtu: u32,
     masquerade: bool,
     ipam: Arc<Ipam>,
@@ -107,30 +110,28 @@ impl BridgeNetwork {
                 "bridge {bridge:?}: must be 1-15 characters of letters, digits, '_' and '-'"
             )));
         }
-        let v4: Cidr = config.pod_cidr.parse().map_err(|e| NetworkError::Config(format!("pod_cidr: {e}")))?;
-        if v4.is_ipv6() {
-            return Err(NetworkError::Config(format!("pod_cidr {v4} must be an IPv4 range")));
-        }
-        v4.pod_offsets().ok_or_else(|| NetworkError::Config(format!("pod_cidr {v4} is too small")))?;
-        let v6 = if config.pod_cidr_v6.trim().is_empty() {
+        let configured = if config.pod_cidr.trim().is_empty() {
+            if !config.pod_cidr_v6.trim().is_empty() {
+                return Err(NetworkError::Config("pod_cidr_v6 needs pod_cidr (an IPv4 range) too".into()));
+            }
             None
         } else {
-            let c: Cidr = config.pod_cidr_v6.parse().map_err(|e| NetworkError::Config(format!("pod_cidr_v6: {e}")))?;
-            if !c.is_ipv6() {
-                return Err(NetworkError::Config(format!("pod_cidr_v6 {c} must be an IPv6 range")));
+            let v4: Cidr = config.pod_cidr.parse().map_err(|e| NetworkError::Config(format!("pod_cidr: {e}")))?;
+            if v4.is_ipv6() {
+                return Err(NetworkError::Config(format!("pod_cidr {v4} must be an IPv4 range")));
             }
-            c.pod_offsets().ok_or_else(|| NetworkError::Config(format!("pod_cidr_v6 {c} is too small")))?;
-            Some(c)
+            v4.pod_offsets().ok_or_else(|| NetworkError::Config(format!("pod_cidr {v4} is too small")))?;
+            Some(Ranges { v4, v6: Self::configured_v6(config)? })
         };
         if !(576..=65535).contains(&config.mtu) {
             return Err(NetworkError::Config(format!("mtu {} out of range 576..65535", config.mtu)));
         }
-        let mut ranges = vec![v4];
-        ranges.extend(v6);
+        let cidr = PodCidr::open(configured, &root.join("network"), config.pod_cidr_fallback_secs)?;
+        let ranges = cidr.get().map(|(r, _)| r.list()).unwrap_or_default();
         Ok(Self {
             bridge,
-            v4,
-            v6,
+            cidr: Arc::new(cidr),
+            range_lock: tokio::sync::RwLock::new(()),
             mtu: config.mtu,
             masquerade: config.masquerade,
             ipam: Arc::new(Ipam::new(&root.join("network"), ranges)),
@@ -140,6 +141,95 @@ impl BridgeNetwork {
             fail_point: Mutex::new(None),
             ports_dir: root.join("network").join("hostports"),
         })
+    }
+
+    fn configured_v6(config: &NetworkConfig) -> Result<Option<Cidr>> {
+        Ok(if config.pod_cidr_v6.trim().is_empty() {
+            None
+        } else {
+            let c: Cidr = config.pod_cidr_v6.parse().map_err(|e| NetworkError::Config(format!("pod_cidr_v6: {e}")))?;
+            if !c.is_ipv6() {
+                return Err(NetworkError::Config(format!("pod_cidr_v6 {c} must be an IPv6 range")));
+            }
+            c.pod_offsets().ok_or_else(|| NetworkError::Config(format!("pod_cidr_v6 {c} is too small")))?;
+            Some(c)
+        })
+    }
+
+    /// The pod ranges in force (falling back once the wait is over), or why there are none.
+    async fn ranges(&self) -> Result<Ranges> {
+        if let Some((r, _)) = self.cidr.get() {
+            return Ok(r);
+        }
+        let cidr = self.cidr.clone();
+        let r = tokio::task::spawn_blocking(move || cidr.resolve())
+            .await
+            .map_err(|e| NetworkError::Internal(format!("pod range task failed: {e}")))?
+            .map_err(NetworkError::NotReady)?;
+        self.ipam.set_ranges(r.list());
+        Ok(r)
+    }
+
+    /// The pod ranges in force and where they came from (`None` = none yet).
+    pub fn pod_ranges(&self) -> Option<(Ranges, Source)> {
+        self.cidr.get()
+    }
+
+    /// Takes the node's pod ranges from the kubelet (`10.244.1.0/24[,fd00:1::/64]`). Ignored
+    /// (`Ok(false)`) when the configuration sets `pod_cidr` or the ranges are unchanged. A change
+    /// while any pod holds an address is refused (the old ranges stay). On a change the bridge
+    /// and the nftables table are made again with the new ranges.
+    pub async fn set_pod_ranges(&self, cidrs: &str) -> Result<bool> {
+        let new = Ranges::parse_kubelet(cidrs)?;
+        let _excl = self.range_lock.write().await;
+        match self.cidr.get() {
+            Some((r, Source::Config)) => {
+                if r != new {
+                    tracing::info!(
+                        configured = %r.to_kubelet_string(), kubelet = %cidrs,
+                        "network.pod_cidr is set: the kubelet's pod CIDR is not used"
+                    );
+                }
+                return Ok(false);
+            }
+            Some((r, Source::Kubelet)) if r == new => return Ok(false),
+            Some((r, Source::Fallback)) if r == new => {
+                // The kubelet confirms the fallback range: record where it now comes from, the
+                // host side and the pods stay as they are.
+                let cidr = self.cidr.clone();
+                tokio::task::spawn_blocking(move || cidr.set(new))
+                    .await
+                    .map_err(|e| NetworkError::Internal(format!("pod range task failed: {e}")))??;
+                return Ok(false);
+            }
+            _ => {}
+        }
+        let leases = self.ipam_call(|i| i.leases()).await?;
+        if !leases.is_empty() {
+            let old = self.cidr.get().map(|(r, _)| r.to_kubelet_string()).unwrap_or_default();
+            return Err(NetworkError::RangeInUse(format!(
+                "cannot change the pod range from {old} to {cidrs}: {} pod(s) hold addresses (e.g. pod {});                  the old range stays until they are removed",
+                leases.iter().map(|l| &l.pod_id).collect::<HashSet<_>>().len(),
+                leases[0].pod_id
+            )));
+        }
+        let cidr = self.cidr.clone();
+        let old = tokio::task::spawn_blocking(move || cidr.set(new))
+            .await
+            .map_err(|e| NetworkError::Internal(format!("pod range task failed: {e}")))??;
+        let Some(old) = old else { return Ok(false) };
+        self.ipam.set_ranges(new.list());
+        tracing::info!(
+            old = %old.map(|r| r.to_kubelet_string()).unwrap_or_else(|| "none".into()),
+            new = %new.to_kubelet_string(),
+            "pod range set from the kubelet"
+        );
+        if old.is_some() {
+            // The bridge's gateway addresses and the table's rules name the old ranges.
+            self.remove_host_network().await?;
+        }
+        self.ensure_host().await?;
+        Ok(true)
     }
 
     /// The lease store (for diagnostics and tests).
@@ -197,7 +287,8 @@ impl BridgeNetwork {
             return Ok(());
         }
         *ready = false;
-        self.setup_host(&nl).await?;
+        let ranges = self.ranges().await?;
+        self.setup_host(&nl, &ranges).await?;
         *ready = true;
         drop(ready);
         // The bridge or the table may have been deleted and made again: pods holding addresses
@@ -265,7 +356,7 @@ impl BridgeNetwork {
         .map_err(|e| NetworkError::Internal(format!("host-port record task failed: {e}")))?
     }
 
-    async fn setup_host(&self, nl: &Rtnl) -> Result<()> {
+    async fn setup_host(&self, nl: &Rtnl, ranges: &Ranges) -> Result<()> {
         let br = &self.bridge;
         let link = match nl.link(br).await? {
             Some(l) => l,
@@ -305,24 +396,25 @@ impl BridgeNetwork {
                 .await
                 .map_err(|e| NetworkError::netlink(format!("set mtu of {br}"), e))?;
         }
-        for range in std::iter::once(&self.v4).chain(self.v6.iter()) {
+        for range in &ranges.list() {
             let gw = range.gateway().ok_or_else(|| NetworkError::Config(format!("{range} has no gateway")))?;
             nl.add_address(idx, gw, range.prefix(), br).await?;
         }
         nl.set_up(idx, br).await?;
         sysctl::set("net.ipv4.ip_forward", "1")?;
         sysctl::set(&format!("net.ipv4.conf.{br}.route_localnet"), "1")?;
-        if self.v6.is_some() {
+        if ranges.v6.is_some() {
             sysctl::set("net.ipv6.conf.all.forwarding", "1")?;
         }
         let _g = self.nft_lock.lock().await;
         self.nft
-            .ensure_base(&BaseRules { bridge: br.clone(), v4: self.v4, v6: self.v6, masquerade: self.masquerade })
+            .ensure_base(&BaseRules { bridge: br.clone(), v4: ranges.v4, v6: ranges.v6, masquerade: self.masquerade })
             .await
     }
 
     async fn do_setup(&self, req: &PodNetworkRequest, undo: &mut Vec<Undo>) -> Result<PodNetworkStatus> {
         self.ensure_host().await?;
+        let ranges = self.ranges().await?;
         let (id, name, ns) = (req.id.clone(), req.name.clone(), req.namespace.clone());
         undo.push(Undo::Lease);
         let ips = self.ipam_call(move |i| i.allocate(&id, &name, &ns)).await?;
@@ -367,7 +459,7 @@ impl BridgeNetwork {
             .map_err(|e| NetworkError::netlink(format!("hairpin mode on {host_if}"), e))?;
         self.check_fail_point(FailPoint::AfterVeth)?;
 
-        self.configure_pod(&req.netns_path, &ips).await?;
+        self.configure_pod(&req.netns_path, &ips, &ranges).await?;
         self.check_fail_point(FailPoint::AfterPodConfig)?;
 
         if req.port_mappings.iter().any(|m| m.host_port != 0) {
@@ -396,25 +488,25 @@ impl BridgeNetwork {
     }
 
     /// Inside the pod's netns: lo and eth0 up, addresses, default routes.
-    async fn configure_pod(&self, netns: &Path, ips: &[IpAddr]) -> Result<()> {
+    async fn configure_pod(&self, netns: &Path, ips: &[IpAddr], ranges: &Ranges) -> Result<()> {
         let pod = Rtnl::in_netns(netns).await?;
         let lo = pod.index("lo").await?;
         pod.set_up(lo, "lo").await?;
         let eth0 = pod.index(POD_IFNAME).await?;
         for ip in ips {
-            let prefix = if ip.is_ipv6() { self.v6.map(|c| c.prefix()).unwrap_or(64) } else { self.v4.prefix() };
+            let prefix = if ip.is_ipv6() { ranges.v6.map(|c| c.prefix()).unwrap_or(64) } else { ranges.v4.prefix() };
             pod.add_address(eth0, *ip, prefix, POD_IFNAME).await?;
         }
         pod.set_up(eth0, POD_IFNAME).await?;
         for ip in ips {
             let res = match ip {
                 IpAddr::V4(_) => {
-                    let Some(IpAddr::V4(gw)) = self.v4.gateway() else { continue };
+                    let Some(IpAddr::V4(gw)) = ranges.v4.gateway() else { continue };
                     let r = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(eth0).build();
                     pod.handle.route().add(r).execute().await
                 }
                 IpAddr::V6(_) => {
-                    let Some(IpAddr::V6(gw)) = self.v6.and_then(|c| c.gateway()) else { continue };
+                    let Some(IpAddr::V6(gw)) = ranges.v6.and_then(|c| c.gateway()) else { continue };
                     let r = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).output_interface(eth0).build();
                     pod.handle.route().add(r).execute().await
                 }
@@ -540,8 +632,10 @@ impl BridgeNetwork {
             }
         }
         // Also puts the veths of the live pods back on a bridge made again (see ensure_host).
-        if let Err(e) = self.ensure_host().await {
-            errors.push(e);
+        // No pod range yet (waiting for the kubelet) is not an error here.
+        match self.ensure_host().await {
+            Ok(()) | Err(NetworkError::NotReady(_)) => {}
+            Err(e) => errors.push(e),
         }
         match errors.len() {
             0 => Ok(()),
@@ -623,6 +717,7 @@ impl NetworkPlugin for BridgeNetwork {
     fn setup<'a>(&'a self, req: &'a PodNetworkRequest) -> BoxFuture<'a, Result<PodNetworkStatus>> {
         Box::pin(async move {
             validate_request(req)?;
+            let _shared = self.range_lock.read().await;
             let mut undo = Vec::new();
             match self.do_setup(req, &mut undo).await {
                 Ok(st) => {
@@ -653,9 +748,10 @@ impl NetworkPlugin for BridgeNetwork {
                     "the nft command (Debian package nftables) was not found",
                 ));
             }
-            self.ensure_host()
-                .await
-                .map_err(|e| NotReady::new("BridgeSetupFailed", format!("bridge {}: {e}", self.bridge)))
+            self.ensure_host().await.map_err(|e| match e {
+                NetworkError::NotReady(nr) => nr,
+                e => NotReady::new("BridgeSetupFailed", format!("bridge {}: {e}", self.bridge)),
+            })
         })
     }
 
@@ -666,5 +762,20 @@ impl NetworkPlugin for BridgeNetwork {
     fn pod_ips<'a>(&'a self, pod_id: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>>> {
         let id = pod_id.to_string();
         Box::pin(async move { self.ipam_call(move |i| i.leases_of(&id)).await })
+    }
+
+    fn set_pod_cidrs<'a>(&'a self, cidrs: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(self.set_pod_ranges(cidrs))
+    }
+
+    fn pod_cidrs(&self) -> Option<(String, &'static str)> {
+        self.cidr.get().map(|(r, src)| {
+            let src = match src {
+                Source::Config => "config",
+                Source::Kubelet => "kubelet",
+                Source::Fallback => "fallback",
+            };
+            (r.to_kubelet_string(), src)
+        })
     }
 }

@@ -22,10 +22,14 @@ pub struct NetworkConfig {
     pub plugin: PluginKind,
     /// Name of the bridge the built-in plugin creates.
     pub bridge: String,
-    /// IPv4 pod range; the gateway is its first address.
+    /// IPv4 pod range; the gateway is its first address. "" = the node's range from the kubelet
+    /// (UpdateRuntimeConfig), persisted under `ROOT/network/` (see [`crate::podcidr`]).
     pub pod_cidr: String,
     /// Optional IPv6 pod range for dual stack ("" = none).
     pub pod_cidr_v6: String,
+    /// With `pod_cidr` empty: seconds to wait for the kubelet's range before using
+    /// [`crate::podcidr::FALLBACK_POD_CIDR`] (0 = wait forever).
+    pub pod_cidr_fallback_secs: u64,
     /// MTU of the bridge and the pods' interfaces.
     pub mtu: u32,
     /// Masquerade pod traffic that leaves the pod range.
@@ -48,8 +52,9 @@ impl Default for NetworkConfig {
         Self {
             plugin: PluginKind::Bridge,
             bridge: "skiff0".into(),
-            pod_cidr: "10.88.0.0/16".into(),
+            pod_cidr: String::new(),
             pod_cidr_v6: String::new(),
+            pod_cidr_fallback_secs: 60,
             mtu: 1500,
             masquerade: true,
             nft_table: String::new(),

@@ -23,6 +23,9 @@ pub enum NetworkError {
     /// The network is not ready (e.g. no CNI configuration).
     #[error("network not ready: {0}")]
     NotReady(NotReady),
+    /// The pod range cannot change while pods hold addresses of it.
+    #[error("{0}")]
+    RangeInUse(String),
     /// No free address left in a pod range.
     #[error("no free address left in {0}")]
     AddressesExhausted(String),
@@ -70,7 +73,9 @@ impl NetworkError {
         use common::ErrorKind;
         match self {
             NetworkError::InvalidArgument(_) => ErrorKind::InvalidArgument,
-            NetworkError::NotReady(_) | NetworkError::Config(_) => ErrorKind::FailedPrecondition,
+            NetworkError::NotReady(_) | NetworkError::Config(_) | NetworkError::RangeInUse(_) => {
+                ErrorKind::FailedPrecondition
+            }
             NetworkError::AddressesExhausted(_) => ErrorKind::ResourceExhausted,
             _ => ErrorKind::Internal,
         }

@@ -53,14 +53,26 @@ struct LeaseFile {
 pub struct Ipam {
     path: PathBuf,
     lock_path: PathBuf,
-    ranges: Vec<Cidr>,
+    ranges: std::sync::RwLock<Vec<Cidr>>,
     mutex: Mutex<()>,
 }
 
 impl Ipam {
     /// Lease store in `dir` (created when needed) for `ranges` (IPv4 first, then IPv6).
     pub fn new(dir: &Path, ranges: Vec<Cidr>) -> Self {
-        Self { path: dir.join("leases.json"), lock_path: dir.join("leases.lock"), ranges, mutex: Mutex::new(()) }
+        Self {
+            path: dir.join("leases.json"),
+            lock_path: dir.join("leases.lock"),
+            ranges: std::sync::RwLock::new(ranges),
+            mutex: Mutex::new(()),
+        }
+    }
+
+    /// Replaces the ranges (the pod CIDR changed while no pod held an address).
+    pub fn set_ranges(&self, ranges: Vec<Cidr>) {
+        if let Ok(mut g) = self.ranges.write() {
+            *g = ranges;
+        }
     }
 
     /// Path of the lease file.
@@ -116,11 +128,15 @@ impl Ipam {
     /// Lease one address per range for `pod_id` (reusing addresses the pod already holds).
     /// Returns the addresses in range order (IPv4 first).
     pub fn allocate(&self, pod_id: &str, pod_name: &str, namespace: &str) -> Result<Vec<IpAddr>> {
+        let ranges = self.ranges.read().map(|g| g.clone()).unwrap_or_default();
+        if ranges.is_empty() {
+            return Err(NetworkError::Internal("no pod range to allocate from".into()));
+        }
         self.with_file(|file| {
             let mut used: HashSet<IpAddr> = file.leases.iter().map(|l| l.ip).collect();
             let mut out = Vec::new();
             let mut dirty = false;
-            for range in &self.ranges {
+            for range in &ranges {
                 if let Some(l) = file.leases.iter().find(|l| l.pod_id == pod_id && range.contains(l.ip)) {
                     out.push(l.ip);
                     continue;

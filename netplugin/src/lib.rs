@@ -43,6 +43,7 @@ pub mod error;
 mod fsutil;
 pub mod ipam;
 pub mod nft;
+pub mod podcidr;
 mod rtnl;
 mod sysctl;
 pub mod types;
@@ -84,6 +85,20 @@ pub trait NetworkPlugin: Send + Sync {
 
     /// The addresses currently recorded for a pod (IPv4 first); empty when none.
     fn pod_ips<'a>(&'a self, pod_id: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>>>;
+
+    /// The node's pod ranges from the kubelet (`UpdateRuntimeConfig`: `10.244.1.0/24` or
+    /// `10.244.1.0/24,fd00:1::/64`). `Ok(true)` when the ranges changed; plugins that do not
+    /// manage addresses themselves (CNI: the conflist decides) ignore it.
+    fn set_pod_cidrs<'a>(&'a self, cidrs: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let _ = cidrs;
+        Box::pin(async { Ok(false) })
+    }
+
+    /// The pod ranges in force and where they came from (`config`, `kubelet`, `fallback`), if
+    /// the plugin manages them and knows them.
+    fn pod_cidrs(&self) -> Option<(String, &'static str)> {
+        None
+    }
 }
 
 /// The plugin selected by `config.plugin`; state (leases, CNI result cache) lives under

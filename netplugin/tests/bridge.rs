@@ -419,3 +419,50 @@ async fn status_and_config_errors() {
     assert!(bad(&|c| c.nft_table = "filter".into()).unwrap().contains("nft_table"));
     assert!(bad(&|c| c.mtu = 100).is_some());
 }
+
+/// `pod_cidr = ""`: not ready until the kubelet's ranges arrive (dual stack here), then pods
+/// get addresses from them; a change is refused while a pod holds an address; the fallback
+/// range confirmed by the kubelet is kept without touching the host; after teardown a new
+/// range moves the bridge's gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_ranges_from_the_kubelet() {
+    let mut env = Env::new(false);
+    env.cfg.pod_cidr = String::new();
+    env.cfg.pod_cidr_fallback_secs = 0;
+    let net = env.net();
+    let nr = net.status().await.unwrap_err();
+    assert_eq!(nr.reason, "NoPodCIDR", "{nr}");
+    let slot = env.slot;
+    let kubelet = format!("10.89.{slot}.0/24,fd00:89:{slot:x}::/64");
+    assert!(net.set_pod_cidrs(&kubelet).await.unwrap());
+    assert!(!net.set_pod_cidrs(&kubelet).await.unwrap(), "the same ranges again are a no-op");
+    net.status().await.unwrap();
+    let addrs = sh_ok("ip", &["-o", "addr", "show", "dev", &env.cfg.bridge]);
+    assert!(
+        addrs.contains(&format!("10.89.{slot}.1/24")) && addrs.contains(&format!("fd00:89:{slot:x}::1/64")),
+        "{addrs}"
+    );
+
+    let ns = Netns::new();
+    let r = req("kube1", &ns, vec![]);
+    let st = net.setup(&r).await.unwrap();
+    assert_eq!(st.ips.len(), 2, "{:?}", st.ips);
+    assert!(st.ips[0].to_string().starts_with(&format!("10.89.{slot}.")), "{:?}", st.ips);
+    // 10.91.x.0/24: a range no other test uses, in the same slot.
+    let other = format!("10.91.{slot}.0/24");
+    let e = net.set_pod_cidrs(&other).await.unwrap_err();
+    assert!(e.to_string().contains("kube1"), "{e}");
+    assert!(matches!(e, netplugin::NetworkError::RangeInUse(_)), "{e:?}");
+    net.teardown(&r).await.unwrap();
+
+    assert!(net.set_pod_cidrs(&other).await.unwrap());
+    let addrs = sh_ok("ip", &["-o", "addr", "show", "dev", &env.cfg.bridge]);
+    assert!(addrs.contains(&format!("10.91.{slot}.1/24")), "{addrs}");
+    assert!(!addrs.contains(&format!("10.89.{slot}.1/24")), "{addrs}");
+    assert!(net.pod_cidrs().unwrap().0 == other && net.pod_cidrs().unwrap().1 == "kubelet");
+    // A new instance on the same root has the range at once.
+    drop(net);
+    let again = env.net();
+    assert_eq!(again.pod_cidrs().unwrap().0, other);
+    again.remove_host_network().await.unwrap();
+}

@@ -123,10 +123,13 @@ impl ImageService for ImageSvc {
         // In a task of its own: a pull cut off by the client's deadline still completes (and a
         // retry finds the image, or joins the store's pull under way).
         let (store, n) = (self.store.clone(), name.clone());
+        let start = std::time::Instant::now();
         let rec = crate::services::runtime::container::detached(async move {
             store.pull(&n, auth).await.map_err(|e| image_status(&format!("pulling image {n:?}"), e))
         })
-        .await?;
+        .await;
+        crate::metrics::METRICS.pull(rec.is_ok(), start.elapsed(), rec.as_ref().map(|r| r.size).unwrap_or(0));
+        let rec = rec?;
         Ok(Response::new(PullImageResponse { image_ref: rec.id.to_string() }))
     }
 

@@ -73,7 +73,7 @@ impl RuntimeService for RuntimeSvc {
         r: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
         validate::update_runtime_config(r.get_ref())?;
-        self.update_runtime_config_impl(r.into_inner());
+        self.update_runtime_config_impl(r.into_inner()).await?;
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 

@@ -58,9 +58,9 @@ impl RuntimeSvc {
         if md.name.is_empty() {
             return Err(Status::invalid_argument("RunPodSandbox: metadata.name is required"));
         }
-        if !req.runtime_handler.is_empty() {
+        if !req.runtime_handler.is_empty() && req.runtime_handler != super::status::DEFAULT_HANDLER_NAME {
             return Err(Status::invalid_argument(format!(
-                "RunPodSandbox: unknown runtime handler {:?} (skiff has only the default handler, \"\")",
+                "RunPodSandbox: unknown runtime handler {:?} (skiff has only the default handler, \"\" or \"skiff\")",
                 req.runtime_handler
             )));
         }

@@ -11,6 +11,9 @@ use super::RuntimeSvc;
 /// The runtime name reported by `Version`.
 pub const RUNTIME_NAME: &str = "skiff";
 
+/// The name of the only runtime handler, also reachable as the default (empty) handler.
+pub const DEFAULT_HANDLER_NAME: &str = "skiff";
+
 impl RuntimeSvc {
     pub(super) fn version_impl(&self) -> VersionResponse {
         VersionResponse {
@@ -38,9 +41,7 @@ impl RuntimeSvc {
         };
         let mut info = HashMap::new();
         if req.verbose {
-            let config = serde_json::to_string(&*self.ctx.config)
-                .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
-            info.insert("config".to_owned(), config);
+            info.insert("config".to_owned(), self.resolved_config()?.to_string());
             if let Some(addr) = self.ctx.streaming.address() {
                 info.insert(
                     "streamingServer".to_owned(),
@@ -51,18 +52,36 @@ impl RuntimeSvc {
         Ok(StatusResponse {
             status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),
             info,
-            runtime_handlers: vec![RuntimeHandler {
-                // The default handler has the empty name.
-                name: String::new(),
-                features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: runtime::features::mount_setattr(),
-                    user_namespaces: false,
-                }),
-            }],
+            // The default handler has the empty name (CRI); `skiff` names the same handler.
+            runtime_handlers: [String::new(), DEFAULT_HANDLER_NAME.to_owned()]
+                .into_iter()
+                .map(|name| RuntimeHandler {
+                    name,
+                    features: Some(RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: runtime::features::mount_setattr(),
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             // Strict and Merge are applied at CreateContainer and the identity is reported in
             // ContainerStatus.user.
             features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
         })
+    }
+
+    /// The configuration as JSON with the values skiffd derived filled in: the socket it
+    /// listens on, the monitor it runs, and the pod ranges in force (with where they came from).
+    fn resolved_config(&self) -> Result<serde_json::Value, Status> {
+        let config = &self.ctx.config;
+        let mut v = serde_json::to_value(&**config)
+            .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
+        v["listen"] = config.socket_path().to_string_lossy().into_owned().into();
+        v["runtime"]["monitor_path"] = config.monitor_path().to_string_lossy().into_owned().into();
+        v["runtime"]["default_runtime_handler"] = DEFAULT_HANDLER_NAME.into();
+        let (cidrs, source) = self.ctx.network.pod_cidrs().unwrap_or_default();
+        v["network"]["pod_cidr_in_use"] = cidrs.into();
+        v["network"]["pod_cidr_source"] = source.into();
+        Ok(v)
     }
 
     /// Whether pods can get a network: (ready, reason, message).
@@ -79,10 +98,23 @@ impl RuntimeSvc {
         }
     }
 
-    pub(super) fn update_runtime_config_impl(&self, req: UpdateRuntimeConfigRequest) {
-        // The kubelet hands over the node's pod CIDR; the built-in bridge uses its own
-        // configured range, so this is only recorded in the log.
-        let cidr = req.runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
-        tracing::info!(pod_cidr = ?cidr, "runtime config update from the kubelet");
+    /// The kubelet hands over the node's pod CIDR(s) (`10.244.1.0/24[,fd00:1::/64]`); the
+    /// built-in bridge takes them when `network.pod_cidr` is empty. Runs in a task of its own so
+    /// that a client deadline cannot stop the change half-way.
+    pub(super) async fn update_runtime_config_impl(&self, req: UpdateRuntimeConfigRequest) -> Result<(), Status> {
+        let cidr = req.runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
+        tracing::info!(pod_cidr = %cidr, "runtime config update from the kubelet");
+        if cidr.trim().is_empty() {
+            return Ok(());
+        }
+        let network = self.ctx.network.clone();
+        let changed = tokio::spawn(async move { network.set_pod_cidrs(&cidr).await })
+            .await
+            .map_err(crate::error::join_error)?
+            .map_err(|e| crate::error::status_of("set the pod CIDR", &e))?;
+        if changed {
+            self.ctx.network.status().await.ok();
+        }
+        Ok(())
     }
 }
