@@ -223,6 +223,11 @@ impl Reference {
         if let Some(bad) = path.split('/').find(|c| !valid_path_component(c)) {
             return Err(invalid(s, format!("invalid repository path component {bad:?}")));
         }
+        // The limit holds for the normalised name (as distribution's reference package checks
+        // it), so that every parsed reference prints as one that parses again.
+        if domain.len() + 1 + path.len() > 255 {
+            return Err(invalid(s, "repository name longer than 255 characters"));
+        }
         let tag = match (&tag, &digest) {
             (_, Some(_)) => None,
             (Some(t), None) => Some(t.clone()),
@@ -272,6 +277,16 @@ impl fmt::Display for Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_length_limit_holds_for_the_normalised_name() {
+        // 250 characters as written, over 255 once "docker.io/" is added (found by fuzz/reference)
+        let long = format!("a/{}", "b".repeat(248));
+        assert!(Reference::parse(&long).is_err());
+        let ok = format!("a/{}", "b".repeat(240));
+        let r = Reference::parse(&ok).unwrap();
+        assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+    }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
