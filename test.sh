@@ -26,6 +26,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --features skiff-cri-server/failpoints -- -D warnings
 
+# Every fuzz target for a bounded time (fuzz/README.md); a crash fails the run.
+fuzz/run.sh "${SKIFF_FUZZ_SECONDS:-20}"
+
 # The tests' skiffd has failpoints (SKIFF_FAILPOINTS); release builds never do.
 cargo build --workspace --bins --locked --features skiff-cri-server/failpoints
 cargo test --workspace --locked --no-fail-fast --features skiff-cri-server/failpoints -- --test-threads="${SKIFF_TEST_THREADS:-4}"

@@ -128,7 +128,75 @@ pub struct RuntimeConfig {
     pub monitor_path: PathBuf,
     pub cgroup_driver: String,
     pub default_cgroup_parent: String,
-    pub stop_timeout_secs: u64,
+    /// Resource limits of every container's process, as CRI-O's `default_ulimits`:
+    /// `"name=soft:hard"` or `"name=value"` (both limits), e.g. `"nofile=1048576:1048576"`.
+    /// Empty: the process inherits the monitor's (that is, skiffd's) limits.
+    pub default_ulimits: Vec<String>,
+    /// Read by nothing: StopContainer always carries its own timeout (0 kills at once, as the
+    /// CRI says). Still accepted so that older configuration files load; a warning says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_secs: Option<u64>,
+}
+
+/// The `RLIMIT_*` names a ulimit may use, as in `ulimit`/CRI-O (`nofile`, `nproc`, ...).
+const ULIMITS: &[(&str, oci_spec::runtime::PosixRlimitType, i32)] = {
+    use oci_spec::runtime::PosixRlimitType as T;
+    &[
+        ("as", T::RlimitAs, libc::RLIMIT_AS as i32),
+        ("core", T::RlimitCore, libc::RLIMIT_CORE as i32),
+        ("cpu", T::RlimitCpu, libc::RLIMIT_CPU as i32),
+        ("data", T::RlimitData, libc::RLIMIT_DATA as i32),
+        ("fsize", T::RlimitFsize, libc::RLIMIT_FSIZE as i32),
+        ("locks", T::RlimitLocks, libc::RLIMIT_LOCKS as i32),
+        ("memlock", T::RlimitMemlock, libc::RLIMIT_MEMLOCK as i32),
+        ("msgqueue", T::RlimitMsgqueue, libc::RLIMIT_MSGQUEUE as i32),
+        ("nice", T::RlimitNice, libc::RLIMIT_NICE as i32),
+        ("nofile", T::RlimitNofile, libc::RLIMIT_NOFILE as i32),
+        ("nproc", T::RlimitNproc, libc::RLIMIT_NPROC as i32),
+        ("rss", T::RlimitRss, libc::RLIMIT_RSS as i32),
+        ("rtprio", T::RlimitRtprio, libc::RLIMIT_RTPRIO as i32),
+        ("rttime", T::RlimitRttime, libc::RLIMIT_RTTIME as i32),
+        ("sigpending", T::RlimitSigpending, libc::RLIMIT_SIGPENDING as i32),
+        ("stack", T::RlimitStack, libc::RLIMIT_STACK as i32),
+    ]
+};
+
+/// Parses one `default_ulimits` entry: (type, libc resource, soft, hard).
+fn parse_ulimit(s: &str) -> Result<(oci_spec::runtime::PosixRlimitType, i32, u64, u64), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not name=soft:hard"))?;
+    let name = name.trim().to_ascii_lowercase();
+    let name = name.strip_prefix("rlimit_").unwrap_or(&name);
+    let &(_, typ, res) = ULIMITS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| format!("{name:?} is not a resource limit (nofile, nproc, core, memlock, ...)"))?;
+    let num = |v: &str| -> Result<u64, String> {
+        match v.trim() {
+            "unlimited" | "-1" => Ok(libc::RLIM_INFINITY),
+            v => v.parse::<u64>().map_err(|_| format!("{v:?} in {s:?} is not a number")),
+        }
+    };
+    let (soft, hard) = match value.split_once(':') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(value)?, num(value)?),
+    };
+    if soft > hard {
+        return Err(format!("{s:?}: the soft limit is above the hard limit"));
+    }
+    Ok((typ, res, soft, hard))
+}
+
+impl RuntimeConfig {
+    /// The containers' resource limits from `default_ulimits` (validated when loaded).
+    pub fn rlimits(&self) -> Vec<oci_spec::runtime::PosixRlimit> {
+        self.default_ulimits
+            .iter()
+            .filter_map(|u| parse_ulimit(u).ok())
+            .filter_map(|(typ, _, soft, hard)| {
+                oci_spec::runtime::PosixRlimitBuilder::default().typ(typ).soft(soft).hard(hard).build().ok()
+            })
+            .collect()
+    }
 }
 
 impl Default for Config {
@@ -156,7 +224,8 @@ impl Default for RuntimeConfig {
             monitor_path: PathBuf::new(),
             cgroup_driver: "cgroupfs".into(),
             default_cgroup_parent: "/skiff".into(),
-            stop_timeout_secs: 10,
+            default_ulimits: Vec::new(),
+            stop_timeout_secs: None,
         }
     }
 }
@@ -306,6 +375,29 @@ impl Config {
         if !self.runtime.default_cgroup_parent.starts_with('/') {
             errs.push(invalid("runtime.default_cgroup_parent", "must start with /".into()));
         }
+        for u in &self.runtime.default_ulimits {
+            match parse_ulimit(u) {
+                Err(e) => errs.push(invalid("runtime.default_ulimits", e)),
+                Ok((_, res, _, hard)) => {
+                    // Without CAP_SYS_RESOURCE no process may raise its hard limit above ours:
+                    // refuse it here rather than fail every container start.
+                    let mut ours = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    // SAFETY: getrlimit writes the `rlimit` above, alive across the call.
+                    let got = unsafe { libc::getrlimit(res as _, &mut ours) } == 0;
+                    let may_raise = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE)
+                        .unwrap_or(false);
+                    if got && !may_raise && hard > ours.rlim_max {
+                        errs.push(invalid(
+                            "runtime.default_ulimits",
+                            format!(
+                                "{u:?}: the hard limit is above skiffd's own ({}), which needs CAP_SYS_RESOURCE",
+                                ours.rlim_max
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         if self.registry.max_concurrent_downloads == 0 {
             errs.push(invalid("registry.max_concurrent_downloads", "must be at least 1".into()));
         }
@@ -387,6 +479,26 @@ fn cidr_prefix(s: &str, v6: bool) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_ulimits() {
+        let (t, _, soft, hard) = parse_ulimit("nofile=1024:2048").unwrap();
+        assert_eq!((t, soft, hard), (oci_spec::runtime::PosixRlimitType::RlimitNofile, 1024, 2048));
+        assert_eq!(parse_ulimit("RLIMIT_CORE=unlimited").unwrap().2, libc::RLIM_INFINITY);
+        assert_eq!(parse_ulimit("nproc=100").unwrap().3, 100);
+        for bad in ["nofile", "bogus=1", "nofile=2:1", "nofile=x"] {
+            assert!(parse_ulimit(bad).is_err(), "{bad}");
+        }
+        let c = Config::parse(
+            "[runtime]\ndefault_ulimits = [\"nofile=1024:2048\"]\nstop_timeout_secs = 10\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.runtime.rlimits().len(), 1);
+        let e =
+            Config::parse("[runtime]\ndefault_ulimits = [\"nofile=9\", \"x=1\"]\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("runtime.default_ulimits"), "{e}");
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))

@@ -103,6 +103,9 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
     crate::failpoint::init();
+    if config.runtime.stop_timeout_secs.is_some() {
+        tracing::warn!("runtime.stop_timeout_secs is ignored: StopContainer always carries its own timeout");
+    }
     create_dir(&config.root, 0o711)?;
     create_dir(&config.state, 0o711)?;
     let _lock = InstanceLock::acquire(&config.state)?;
@@ -119,7 +122,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     crate::services::runtime::start_background(ctx.clone());
     let address = config.streaming.address.clone();
     let sc = &config.streaming;
-    let tls = (!sc.tls_cert.as_os_str().is_empty()).then(|| (sc.tls_cert.as_path(), sc.tls_key.as_path()));
+    let tls = (!sc.tls_cert.as_os_str().is_empty()).then_some((sc.tls_cert.as_path(), sc.tls_key.as_path()));
     let streaming = crate::streaming::http::Server::start(ctx.streaming.clone(), &address, tls)
         .await
         .map_err(|source| ServerError::Streaming { address, source })?;

@@ -321,3 +321,18 @@ async fn container_names() {
     d.remove_pod(&p1).await;
     d.remove_pod(&p2).await;
 }
+
+/// `runtime.default_ulimits` reaches every container's process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_ulimits_apply_to_containers() {
+    let d = Daemon::start_with_config("[runtime]\ndefault_ulimits = [\"nofile=1000:2000\", \"core=0\"]").await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "ulimits");
+    let pod = d.run_pod(&pc).await;
+    let id =
+        d.create_and_start(&pod, &pc, container_config("u", &["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"])).await;
+    d.wait_exited(&id, Duration::from_secs(10)).await;
+    let lines: Vec<String> = read_log(&Path::new(&pc.log_directory).join("u.log")).into_iter().map(|l| l.2).collect();
+    assert_eq!(lines, ["1000", "2000", "0"]);
+    d.remove_pod(&pod).await;
+}

@@ -206,7 +206,7 @@ impl RuntimeSvc {
                 cgroups_path: &record.cgroup_path,
                 user: &user,
                 oom_score_adj_min: ctx.oom_score_adj_min,
-                rlimits: Vec::new(),
+                rlimits: ctx.config.runtime.rlimits(),
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
             };
             // It reads files (a Localhost seccomp profile, mount sources, devices): not on a worker.
