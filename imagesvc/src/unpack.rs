@@ -419,35 +419,102 @@ pub enum UnpackError {
 
 /// Unpacks a (compressed) layer stream into `dest`, verifying the uncompressed stream against
 /// `diff_id`. The whole of `reader` is consumed on success.
-pub fn unpack_layer<R: Read>(
+///
+/// Two threads share the work: this one reads, decompresses and hashes, a scoped helper parses
+/// the tar stream and creates the files, so that one layer keeps two cores busy (decompression
+/// and file creation cost about the same).
+pub fn unpack_layer<R: Read + Send>(
     layer: &str,
     reader: R,
     diff_id: &crate::reference::Digest,
     dest: &Path,
 ) -> std::result::Result<UnpackStats, UnpackError> {
+    use std::sync::mpsc;
+    const PIECE: usize = 256 * 1024;
     let mut src = ErrorTap { inner: reader, err: None };
-    let res = (|| {
-        let dec = decompress(&mut src).map_err(|e| ImageError::Unpack {
-            layer: layer.to_string(),
-            entry: String::new(),
-            reason: format!("reading layer: {e}"),
-        })?;
-        let mut hr = HashingReader::new(dec);
-        let stats = unpack(layer, &mut hr, dest)?;
-        let (got, _) = hr.finish();
-        if &got != diff_id {
-            return Err(ImageError::DigestMismatch {
-                what: format!("uncompressed layer {layer} (diff id)"),
-                expected: diff_id.to_string(),
-                actual: got.to_string(),
-            });
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(8);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    let (produced, consumed) = std::thread::scope(|scope| {
+        let consumer = scope.spawn(move || {
+            let r = PieceReader { rx: full_rx, back: empty_tx, cur: Vec::new(), pos: 0 };
+            unpack(layer, r, dest)
+        });
+        let produced = (|| {
+            let mut dec = decompress(&mut src).map_err(|e| format!("reading layer: {e}"))?;
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            loop {
+                let mut buf = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(PIECE));
+                buf.resize(PIECE, 0);
+                let mut n = 0;
+                while n < PIECE {
+                    match dec.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("decompressing layer: {e}")),
+                    }
+                }
+                if n == 0 {
+                    return Ok(Some(crate::reference::Digest::from_hasher(hasher)));
+                }
+                buf.truncate(n);
+                sha2::Digest::update(&mut hasher, &buf);
+                if full_tx.send(buf).is_err() {
+                    // The unpacker stopped (and says why).
+                    return Ok(None);
+                }
+            }
+        })();
+        drop(full_tx);
+        let consumed = consumer.join().unwrap_or_else(|_| Err(ImageError::Metadata("unpack thread panicked".into())));
+        (produced, consumed)
+    });
+    if let Some(e) = src.err {
+        return Err(UnpackError::Read(e));
+    }
+    let err = |reason: String| ImageError::Unpack { layer: layer.to_string(), entry: String::new(), reason };
+    match (produced, consumed) {
+        (Err(reason), _) => Err(UnpackError::Other(err(reason))),
+        (Ok(_), Err(e)) => Err(UnpackError::Other(e)),
+        (Ok(None), Ok(_)) => Err(UnpackError::Other(err("unpacker stopped early".into()))),
+        (Ok(Some(got)), Ok(stats)) => {
+            if &got != diff_id {
+                return Err(UnpackError::Other(ImageError::DigestMismatch {
+                    what: format!("uncompressed layer {layer} (diff id)"),
+                    expected: diff_id.to_string(),
+                    actual: got.to_string(),
+                }));
+            }
+            Ok(stats)
         }
-        Ok(stats)
-    })();
-    match (res, src.err) {
-        (_, Some(e)) => Err(UnpackError::Read(e)),
-        (Ok(s), None) => Ok(s),
-        (Err(e), None) => Err(UnpackError::Other(e)),
+    }
+}
+
+/// The tar side of [`unpack_layer`]: reads the pieces the decompressing thread sends and
+/// hands the buffers back for reuse.
+struct PieceReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    let done = std::mem::replace(&mut self.cur, next);
+                    let _ = self.back.send(done);
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
