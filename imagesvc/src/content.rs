@@ -122,7 +122,11 @@ impl ContentStore {
                 actual: got.to_string(),
             });
         }
-        ing.file.take();
+        if let Some(f) = ing.file.take() {
+            // Start the blob's writeback now; the pull's syncfs waits for it (see `durable`).
+            // SAFETY: plain syscall on a descriptor we hold.
+            unsafe { libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
         let dest = self.path(d);
         crate::durable::will_commit();
         std::fs::rename(&ing.path, &dest).map_err(|e| ImageError::io("commit blob", &dest, e))

@@ -199,3 +199,11 @@ pub fn remove_all_at(dir: RawFd, name: &OsStr) -> io::Result<()> {
 pub fn makedev(major: u32, minor: u32) -> libc::dev_t {
     libc::makedev(major, minor)
 }
+
+/// Starts writeback of a file's dirty pages without waiting for it (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`): no durability by itself, it only moves the I/O earlier. Errors
+/// are ignored (the later syncfs reports write errors).
+pub fn start_writeback(fd: RawFd) {
+    // SAFETY: plain syscall on a descriptor the caller holds.
+    unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}

@@ -60,6 +60,10 @@ fn join(comps: &[OsString]) -> PathBuf {
 /// Size of the copy buffer for file contents (fewer, larger writes than `io::copy`'s 8 KiB).
 const COPY_BUF: usize = 256 * 1024;
 
+/// Files at least this large have their writeback started when written, so that the pull's
+/// final syncfs finds most of the data already on its way to the disk.
+const WRITEBACK_FROM: u64 = 64 * 1024;
+
 struct Unpacker<'a> {
     layer: &'a str,
     root: OwnedFd,
@@ -127,6 +131,9 @@ impl Unpacker<'_> {
             }
             f.write_all(&self.buf[..n]).map_err(|e| self.err(raw, e))?;
             bytes += n as u64;
+        }
+        if bytes >= WRITEBACK_FROM {
+            sys::start_writeback(f.as_raw_fd());
         }
         Ok(bytes)
     }
