@@ -457,11 +457,9 @@ impl ImageStore {
             handles
                 .push(tokio::spawn(async move { me.ensure_layer(&sess, &desc, &chain, &diff_id, &what, &sem).await }));
         }
+        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+        let mut pending: futures::stream::FuturesUnordered<_> = handles.into_iter().collect();
         let mut result = Ok(());
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for h in handles.iter_mut() {
-            pending.push(h);
-        }
         while let Some(r) = futures::StreamExt::next(&mut pending).await {
             let r = r.unwrap_or_else(|e| Err(ImageError::Metadata(format!("layer task failed: {e}"))));
             if let Err(e) = r {
@@ -469,15 +467,12 @@ impl ImageStore {
                 break;
             }
         }
-        drop(pending);
         if let Err(e) = result {
             // Stop the other layers; their ingest files and temporary snapshots go away with them.
-            for h in &handles {
-                h.abort();
+            for a in &aborts {
+                a.abort();
             }
-            for h in handles {
-                let _ = h.await;
-            }
+            while futures::StreamExt::next(&mut pending).await.is_some() {}
             return Err(e);
         }
         // What the record will reference reaches the disk before the record does.
