@@ -17,8 +17,8 @@ pub struct RegistryConfig {
     pub max_concurrent_downloads: usize,
     /// A pull whose bytes stop flowing for this many seconds fails.
     pub stall_timeout_secs: u64,
-    /// Flush each unpacked layer to disk (syncfs) before it becomes visible, so that a power
-    /// loss cannot leave a recorded image with truncated files. Costs pull time on busy disks.
+    /// Flush what a pull wrote (one syncfs per pull) before its image record is committed, so
+    /// that a power loss cannot leave a recorded image with truncated files.
     pub sync_after_unpack: bool,
 }
 

@@ -1,5 +1,6 @@
 //! The content store: blobs by digest under `ROOT/content/blobs/sha256/<hex>`, written through
 //! `ROOT/content/ingest/` and renamed into place only after digest and size were verified.
+//! Durability comes from the pull's one `syncfs` before it records the image (`durable`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Appends bytes (blocking write; chunks are small).
+    /// Appends bytes (blocking write).
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         use sha2::Digest as _;
         self.hasher.update(data);
@@ -49,10 +50,6 @@ impl Drop for Ingest {
     }
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    common::fs::fsync_dir(dir).map_err(|e| ImageError::io("fsync directory", dir, e))
-}
-
 impl ContentStore {
     /// Opens (creating) the store under `root/content` and empties the ingest area.
     pub fn open(root: &Path) -> Result<Self> {
@@ -68,6 +65,11 @@ impl ContentStore {
         }
         std::fs::create_dir_all(&ingest).map_err(|e| ImageError::io("create ingest", &ingest, e))?;
         Ok(ContentStore { blobs, ingest })
+    }
+
+    /// The directory of committed blobs.
+    pub fn path_dir(&self) -> &Path {
+        &self.blobs
     }
 
     /// Path of a committed blob.
@@ -102,7 +104,8 @@ impl ContentStore {
         Ok(Ingest { path, file: Some(file), hasher: sha2::Sha256::new(), written: 0 })
     }
 
-    /// Verifies size and digest, fsyncs and renames the blob into place.
+    /// Verifies size and digest and renames the blob into place. Nothing is fsynced here: the
+    /// pull flushes the file system once before it records an image (see `durable`).
     pub fn commit(&self, mut ing: Ingest, d: &Digest, size: Option<u64>, what: &str) -> Result<()> {
         use sha2::Digest as _;
         if let Some(s) = size {
@@ -120,11 +123,13 @@ impl ContentStore {
             });
         }
         if let Some(f) = ing.file.take() {
-            f.sync_all().map_err(|e| ImageError::io("fsync blob", &ing.path, e))?;
+            // Start the blob's writeback now; the pull's syncfs waits for it (see `durable`).
+            // SAFETY: plain syscall on a descriptor we hold.
+            unsafe { libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         }
         let dest = self.path(d);
-        std::fs::rename(&ing.path, &dest).map_err(|e| ImageError::io("commit blob", &dest, e))?;
-        fsync_dir(&self.blobs)
+        crate::durable::will_commit();
+        std::fs::rename(&ing.path, &dest).map_err(|e| ImageError::io("commit blob", &dest, e))
     }
 
     /// Writes a small verified blob in one go (manifests, configs).

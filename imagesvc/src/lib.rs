@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod content;
+mod durable;
 pub mod error;
 pub mod manifest;
 pub mod meta;

@@ -70,40 +70,35 @@ impl Snapshots {
 
     /// Unpacks a layer blob into the snapshot `chain` (blocking). Idempotent: an existing
     /// snapshot is kept. Nothing is visible under the final name unless unpacking completed.
-    /// With `sync`, the file system is flushed (syncfs) before the rename.
+    /// Nothing is fsynced (see `durable`).
     pub fn unpack(
         &self,
         chain: &Digest,
         blob: &Path,
         diff_id: &Digest,
         layer: &str,
-        sync: bool,
     ) -> Result<crate::unpack::UnpackStats> {
         if self.exists(chain) {
             return Ok(Default::default());
         }
+        let pending = self.prepare(chain)?;
+        let stats = crate::unpack::unpack_layer_file(layer, blob, diff_id, &pending.fs())?;
+        pending.commit()?;
+        Ok(stats)
+    }
+
+    /// A temporary directory `ROOT/snapshots/.tmp-*` to unpack the snapshot `chain` into; it
+    /// is removed unless [`PendingSnapshot::commit`] renames it into place.
+    pub fn prepare(&self, chain: &Digest) -> Result<PendingSnapshot> {
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}-{}",
             chain.hex(),
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let cleanup = |e: ImageError| {
-            let _ = std::fs::remove_dir_all(&tmp);
-            e
-        };
-        std::fs::create_dir_all(tmp.join("fs")).map_err(|e| cleanup(ImageError::io("create snapshot", &tmp, e)))?;
-        let stats = crate::unpack::unpack_layer_file(layer, blob, diff_id, &tmp.join("fs")).map_err(cleanup)?;
-        // Flush the unpacked files before the snapshot becomes visible.
-        if let Some(f) = sync.then(|| std::fs::File::open(&tmp).ok()).flatten() {
-            use std::os::fd::AsRawFd;
-            // SAFETY: syncfs on a descriptor we hold.
-            unsafe { libc::syncfs(f.as_raw_fd()) };
-        }
-        let dest = self.dir.join(chain.hex());
-        std::fs::rename(&tmp, &dest).map_err(|e| cleanup(ImageError::io("commit snapshot", &dest, e)))?;
-        crate::content::fsync_dir(&self.dir)?;
-        Ok(stats)
+        let pending = PendingSnapshot { tmp, dest: self.dir.join(chain.hex()), committed: false };
+        std::fs::create_dir_all(pending.fs()).map_err(|e| ImageError::io("create snapshot", &pending.tmp, e))?;
+        Ok(pending)
     }
 
     /// Makes a snapshot invisible at once (rename to `.del-*`); returns the path to delete later.
@@ -124,6 +119,37 @@ impl Snapshots {
             .flatten()
             .filter_map(|e| Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok())
             .collect())
+    }
+}
+
+/// A snapshot being unpacked (see [`Snapshots::prepare`]).
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl PendingSnapshot {
+    /// The directory to unpack into.
+    pub fn fs(&self) -> PathBuf {
+        self.tmp.join("fs")
+    }
+
+    /// Renames the snapshot into place (no fsync; see `durable`).
+    pub fn commit(mut self) -> Result<()> {
+        crate::durable::will_commit();
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| ImageError::io("commit snapshot", &self.dest, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
     }
 }
 

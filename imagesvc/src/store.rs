@@ -115,7 +115,12 @@ struct Inner {
     locks: KeyedLocks,
     configs: Mutex<HashMap<Digest, Arc<ImageConfiguration>>>,
     max_downloads: usize,
-    sync_after_unpack: bool,
+    /// Flush (syncfs) before an image record is committed (`sync_after_unpack`).
+    sync_before_record: bool,
+    /// The store's syncfs covered every commit up to this `durable::generation()`.
+    synced: std::sync::atomic::AtomicU64,
+    /// Layer unpack workers, shared by all pulls: one per core.
+    unpack_slots: Arc<Semaphore>,
     /// Usage of committed snapshots (immutable once renamed into place), by directory name, so
     /// that ImageFsInfo walks each layer once instead of on every call.
     snapshot_usage: Arc<Mutex<HashMap<String, FsUsage>>>,
@@ -206,7 +211,13 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 configs: Mutex::new(HashMap::new()),
                 max_downloads: registry.max_concurrent_downloads.max(1),
-                sync_after_unpack: registry.sync_after_unpack,
+                sync_before_record: registry.sync_after_unpack,
+                // What was committed before this store opened and survived its GC is referenced
+                // by a record, hence was flushed before that record was written.
+                synced: std::sync::atomic::AtomicU64::new(crate::durable::generation()),
+                unpack_slots: Arc::new(Semaphore::new(
+                    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                )),
                 snapshot_usage: Arc::new(Mutex::new(HashMap::new())),
             })
         })
@@ -437,46 +448,42 @@ impl ImageStore {
             lease.add(snap_key(c));
         }
 
-        // Downloads in parallel, unpacks in order as soon as a layer and its parents are ready.
+        // Every layer at once: downloads (at most `max_downloads` at a time) stream into a free
+        // unpack worker, or into a file that a worker unpacks later. A snapshot holds only its
+        // own layer's diff, so no layer waits for its parents.
         let sem = Arc::new(Semaphore::new(inner.max_downloads));
         let n = m.layers.len();
-        let mut handles: Vec<Option<tokio::task::JoinHandle<Result<()>>>> = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
         for (i, l) in m.layers.iter().enumerate() {
             let me = self.clone();
             let sess = session.clone();
             let desc = l.clone();
             let sem = sem.clone();
+            let (chain, diff_id) = (chains[i].clone(), diff_ids[i].clone());
             let what = format!("layer {}/{} {}", i + 1, n, l.digest.short());
-            handles.push(Some(tokio::spawn(async move { me.fetch_blob(&sess, &desc, &what, &sem).await })));
+            handles
+                .push(tokio::spawn(async move { me.ensure_layer(&sess, &desc, &chain, &diff_id, &what, &sem).await }));
         }
+        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+        let mut pending: futures::stream::FuturesUnordered<_> = handles.into_iter().collect();
         let mut result = Ok(());
-        for i in 0..n {
-            let Some(h) = handles[i].take() else { continue };
-            let r = match h.await {
-                Ok(r) => r,
-                Err(e) => Err(ImageError::Metadata(format!("download task failed: {e}"))),
-            };
+        while let Some(r) = futures::StreamExt::next(&mut pending).await {
+            let r = r.unwrap_or_else(|e| Err(ImageError::Metadata(format!("layer task failed: {e}"))));
             if let Err(e) = r {
-                result = Err(e);
-                break;
-            }
-            let label = format!("{} ({}/{})", m.layers[i].digest.short(), i + 1, n);
-            if let Err(e) = self.ensure_snapshot(&chains[i], &m.layers[i].digest, &diff_ids[i], label).await {
                 result = Err(e);
                 break;
             }
         }
         if let Err(e) = result {
-            // Stop the other downloads; their ingest files go away with them.
-            let rest: Vec<_> = handles.into_iter().flatten().collect();
-            for h in &rest {
-                h.abort();
+            // Stop the other layers; their ingest files and temporary snapshots go away with them.
+            for a in &aborts {
+                a.abort();
             }
-            for h in rest {
-                let _ = h.await;
-            }
+            while futures::StreamExt::next(&mut pending).await.is_some() {}
             return Err(e);
         }
+        // What the record will reference reaches the disk before the record does.
+        self.make_durable().await?;
 
         // Record.
         let (uid, username) = meta::user_of(config.config().as_ref().and_then(|c| c.user().as_deref()).unwrap_or(""));
@@ -549,46 +556,118 @@ impl ImageStore {
         blocking(move || cs.put(&d, &data, what)).await
     }
 
-    async fn fetch_blob(&self, session: &Session, desc: &Descriptor, what: &str, sem: &Semaphore) -> Result<()> {
-        let d = &desc.digest;
-        let _g = self.inner.locks.lock(blob_key(d)).await;
-        if self.inner.content.exists(d) {
+    /// Flushes the store's file systems unless nothing was committed since its last flush.
+    async fn make_durable(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.inner.sync_before_record {
             return Ok(());
         }
-        let _permit = sem.acquire().await.map_err(|_| ImageError::Metadata("download limiter closed".into()))?;
-        let size = desc.size as u64;
-        let mut resp = session.blob(d).await?;
-        let mut ing = self.inner.content.begin(d)?;
+        let gen = crate::durable::generation();
+        if self.inner.synced.load(Ordering::SeqCst) >= gen {
+            return Ok(());
+        }
         let start = Instant::now();
+        let dirs = [self.inner.content.path_dir().to_path_buf(), self.inner.snapshots.dir().to_path_buf()];
+        blocking(move || crate::durable::syncfs(&[&dirs[0], &dirs[1]])).await?;
+        self.inner.synced.fetch_max(gen, Ordering::SeqCst);
+        tracing::debug!(secs = start.elapsed().as_secs_f64(), "flushed pulled data (syncfs)");
+        Ok(())
+    }
+
+    /// Makes sure a layer's blob and snapshot exist: downloads the blob unless present (into a
+    /// free unpack worker as it arrives when the snapshot is missing too), else unpacks it from
+    /// the file.
+    async fn ensure_layer(
+        &self,
+        session: &Session,
+        desc: &Descriptor,
+        chain: &Digest,
+        diff_id: &Digest,
+        what: &str,
+        sem: &Semaphore,
+    ) -> Result<()> {
+        let d = &desc.digest;
+        let blob_guard = self.inner.locks.lock(blob_key(d)).await;
+        if !self.inner.content.exists(d) {
+            let _permit = sem.acquire().await.map_err(|_| ImageError::Metadata("download limiter closed".into()))?;
+            // Lock order: blob, then snapshot.
+            let snap_guard = self.inner.locks.lock(snap_key(chain)).await;
+            let slot = if self.inner.snapshots.exists(chain) {
+                None
+            } else {
+                self.inner.unpack_slots.clone().try_acquire_owned().ok()
+            };
+            if let Some(_slot) = slot {
+                // The snapshot is complete when the download is.
+                return self.download(session, desc, what, Some((chain.clone(), diff_id.clone()))).await;
+            }
+            drop(snap_guard);
+            self.download(session, desc, what, None).await?;
+        }
+        drop(blob_guard);
+        self.ensure_snapshot(chain, d, diff_id, what.to_string()).await
+    }
+
+    /// Downloads a blob into the content store through a blocking worker that writes (and, with
+    /// `unpack`, unpacks as the bytes arrive) while this task reads the network.
+    async fn download(
+        &self,
+        session: &Session,
+        desc: &Descriptor,
+        what: &str,
+        unpack: Option<(Digest, Digest)>,
+    ) -> Result<()> {
+        let d = desc.digest.clone();
+        let size = desc.size as u64;
+        let mut resp = session.blob(&d).await?;
+        let start = Instant::now();
+        tracing::info!(layer = what, bytes = size, unpack = unpack.is_some(), "downloading");
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(64);
+        let cs = self.inner.content.clone();
+        let snaps = self.inner.snapshots.clone();
+        let w = what.to_string();
+        let dd = d.clone();
+        let worker = tokio::task::spawn_blocking(move || download_worker(&cs, &snaps, rx, &dd, size, &w, unpack));
+        let mut received = 0u64;
         let mut last_log = Instant::now();
-        tracing::info!(layer = what, bytes = size, "downloading");
-        while let Some(chunk) = session.next_chunk(&mut resp, what).await? {
-            ing.write(&chunk)?;
-            if ing.written() > size {
-                return Err(ImageError::SizeMismatch { what: what.to_string(), expected: size, actual: ing.written() });
+        loop {
+            let item = match session.next_chunk(&mut resp, what).await {
+                Ok(None) => break,
+                Ok(Some(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > size {
+                        Err(ImageError::SizeMismatch { what: what.to_string(), expected: size, actual: received })
+                    } else {
+                        Ok(chunk)
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
             }
             if last_log.elapsed() >= Duration::from_secs(5) {
                 last_log = Instant::now();
                 let secs = start.elapsed().as_secs_f64().max(0.001);
                 tracing::info!(
                     layer = what,
-                    done = ing.written(),
+                    done = received,
                     total = size,
-                    rate_mib_s = format!("{:.1}", ing.written() as f64 / secs / 1048576.0),
+                    rate_mib_s = format!("{:.1}", received as f64 / secs / 1048576.0),
                     "download progress"
                 );
             }
         }
-        let written = ing.written();
-        let cs = self.inner.content.clone();
-        let (dd, w) = (d.clone(), what.to_string());
-        blocking(move || cs.commit(ing, &dd, Some(size), &w)).await?;
+        drop(tx);
+        let stats = worker.await.map_err(|e| ImageError::Metadata(format!("download worker failed: {e}")))??;
         let secs = start.elapsed().as_secs_f64().max(0.001);
         tracing::info!(
             layer = what,
-            bytes = written,
+            bytes = received,
             secs = format!("{secs:.2}"),
-            rate_mib_s = format!("{:.1}", written as f64 / secs / 1048576.0),
+            rate_mib_s = format!("{:.1}", received as f64 / secs / 1048576.0),
+            entries = stats.map(|s| s.entries),
             "downloaded"
         );
         Ok(())
@@ -599,13 +678,19 @@ impl ImageStore {
         if self.inner.snapshots.exists(chain) {
             return Ok(());
         }
+        let _slot = self
+            .inner
+            .unpack_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ImageError::Metadata("unpack workers closed".into()))?;
         let snaps = self.inner.snapshots.clone();
         let path = self.inner.content.path(blob);
         let (c, d) = (chain.clone(), diff_id.clone());
         let start = Instant::now();
         let l2 = label.clone();
-        let sync = self.inner.sync_after_unpack;
-        let stats = blocking(move || snaps.unpack(&c, &path, &d, &l2, sync)).await?;
+        let stats = blocking(move || snaps.unpack(&c, &path, &d, &l2)).await?;
         tracing::info!(
             layer = label,
             entries = stats.entries,
@@ -858,6 +943,90 @@ impl ImageStore {
     /// The container ids holding snapshots (for reconciliation by skiffd).
     pub async fn rootfs_holders(&self) -> Vec<String> {
         self.inner.state.lock().await.holds.keys().cloned().collect()
+    }
+}
+
+/// The chunks of a download as a `Read`, each written to the ingest file on the way.
+struct ChunkReader<'a> {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
+    cur: bytes::Bytes,
+    ingest: &'a mut crate::content::Ingest,
+    /// The download's (or the ingest's) error, reported instead of what the unpacker saw.
+    err: Option<ImageError>,
+}
+
+impl std::io::Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            if self.err.is_some() {
+                return Err(std::io::Error::other("download failed"));
+            }
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(c)) => {
+                    if let Err(e) = self.ingest.write(&c) {
+                        self.err = Some(e);
+                    } else {
+                        self.cur = c;
+                    }
+                }
+                Some(Err(e)) => self.err = Some(e),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// The blocking half of a download: writes the chunks to an ingest file and, with `unpack`
+/// (chain ID, diff ID), unpacks them into a snapshot at the same time. The blob is committed
+/// after its size and digest check, the snapshot after that and its diff ID check. A download
+/// error wins over a size or digest mismatch, which wins over an unpack error (a corrupt blob
+/// is reported as such even when the unpacker failed first).
+fn download_worker(
+    cs: &ContentStore,
+    snaps: &Snapshots,
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
+    d: &Digest,
+    size: u64,
+    what: &str,
+    unpack: Option<(Digest, Digest)>,
+) -> Result<Option<crate::unpack::UnpackStats>> {
+    let mut ing = cs.begin(d)?;
+    let mut r = ChunkReader { rx, cur: bytes::Bytes::new(), ingest: &mut ing, err: None };
+    let unpacked = match &unpack {
+        None => None,
+        Some((chain, diff_id)) => {
+            let pending = snaps.prepare(chain)?;
+            let res = crate::unpack::unpack_layer(what, &mut r, diff_id, &pending.fs());
+            Some((res, pending))
+        }
+    };
+    // Whatever the unpacker left (or all of it): the blob is verified as a whole.
+    let mut sink = [0u8; 64 * 1024];
+    while r.err.is_none() {
+        match std::io::Read::read(&mut r, &mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(e) = r.err.take() {
+        return Err(e);
+    }
+    cs.commit(ing, d, Some(size), what)?;
+    match unpacked {
+        None => Ok(None),
+        Some((Ok(stats), pending)) => {
+            pending.commit()?;
+            Ok(Some(stats))
+        }
+        Some((Err(crate::unpack::UnpackError::Other(e)), _)) => Err(e),
+        Some((Err(crate::unpack::UnpackError::Read(e)), _)) => {
+            Err(ImageError::Metadata(format!("reading {what} while unpacking: {e}")))
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -185,17 +185,25 @@ pub fn lsetxattr_at(dir: RawFd, name: &OsStr, key: &str, value: &[u8]) -> io::Re
 }
 
 /// Removes `name` in `dir` and everything below it, never following symlinks.
-pub fn remove_all_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
-    match lstatat(dir.as_raw_fd(), name)? {
+pub fn remove_all_at(dir: RawFd, name: &OsStr) -> io::Result<()> {
+    match lstatat(dir, name)? {
         None => Ok(()),
         Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-            let path = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+            let path = Path::new("/proc/self/fd").join(dir.to_string()).join(name);
             std::fs::remove_dir_all(path)
         }
-        Some(_) => unlinkat(dir.as_raw_fd(), name, false),
+        Some(_) => unlinkat(dir, name, false),
     }
 }
 
 pub fn makedev(major: u32, minor: u32) -> libc::dev_t {
     libc::makedev(major, minor)
+}
+
+/// Starts writeback of a file's dirty pages without waiting for it (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`): no durability by itself, it only moves the I/O earlier. Errors
+/// are ignored (the later syncfs reports write errors).
+pub fn start_writeback(fd: RawFd) {
+    // SAFETY: plain syscall on a descriptor the caller holds.
+    unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }

@@ -17,8 +17,8 @@
 //! set after all entries).
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -57,10 +57,23 @@ fn join(comps: &[OsString]) -> PathBuf {
     comps.iter().collect()
 }
 
+/// Size of the copy buffer for file contents (fewer, larger writes than `io::copy`'s 8 KiB).
+const COPY_BUF: usize = 256 * 1024;
+
+/// Files at least this large have their writeback started when written, so that the pull's
+/// final syncfs finds most of the data already on its way to the disk.
+const WRITEBACK_FROM: u64 = 64 * 1024;
+
 struct Unpacker<'a> {
     layer: &'a str,
     root: OwnedFd,
     dir_times: Vec<(Vec<OsString>, i64)>,
+    /// The parent directory of the previous entry (tar streams list a directory's entries
+    /// together), so that consecutive entries in one directory resolve it once. Dropped whenever
+    /// an entry removes something: only a removal can change what a resolved path names (the
+    /// descriptor itself stays open until the next entry's parent replaces it).
+    parent: Option<(Option<Vec<OsString>>, OwnedFd)>,
+    buf: Vec<u8>,
 }
 
 impl Unpacker<'_> {
@@ -72,11 +85,57 @@ impl Unpacker<'_> {
         }
     }
 
-    /// Opens (creating missing directories, mode 0755) the parent directory `comps` inside the root.
-    /// A dangling symlink on the way has its target created inside the root, as containerd's
-    /// root-relative `MkdirAll` does.
-    fn open_parent(&self, comps: &[OsString]) -> io::Result<OwnedFd> {
-        self.open_parent_depth(comps, 0)
+    /// The parent directory `comps` inside the root, opened (creating missing directories, mode
+    /// 0755) unless it is the previous entry's. A dangling symlink on the way has its target
+    /// created inside the root, as containerd's root-relative `MkdirAll` does.
+    fn open_parent(&mut self, comps: &[OsString]) -> io::Result<RawFd> {
+        if let Some((Some(c), fd)) = &self.parent {
+            if c.as_slice() == comps {
+                return Ok(fd.as_raw_fd());
+            }
+        }
+        let fd = self.open_parent_depth(comps, 0)?;
+        let raw = fd.as_raw_fd();
+        self.parent = Some((Some(comps.to_vec()), fd));
+        Ok(raw)
+    }
+
+    /// Removes `name` in the directory `p` (and below), forgetting the cached parent.
+    fn remove(&mut self, p: RawFd, name: &OsStr) -> io::Result<()> {
+        let r = sys::remove_all_at(p, name);
+        if let Some((key, _)) = &mut self.parent {
+            *key = None;
+        }
+        r
+    }
+
+    /// Writes a regular file's contents and metadata through its descriptor.
+    fn regular<R: Read>(&mut self, raw: &Path, p: RawFd, name: &OsStr, entry: &mut tar::Entry<'_, R>) -> Result<u64> {
+        let fd =
+            sys::openat(p, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600).map_err(|e| self.err(raw, e))?;
+        let mut f = std::fs::File::from(fd);
+        let mut bytes = 0u64;
+        loop {
+            // Fill the buffer before writing: decompressors return small pieces.
+            let mut n = 0;
+            while n < self.buf.len() {
+                match entry.read(&mut self.buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.err(raw, e)),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            f.write_all(&self.buf[..n]).map_err(|e| self.err(raw, e))?;
+            bytes += n as u64;
+        }
+        if bytes >= WRITEBACK_FROM {
+            sys::start_writeback(f.as_raw_fd());
+        }
+        Ok(bytes)
     }
 
     fn open_parent_depth(&self, comps: &[OsString], depth: u32) -> io::Result<OwnedFd> {
@@ -145,8 +204,7 @@ impl Unpacker<'_> {
             }
             return Ok(0);
         };
-        let pfd = self.open_parent(parent).map_err(|e| self.err(&raw, format!("parent directory: {e}")))?;
-        let p = pfd.as_raw_fd();
+        let p = self.open_parent(parent).map_err(|e| self.err(&raw, format!("parent directory: {e}")))?;
         let name_s = name.to_string_lossy();
 
         // Whiteouts.
@@ -160,7 +218,7 @@ impl Unpacker<'_> {
             if target.is_empty() || target == "." || target == ".." {
                 return Err(self.err(&raw, "invalid whiteout name"));
             }
-            sys::remove_all_at(&pfd, target).map_err(|e| self.err(&raw, e))?;
+            self.remove(p, target).map_err(|e| self.err(&raw, e))?;
             sys::mknodat(p, target, libc::S_IFCHR, sys::makedev(0, 0))
                 .map_err(|e| self.err(&raw, format!("create whiteout: {e}")))?;
             return Ok(0);
@@ -170,16 +228,13 @@ impl Unpacker<'_> {
         let existing = sys::lstatat(p, name).map_err(|e| self.err(&raw, e))?;
         let existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         if existing.is_some() && !(kind == EntryType::Directory && existing_dir) {
-            sys::remove_all_at(&pfd, name).map_err(|e| self.err(&raw, e))?;
+            self.remove(p, name).map_err(|e| self.err(&raw, e))?;
         }
 
         let mut bytes = 0;
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let fd = sys::openat(p, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
-                    .map_err(|e| self.err(&raw, e))?;
-                let mut f = std::fs::File::from(fd);
-                bytes = io::copy(entry, &mut f).map_err(|e| self.err(&raw, e))?;
+                bytes = self.regular(&raw, p, name, entry)?;
             }
             EntryType::Directory => {
                 if !existing_dir {
@@ -279,7 +334,7 @@ impl Unpacker<'_> {
 /// `layer` names the layer in errors.
 pub fn unpack<R: Read>(layer: &str, reader: R, dest: &Path) -> Result<UnpackStats> {
     let root = sys::open_dir(dest).map_err(|e| ImageError::io("open layer directory", dest, e))?;
-    let mut u = Unpacker { layer, root, dir_times: Vec::new() };
+    let mut u = Unpacker { layer, root, dir_times: Vec::new(), parent: None, buf: vec![0; COPY_BUF] };
     let mut ar = tar::Archive::new(reader);
     let mut stats = UnpackStats::default();
     let entries = ar.entries().map_err(|e| u.err(Path::new(""), e))?;
@@ -353,19 +408,142 @@ pub fn unpack_layer_file(
     dest: &Path,
 ) -> Result<UnpackStats> {
     let f = std::fs::File::open(blob).map_err(|e| ImageError::io("open layer blob", blob, e))?;
-    let dec = decompress(io::BufReader::with_capacity(256 * 1024, f))
-        .map_err(|e| ImageError::io("read layer blob", blob, e))?;
-    let mut hr = HashingReader::new(dec);
-    let stats = unpack(layer, &mut hr, dest)?;
-    let (got, _) = hr.finish();
-    if &got != diff_id {
-        return Err(ImageError::DigestMismatch {
-            what: format!("uncompressed layer {layer} (diff id)"),
-            expected: diff_id.to_string(),
-            actual: got.to_string(),
+    unpack_layer(layer, io::BufReader::with_capacity(256 * 1024, f), diff_id, dest).map_err(|e| match e {
+        UnpackError::Read(e) => ImageError::io("read layer blob", blob, e),
+        UnpackError::Other(e) => e,
+    })
+}
+
+/// Why [`unpack_layer`] failed.
+#[derive(Debug)]
+pub enum UnpackError {
+    /// The compressed stream could not be read (the source's own error, e.g. a download that
+    /// broke off; the caller knows what it means).
+    Read(io::Error),
+    /// Decompression, the tar stream, the file system, or the diff ID.
+    Other(ImageError),
+}
+
+/// Unpacks a (compressed) layer stream into `dest`, verifying the uncompressed stream against
+/// `diff_id`. The whole of `reader` is consumed on success.
+///
+/// Two threads share the work: this one reads, decompresses and hashes, a scoped helper parses
+/// the tar stream and creates the files, so that one layer keeps two cores busy (decompression
+/// and file creation cost about the same).
+pub fn unpack_layer<R: Read + Send>(
+    layer: &str,
+    reader: R,
+    diff_id: &crate::reference::Digest,
+    dest: &Path,
+) -> std::result::Result<UnpackStats, UnpackError> {
+    use std::sync::mpsc;
+    const PIECE: usize = 256 * 1024;
+    let mut src = ErrorTap { inner: reader, err: None };
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(8);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    let (produced, consumed) = std::thread::scope(|scope| {
+        let consumer = scope.spawn(move || {
+            let r = PieceReader { rx: full_rx, back: empty_tx, cur: Vec::new(), pos: 0 };
+            unpack(layer, r, dest)
         });
+        let produced = (|| {
+            let mut dec = decompress(&mut src).map_err(|e| format!("reading layer: {e}"))?;
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            loop {
+                let mut buf = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(PIECE));
+                buf.resize(PIECE, 0);
+                let mut n = 0;
+                while n < PIECE {
+                    match dec.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("decompressing layer: {e}")),
+                    }
+                }
+                if n == 0 {
+                    return Ok(Some(crate::reference::Digest::from_hasher(hasher)));
+                }
+                buf.truncate(n);
+                sha2::Digest::update(&mut hasher, &buf);
+                if full_tx.send(buf).is_err() {
+                    // The unpacker stopped (and says why).
+                    return Ok(None);
+                }
+            }
+        })();
+        drop(full_tx);
+        let consumed = consumer.join().unwrap_or_else(|_| Err(ImageError::Metadata("unpack thread panicked".into())));
+        (produced, consumed)
+    });
+    if let Some(e) = src.err {
+        return Err(UnpackError::Read(e));
     }
-    Ok(stats)
+    let err = |reason: String| ImageError::Unpack { layer: layer.to_string(), entry: String::new(), reason };
+    match (produced, consumed) {
+        (Err(reason), _) => Err(UnpackError::Other(err(reason))),
+        (Ok(_), Err(e)) => Err(UnpackError::Other(e)),
+        (Ok(None), Ok(_)) => Err(UnpackError::Other(err("unpacker stopped early".into()))),
+        (Ok(Some(got)), Ok(stats)) => {
+            if &got != diff_id {
+                return Err(UnpackError::Other(ImageError::DigestMismatch {
+                    what: format!("uncompressed layer {layer} (diff id)"),
+                    expected: diff_id.to_string(),
+                    actual: got.to_string(),
+                }));
+            }
+            Ok(stats)
+        }
+    }
+}
+
+/// The tar side of [`unpack_layer`]: reads the pieces the decompressing thread sends and
+/// hands the buffers back for reuse.
+struct PieceReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    let done = std::mem::replace(&mut self.cur, next);
+                    let _ = self.back.send(done);
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Remembers the first read error of the source, so that it is reported as such rather than
+/// as whatever the decompressor or tar reader made of it.
+struct ErrorTap<R> {
+    inner: R,
+    err: Option<io::Error>,
+}
+
+impl<R: Read> Read for ErrorTap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.err.get_or_insert(e);
+                Err(copy)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

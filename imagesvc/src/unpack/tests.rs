@@ -264,3 +264,56 @@ fn whiteouts_hide_lower_layers_under_overlay() {
     crate::snapshot::RootfsMount::unmount(&target).unwrap();
     assert_eq!(seen, (false, true, false, true));
 }
+
+#[test]
+fn directory_replaced_by_symlink_is_resolved_again() {
+    // The unpacker reuses the previous entry's parent directory; a replaced directory must not
+    // keep receiving files (the old fd), and the new symlink resolves inside the layer.
+    let tag = format!("skiff-unpack-test-{}-swap", std::process::id());
+    let mut t = T::new();
+    t.dir("a");
+    t.file("a/x", b"1");
+    t.link("a", EntryType::Symlink, "/tmp");
+    t.file(&format!("a/{tag}"), b"gotcha");
+    t.file("a/y", b"2");
+    let (d, r) = run(&t.done());
+    r.unwrap();
+    assert!(!Path::new(&format!("/tmp/{tag}")).exists(), "wrote through to the host");
+    assert!(d.path().join(format!("tmp/{tag}")).is_file());
+    assert!(d.path().join("tmp/y").is_file());
+    assert!(std::fs::symlink_metadata(d.path().join("a")).unwrap().file_type().is_symlink(), "a replaced directory");
+}
+
+#[test]
+fn pipelined_layer_reports_the_source_error() {
+    // unpack_layer: a failing source is reported as such, not as a tar or gzip error.
+    struct Broken(usize);
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::other("network went away"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(0);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let diff = crate::reference::Digest::of(b"");
+    match unpack_layer("l", Broken(100_000), &diff, d.path()) {
+        Err(UnpackError::Read(e)) => assert!(e.to_string().contains("network went away"), "{e}"),
+        other => panic!("expected the source's error, got {other:?}"),
+    }
+    // A complete layer through the pipeline, many pieces long.
+    let mut t = T::new();
+    let big = vec![7u8; 3 * 1024 * 1024 + 17];
+    t.file("big", &big);
+    t.file("small", b"s");
+    let tar = t.done();
+    let diff = crate::reference::Digest::of(&tar);
+    let d = tempfile::tempdir().unwrap();
+    let stats = unpack_layer("l", &tar[..], &diff, d.path()).map_err(|e| format!("{e:?}")).unwrap();
+    assert_eq!(stats.entries, 2);
+    assert_eq!(std::fs::read(d.path().join("big")).unwrap(), big);
+}
