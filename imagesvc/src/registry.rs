@@ -195,6 +195,7 @@ impl RegistryClient {
             stall,
             tokens: Mutex::new(HashMap::new()),
             preferred: Mutex::new(0),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -210,6 +211,8 @@ pub struct Session {
     tokens: Mutex<HashMap<String, String>>,
     /// Index of the endpoint that served the manifest; blobs are tried there first.
     preferred: Mutex<usize>,
+    /// Set by [`Session::cancel`]: every download of this pull stops at its next chunk.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 enum Failure {
@@ -573,7 +576,20 @@ impl Session {
     }
 
     /// Reads the next chunk of a streamed body, failing after the stall timeout.
+    /// Stops every download of this pull at its next chunk (another part of the pull failed):
+    /// they end with an error, so their workers discard what they wrote, and the pull can wait
+    /// for all of them before it cleans up.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub async fn next_chunk(&self, resp: &mut reqwest::Response, what: &str) -> Result<Option<bytes::Bytes>> {
+        if self.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ImageError::Registry {
+                reference: self.refname(),
+                message: format!("{what}: stopped, another part of the pull failed"),
+            });
+        }
         match tokio::time::timeout(self.stall, resp.chunk()).await {
             Err(_) => Err(ImageError::Stalled {
                 reference: self.refname(),

@@ -464,7 +464,6 @@ impl ImageStore {
             handles
                 .push(tokio::spawn(async move { me.ensure_layer(&sess, &desc, &chain, &diff_id, &what, &sem).await }));
         }
-        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
         let mut pending: futures::stream::FuturesUnordered<_> = handles.into_iter().collect();
         let mut result = Ok(());
         while let Some(r) = futures::StreamExt::next(&mut pending).await {
@@ -475,10 +474,10 @@ impl ImageStore {
             }
         }
         if let Err(e) = result {
-            // Stop the other layers; their ingest files and temporary snapshots go away with them.
-            for a in &aborts {
-                a.abort();
-            }
+            // Stop the other layers' downloads and wait for every layer task, with the blocking
+            // work it started, to end: aborting a task would leave its blocking worker writing
+            // a blob or snapshot after the garbage collection that follows a failed pull.
+            session.cancel();
             while futures::StreamExt::next(&mut pending).await.is_some() {}
             return Err(e);
         }
