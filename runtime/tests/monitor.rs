@@ -1319,12 +1319,13 @@ fn attach_stdin_echoes_and_stdin_once_closes() {
     assert_eq!(y, "pong\n");
     assert_eq!(c.client().status().unwrap().state, ContainerState::Running);
     drop((ai2, a2, b, bo, ao));
-    // Detached: the monitor holds no fd of them any more.
+    // Detached: the monitor holds no fd of them any more (the count taken at start may have
+    // held a transient one too).
     let t = Instant::now();
-    while fds() != fds_before && t.elapsed() < Duration::from_secs(5) {
+    while fds() > fds_before && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(fds(), fds_before);
+    assert!(fds() <= fds_before, "the monitor holds {} fds, {fds_before} before the attachers", fds());
 
     // stdin_once: the first attacher's EOF is the container's EOF.
     let mut c = Ctr::new(&["sh", "-c", "cat; echo done"]);
