@@ -412,6 +412,18 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// The monitors (`skiff-monitor run <dir of id>`) running for container `id`.
+pub fn monitors_of(id: &str) -> Vec<i32> {
+    processes_mentioning(id)
+        .into_iter()
+        .filter(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            args.len() >= 3 && args[1] == b"run"
+        })
+        .collect()
+}
+
 /// Mount points of the v1 cgroup hierarchies (and the v2 root when unified).
 pub fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
     fs::read_to_string("/proc/self/mountinfo")

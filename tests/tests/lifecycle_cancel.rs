@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
-use skiff_tests::{cri, Daemon};
+use skiff_tests::{cri, monitors_of, Daemon};
 use tonic::Code;
 
 /// A request with a client deadline (sent to skiffd as `grpc-timeout`).
@@ -26,18 +26,6 @@ fn create_req(pod: &str, pc: &cri::PodSandboxConfig, c: &cri::ContainerConfig) -
         config: Some(c.clone()),
         sandbox_config: Some(pc.clone()),
     }
-}
-
-/// The monitors (`skiff-monitor run <dir of id>`) running for container `id`.
-fn monitors_of(id: &str) -> Vec<i32> {
-    skiff_tests::processes_mentioning(id)
-        .into_iter()
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            args.len() >= 3 && args[1] == b"run"
-        })
-        .collect()
 }
 
 fn rootfs_mounts(d: &Daemon, id: &str) -> usize {

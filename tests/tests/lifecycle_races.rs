@@ -6,22 +6,11 @@
 use std::time::{Duration, Instant};
 
 use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
-use skiff_tests::{cri, Daemon};
+use skiff_tests::{cri, monitors_of, Daemon};
 use tonic::Code;
 
 /// Every call of these tests must finish within this, or it is a deadlock.
 const DEADLOCK: Duration = Duration::from_secs(60);
-
-fn monitors_of(id: &str) -> Vec<i32> {
-    skiff_tests::processes_mentioning(id)
-        .into_iter()
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            args.len() >= 3 && args[1] == b"run"
-        })
-        .collect()
-}
 
 fn mounts_of(id: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
