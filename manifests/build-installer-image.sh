@@ -62,6 +62,9 @@ if [ -z "$from" ]; then
     from=target/release
 fi
 for b in skiffd skiff-monitor; do [ -f "$from/$b" ] || die "$from/$b not found (--from DIR holds skiffd and skiff-monitor)"; done
+if [ -n "$config" ]; then
+    "$from/skiffd" config check "$config" >/dev/null || die "--config $config is not a valid skiffd configuration (see above)"
+fi
 # Emptied first, but only a directory this script made (or an empty one).
 if [ -e "$ctx" ] && [ ! -e "$ctx/.skiff-installer-image" ] && [ -n "$(ls -A "$ctx" 2>/dev/null)" ]; then
     die "$ctx exists and is not an earlier output of this script: name an empty or new --out"
@@ -83,7 +86,6 @@ DOCKERFILE
 sed "s|image: REGISTRY/skiff-installer:VERSION|image: $image|" manifests/daemonset.yaml >"$ctx/daemonset.yaml"
 grep -q "image: $image" "$ctx/daemonset.yaml" || die "daemonset.yaml has no image placeholder"
 if [ -n "$config" ]; then
-    "$ctx/bin/skiffd" config check "$config" >/dev/null || die "--config $config is not a valid skiffd configuration (see above)"
     # The ConfigMap's config.toml block (indented 4) replaced by the file's lines.
     awk -v file="$config" '
         skip && /^(    |$)/ { next }

@@ -180,8 +180,11 @@ fn configmap_config(manifest: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installer_image_built_without_an_engine_installs_through_skiff() {
     let tools = ["docker-registry", "skopeo", "python3", "busybox", "curl"];
-    if !common::prerequisite(tools.iter().all(|t| have(t)), "docker-registry, skopeo, python3, busybox-static and curl")
-    {
+    let yaml = Command::new("python3").args(["-c", "import yaml"]).status().is_ok_and(|s| s.success());
+    if !common::prerequisite(
+        yaml && tools.iter().all(|t| have(t)),
+        "docker-registry, skopeo, python3, python3-yaml, busybox-static and curl",
+    ) {
         return;
     }
     let work = tempfile::Builder::new().prefix("skiff-instimg-").tempdir_in("/tmp").unwrap();
@@ -209,6 +212,16 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     let image_line = manifest.lines().find(|l| l.trim_start().starts_with("image: ")).unwrap();
     let image = image_line.trim_start().trim_start_matches("image: ").to_owned();
     assert!(image.starts_with(&format!("{}/skiff/skiff-installer:", registry.addr)), "{image_line}");
+
+    // The rendered manifest (ConfigMap + DaemonSet) parses and is consistent (and, with the
+    // Kubernetes Python client installed, uses only fields of the API's types).
+    let out = Command::new("python3")
+        .arg(manifests().join("check-manifest.py"))
+        .arg(w("image/daemonset.yaml"))
+        .output()
+        .unwrap();
+    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
 
     let d = Daemon::start().await;
     let image_ref = d.pull(&image).await;
