@@ -358,6 +358,31 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
         }
     }
 
+    // 3. NODE_START=systemd as far as a machine without systemd allows: the node's own bash
+    // (through nsenter) finds the packages installed and runs systemctl, which fails there; the
+    // failure must be loud. Only where systemd does not run (where it does, systemctl would act
+    // on this machine) and the packages are there (else apt-get would install them here).
+    let packages = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}\n", "nftables", "iproute2", "libseccomp2"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).matches("install ok installed").count() == 3);
+    if !Path::new("/run/systemd/system").exists() && packages {
+        let (n5, r5) = fresh("node5");
+        std::fs::create_dir_all(n5.join("run/systemd/system")).unwrap();
+        let c = d
+            .create_and_start(&pod, &pc, install_container(&image, 9, &env("systemd", &r5), volumes(&w("configmap"))))
+            .await;
+        let st = d.wait_exited(&c, Duration::from_secs(60)).await;
+        let log = log_text(&pc, 9);
+        eprintln!("--- systemd mode on a node without systemd: exit {}\n{log}", st.exit_code);
+        assert_ne!(st.exit_code, 0, "{log}");
+        assert!(log.contains("install-on-node: error: starting skiffd.service on node"), "{log}");
+        assert!(!log.contains("installing nftables"), "{log}");
+        assert!(n5.join("usr/local/bin/skiffd").is_file(), "the files come first");
+    } else {
+        eprintln!("NODE_START=systemd not run: systemd runs here, or nftables/iproute2/libseccomp2 are missing");
+    }
+
     d.remove_pod(&pod).await;
     drop(init);
     let on_tmpfs = std::fs::read_to_string(etc_skiff.join("config.toml"));
