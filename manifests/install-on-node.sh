@@ -17,7 +17,7 @@
 #                                 namespaces can be entered) and start nothing
 # Only binaries of the image run here (bash, cp, mv, chmod, mkdir, nsenter, skiffd): busybox's
 # applets do. The commands run through nsenter are the node's own.
-set -euo pipefail
+set -eEuo pipefail
 HOST=${HOST_ROOT:-/host}
 CONFIG=${CONFIG_DIR:-/opt/skiff/config}
 NODE_PID=${NODE_PID:-1}
@@ -28,7 +28,7 @@ fail() {
     echo "install-on-node: error: $*" >&2
     exit 1
 }
-# An unexpected failure names its command (set -e alone would exit silently).
+# An unexpected failure names its command (set -e alone would exit silently; -E: in functions too).
 trap 'echo "install-on-node: error: \"$BASH_COMMAND\" failed with exit $? (line $LINENO)" >&2' ERR
 
 case "$NODE_START" in systemd | none) ;; *) fail "NODE_START=$NODE_START: systemd or none" ;; esac
