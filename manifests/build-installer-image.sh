@@ -75,10 +75,13 @@ touch "$ctx/.skiff-installer-image"
 install -m 0755 "$from/skiffd" "$from/skiff-monitor" "$ctx/bin/"
 install -m 0755 manifests/install-on-node.sh "$ctx/"
 install -m 0644 manifests/skiffd.service "$ctx/"
+# Debian's slim image gets util-linux (nsenter) made sure of; a --base must bring bash and nsenter.
+run='RUN apt-get update -q && apt-get install -y -q --no-install-recommends util-linux && rm -rf /var/lib/apt/lists/*'
+[ -n "$base" ] && run="# (--base $base: it brings bash and nsenter)"
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 # skiff's installer image: the binaries and the script that installs them on the node.
 FROM ${base:-docker.io/library/debian:bookworm-slim}
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends util-linux && rm -rf /var/lib/apt/lists/*
+$run
 COPY bin/skiffd bin/skiff-monitor /opt/skiff/bin/
 COPY skiffd.service install-on-node.sh /opt/skiff/
 ENTRYPOINT ["/opt/skiff/install-on-node.sh"]
@@ -107,8 +110,16 @@ if [ -z "$engine" ]; then
 fi
 if [ "$engine" != oci ]; then
     command -v "$engine" >/dev/null 2>&1 || die "$engine is not installed"
-    if [ "$engine" = buildah ]; then buildah bud -t "$image" "$ctx"; else "$engine" build -t "$image" "$ctx"; fi
-    [ "$push" = 1 ] && "$engine" push "$image"
+    # --insecure: podman and buildah take --tls-verify=false; docker needs the registry in its
+    # daemon's insecure-registries.
+    etls=()
+    [ "$insecure" = 1 ] && [ "$engine" != docker ] && etls=(--tls-verify=false)
+    if [ "$engine" = buildah ]; then
+        buildah bud "${etls[@]}" -t "$image" "$ctx"
+    else
+        "$engine" build "${etls[@]}" -t "$image" "$ctx"
+    fi
+    if [ "$push" = 1 ]; then "$engine" push "${etls[@]}" "$image" || die "pushing $image failed"; fi
     say "built $image; kubectl apply -f $ctx/daemonset.yaml"
     exit 0
 fi
