@@ -3,7 +3,8 @@
 //! without a container engine and pushes it (skopeo) to a registry the test starts on a free
 //! loopback port; skiffd pulls it and runs daemonset.yaml's pod as the kubelet translates it
 //! (privileged, host PID and network namespaces, the node's / at /host, the ConfigMap read-only
-//! at /opt/skiff/config). install-on-node.sh installs into a prefix (`HOST_ROOT=/host<prefix>`),
+//! at /opt/skiff/config, and the kubelet's own /etc/hosts, termination log and token mounts).
+//! install-on-node.sh installs into a prefix (`HOST_ROOT=/host<prefix>`),
 //! enters the namespaces of a stand-in for the node's init (`NODE_PID`; this machine's PID 1 may
 //! not be entered) and starts nothing (`NODE_START=none`: there is no systemd here). Then its
 //! failures: each must exit non-zero with a message that says what is wrong.
@@ -258,8 +259,21 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
         ..Default::default()
     });
     let pod = d.run_pod(&pc).await;
-    let volumes =
-        |config_dir: &Path| vec![mount("/host", Path::new("/"), false), mount("/opt/skiff/config", config_dir, true)];
+    // What the kubelet adds to every container: /etc/hosts, the termination log and the
+    // service account token (the image from scratch has none of these paths).
+    std::fs::create_dir_all(w("kubelet/token")).unwrap();
+    std::fs::write(w("kubelet/token/token"), "not-a-token").unwrap();
+    std::fs::write(w("kubelet/etc-hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(w("kubelet/termination-log"), "").unwrap();
+    let volumes = |config_dir: &Path| {
+        vec![
+            mount("/host", Path::new("/"), false),
+            mount("/opt/skiff/config", config_dir, true),
+            mount("/etc/hosts", &w("kubelet/etc-hosts"), false),
+            mount("/dev/termination-log", &w("kubelet/termination-log"), false),
+            mount("/var/run/secrets/kubernetes.io/serviceaccount", &w("kubelet/token"), true),
+        ]
+    };
     let env = |start: &str, root: &str| {
         vec![("HOST_ROOT", root.to_owned()), ("NODE_PID", node_pid.clone()), ("NODE_START", start.to_owned())]
     };
