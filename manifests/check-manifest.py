@@ -10,7 +10,7 @@ every key is a field of its Kubernetes type (the API server rejects unknown fiel
 `kubectl apply --validate=strict`, the default) and each value has the field's JSON type, and
 what the types cannot say: the DaemonSet's selector matches its pod labels, every volumeMount
 names a volume, the configMap volume names the ConfigMap of the same file and namespace, the
-hostPath types are valid, the ConfigMap's config.toml is TOML, and the image is no placeholder.
+hostPath types and mount propagations are valid, the ConfigMap's config.toml is TOML, and the image is no placeholder.
 It does not replace a server-side dry run (`kubectl apply --dry-run=server -f FILE`), which
 also runs admission.
 """
@@ -123,6 +123,8 @@ def main():
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     err(f"container {c['name']}", f"volumeMount {m['name']} names no volume")
+                if m.get("mountPropagation", "None") not in ("None", "HostToContainer", "Bidirectional"):
+                    err(f"container {c['name']}", f"volumeMount {m['name']}: mountPropagation {m['mountPropagation']!r}")
     for e in errors:
         print(f"check-manifest.py: {e}", file=sys.stderr)
     if errors:

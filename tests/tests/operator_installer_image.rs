@@ -2,9 +2,10 @@
 //! `manifests/build-installer-image.sh --engine oci` builds the image from the test's binaries
 //! without a container engine and pushes it (skopeo) to a registry the test starts on a free
 //! loopback port; skiffd pulls it and runs daemonset.yaml's pod as the kubelet translates it
-//! (privileged, host PID and network namespaces, the node's / at /host, the ConfigMap read-only
-//! at /opt/skiff/config, and the kubelet's own /etc/hosts, termination log and token mounts).
-//! install-on-node.sh installs into a prefix (`HOST_ROOT=/host<prefix>`),
+//! (privileged, host PID and network namespaces, the node's / at /host with HostToContainer
+//! propagation, the ConfigMap read-only at /opt/skiff/config, and the kubelet's own /etc/hosts,
+//! termination log and token mounts). The node's / is a directory of the test (the machine's
+//! real / once, with `HOST_ROOT=/host<prefix>`); install-on-node.sh installs into it,
 //! enters the namespaces of a stand-in for the node's init (`NODE_PID`; this machine's PID 1 may
 //! not be entered) and starts nothing (`NODE_START=none`: there is no systemd here). Then its
 //! failures: each must exit non-zero with a message that says what is wrong.
@@ -228,7 +229,10 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     let image_ref = d.pull(&image).await;
     assert!(!image_ref.is_empty());
 
-    // The "node": a prefix for its files, a process for its namespaces.
+    // The "node": a directory for its / (mounted at /host as the DaemonSet mounts the node's /),
+    // a process for its namespaces. The machine's real / goes to /host only in one short run
+    // below: a container holding a copy of every mount of the machine would keep other tests'
+    // mounts (and so their network namespaces) alive while it runs.
     let node = w("node");
     std::fs::create_dir_all(node.join("etc/skiff")).unwrap();
     // A file system of its own under the node's /, as /run or /var are on real nodes: the
@@ -238,7 +242,6 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     let tmpfs = Unmount(etc_skiff.clone());
     let init = NodeInit(Command::new("sleep").arg("300").spawn().unwrap());
     let node_pid = init.0.id().to_string();
-    let host_root = format!("/host{}", node.display());
     let config = configmap_config(&manifest);
     assert!(config.contains("pod_cidr = \"\""), "the ConfigMap's config.toml: {config:?}");
     std::fs::create_dir_all(w("configmap")).unwrap();
@@ -265,22 +268,25 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     std::fs::write(w("kubelet/token/token"), "not-a-token").unwrap();
     std::fs::write(w("kubelet/etc-hosts"), "127.0.0.1 localhost\n").unwrap();
     std::fs::write(w("kubelet/termination-log"), "").unwrap();
-    let volumes = |config_dir: &Path| {
+    let volumes = |config_dir: &Path, node_root: &Path| {
         vec![
-            mount("/host", Path::new("/"), false),
+            // mountPropagation: HostToContainer, as daemonset.yaml says
+            cri::Mount {
+                propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+                ..mount("/host", node_root, false)
+            },
             mount("/opt/skiff/config", config_dir, true),
             mount("/etc/hosts", &w("kubelet/etc-hosts"), false),
             mount("/dev/termination-log", &w("kubelet/termination-log"), false),
             mount("/var/run/secrets/kubernetes.io/serviceaccount", &w("kubelet/token"), true),
         ]
     };
-    let env = |start: &str, root: &str| {
-        vec![("HOST_ROOT", root.to_owned()), ("NODE_PID", node_pid.clone()), ("NODE_START", start.to_owned())]
-    };
+    // HOST_ROOT and CONFIG_DIR stay unset, as in the DaemonSet.
+    let env = |start: &str| vec![("NODE_PID", node_pid.clone()), ("NODE_START", start.to_owned())];
 
     // 1. The installation.
     let c = d
-        .create_and_start(&pod, &pc, install_container(&image, 0, &env("none", &host_root), volumes(&w("configmap"))))
+        .create_and_start(&pod, &pc, install_container(&image, 0, &env("none"), volumes(&w("configmap"), &node)))
         .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !log_text(&pc, 0).contains("skiffd not started") {
@@ -326,34 +332,44 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     let fresh = |name: &str| {
         let p = w(name);
         std::fs::create_dir_all(p.join("etc")).unwrap();
-        (p.clone(), format!("/host{}", p.display()))
+        p
     };
-    let (n2, r2) = fresh("node2");
-    let (n3, r3) = fresh("node3");
-    let (n4, r4) = fresh("node4");
-    let mut with_empty_bin = volumes(&w("configmap"));
+    let (n2, n3, n4, n6) = (fresh("node2"), fresh("node3"), fresh("node4"), fresh("node6"));
+    let mut with_empty_bin = volumes(&w("configmap"), &n3);
     with_empty_bin.push(mount("/opt/skiff/bin", &w("empty"), true));
     let cases: Vec<FailureCase> = vec![
-        ("invalid ConfigMap", env("none", &r2), volumes(&w("bad-configmap")), "the ConfigMap's config.toml", Some(n2)),
+        (
+            "invalid ConfigMap",
+            env("none"),
+            volumes(&w("bad-configmap"), &n2),
+            "the ConfigMap's config.toml",
+            Some(n2.clone()),
+        ),
         (
             "no binaries in the image",
-            env("none", &r3),
+            env("none"),
             with_empty_bin,
             "bin/skiffd is missing from the image",
-            Some(n3),
+            Some(n3.clone()),
         ),
         (
             "node without systemd",
-            env("systemd", &r4),
-            volumes(&w("configmap")),
+            env("systemd"),
+            volumes(&w("configmap"), &n4),
             "the node does not run systemd",
-            Some(n4),
+            Some(n4.clone()),
         ),
-        ("node's / not mounted", env("none", &host_root), vec![], "the node's root is not mounted", None),
+        ("node's / not mounted", env("none"), vec![], "the node's root is not mounted", None),
+        // The machine's real / at /host (the prefix through HOST_ROOT): the files go through it
+        // into the prefix, then nsenter fails at once (the container lives for a moment only).
         (
             "node's namespaces out of reach",
-            vec![("HOST_ROOT", host_root.clone()), ("NODE_PID", "999999999".into()), ("NODE_START", "none".into())],
-            volumes(&w("configmap")),
+            vec![
+                ("HOST_ROOT", format!("/host{}", n6.display())),
+                ("NODE_PID", "999999999".into()),
+                ("NODE_START", "none".into()),
+            ],
+            volumes(&w("configmap"), Path::new("/")),
             "cannot enter the namespaces of the node's process 999999999",
             None,
         ),
@@ -371,6 +387,8 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
             assert!(files.is_empty(), "{what}: installed {files:?}");
         }
     }
+    let through_real_root = std::fs::read(n6.join("usr/local/bin/skiff-monitor"));
+    assert!(through_real_root.ok() == std::fs::read(bin_dir().join("skiff-monitor")).ok(), "not installed through /");
 
     // 3. NODE_START=systemd as far as a machine without systemd allows: the node's own bash
     // (through nsenter) finds the packages installed and runs systemctl, which fails there; the
@@ -381,10 +399,10 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).matches("install ok installed").count() == 3);
     if !Path::new("/run/systemd/system").exists() && packages {
-        let (n5, r5) = fresh("node5");
+        let n5 = fresh("node5");
         std::fs::create_dir_all(n5.join("run/systemd/system")).unwrap();
         let c = d
-            .create_and_start(&pod, &pc, install_container(&image, 9, &env("systemd", &r5), volumes(&w("configmap"))))
+            .create_and_start(&pod, &pc, install_container(&image, 9, &env("systemd"), volumes(&w("configmap"), &n5)))
             .await;
         let st = d.wait_exited(&c, Duration::from_secs(60)).await;
         let log = log_text(&pc, 9);
