@@ -153,7 +153,8 @@ else
     # The shared libraries (and the dynamic loader) of the dynamic binaries, at the paths they
     # name. ldd fails for binaries of another architecture: those need a base of theirs.
     for b in "$rootfs/bin/bash" "$rootfs/opt/skiff/bin/skiffd" "$rootfs/opt/skiff/bin/skiff-monitor"; do
-        libs=$(ldd "$b") || die "$b does not run on this machine (another architecture?): name a base image with --base"
+        libs=$(ldd "$b") || die "ldd $b failed (a static binary, or another architecture?): name a base image with --base"
+        if grep -q "not found" <<<"$libs"; then die "$b needs libraries this machine lacks: $libs"; fi
         for lib in $(echo "$libs" | grep -o '/[^ ]*'); do
             [ -e "$rootfs$lib" ] && continue
             mkdir -p "$rootfs$(dirname "$lib")"
