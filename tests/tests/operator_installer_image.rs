@@ -10,6 +10,7 @@
 //! not be entered) and starts nothing (`NODE_START=none`: there is no systemd here). Then its
 //! failures: each must exit non-zero with a message that says what is wrong.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -305,7 +306,6 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     same("usr/local/bin/skiff-monitor", &bin_dir().join("skiff-monitor"));
     same("etc/systemd/system/skiffd.service", &manifests().join("skiffd.service"));
     same("etc/skiff/config.toml", &w("configmap/config.toml"));
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(node.join("usr/local/bin/skiffd")).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o755);
     let crictl = std::fs::read_to_string(node.join("etc/crictl.yaml")).unwrap();
@@ -415,6 +415,66 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
         eprintln!("NODE_START=systemd not run: systemd runs here, or nftables/iproute2/libseccomp2 are missing");
     }
 
+    // 4. NODE_START=systemd to the end, against a recording systemctl: the stand-in node gets a
+    // mount namespace of its own in which a script is bound over systemctl (nothing changes on
+    // this machine), so the script's calls and its success path can be checked.
+    if packages {
+        let n7 = fresh("node7");
+        std::fs::create_dir_all(n7.join("run/systemd/system")).unwrap();
+        let calls = w("systemctl.calls");
+        std::fs::write(w("systemctl"), format!("#!/bin/sh\necho \"$*\" >>{}\n", calls.display())).unwrap();
+        std::fs::set_permissions(w("systemctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let systemctl = String::from_utf8(
+            Command::new("sh").args(["-c", "command -v systemctl || echo /usr/bin/systemctl"]).output().unwrap().stdout,
+        )
+        .unwrap();
+        let systemctl = systemctl.trim();
+        if !Path::new(systemctl).exists() {
+            eprintln!("no systemctl on this machine: the recording systemctl case is not run");
+        } else {
+            let fake_node = NodeInit(
+                Command::new("unshare")
+                    .args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!("mount --bind {} {systemctl} && exec sleep 300", w("systemctl").display()))
+                    .spawn()
+                    .unwrap(),
+            );
+            let fake_pid = fake_node.0.id().to_string();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_link(format!("/proc/{fake_pid}/ns/mnt")).ok()
+                == std::fs::read_link("/proc/self/ns/mnt").ok()
+                || !cmdline_is_sleep(&fake_pid)
+            {
+                assert!(Instant::now() < deadline, "the stand-in node with its own systemctl did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let env7 = vec![("NODE_PID", fake_pid.clone()), ("NODE_START", "systemd".to_owned())];
+            let c = d
+                .create_and_start(&pod, &pc, install_container(&image, 10, &env7, volumes(&w("configmap"), &n7)))
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !log_text(&pc, 10).contains("skiffd installed and started on node") {
+                let st = d.container_status(&c).await;
+                assert_eq!(
+                    st.state,
+                    cri::ContainerState::ContainerRunning as i32,
+                    "exited: {st:?}\n{}",
+                    log_text(&pc, 10)
+                );
+                assert!(Instant::now() < deadline, "not finished:\n{}", log_text(&pc, 10));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            eprintln!("--- systemd mode against a recording systemctl:\n{}", log_text(&pc, 10));
+            let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+            assert_eq!(
+                recorded,
+                "daemon-reload\nenable skiffd.service\nrestart skiffd.service\nis-active --quiet skiffd.service\n"
+            );
+            d.runtime().stop_container(cri::StopContainerRequest { container_id: c, timeout: 30 }).await.unwrap();
+            drop(fake_node);
+        }
+    }
+
     d.remove_pod(&pod).await;
     drop(init);
     let on_tmpfs = std::fs::read_to_string(etc_skiff.join("config.toml"));
@@ -431,6 +491,10 @@ async fn installer_image_built_without_an_engine_installs_through_skiff() {
     // The daemon's own checks (mounts, processes, cgroups, veths) run when it drops.
     drop(d);
     drop(registry);
+}
+
+fn cmdline_is_sleep(pid: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
