@@ -5,10 +5,12 @@
 //! (privileged, host PID and network namespaces, the node's / at /host with HostToContainer
 //! propagation, the ConfigMap read-only at /opt/skiff/config, and the kubelet's own /etc/hosts,
 //! termination log and token mounts). The node's / is a directory of the test (the machine's
-//! real / once, with `HOST_ROOT=/host<prefix>`); install-on-node.sh installs into it,
-//! enters the namespaces of a stand-in for the node's init (`NODE_PID`; this machine's PID 1 may
-//! not be entered) and starts nothing (`NODE_START=none`: there is no systemd here). Then its
-//! failures: each must exit non-zero with a message that says what is wrong.
+//! real / once, with `HOST_ROOT=/host<prefix>`); a process of the test stands in for the node's
+//! init (`NODE_PID`; this machine's PID 1 may not be entered). Then: the install with
+//! `NODE_START=none` (files only), five failures (each must exit non-zero with a message that
+//! says what is wrong), and `NODE_START=systemd` against the machine's systemctl where systemd
+//! does not run (its failure must be reported) and against a recording systemctl bound over it
+//! in the stand-in's own mount namespace (the calls, and the success path).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
