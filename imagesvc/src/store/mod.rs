@@ -130,6 +130,8 @@ struct Inner {
     max_downloads: usize,
     /// Flush (syncfs) before an image record is committed (`sync_after_unpack`).
     sync_before_record: bool,
+    /// Background flushes while pulls run (with `sync_after_unpack`).
+    flusher: Option<crate::durable::Flusher>,
     /// The store's syncfs covered every commit up to this `durable::generation()`.
     synced: std::sync::atomic::AtomicU64,
     /// Layer unpack workers, shared by all pulls: one per core.
@@ -170,6 +172,11 @@ impl ImageStore {
                 .map_err(|e| ImageError::io("create containers dir", &containers_dir, e))?;
             let holds = holds::load_holds(&containers_dir)?;
             let client = RegistryClient::new(registry.clone())?;
+            let flusher = if registry.sync_after_unpack {
+                Some(crate::durable::Flusher::start(&[content.path_dir(), snapshots.dir()])?)
+            } else {
+                None
+            };
             Ok(Inner {
                 root,
                 containers_dir,
@@ -183,6 +190,7 @@ impl ImageStore {
                 configs: Mutex::new(HashMap::new()),
                 max_downloads: registry.max_concurrent_downloads.max(1),
                 sync_before_record: registry.sync_after_unpack,
+                flusher,
                 // What was committed before this store opened and survived its GC is referenced
                 // by a record, hence was flushed before that record was written.
                 synced: std::sync::atomic::AtomicU64::new(crate::durable::generation()),

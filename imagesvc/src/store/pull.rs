@@ -55,6 +55,13 @@ impl ImageStore {
         let inner = &self.inner;
         let refname = r.to_string();
         let session = Arc::new(inner.client.session(r, auth));
+        // Opened before anything is written: its syncfs reports every writeback error since.
+        let sync_point = if inner.sync_before_record {
+            let dirs = [inner.content.path_dir().to_path_buf(), inner.snapshots.dir().to_path_buf()];
+            Some(blocking(move || crate::durable::SyncPoint::open(&[&dirs[0], &dirs[1]])).await?)
+        } else {
+            None
+        };
         let (body, ct) = session.manifest(&r.manifest_ref(), MAX_MANIFEST).await?;
         let top_digest = Digest::of(&body);
         if let Some(want) = &r.digest {
@@ -146,6 +153,7 @@ impl ImageStore {
         // Every layer at once: downloads (at most `max_downloads` at a time) stream into a free
         // unpack worker, or into a file that a worker unpacks later. A snapshot holds only its
         // own layer's diff, so no layer waits for its parents.
+        let flushing = inner.flusher.as_ref().map(|f| f.flushing());
         let sem = Arc::new(Semaphore::new(inner.max_downloads));
         let n = m.layers.len();
         let mut handles = Vec::with_capacity(n);
@@ -176,8 +184,11 @@ impl ImageStore {
             while futures::StreamExt::next(&mut pending).await.is_some() {}
             return Err(e);
         }
+        drop(flushing);
         // What the record will reference reaches the disk before the record does.
-        self.make_durable().await?;
+        if let Some(sp) = sync_point {
+            self.make_durable(sp).await?;
+        }
 
         // Record.
         let (uid, username) = meta::user_of(config.config().as_ref().and_then(|c| c.user().as_deref()).unwrap_or(""));
@@ -207,20 +218,20 @@ impl ImageStore {
         blocking(move || cs.put(&d, &data, what)).await
     }
 
-    /// Flushes the store's file systems unless nothing was committed since its last flush.
-    async fn make_durable(&self) -> Result<()> {
+    /// Flushes the store's file systems unless a flush that started after every commit so far
+    /// has finished.
+    async fn make_durable(&self, sp: crate::durable::SyncPoint) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if !self.inner.sync_before_record {
-            return Ok(());
-        }
-        let gen = crate::durable::generation();
-        if self.inner.synced.load(Ordering::SeqCst) >= gen {
+        let need = crate::durable::generation();
+        if self.inner.synced.load(Ordering::SeqCst) >= need {
             return Ok(());
         }
         let start = Instant::now();
-        let dirs = [self.inner.content.path_dir().to_path_buf(), self.inner.snapshots.dir().to_path_buf()];
-        blocking(move || crate::durable::syncfs(&[&dirs[0], &dirs[1]])).await?;
-        self.inner.synced.fetch_max(gen, Ordering::SeqCst);
+        let covered = crate::durable::settled();
+        blocking(move || sp.sync()).await?;
+        if let Some(g) = covered {
+            self.inner.synced.fetch_max(g, Ordering::SeqCst);
+        }
         tracing::debug!(secs = start.elapsed().as_secs_f64(), "flushed pulled data (syncfs)");
         Ok(())
     }
