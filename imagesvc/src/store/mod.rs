@@ -172,8 +172,11 @@ impl ImageStore {
                 .map_err(|e| ImageError::io("create containers dir", &containers_dir, e))?;
             let holds = holds::load_holds(&containers_dir)?;
             let client = RegistryClient::new(registry.clone())?;
+            // Only a head start for the pulls' own syncfs: the store works without it.
             let flusher = if registry.sync_after_unpack {
-                Some(crate::durable::Flusher::start(&[content.path_dir(), snapshots.dir()])?)
+                crate::durable::Flusher::start(&[content.path_dir(), snapshots.dir()])
+                    .inspect_err(|e| tracing::warn!("no background flushes of pulled data: {e}"))
+                    .ok()
             } else {
                 None
             };
