@@ -12,8 +12,9 @@
 //!
 //! Arguments: image reference, runs (default 5), then options: `nosync` (`sync_after_unpack =
 //! false`), `conc=N` (`max_concurrent_downloads`, default 3; `conc=1,3` runs both), `parts`
-//! (also time the parts of a pull: decompression and hashing of the blobs in memory, an unpack
-//! from blobs already present, the final syncfs).
+//! (also time the parts of a pull: decompression and hashing of the blobs in memory, file
+//! creation from the tar streams in memory, the download alone, an unpack from blobs already
+//! present, the syncfs after it).
 //!
 //! Each run pulls into a fresh root under `$TMPDIR`; the roots are deleted only after all runs
 //! of a series (deleting tens of thousands of files right before the next run makes ext4 without
@@ -97,7 +98,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Decompression and hashing, in memory, one core.
         let mut comp = 0u64;
         let mut raw = 0u64;
-        let (mut t_gz, mut t_sha_c, mut t_sha_u) = (0.0, 0.0, 0.0);
+        let (mut t_gz, mut t_sha_c, mut t_sha_u, mut t_tar) = (0.0, 0.0, 0.0, 0.0);
+        let tar_dir = root.join("tar-only");
         let mut buf = vec![0u8; 256 * 1024];
         for l in &rec.layers {
             let data = std::fs::read(store.content().path(l))?;
@@ -113,9 +115,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = Instant::now();
             imagesvc::reference::Digest::of(&out);
             t_sha_u += t.elapsed().as_secs_f64();
+            // File creation only: the tar, already in memory, into an empty directory.
+            let dest = tar_dir.join(l.hex());
+            std::fs::create_dir_all(&dest)?;
+            let t = Instant::now();
+            imagesvc::unpack::unpack("bench", &out[..], &dest)?;
+            t_tar += t.elapsed().as_secs_f64();
             buf[0] = out[0];
         }
         let mib = |b: u64| b as f64 / 1048576.0;
+        // Download only: the layer blobs into memory, as many at once as the pull does.
+        if let Some((host, rest)) = image.split_once('/') {
+            let repo = rest.rsplit_once(':').map(|(r, _)| r).unwrap_or(rest);
+            let client = reqwest::Client::new();
+            let t = Instant::now();
+            let mut got = 0u64;
+            for chunk in rec.layers.chunks(3) {
+                let fetches = chunk.iter().map(|l| {
+                    let url = format!("http://{host}/v2/{repo}/blobs/{l}");
+                    let c = client.clone();
+                    async move { c.get(url).send().await?.error_for_status()?.bytes().await }
+                });
+                for b in futures::future::join_all(fetches).await {
+                    got += b?.len() as u64;
+                }
+            }
+            println!(
+                "download only (layer blobs into memory, 3 at a time): {:.2}s for {:.1} MiB",
+                t.elapsed().as_secs_f64(),
+                mib(got)
+            );
+        }
         println!(
             "gzip decode (flate2/zlib-rs, one core): {:.2}s for {:.1} MiB -> {:.1} MiB ({:.0} MiB/s out)",
             t_gz,
@@ -129,6 +159,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             t_sha_u,
             mib(comp + raw) / (t_sha_c + t_sha_u)
         );
+        println!("file creation only (tar in memory, one thread, no flush): {t_tar:.2}s");
+        std::fs::remove_dir_all(&tar_dir)?;
         // Unpack only: drop the snapshots, keep the blobs (the record keeps them from GC).
         drop(store);
         for c in &rec.chain_ids {

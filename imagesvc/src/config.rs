@@ -17,8 +17,9 @@ pub struct RegistryConfig {
     pub max_concurrent_downloads: usize,
     /// A pull whose bytes stop flowing for this many seconds fails.
     pub stall_timeout_secs: u64,
-    /// Flush what a pull wrote (one syncfs per pull) before its image record is committed, so
-    /// that a power loss cannot leave a recorded image with truncated files.
+    /// Flush what a pull wrote (one syncfs per pull, plus background ones while it runs) before
+    /// its image record is committed, so that a power loss cannot leave a recorded image with
+    /// truncated files.
     pub sync_after_unpack: bool,
 }
 

@@ -128,7 +128,7 @@ impl ContentStore {
             unsafe { libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         }
         let dest = self.path(d);
-        crate::durable::will_commit();
+        let _commit = crate::durable::will_commit();
         std::fs::rename(&ing.path, &dest).map_err(|e| ImageError::io("commit blob", &dest, e))
     }
 

@@ -138,7 +138,7 @@ impl PendingSnapshot {
 
     /// Renames the snapshot into place (no fsync; see `durable`).
     pub fn commit(mut self) -> Result<()> {
-        crate::durable::will_commit();
+        let _commit = crate::durable::will_commit();
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| ImageError::io("commit snapshot", &self.dest, e))?;
         self.committed = true;
         Ok(())

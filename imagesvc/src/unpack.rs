@@ -109,10 +109,25 @@ impl Unpacker<'_> {
         r
     }
 
-    /// Writes a regular file's contents and metadata through its descriptor.
-    fn regular<R: Read>(&mut self, raw: &Path, p: RawFd, name: &OsStr, entry: &mut tar::Entry<'_, R>) -> Result<u64> {
-        let fd =
-            sys::openat(p, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600).map_err(|e| self.err(raw, e))?;
+    /// Creates a regular file and writes its contents; returns it open, for its metadata. What is
+    /// in the way (a file listed twice, a symlink) is removed first: found when the exclusive
+    /// create fails, so that the usual case costs no lstat.
+    fn regular<R: Read>(
+        &mut self,
+        raw: &Path,
+        p: RawFd,
+        name: &OsStr,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(u64, std::fs::File)> {
+        let create = || sys::openat(p, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600);
+        let fd = match create() {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.remove(p, name).map_err(|e| self.err(raw, e))?;
+                create()
+            }
+            r => r,
+        }
+        .map_err(|e| self.err(raw, e))?;
         let mut f = std::fs::File::from(fd);
         let mut bytes = 0u64;
         loop {
@@ -135,7 +150,7 @@ impl Unpacker<'_> {
         if bytes >= WRITEBACK_FROM {
             sys::start_writeback(f.as_raw_fd());
         }
-        Ok(bytes)
+        Ok((bytes, f))
     }
 
     fn open_parent_depth(&self, comps: &[OsString], depth: u32) -> io::Result<OwnedFd> {
@@ -224,17 +239,26 @@ impl Unpacker<'_> {
             return Ok(0);
         }
 
-        // Replace what is there, unless a directory meets a directory.
-        let existing = sys::lstatat(p, name).map_err(|e| self.err(&raw, e))?;
-        let existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        if existing.is_some() && !(kind == EntryType::Directory && existing_dir) {
-            self.remove(p, name).map_err(|e| self.err(&raw, e))?;
+        let regular = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+        // Replace what is there, unless a directory meets a directory (a regular file finds out
+        // when it is created).
+        let mut existing_dir = false;
+        if !regular {
+            let existing = sys::lstatat(p, name).map_err(|e| self.err(&raw, e))?;
+            existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            if existing.is_some() && !(kind == EntryType::Directory && existing_dir) {
+                self.remove(p, name).map_err(|e| self.err(&raw, e))?;
+            }
         }
 
         let mut bytes = 0;
+        // A regular file's metadata is set through its descriptor (no lookup of the name).
+        let mut file = None;
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                bytes = self.regular(&raw, p, name, entry)?;
+            _ if regular => {
+                let (n, f) = self.regular(&raw, p, name, entry)?;
+                bytes = n;
+                file = Some(f);
             }
             EntryType::Directory => {
                 if !existing_dir {
@@ -280,7 +304,12 @@ impl Unpacker<'_> {
         }
 
         // Ownership, xattrs, mode (after chown, which clears setuid), times.
-        sys::fchownat(p, name, uid, gid).map_err(|e| self.err(&raw, format!("chown: {e}")))?;
+        let fd = file.as_ref().map(|f| f.as_raw_fd());
+        match fd {
+            Some(fd) => sys::fchown(fd, uid, gid),
+            None => sys::fchownat(p, name, uid, gid),
+        }
+        .map_err(|e| self.err(&raw, format!("chown: {e}")))?;
         if let Some(exts) = entry.pax_extensions().map_err(|e| self.err(&raw, e))? {
             for ext in exts {
                 let ext = ext.map_err(|e| self.err(&raw, e))?;
@@ -300,12 +329,20 @@ impl Unpacker<'_> {
             }
         }
         if kind != EntryType::Symlink {
-            sys::fchmodat(p, name, mode).map_err(|e| self.err(&raw, format!("chmod: {e}")))?;
+            match fd {
+                Some(fd) => sys::fchmod(fd, mode),
+                None => sys::fchmodat(p, name, mode),
+            }
+            .map_err(|e| self.err(&raw, format!("chmod: {e}")))?;
         }
         if kind == EntryType::Directory {
             self.dir_times.push((comps.clone(), mtime));
         } else {
-            sys::utimensat(p, name, mtime, 0).map_err(|e| self.err(&raw, format!("mtime: {e}")))?;
+            match fd {
+                Some(fd) => sys::utimensat(fd, OsStr::new(""), mtime, 0),
+                None => sys::utimensat(p, name, mtime, 0),
+            }
+            .map_err(|e| self.err(&raw, format!("mtime: {e}")))?;
         }
         Ok(bytes)
     }

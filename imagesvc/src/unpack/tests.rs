@@ -147,6 +147,26 @@ fn file_replaces_symlink_instead_of_writing_through() {
 }
 
 #[test]
+fn a_later_entry_replaces_a_file_or_a_directory_of_the_same_name() {
+    let mut t = T::new();
+    t.file("f", b"first, longer");
+    let mut h = T::hdr("f", EntryType::Regular, 0o640, 6);
+    h.set_mtime(1_000_000);
+    t.put(h, b"second");
+    t.dir("d/");
+    t.file("d/inner", b"x");
+    t.file("d", b"a file now");
+    let (d, r) = run(&t.done());
+    r.unwrap();
+    let f = d.path().join("f");
+    assert_eq!(std::fs::read(&f).unwrap(), b"second");
+    let md = std::fs::symlink_metadata(&f).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o640, "the second entry's mode");
+    assert_eq!(md.mtime(), 1_000_000, "the second entry's mtime");
+    assert_eq!(std::fs::read(d.path().join("d")).unwrap(), b"a file now");
+}
+
+#[test]
 fn hard_link_outside_fails_naming_entry() {
     let mut t = T::new();
     t.link("passwd", EntryType::Link, "/etc/passwd");

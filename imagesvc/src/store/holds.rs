@@ -1,0 +1,255 @@
+//! Containers' writable layers and their holds on snapshots: `ROOT/containers/<id>/` has
+//! `upper/` and `work/` (and an empty `lower/` for an image without layers) and `rootfs.json`
+//! (a [`ContainerRootfs`], written atomically before the directories are used), which keeps
+//! the image's snapshots and those of the container's image volumes from the garbage collector
+//! until the container's rootfs is released, across restarts of skiffd.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{blocking, ImageStore, ImageVolume};
+use crate::error::{ImageError, Result};
+use crate::meta;
+use crate::reference::Digest;
+use crate::snapshot::{ContainerRootfs, RootfsMount};
+
+fn valid_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl ImageStore {
+    /// Prepares the writable layer of a container: creates `ROOT/containers/<id>/{upper,work}`,
+    /// records the container's hold on the image's snapshots (kept until
+    /// [`ImageStore::release_rootfs`], across restarts) and returns the overlay layout.
+    /// Calling it again for the same container returns the same layout (also when the image was
+    /// removed meanwhile: the container's hold keeps its snapshots).
+    pub async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
+        }
+        let mut st = self.inner.state.lock().await;
+        let dir = self.inner.containers_dir.join(container_id);
+        if let Some(h) = st.holds.get(container_id) {
+            // Prepared before (CreateContainer, then StartContainer): the hold keeps the
+            // snapshots even if the image was removed meanwhile.
+            let same = Self::find(&st.images, image_ref_or_id).is_none_or(|i| i.id == h.image_id)
+                || image_ref_or_id == h.image_id.as_str();
+            if !same {
+                return Err(ImageError::InvalidArgument(format!(
+                    "container {container_id} already has a rootfs from image {}",
+                    h.image_id
+                )));
+            }
+            if dir.join("upper").is_dir() && dir.join("work").is_dir() {
+                return Ok(self.layout(&dir, &h.chain_ids));
+            }
+        }
+        let img = Self::find(&st.images, image_ref_or_id)
+            .cloned()
+            .ok_or_else(|| ImageError::ImageNotFound(image_ref_or_id.to_string()))?;
+        for c in &img.chain_ids {
+            if !self.inner.snapshots.exists(c) {
+                return Err(ImageError::ImageNotFound(format!(
+                    "{image_ref_or_id} (snapshot {} is missing; pull the image again)",
+                    c.short()
+                )));
+            }
+        }
+        let hold = ContainerRootfs {
+            version: 1,
+            container_id: container_id.to_string(),
+            image_id: img.id.clone(),
+            chain_ids: img.chain_ids.clone(),
+            volume_chain_ids: st.holds.get(container_id).map(|h| h.volume_chain_ids.clone()).unwrap_or_default(),
+        };
+        let d2 = dir.clone();
+        let h2 = hold.clone();
+        let empty_lower = img.chain_ids.is_empty();
+        blocking(move || {
+            std::fs::create_dir_all(&d2).map_err(|e| ImageError::io("create container dir", &d2, e))?;
+            let data = serde_json::to_vec(&h2).map_err(|e| ImageError::Metadata(e.to_string()))?;
+            meta::atomic_write(&d2.join("rootfs.json"), &data)?;
+            for sub in ["upper", "work"].into_iter().chain(empty_lower.then_some("lower")) {
+                let p = d2.join(sub);
+                std::fs::create_dir_all(&p).map_err(|e| ImageError::io("create container dir", &p, e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        st.holds.insert(container_id.to_string(), hold);
+        Ok(self.layout(&dir, &img.chain_ids))
+    }
+
+    fn layout(&self, dir: &Path, chain_ids: &[Digest]) -> RootfsMount {
+        let mut lowerdirs: Vec<PathBuf> = chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect();
+        if lowerdirs.is_empty() {
+            lowerdirs.push(dir.join("lower"));
+        }
+        RootfsMount { lowerdirs, upperdir: dir.join("upper"), workdir: dir.join("work") }
+    }
+
+    /// Drops a container's writable layer and its hold on the snapshots (unmount first).
+    /// Idempotent. Snapshots no longer used by any image or container are deleted.
+    pub async fn release_rootfs(&self, container_id: &str) -> Result<()> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
+        }
+        let mut st = self.inner.state.lock().await;
+        let dir = self.inner.containers_dir.join(container_id);
+        let doomed = self.inner.containers_dir.join(format!(".del-{container_id}"));
+        let (d1, d2) = (dir.clone(), doomed.clone());
+        blocking(move || {
+            if d1.exists() {
+                if d2.exists() {
+                    std::fs::remove_dir_all(&d2).map_err(|e| ImageError::io("remove container layer", &d2, e))?;
+                }
+                std::fs::rename(&d1, &d2).map_err(|e| ImageError::io("remove container layer", &d1, e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        let had = st.holds.remove(container_id).is_some();
+        drop(st);
+        blocking(move || {
+            if doomed.exists() {
+                std::fs::remove_dir_all(&doomed).map_err(|e| ImageError::io("remove container layer", &doomed, e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        if had {
+            self.gc().await?;
+        }
+        Ok(())
+    }
+
+    /// Image volumes (CRI `Mount.image`) of a container whose rootfs is prepared: resolves each
+    /// image (it must be pulled: [`ImageError::ImageNotFound`] otherwise), adds its snapshots
+    /// to the container's hold (saved in `rootfs.json`, so they outlive a RemoveImage of the
+    /// image and a restart of skiffd until [`ImageStore::release_rootfs`]) and returns, per
+    /// image, its ID and its layer directories, topmost first.
+    pub async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
+        }
+        let mut st = self.inner.state.lock().await;
+        let mut out = Vec::new();
+        let mut chains: Vec<Digest> = Vec::new();
+        for name in images {
+            let img = Self::find(&st.images, name).cloned().ok_or_else(|| {
+                ImageError::ImageNotFound(format!("{name} (image volumes need the image pulled first)"))
+            })?;
+            for c in &img.chain_ids {
+                if !self.inner.snapshots.exists(c) {
+                    return Err(ImageError::ImageNotFound(format!(
+                        "{name} (snapshot {} is missing; pull the image again)",
+                        c.short()
+                    )));
+                }
+                if !chains.contains(c) {
+                    chains.push(c.clone());
+                }
+            }
+            let layers = img.chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect();
+            out.push(ImageVolume { image_id: img.id.clone(), layers });
+        }
+        let Some(hold) = st.holds.get(container_id).cloned() else {
+            return Err(ImageError::InvalidArgument(format!("container {container_id} has no prepared rootfs")));
+        };
+        let mut hold = hold;
+        for c in chains {
+            if !hold.volume_chain_ids.contains(&c) {
+                hold.volume_chain_ids.push(c);
+            }
+        }
+        let dir = self.inner.containers_dir.join(container_id);
+        let h2 = hold.clone();
+        blocking(move || {
+            let data = serde_json::to_vec(&h2).map_err(|e| ImageError::Metadata(e.to_string()))?;
+            meta::atomic_write(&dir.join("rootfs.json"), &data)
+        })
+        .await?;
+        st.holds.insert(container_id.to_string(), hold);
+        Ok(out)
+    }
+
+    /// The container ids holding snapshots (for reconciliation by skiffd).
+    pub async fn rootfs_holders(&self) -> Vec<String> {
+        self.inner.state.lock().await.holds.keys().cloned().collect()
+    }
+}
+
+/// Loads the holds under `dir`, removing released layers (`.del-*`) and layers without a valid
+/// `rootfs.json` (an interrupted prepare).
+pub(super) fn load_holds(dir: &Path) -> Result<BTreeMap<String, ContainerRootfs>> {
+    let mut holds = BTreeMap::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| ImageError::io("list containers", dir, e))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        if name.starts_with(".del-") {
+            if let Err(err) = std::fs::remove_dir_all(&p) {
+                tracing::warn!(dir = %p.display(), "cannot remove released container layer: {err}");
+            }
+            continue;
+        }
+        match std::fs::read(p.join("rootfs.json")).ok().and_then(|d| serde_json::from_slice::<ContainerRootfs>(&d).ok())
+        {
+            Some(h) if h.version == 1 && h.container_id == name => {
+                holds.insert(name, h);
+            }
+            _ => {
+                tracing::warn!(dir = %p.display(), "removing container layer without a valid rootfs.json (interrupted prepare)");
+                if let Err(err) = std::fs::remove_dir_all(&p) {
+                    tracing::warn!(dir = %p.display(), "cannot remove: {err}");
+                }
+            }
+        }
+    }
+    Ok(holds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_are_single_path_components() {
+        for ok in ["abc", "a.b-c_d", &"x".repeat(128)] {
+            assert!(valid_container_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", ".del-x", "a/b", "a b", &"x".repeat(129)] {
+            assert!(!valid_container_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn load_holds_keeps_valid_holds_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path();
+        let hold = |id: &str| ContainerRootfs {
+            version: 1,
+            container_id: id.to_string(),
+            image_id: Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            chain_ids: Vec::new(),
+            volume_chain_ids: Vec::new(),
+        };
+        for (name, h) in [("good", Some(hold("good"))), ("renamed", Some(hold("other"))), ("half", None)] {
+            std::fs::create_dir_all(c.join(name).join("upper")).unwrap();
+            if let Some(h) = h {
+                std::fs::write(c.join(name).join("rootfs.json"), serde_json::to_vec(&h).unwrap()).unwrap();
+            }
+        }
+        std::fs::create_dir_all(c.join(".del-gone/upper")).unwrap();
+        let holds = load_holds(c).unwrap();
+        assert_eq!(holds.keys().collect::<Vec<_>>(), ["good"]);
+        let mut left: Vec<_> = std::fs::read_dir(c).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["good"]);
+    }
+}
