@@ -4,6 +4,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
+pub mod backends;
 pub mod config;
 pub mod context;
 pub mod error;

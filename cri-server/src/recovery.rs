@@ -224,7 +224,7 @@ async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result
     let ctx2 = ctx.clone();
     let (id, cgroup) = (pod.id.clone(), pod.cgroup_parent.clone());
     tokio::task::spawn_blocking(move || {
-        runtime::pod::teardown_pod(&ctx2.cgroups, &ctx2.config.state, &id, &cgroup).map_err(|e| e.to_string())
+        ctx2.sandboxes.teardown_pod(&ctx2.config.state, &id, &cgroup).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?

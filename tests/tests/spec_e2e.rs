@@ -73,7 +73,8 @@ fn generated_spec_runs_under_the_monitor() {
     }
     let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
     let state = tmp.path().join("state");
-    let cg = CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap();
+    let cg = std::sync::Arc::new(CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap());
+    let host = cri_server::backends::HostSandboxes(cg.clone());
     let pod_id = format!("pod{}", uniq());
     let ctr_id = format!("ctr{}", uniq());
     let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
@@ -94,7 +95,7 @@ fn generated_spec_runs_under_the_monitor() {
         ..Default::default()
     };
     let res =
-        spec::setup_pod(&cg, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
+        spec::setup_pod(&host, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
     let mut guard = Cleanup {
         cg: &cg,
         state: state.clone(),
@@ -217,7 +218,8 @@ fn privileged_host_namespaces_under_the_monitor() {
     }
     let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
     let state = tmp.path().join("state");
-    let cg = CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap();
+    let cg = std::sync::Arc::new(CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap());
+    let host = cri_server::backends::HostSandboxes(cg.clone());
     let pod_id = format!("pod{}", uniq());
     let ctr_id = format!("ctr{}", uniq());
     let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
@@ -246,7 +248,7 @@ fn privileged_host_namespaces_under_the_monitor() {
         ..Default::default()
     };
     let res =
-        spec::setup_pod(&cg, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
+        spec::setup_pod(&host, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
     let mut guard = Cleanup {
         cg: &cg,
         state: state.clone(),
