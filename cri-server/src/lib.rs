@@ -20,4 +20,6 @@ pub mod services;
 pub mod spec;
 pub mod store;
 pub mod streaming;
+#[cfg(test)]
+pub mod testing;
 pub mod validate;
