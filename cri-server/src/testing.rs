@@ -141,7 +141,8 @@ impl FakeImages {
     }
 
     fn insert(&self, st: &mut ImagesState, reference: &str, config: serde_json::Value) -> ImageRecord {
-        let tag = imagesvc::Reference::parse(reference).ok().and_then(|r| r.repo_tag()).unwrap_or_else(|| reference.into());
+        let tag =
+            imagesvc::Reference::parse(reference).ok().and_then(|r| r.repo_tag()).unwrap_or_else(|| reference.into());
         let bytes = serde_json::to_vec(&config).expect("image config");
         let id = Digest::of(&bytes);
         let layer = self.layer_dir(&id);
@@ -264,7 +265,11 @@ impl Images for FakeImages {
 
     async fn fs_info(&self) -> Result<FsInfo, ImageError> {
         let usage = |p: PathBuf| FsUsage { mountpoint: p, used_bytes: 4096, inodes_used: 1 };
-        Ok(FsInfo { timestamp: now_nanos(), image: usage(self.root.join("snapshots")), container: usage(self.root.join("containers")) })
+        Ok(FsInfo {
+            timestamp: now_nanos(),
+            image: usage(self.root.join("snapshots")),
+            container: usage(self.root.join("containers")),
+        })
     }
 
     async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount, ImageError> {
@@ -285,7 +290,11 @@ impl Images for FakeImages {
             })?;
         }
         st.holds.entry(container_id.to_owned()).or_insert((image_id.clone(), Vec::new()));
-        Ok(RootfsMount { lowerdirs: vec![self.layer_dir(&image_id)], upperdir: dir.join("upper"), workdir: dir.join("work") })
+        Ok(RootfsMount {
+            lowerdirs: vec![self.layer_dir(&image_id)],
+            upperdir: dir.join("upper"),
+            workdir: dir.join("work"),
+        })
     }
 
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
@@ -303,9 +312,9 @@ impl Images for FakeImages {
         let mut st = lock(&self.state);
         let mut out = Vec::new();
         for name in images {
-            let id = Self::find(&st, name)
-                .map(|(r, _)| r.id.clone())
-                .ok_or_else(|| ImageError::ImageNotFound(format!("{name} (image volumes need the image pulled first)")))?;
+            let id = Self::find(&st, name).map(|(r, _)| r.id.clone()).ok_or_else(|| {
+                ImageError::ImageNotFound(format!("{name} (image volumes need the image pulled first)"))
+            })?;
             out.push(ImageVolume { image_id: id.clone(), layers: vec![self.layer_dir(&id)] });
         }
         let Some(hold) = st.holds.get_mut(container_id) else {
@@ -351,6 +360,8 @@ struct CgroupsState {
     killed: Vec<String>,
     /// Stats set before the cgroup exists (a container's, before its start).
     pending_stats: HashMap<String, CgroupStats>,
+    /// The next `create_with` or `apply` fails with this errno, as a kernel refusing a value.
+    fail_write: Option<i32>,
 }
 
 /// See the module doc.
@@ -379,6 +390,22 @@ impl FakeCgroups {
         lock(&self.state).killed.clone()
     }
 
+    /// The next `create_with` or `apply` fails as a cgroup file write refused with `errno`.
+    pub fn fail_next_write(&self, errno: i32) {
+        lock(&self.state).fail_write = Some(errno);
+    }
+
+    fn injected(st: &mut CgroupsState, path: &str) -> Result<(), CgroupError> {
+        match st.fail_write.take() {
+            Some(errno) => Err(CgroupError::Io {
+                op: "write",
+                file: PathBuf::from(format!("/sys/fs/cgroup{}/memory.max", key(path))),
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// What `stats` answers for `path` (also once it is created later).
     pub fn set_stats(&self, path: &str, stats: CgroupStats) {
         let mut st = lock(&self.state);
@@ -404,6 +431,9 @@ impl Cgroups for FakeCgroups {
     fn create_with(&self, path: &str, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
         runtime::cgroups::normalize(path)?;
         let mut st = lock(&self.state);
+        if resources.is_some() {
+            Self::injected(&mut st, path)?;
+        }
         let stats = st.pending_stats.remove(&key(path)).unwrap_or_default();
         let cg = st.cgroups.entry(key(path)).or_insert_with(|| FakeCgroup { stats, ..Default::default() });
         if resources.is_some() {
@@ -413,6 +443,7 @@ impl Cgroups for FakeCgroups {
     }
     fn apply(&self, path: &str, r: &LinuxResources) -> Result<(), CgroupError> {
         let mut st = lock(&self.state);
+        Self::injected(&mut st, path)?;
         let cg = st.cgroups.get_mut(&key(path)).ok_or_else(|| CgroupError::NotFound(path.to_owned()))?;
         cg.applied.push(r.clone());
         Ok(())
@@ -472,7 +503,11 @@ impl Sandboxes for FakeSandboxes {
         }
         let cgroup_parent = runtime::pod::cgroup_parent(req.cgroup_parent, req.pod_id, req.default_cgroup_parent)?;
         let dir = req.state_dir.join("pods").join(req.pod_id);
-        std::fs::create_dir_all(dir.join("ns")).map_err(|e| CgroupError::Io { op: "fake", file: dir.clone(), source: e })?;
+        std::fs::create_dir_all(dir.join("ns")).map_err(|e| CgroupError::Io {
+            op: "fake",
+            file: dir.clone(),
+            source: e,
+        })?;
         self.cgroups.create_with(&cgroup_parent, None)?;
         lock(&self.live).insert(req.pod_id.to_owned(), cgroup_parent.clone());
         let ns = |t: &str, host: bool| (!host).then(|| dir.join("ns").join(t));
@@ -530,6 +565,8 @@ struct MonitorsState {
     next_pid: i32,
     ignore_signals: HashSet<String>,
     fail_start: Option<String>,
+    /// Calls to these containers' monitors fail so.
+    failing: HashMap<String, fn() -> MonitorError>,
 }
 
 #[derive(Default)]
@@ -602,6 +639,11 @@ impl FakeMonitors {
         lock(&self.inner.state).fail_start = Some(message.to_owned());
     }
 
+    /// Every call to the container's monitor (signal, reopen log, wait) fails with `error()`.
+    pub fn fail_calls(&self, id: &str, error: fn() -> MonitorError) {
+        lock(&self.inner.state).failing.insert(id.to_owned(), error);
+    }
+
     /// A copy of what the monitor of a container saw, if it was started.
     pub fn process(&self, id: &str) -> Option<FakeProcess> {
         lock(&self.inner.state).containers.get(id).cloned()
@@ -637,6 +679,9 @@ impl MonitorClient for FakeClient {
 
     fn signal(&mut self, sig: i32) -> Result<(), MonitorError> {
         let mut st = lock(&self.inner.state);
+        if let Some(e) = st.failing.get(&self.id) {
+            return Err(e());
+        }
         let ignores = st.ignore_signals.contains(&self.id);
         let p = st.containers.get_mut(&self.id).ok_or(MonitorError::MonitorGone)?;
         p.signals.push(sig);
@@ -648,6 +693,9 @@ impl MonitorClient for FakeClient {
 
     fn reopen_log(&mut self) -> Result<(), MonitorError> {
         let mut st = lock(&self.inner.state);
+        if let Some(e) = st.failing.get(&self.id) {
+            return Err(e());
+        }
         let p = st.containers.get_mut(&self.id).ok_or(MonitorError::MonitorGone)?;
         p.log_reopens += 1;
         Ok(())
@@ -680,7 +728,8 @@ impl Monitors for FakeMonitors {
             return Err(MonitorError::StartError(m));
         }
         let (pid, monitor_pid) = (Self::next_pid(&mut st), Self::next_pid(&mut st));
-        let p = FakeProcess { pid, monitor_pid, started_at: now_nanos(), exit: None, signals: Vec::new(), log_reopens: 0 };
+        let p =
+            FakeProcess { pid, monitor_pid, started_at: now_nanos(), exit: None, signals: Vec::new(), log_reopens: 0 };
         st.containers.insert(id_of(container_dir, false), p);
         Ok(Started { pid, monitor_pid })
     }

@@ -238,7 +238,11 @@ async fn update_resources_applies_them_to_the_cgroup() {
     let (pod, c) = n.running("web").await;
     let req = UpdateContainerResourcesRequest {
         container_id: c.clone(),
-        linux: Some(LinuxContainerResources { cpu_shares: 512, memory_limit_in_bytes: 128 << 20, ..Default::default() }),
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     n.rt.update_container_resources(Request::new(req.clone())).await.unwrap();

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::cri::image_service_server::ImageService;
 use proto::cri::runtime_service_server::RuntimeService;
 use proto::cri::*;
 use tonic::{Code, Request, Status};
@@ -32,7 +31,7 @@ pub(super) struct Node {
     pub fakes: Fakes,
     pub rt: RuntimeSvc,
     pub img: ImageSvc,
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -42,10 +41,13 @@ impl Node {
         let (ctx, fakes) = Context::for_tests(dir.path());
         let ctx = Arc::new(ctx);
         fakes.images.add(BUSYBOX, serde_json::json!({"config": {"Cmd": ["sh"]}}));
-        fakes.images.add(NGINX, serde_json::json!({"config": {"Entrypoint": ["/nginx"], "User": "app", "StopSignal": "SIGQUIT"}}));
+        fakes.images.add(
+            NGINX,
+            serde_json::json!({"config": {"Entrypoint": ["/nginx"], "User": "app", "StopSignal": "SIGQUIT"}}),
+        );
         let rt = RuntimeSvc::new(ctx.clone());
         let img = ImageSvc::new(ctx.images.clone());
-        Node { ctx, fakes, rt, img, dir }
+        Node { ctx, fakes, rt, img, _dir: dir }
     }
 
     pub async fn run_pod(&self, name: &str) -> String {

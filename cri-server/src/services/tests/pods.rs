@@ -183,7 +183,10 @@ async fn list_pods_filters_by_id_state_and_labels() {
     assert_eq!(ids(n.list_pods(PodSandboxFilter { id: a.clone(), ..Default::default() }).await), vec![a.clone()]);
     assert_eq!(ids(n.list_pods(PodSandboxFilter { id: b[..6].into(), ..Default::default() }).await), vec![b.clone()]);
     let ready = PodSandboxStateValue { state: PodSandboxState::SandboxReady as i32 };
-    assert_eq!(ids(n.list_pods(PodSandboxFilter { state: Some(ready), ..Default::default() }).await), vec![c.clone(), a]);
+    assert_eq!(
+        ids(n.list_pods(PodSandboxFilter { state: Some(ready), ..Default::default() }).await),
+        vec![c.clone(), a]
+    );
     let notready = PodSandboxStateValue { state: PodSandboxState::SandboxNotready as i32 };
     assert_eq!(ids(n.list_pods(PodSandboxFilter { state: Some(notready), ..Default::default() }).await), vec![b]);
     let sel = HashMap::from([("app".to_string(), "c".to_string())]);
