@@ -22,22 +22,6 @@ fn uniq() -> String {
     )
 }
 
-fn build_rootfs(root: &Path) {
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root", "home/alice"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
-        .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n").unwrap();
-}
-
 struct Cleanup<'a> {
     cg: &'a CgroupManager,
     state: PathBuf,
@@ -107,7 +91,7 @@ fn generated_spec_runs_under_the_monitor() {
 
     let dir = state.join("containers").join(&ctr_id);
     let rootfs = dir.join("rootfs");
-    build_rootfs(&rootfs);
+    skiff_tests::busybox_rootfs(&rootfs);
     let script = "echo host=$(hostname); grep nameserver /etc/resolv.conf; echo uid=$(id -u) groups=$(id -G); \
         echo foo=$FOO home=$HOME; grep -E '^(Seccomp|NoNewPrivs|CapInh|CapAmb):' /proc/self/status; \
         echo net=$(readlink /proc/self/ns/net); grep memory /proc/self/cgroup; \
@@ -259,7 +243,7 @@ fn privileged_host_namespaces_under_the_monitor() {
     };
     let dir = state.join("containers").join(&ctr_id);
     let rootfs = dir.join("rootfs");
-    build_rootfs(&rootfs);
+    skiff_tests::busybox_rootfs(&rootfs);
     let script = "grep -E '^(Seccomp|CapEff):' /proc/self/status; echo net=$(readlink /proc/self/ns/net); \
         echo pidns=$(readlink /proc/self/ns/pid); echo host=$(hostname); test -e /dev/null && echo devnull-ok";
     let config = cri::ContainerConfig {
