@@ -138,6 +138,8 @@ impl Cgroups for CgroupManager {
 pub trait Sandboxes: Send + Sync + 'static {
     fn setup_pod(&self, req: &PodSetupRequest<'_>) -> Result<PodResources, runtime::Error>;
     fn teardown_pod(&self, state_dir: &Path, pod_id: &str, cgroup_parent: &str) -> Result<(), runtime::Error>;
+    /// Whether a pinned namespace is still there (a bind mount; gone after a reboot).
+    fn is_pinned(&self, ns_path: &Path) -> bool;
 }
 
 /// [`Sandboxes`] on the real host, with the daemon's cgroup manager.
@@ -149,6 +151,9 @@ impl Sandboxes for HostSandboxes {
     }
     fn teardown_pod(&self, state_dir: &Path, pod_id: &str, cgroup_parent: &str) -> Result<(), runtime::Error> {
         runtime::pod::teardown_pod(&self.0, state_dir, pod_id, cgroup_parent)
+    }
+    fn is_pinned(&self, ns_path: &Path) -> bool {
+        runtime::podfiles::is_mountpoint(ns_path)
     }
 }
 

@@ -9,7 +9,8 @@
 //!   containers); "mounts" are a set of targets.
 //! - [`FakeCgroups`]: cgroups as a map recording the resources set, kills and joins; the stats
 //!   a test gives with [`FakeCgroups::set_stats`].
-//! - [`FakeSandboxes`]: a pod's directory and cgroup, no namespaces; can be made to fail.
+//! - [`FakeSandboxes`]: a pod's directory and cgroup; its "pinned namespaces" are empty files
+//!   (gone after [`FakeSandboxes::reboot`]); can be made to fail.
 //! - [`FakeMonitors`]: "runs" a container from `spawn` until the test makes it exit
 //!   ([`FakeMonitors::exit`]) or a signal ends it (SIGKILL always, others unless
 //!   [`FakeMonitors::ignore_signals`]); pushes exits to the watchers as a monitor does.
@@ -45,6 +46,7 @@ fn now_nanos() -> i64 {
 }
 
 /// The fakes behind a [`Context::for_tests`], for the test to drive and inspect.
+#[derive(Clone)]
 pub struct Fakes {
     pub images: Arc<FakeImages>,
     pub cgroups: Arc<FakeCgroups>,
@@ -57,6 +59,21 @@ impl Context {
     /// A context on `dir` (root `dir/root`, state `dir/state`) with fakes for images, cgroups,
     /// pod setup, monitors and network.
     pub fn for_tests(dir: &Path) -> (Context, Fakes) {
+        let cgroups = Arc::new(FakeCgroups::default());
+        let fakes = Fakes {
+            images: Arc::new(FakeImages::new(&dir.join("root"))),
+            sandboxes: Arc::new(FakeSandboxes { cgroups: cgroups.clone(), ..Default::default() }),
+            cgroups,
+            monitors: Arc::new(FakeMonitors::default()),
+            network: Arc::new(FakeNetwork::default()),
+        };
+        (Self::for_tests_with(dir, &fakes), fakes)
+    }
+
+    /// A context on `dir` with these fakes: after [`Context::for_tests`] on the same `dir`, a
+    /// restarted skiffd (its records on disk; the monitors, cgroups and pods "on the host"
+    /// still there), for `crate::recovery::recover`.
+    pub fn for_tests_with(dir: &Path, fakes: &Fakes) -> Context {
         let config = Config {
             root: dir.join("root"),
             state: dir.join("state"),
@@ -66,16 +83,8 @@ impl Context {
         let meta = config.root.join("metadata");
         let pod_store = RecordDir::open(meta.join("pods")).expect("pod record dir");
         let container_store = RecordDir::open(meta.join("containers")).expect("container record dir");
-        let cgroups = Arc::new(FakeCgroups::default());
-        let fakes = Fakes {
-            images: Arc::new(FakeImages::new(&config.root)),
-            sandboxes: Arc::new(FakeSandboxes { cgroups: cgroups.clone(), ..Default::default() }),
-            cgroups,
-            monitors: Arc::new(FakeMonitors::default()),
-            network: Arc::new(FakeNetwork::default()),
-        };
         let monitor_path = dir.join("no-skiff-monitor");
-        let ctx = Context {
+        Context {
             config: Arc::new(config),
             pods: Table::default(),
             containers: Table::default(),
@@ -90,8 +99,7 @@ impl Context {
             oom_score_adj_min: -1000,
             events: Default::default(),
             streaming: crate::streaming::Streaming::new(monitor_path, Duration::from_secs(60)),
-        };
-        (ctx, fakes)
+        }
     }
 }
 
@@ -490,6 +498,13 @@ impl FakeSandboxes {
         lock(&self.live).keys().cloned().collect()
     }
 
+    /// A reboot: every pod's pinned namespaces are gone.
+    pub fn reboot(&self, state_dir: &Path) {
+        for id in self.live() {
+            let _ = std::fs::remove_dir_all(state_dir.join("pods").join(id).join("ns"));
+        }
+    }
+
     /// Makes the next setups fail (as a failed namespace pinning would).
     pub fn fail_setup(&self, fail: bool) {
         *lock(&self.fail_setup) = fail;
@@ -510,7 +525,11 @@ impl Sandboxes for FakeSandboxes {
         })?;
         self.cgroups.create_with(&cgroup_parent, None)?;
         lock(&self.live).insert(req.pod_id.to_owned(), cgroup_parent.clone());
-        let ns = |t: &str, host: bool| (!host).then(|| dir.join("ns").join(t));
+        // A pinned namespace is a file that exists (see `is_pinned`).
+        let ns = |t: &str, host: bool| {
+            let p = dir.join("ns").join(t);
+            (!host && std::fs::write(&p, "").is_ok()).then_some(p)
+        };
         Ok(PodResources {
             dir: dir.clone(),
             namespaces: PodNamespacePaths {
@@ -539,6 +558,10 @@ impl Sandboxes for FakeSandboxes {
         self.cgroups.remove(cgroup_parent)?;
         lock(&self.live).remove(pod_id);
         Ok(())
+    }
+
+    fn is_pinned(&self, ns_path: &Path) -> bool {
+        ns_path.exists()
     }
 }
 

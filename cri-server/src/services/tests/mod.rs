@@ -7,6 +7,7 @@ mod containers;
 mod errors;
 mod images;
 mod pods;
+mod restart;
 mod stats;
 
 use std::collections::HashMap;
@@ -31,7 +32,7 @@ pub(super) struct Node {
     pub fakes: Fakes,
     pub rt: RuntimeSvc,
     pub img: ImageSvc,
-    pub _dir: tempfile::TempDir,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 impl Node {
@@ -47,7 +48,18 @@ impl Node {
         );
         let rt = RuntimeSvc::new(ctx.clone());
         let img = ImageSvc::new(ctx.images.clone());
-        Node { ctx, fakes, rt, img, _dir: dir }
+        Node { ctx, fakes, rt, img, dir: Arc::new(dir) }
+    }
+
+    /// skiffd started again on the same directory and "host" (the fakes), after recovery.
+    /// Run the first life on a runtime of its own and drop it first, so that none of its tasks
+    /// (exit watchers) outlives it.
+    pub async fn restart(self) -> Node {
+        let ctx = Arc::new(Context::for_tests_with(self.dir.path(), &self.fakes));
+        crate::recovery::recover(&ctx).await.unwrap();
+        let rt = RuntimeSvc::new(ctx.clone());
+        let img = ImageSvc::new(ctx.images.clone());
+        Node { ctx, fakes: self.fakes, rt, img, dir: self.dir }
     }
 
     pub async fn run_pod(&self, name: &str) -> String {
@@ -153,6 +165,11 @@ impl Node {
     pub fn pod_cgroup(&self, pod: &str) -> String {
         format!("{}/{pod}", self.ctx.config.runtime.default_cgroup_parent.trim_end_matches('/'))
     }
+}
+
+/// A multi-threaded runtime, for the tests that span two lives of skiffd.
+pub(super) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 pub(super) fn pod_config(name: &str) -> PodSandboxConfig {
