@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use imagesvc::{Auth, FsInfo, Image, ImageError, ImageRecord, ImageStore, ImageVolume, RootfsMount};
 use oci_spec::runtime::LinuxResources;
 use runtime::cgroups::{CgroupError, CgroupManager, CgroupMode, CgroupStats};
-use runtime::monitor::{self, ExitRecord, InfraStarted, MonitorError, Started};
+use runtime::monitor::{self, ExecOutput, ExitRecord, InfraStarted, MonitorError, Started};
 use runtime::pod::{PodResources, PodSetupRequest};
 
 /// The image store as the services use it (see [`imagesvc::ImageStore`] for the semantics).
@@ -198,6 +198,14 @@ pub trait Monitors: Send + Sync + 'static {
     fn process_start_time(&self, pid: i32) -> Option<u64>;
     /// Kills a PID namespace holder if it is still the process started then; waits for it.
     fn kill_infra(&self, pid: i32, start_time: Option<u64>);
+    /// Runs `cmd` in the running container of `container_dir` ([`monitor::exec_sync`]).
+    fn exec_sync(
+        &self,
+        container_dir: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+        max_output: usize,
+    ) -> Result<ExecOutput, MonitorError>;
     /// Sends `Wait` to the monitor at `socket` and waits (asynchronously) for its answer that
     /// the container has exited; an error when the connection fails or breaks.
     fn wait_pushed_exit<'a>(&'a self, socket: &'a Path) -> BoxFuture<'a, io::Result<()>>;
@@ -227,6 +235,15 @@ impl Monitors for HostMonitors {
     }
     fn kill_infra(&self, pid: i32, start_time: Option<u64>) {
         crate::services::runtime::pod_extras::kill_infra(pid, start_time)
+    }
+    fn exec_sync(
+        &self,
+        container_dir: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+        max_output: usize,
+    ) -> Result<ExecOutput, MonitorError> {
+        monitor::exec_sync(&self.0, container_dir, cmd, timeout, max_output)
     }
     fn wait_pushed_exit<'a>(&'a self, socket: &'a Path) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(crate::services::runtime::container::wait_pushed_exit(socket))

@@ -29,7 +29,7 @@ use netplugin::{NetworkError, NetworkPlugin, NotReady, PodNetworkRequest, PodNet
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::LinuxResources;
 use runtime::cgroups::{CgroupError, CgroupMode, CgroupStats};
-use runtime::monitor::{self, ExitRecord, InfraStarted, MonitorError, Started};
+use runtime::monitor::{self, ExecOutput, ExitRecord, InfraStarted, MonitorError, Started};
 use runtime::pod::{PodFilePaths, PodNamespacePaths, PodResources, PodSetupRequest};
 
 use crate::backends::{Cgroups, Images, MonitorClient, Monitors, Sandboxes};
@@ -578,6 +578,8 @@ pub struct FakeProcess {
     /// Signals received, in order.
     pub signals: Vec<i32>,
     pub log_reopens: usize,
+    /// ExecSync commands, in order.
+    pub execs: Vec<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -751,8 +753,15 @@ impl Monitors for FakeMonitors {
             return Err(MonitorError::StartError(m));
         }
         let (pid, monitor_pid) = (Self::next_pid(&mut st), Self::next_pid(&mut st));
-        let p =
-            FakeProcess { pid, monitor_pid, started_at: now_nanos(), exit: None, signals: Vec::new(), log_reopens: 0 };
+        let p = FakeProcess {
+            pid,
+            monitor_pid,
+            started_at: now_nanos(),
+            exit: None,
+            signals: Vec::new(),
+            log_reopens: 0,
+            execs: Vec::new(),
+        };
         st.containers.insert(id_of(container_dir, false), p);
         Ok(Started { pid, monitor_pid })
     }
@@ -793,6 +802,31 @@ impl Monitors for FakeMonitors {
             if let Some(alive) = st.infra.get_mut(&pid) {
                 *alive = false;
             }
+        }
+    }
+
+    /// `echo ARGS` prints them; `false` exits 1; `sleep` with a timeout times out; any other
+    /// command is not found (a StartError).
+    fn exec_sync(
+        &self,
+        container_dir: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+        max_output: usize,
+    ) -> Result<ExecOutput, MonitorError> {
+        let mut st = lock(&self.inner.state);
+        let p = st.containers.get_mut(&id_of(container_dir, false)).ok_or(MonitorError::MonitorGone)?;
+        p.execs.push(cmd.to_vec());
+        match cmd.first().map(String::as_str) {
+            Some("echo") => {
+                let mut stdout = format!("{}\n", cmd[1..].join(" ")).into_bytes();
+                let stdout_truncated = stdout.len() > max_output;
+                stdout.truncate(max_output);
+                Ok(ExecOutput { stdout, stdout_truncated, ..Default::default() })
+            }
+            Some("false") => Ok(ExecOutput { exit_code: 1, ..Default::default() }),
+            Some("sleep") if timeout.is_some() => Err(MonitorError::Timeout),
+            _ => Err(MonitorError::StartError(format!("exec: {:?}: executable file not found in $PATH", cmd[0]))),
         }
     }
 

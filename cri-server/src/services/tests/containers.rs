@@ -1,5 +1,5 @@
 //! CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
-//! ListContainers, ReopenContainerLog, UpdateContainerResources.
+//! ListContainers, ReopenContainerLog, UpdateContainerResources, ExecSync.
 
 use std::collections::HashMap;
 
@@ -252,4 +252,31 @@ async fn update_resources_applies_them_to_the_cgroup() {
     assert_eq!(applied.cpu().as_ref().and_then(|c| c.shares()), Some(512));
     let unknown = UpdateContainerResourcesRequest { container_id: "0123456789abcdef".into(), ..req };
     assert_eq!(n.rt.update_container_resources(Request::new(unknown)).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_runs_in_a_running_container_only() {
+    let n = Node::new();
+    let (pod, c) = n.running("web").await;
+    let exec = |id: &str, cmd: &[&str], timeout: i64| ExecSyncRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    let out = n.rt.exec_sync(Request::new(exec(&c, &["echo", "hello"], 0))).await.unwrap().into_inner();
+    assert_eq!((out.stdout.as_slice(), out.exit_code), (&b"hello\n"[..], 0));
+    let out = n.rt.exec_sync(Request::new(exec(&c, &["false"], 0))).await.unwrap().into_inner();
+    assert_eq!(out.exit_code, 1);
+    let err = n.rt.exec_sync(Request::new(exec(&c, &["sleep", "100"], 1))).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let err = n.rt.exec_sync(Request::new(exec(&c, &["nope"], 0))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unknown);
+    assert!(err.message().contains("not found"), "{err:?}");
+    assert_eq!(n.fakes.monitors.process(&c).unwrap().execs.len(), 4);
+    assert_eq!(n.rt.exec_sync(Request::new(exec(&c, &[], 0))).await.unwrap_err().code(), Code::InvalidArgument);
+    let created = n.create(&pod, "idle", BUSYBOX).await.unwrap();
+    let err = n.rt.exec_sync(Request::new(exec(&created, &["echo"], 0))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = n.rt.exec_sync(Request::new(exec("0123456789abcdef", &["echo"], 0))).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 }
