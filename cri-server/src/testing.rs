@@ -370,6 +370,8 @@ struct CgroupsState {
     pending_stats: HashMap<String, CgroupStats>,
     /// The next `create_with` or `apply` fails with this errno, as a kernel refusing a value.
     fail_write: Option<i32>,
+    /// Made by someone else (the kubelet): they exist, but skiff did not create them.
+    foreign: BTreeSet<String>,
 }
 
 /// See the module doc.
@@ -396,6 +398,13 @@ impl FakeCgroups {
     /// The cgroups `kill_all` was called on, in order.
     pub fn killed(&self) -> Vec<String> {
         lock(&self.state).killed.clone()
+    }
+
+    /// A cgroup the kubelet made: it exists, and `created_by_skiff` is false for it.
+    pub fn add_foreign(&self, path: &str) {
+        let mut st = lock(&self.state);
+        st.foreign.insert(key(path));
+        st.cgroups.entry(key(path)).or_default();
     }
 
     /// The next `create_with` or `apply` fails as a cgroup file write refused with `errno`.
@@ -434,7 +443,8 @@ impl Cgroups for FakeCgroups {
         Ok(lock(&self.state).cgroups.contains_key(&key(path)))
     }
     fn created_by_skiff(&self, path: &str) -> Result<bool, CgroupError> {
-        self.exists(path)
+        let st = lock(&self.state);
+        Ok(st.cgroups.contains_key(&key(path)) && !st.foreign.contains(&key(path)))
     }
     fn create_with(&self, path: &str, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
         runtime::cgroups::normalize(path)?;

@@ -195,3 +195,32 @@ async fn list_pods_filters_by_id_state_and_labels() {
     assert!(n.list_pods(PodSandboxFilter { label_selector: none, ..Default::default() }).await.is_empty());
     assert!(n.list_pods(PodSandboxFilter { id: "ffffffffffff".into(), ..Default::default() }).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_resize_applies_to_skiffs_pod_cgroup_only() {
+    let n = Node::new();
+    let ours = n.run_pod("ours").await;
+    let kubelet_parent = "/kubepods/burstable/poduid-k";
+    n.fakes.cgroups.add_foreign(kubelet_parent);
+    let mut config = pod_config("theirs");
+    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: kubelet_parent.into(), ..Default::default() });
+    let theirs = n.run_pod_with(config).await.unwrap();
+    let resize = |id: &str| UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: id.into(),
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 100 << 20, ..Default::default() }),
+        overhead: Some(LinuxContainerResources { memory_limit_in_bytes: 10 << 20, ..Default::default() }),
+    };
+    n.rt.update_pod_sandbox_resources(Request::new(resize(&ours))).await.unwrap();
+    n.rt.update_pod_sandbox_resources(Request::new(resize(&theirs))).await.unwrap();
+    let applied = n.fakes.cgroups.get(&n.pod_cgroup(&ours)).unwrap().applied;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].memory().as_ref().and_then(|m| m.limit()), Some(110 << 20), "resources + overhead");
+    assert!(n.fakes.cgroups.get(kubelet_parent).unwrap().applied.is_empty(), "the kubelet's cgroup is its own");
+    // Both record what they were told.
+    let req = PodSandboxStatusRequest { pod_sandbox_id: theirs.clone(), verbose: true };
+    let info = n.rt.pod_sandbox_status(Request::new(req)).await.unwrap().into_inner().info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    assert_eq!(info["config"]["linux"]["resources"]["memory_limit_in_bytes"], 100 << 20);
+    let err = n.rt.update_pod_sandbox_resources(Request::new(resize("0123456789abcdef"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
