@@ -280,3 +280,29 @@ async fn exec_sync_runs_in_a_running_container_only() {
     let err = n.rt.exec_sync(Request::new(exec("0123456789abcdef", &["echo"], 0))).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_follow_the_lifecycle() {
+    use futures::StreamExt;
+    let n = Node::new();
+    let mut events = n.rt.get_container_events(Request::new(GetEventsRequest {})).await.unwrap().into_inner();
+    let (pod, c) = n.running("web").await;
+    n.fakes.monitors.exit(&c, 0);
+    n.wait_state(&c, ContainerState::ContainerExited).await;
+    n.remove(&c).await.unwrap();
+    use ContainerEventType::*;
+    let want = [
+        (pod.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerStartedEvent),
+        (c.clone(), ContainerCreatedEvent),
+        (c.clone(), ContainerStartedEvent),
+        (c.clone(), ContainerStoppedEvent),
+        (c.clone(), ContainerDeletedEvent),
+    ];
+    for (id, kind) in want {
+        let ev =
+            tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!((ev.container_id.as_str(), ev.container_event_type), (id.as_str(), kind as i32));
+        assert_eq!(ev.pod_sandbox_status.as_ref().unwrap().id, pod);
+    }
+}
