@@ -8,8 +8,8 @@ use tonic::Code;
 
 use super::{code, pod_config, runtime, Node, BUSYBOX};
 
-#[test]
-fn a_running_container_is_adopted_and_its_later_exit_noticed() {
+/// A first life that runs a pod with one container, then ends (its runtime dropped).
+fn first_life_with_a_running_container() -> (Node, String, String) {
     let first = runtime();
     let (n, pod, c) = first.block_on(async {
         let n = Node::new();
@@ -17,6 +17,12 @@ fn a_running_container_is_adopted_and_its_later_exit_noticed() {
         (n, pod, c)
     });
     drop(first);
+    (n, pod, c)
+}
+
+#[test]
+fn a_running_container_is_adopted_and_its_later_exit_noticed() {
+    let (n, pod, c) = first_life_with_a_running_container();
     runtime().block_on(async move {
         let n = n.restart().await;
         assert_eq!(n.pod_status(&pod).await.unwrap().state, PodSandboxState::SandboxReady as i32);
@@ -37,13 +43,7 @@ fn a_running_container_is_adopted_and_its_later_exit_noticed() {
 
 #[test]
 fn an_exit_while_skiffd_was_down_is_recorded_and_released() {
-    let first = runtime();
-    let (n, pod, c) = first.block_on(async {
-        let n = Node::new();
-        let (pod, c) = n.running("web").await;
-        (n, pod, c)
-    });
-    drop(first);
+    let (n, pod, c) = first_life_with_a_running_container();
     assert!(n.fakes.monitors.exit(&c, 0));
     runtime().block_on(async move {
         let n = n.restart().await;
