@@ -1,10 +1,13 @@
 //! What every service shares: the configuration, the stores of pods and containers, and the
-//! library objects (cgroups, and later images and networking).
+//! library objects (images, cgroups, pod setup, monitors, networking) behind the traits of
+//! [`crate::backends`]; unit tests put fakes there (`crate::testing`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use runtime::cgroups::CgroupManager;
+
+use crate::backends::{Cgroups, HostMonitors, HostSandboxes, Images, Monitors, Sandboxes};
 
 use crate::config::Config;
 use crate::store::{ContainerRecord, PodRecord, RecordDir, StoreError, Table};
@@ -29,9 +32,14 @@ pub struct Context {
     pub containers: Table<ContainerRecord>,
     pub pod_store: RecordDir,
     pub container_store: RecordDir,
-    pub cgroups: CgroupManager,
-    pub images: imagesvc::ImageStore,
+    pub cgroups: Arc<dyn Cgroups>,
+    pub images: Arc<dyn Images>,
     pub network: Arc<dyn netplugin::NetworkPlugin>,
+    /// The host side of pods (namespaces, pod files, shm, pod cgroup).
+    pub sandboxes: Arc<dyn Sandboxes>,
+    /// The containers' monitors and the pods' PID namespace holders.
+    pub monitors: Arc<dyn Monitors>,
+    /// The `skiff-monitor` binary (the streaming server and ExecSync run it).
     pub monitor_path: PathBuf,
     /// skiffd's own oom_score_adj: without CAP_SYS_RESOURCE no container may go below it.
     pub oom_score_adj_min: i32,
@@ -46,7 +54,7 @@ impl Context {
         let meta = config.root.join("metadata");
         let pod_store = RecordDir::open(meta.join("pods"))?;
         let container_store = RecordDir::open(meta.join("containers"))?;
-        let cgroups = CgroupManager::detect(Some(config.state.join("cgroups.json")))?;
+        let cgroups = Arc::new(CgroupManager::detect(Some(config.state.join("cgroups.json")))?);
         let monitor_path = config.monitor_path();
         let images = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {
             root: config.root.clone(),
@@ -71,9 +79,11 @@ impl Context {
             containers: Table::default(),
             pod_store,
             container_store,
+            sandboxes: Arc::new(HostSandboxes(cgroups.clone())),
             cgroups,
-            images,
+            images: Arc::new(images),
             network,
+            monitors: Arc::new(HostMonitors(monitor_path.clone())),
             monitor_path,
             oom_score_adj_min,
             events: Default::default(),

@@ -4,6 +4,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
+pub mod backends;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -19,4 +20,6 @@ pub mod services;
 pub mod spec;
 pub mod store;
 pub mod streaming;
+#[cfg(test)]
+pub mod testing;
 pub mod validate;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::services::runtime::container::{cleanup_after_exit, notice_exit};
-use crate::services::runtime::pod_extras::{kill_infra, network_request, process_start_time, teardown_pod_extras};
+use crate::services::runtime::pod_extras::{network_request, teardown_pod_extras};
 use crate::store::{ContainerRecord, ContainerState, Entry, PodRecord, PodState, StoreError};
 
 /// Runs `f` on the blocking pool (file, mount and /proc work).
@@ -52,13 +52,13 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
             }
         }
         if pod.state == PodState::Ready {
-            let ns = pod.namespaces.clone();
+            let (ns, ctx2) = (pod.namespaces.clone(), ctx.clone());
             let (pins_ok, infra_ok) = blocking(move || {
                 let pins_ok = [&ns.net, &ns.ipc, &ns.uts]
                     .iter()
-                    .all(|p| p.as_ref().map(|p| runtime::podfiles::is_mountpoint(p)).unwrap_or(true));
+                    .all(|p| p.as_ref().map(|p| ctx2.sandboxes.is_pinned(p)).unwrap_or(true));
                 let infra_ok = match ns.infra_pid {
-                    Some(pid) => process_start_time(pid) == ns.infra_start_time,
+                    Some(pid) => ctx2.monitors.process_start_time(pid) == ns.infra_start_time,
                     None => true,
                 };
                 (pins_ok, infra_ok)
@@ -151,11 +151,11 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
 async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
     use runtime::monitor;
     let cdir = ctx.container_dir(&c.id);
-    let dir = cdir.clone();
+    let (dir, ctx2) = (cdir.clone(), ctx.clone());
     let read = blocking(move || {
         let monitor_pid =
             std::fs::read_to_string(dir.join(monitor::PID_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
-        (monitor_pid, monitor::read_exit_record(&dir.join(monitor::EXIT_FILE)).is_some())
+        (monitor_pid, ctx2.monitors.read_exit_record(&dir.join(monitor::EXIT_FILE)).is_some())
     })
     .await;
     let (monitor_pid, exited) = read.unwrap_or((None, false));
@@ -166,7 +166,8 @@ async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
         return;
     }
     let socket = cdir.join(monitor::SOCKET_FILE);
-    let status = tokio::task::spawn_blocking(move || monitor::Client::connect(&socket)?.status()).await;
+    let ctx2 = ctx.clone();
+    let status = tokio::task::spawn_blocking(move || ctx2.monitors.connect(&socket)?.status()).await;
     match status {
         Ok(Ok(st)) if st.state == monitor::ContainerState::Running => {
             tracing::info!(container_id = %c.id, pid = st.pid, "interrupted start: adopting the running container");
@@ -212,11 +213,11 @@ async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result
     pod.network_set_up = false;
     teardown_pod_extras(ctx, pod).await.map_err(|e| e.message().to_owned())?;
     // A PID namespace holder started before the crash is not in the record yet.
-    let dir = ctx.pod_paths(&pod.id).dir;
+    let (dir, ctx2) = (ctx.pod_paths(&pod.id).dir, ctx.clone());
     tokio::task::spawn_blocking(move || {
         for pid in infra_processes(&dir) {
             tracing::info!(pid, "stopping the PID namespace holder of an interrupted pod");
-            kill_infra(pid, process_start_time(pid));
+            ctx2.monitors.kill_infra(pid, ctx2.monitors.process_start_time(pid));
         }
     })
     .await
@@ -224,7 +225,7 @@ async fn remove_pod_leftovers(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result
     let ctx2 = ctx.clone();
     let (id, cgroup) = (pod.id.clone(), pod.cgroup_parent.clone());
     tokio::task::spawn_blocking(move || {
-        runtime::pod::teardown_pod(&ctx2.cgroups, &ctx2.config.state, &id, &cgroup).map_err(|e| e.to_string())
+        ctx2.sandboxes.teardown_pod(&ctx2.config.state, &id, &cgroup).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?

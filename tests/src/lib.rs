@@ -438,6 +438,32 @@ pub fn cgroup_v1_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The v1 hierarchy with the memory controller (panics where there is none).
+pub fn memory_hierarchy() -> PathBuf {
+    cgroup_v1_hierarchies()
+        .into_iter()
+        .find(|h| h.file_name().is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "memory")))
+        .expect("v1 memory hierarchy")
+}
+
+/// Builds a minimal busybox root filesystem in `root` (the host's `/bin/busybox` and its
+/// applets; `etc/passwd` with root and alice 1000:1000, `etc/group` with staff 50 holding alice).
+pub fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root", "home/alice"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+        .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n").unwrap();
+}
+
 fn remove_cgroup_tree(path: &Path) {
     // Container processes do not name the daemon's directory: kill what the cgroups hold.
     if let Ok(procs) = fs::read_to_string(path.join("cgroup.procs")) {

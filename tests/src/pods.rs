@@ -22,6 +22,14 @@ pub fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
+/// `config.linux` of a pod with these namespace modes (e.g. the node's network).
+pub fn pod_namespaces(ns: cri::NamespaceOption) -> Option<cri::LinuxPodSandboxConfig> {
+    Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(ns), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
 /// A container config running `cmd` in busybox, logging to `<name>.log`.
 pub fn container_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
@@ -136,6 +144,26 @@ impl Daemon {
     }
 
     /// Stops and removes a pod (and so its containers).
+    /// The verbose `info` of ContainerStatus (pid, monitorPid, the OCI spec...).
+    pub async fn container_info(&self, id: &str) -> serde_json::Value {
+        let st = self
+            .runtime()
+            .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
+        serde_json::from_str(&st.info["info"]).unwrap()
+    }
+
+    /// The IDs of the containers ListContainers answers with `filter`, sorted.
+    pub async fn container_ids(&self, filter: Option<cri::ContainerFilter>) -> Vec<String> {
+        let req = cri::ListContainersRequest { filter };
+        let list = self.runtime().list_containers(req).await.unwrap().into_inner().containers;
+        let mut ids: Vec<String> = list.into_iter().map(|c| c.id).collect();
+        ids.sort();
+        ids
+    }
+
     pub async fn remove_pod(&self, id: &str) {
         let mut rt = self.runtime();
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();

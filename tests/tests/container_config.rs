@@ -35,17 +35,6 @@ async fn sh(d: &Daemon, id: &str, script: &str) -> (i32, String) {
     (out.exit_code, String::from_utf8_lossy(&out.stdout).trim().to_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
-async fn spec_of(d: &Daemon, id: &str) -> serde_json::Value {
-    let st = d
-        .runtime()
-        .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
-    info
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_from_config_and_image() {
     let d = Daemon::start().await;
@@ -191,7 +180,7 @@ async fn command_args_env_workdir_merging() {
     for (cfg, want) in cases {
         let name = cfg.metadata.clone().unwrap().name;
         let id = d.create(&pod, &pc, cfg).await.unwrap();
-        let info = spec_of(&d, &id).await;
+        let info = d.container_info(&id).await;
         let args: Vec<String> = serde_json::from_value(info["runtimeSpec"]["process"]["args"].clone()).unwrap();
         assert_eq!(args, want, "{name}");
         let env: Vec<String> = serde_json::from_value(info["runtimeSpec"]["process"]["env"].clone()).unwrap();
@@ -241,7 +230,7 @@ async fn cgroup_resources_oom_score_adj_and_oom_kill() {
         ..Default::default()
     });
     let id = d.create_and_start(&pod, &pc, cfg).await;
-    let info = spec_of(&d, &id).await;
+    let info = d.container_info(&id).await;
     let cg = info["cgroupPath"].as_str().unwrap().trim_start_matches('/').to_owned();
     assert!(cg.starts_with(d.cgroup_parent.trim_start_matches('/')), "{cg}");
     let read = |ctl: &str, file: &str| {

@@ -5,14 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use skiff_tests::pods::{container_config, pod_config, read_log, BUSYBOX};
-use skiff_tests::{cri, Daemon};
-
-fn memory_hierarchy() -> std::path::PathBuf {
-    skiff_tests::cgroup_v1_hierarchies()
-        .into_iter()
-        .find(|h| h.file_name().is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "memory")))
-        .expect("v1 memory hierarchy")
-}
+use skiff_tests::{cri, memory_hierarchy, Daemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_lists_answer_what_the_lists_answer() {

@@ -6,14 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
-use skiff_tests::{cri, Daemon};
-
-fn memory_hierarchy() -> std::path::PathBuf {
-    skiff_tests::cgroup_v1_hierarchies()
-        .into_iter()
-        .find(|h| h.file_name().is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "memory")))
-        .expect("v1 memory hierarchy")
-}
+use skiff_tests::{cri, memory_hierarchy, Daemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_style_cgroup_parent() {
@@ -77,27 +70,12 @@ async fn termination_message_exec_cap_and_state_filter() {
 
     // ListContainers by state.
     let by_state = |s: cri::ContainerState| {
-        let mut rt = d.runtime();
-        let pod = pod.clone();
-        async move {
-            let mut ids: Vec<String> = rt
-                .list_containers(cri::ListContainersRequest {
-                    filter: Some(cri::ContainerFilter {
-                        state: Some(cri::ContainerStateValue { state: s as i32 }),
-                        pod_sandbox_id: pod,
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .containers
-                .into_iter()
-                .map(|c| c.id)
-                .collect();
-            ids.sort();
-            ids
-        }
+        let filter = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: s as i32 }),
+            pod_sandbox_id: pod.clone(),
+            ..Default::default()
+        };
+        d.container_ids(Some(filter))
     };
     assert_eq!(by_state(cri::ContainerState::ContainerRunning).await, vec![runner.clone()]);
     let mut exited = vec![file, logs, ok];

@@ -28,21 +28,6 @@ async fn status(d: &Daemon, id: &str) -> Result<cri::ContainerStatus, tonic::Sta
         .map(|r| r.into_inner().status.unwrap())
 }
 
-async fn listed(d: &Daemon) -> Vec<String> {
-    let mut ids: Vec<String> = d
-        .runtime()
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Op {
     Start,
@@ -143,12 +128,12 @@ async fn start_stop_remove_at_once_end_consistent_and_removed_stays_removed() {
     remove.await.unwrap().1.expect("remove");
     removed.push(id);
 
-    let before = listed(&d).await;
+    let before = d.container_ids(None).await;
     for id in &removed {
         assert!(!before.contains(id));
     }
     d.restart().await;
-    let after = listed(&d).await;
+    let after = d.container_ids(None).await;
     assert_eq!(after, before, "the containers after the restart");
     for id in &removed {
         let err = status(&d, id).await.unwrap_err();
@@ -157,7 +142,7 @@ async fn start_stop_remove_at_once_end_consistent_and_removed_stays_removed() {
     assert_eq!(kept.len(), 2);
     d.remove_pod(&pod).await;
     d.restart().await;
-    assert!(listed(&d).await.is_empty(), "containers of a removed pod came back");
+    assert!(d.container_ids(None).await.is_empty(), "containers of a removed pod came back");
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner();
     assert!(pods.items.is_empty());
 }
@@ -188,7 +173,7 @@ async fn reads_answer_during_a_long_stop() {
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
-        let ids = listed(&d).await;
+        let ids = d.container_ids(None).await;
         let list = t.elapsed();
         assert_eq!(ids.len(), 2);
         let t = Instant::now();
@@ -268,7 +253,7 @@ async fn pod_removal_waits_for_a_container_creation_under_way() {
     // The creation finished first (its container was then removed with the pod).
     let created = tokio::time::timeout(DEADLOCK, create).await.unwrap().unwrap();
     assert!(created.is_ok(), "{created:?}");
-    assert!(listed(&d).await.is_empty());
+    assert!(d.container_ids(None).await.is_empty());
     assert!(std::fs::read_dir(d.root().join("metadata/containers")).unwrap().next().is_none());
     // A creation in the removed pod: not found.
     let err = d.create(&pod, &pc, container_config("after", &["true"])).await.unwrap_err();

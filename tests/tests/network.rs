@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use net_support::*;
-use skiff_tests::pods::{container_config, pod_config, BUSYBOX, NGINX};
+use skiff_tests::pods::{container_config, pod_config, pod_namespaces, BUSYBOX, NGINX};
 use skiff_tests::{cri, Daemon};
 
 fn sa(ip: impl AsRef<str>, port: u16) -> SocketAddr {
@@ -95,16 +95,7 @@ async fn host_network_pods_see_the_node() {
     d.pull(BUSYBOX).await;
     let mut pc = pod_config(&d, "hostnet");
     pc.hostname = String::new();
-    pc.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    pc.linux = pod_namespaces(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() });
     let before = host_interfaces();
     let pod = d.run_pod(&pc).await;
     let (state, ip, _) = pod_status(&d, &pod).await;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use skiff_tests::pods::pod_namespaces;
 use skiff_tests::{cri, Daemon};
 use tonic::Code;
 
@@ -148,16 +149,10 @@ async fn host_namespaces() {
     let d = Daemon::start().await;
     let mut config = pod_config("hostnet", "uid-h");
     config.hostname = String::new();
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ipc: cri::NamespaceMode::Node as i32,
-                pid: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+    config.linux = pod_namespaces(cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        ipc: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Node as i32,
         ..Default::default()
     });
     let id = run(&d, config).await.unwrap();

@@ -18,16 +18,6 @@ async fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-async fn verbose_info(d: &Daemon, id: &str) -> serde_json::Value {
-    let st = d
-        .runtime()
-        .container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_str(&st.info["info"]).unwrap()
-}
-
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
@@ -59,8 +49,8 @@ async fn sigkill_of_skiffd_leaves_containers_alone() {
     });
     let exiter = d.create_and_start(&pod, &pc, cfg).await;
     let orphan = d.create_and_start(&pod, &pc, container_config("orphan", &["sleep", "1000"])).await;
-    let runner_info = verbose_info(&d, &runner).await;
-    let orphan_monitor = verbose_info(&d, &orphan).await["monitorPid"].as_i64().unwrap();
+    let runner_info = d.container_info(&runner).await;
+    let orphan_monitor = d.container_info(&orphan).await["monitorPid"].as_i64().unwrap();
     let log = PathBuf::from(d.container_status(&runner).await.log_path);
     wait_until(Duration::from_secs(10), "the runner's first lines", || read_log(&log).len() > 3).await;
 
@@ -78,7 +68,7 @@ async fn sigkill_of_skiffd_leaves_containers_alone() {
     d.start_again().await;
     let st = d.container_status(&runner).await;
     assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32, "{st:?}");
-    let info = verbose_info(&d, &runner).await;
+    let info = d.container_info(&runner).await;
     assert_eq!(info["pid"], runner_info["pid"]);
     assert!(alive(info["pid"].as_i64().unwrap()));
     let st = d.container_status(&exiter).await;
@@ -236,7 +226,7 @@ async fn killed_during_start_container() {
     let pc = pod_config(&d, "midstart");
     let pod = d.run_pod(&pc).await;
     let id = d.create_and_start(&pod, &pc, container_config("c", &["sleep", "1000"])).await;
-    let pid = verbose_info(&d, &id).await["pid"].as_i64().unwrap();
+    let pid = d.container_info(&id).await["pid"].as_i64().unwrap();
     d.kill();
     // As if skiffd died after the monitor started the container but before it persisted
     // RUNNING: the record still says "created".
@@ -248,7 +238,7 @@ async fn killed_during_start_container() {
     let err = d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(alive(pid));
-    assert_eq!(verbose_info(&d, &id).await["pid"].as_i64(), Some(pid));
+    assert_eq!(d.container_info(&id).await["pid"].as_i64(), Some(pid));
     assert!(st.started_at > 0, "{st:?}");
     d.runtime().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await.unwrap();
     assert!(!alive(pid), "the container survived its stop");

@@ -22,22 +22,6 @@ fn uniq() -> String {
     )
 }
 
-fn build_rootfs(root: &Path) {
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root", "home/alice"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
-        .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n").unwrap();
-}
-
 struct Cleanup<'a> {
     cg: &'a CgroupManager,
     state: PathBuf,
@@ -73,7 +57,8 @@ fn generated_spec_runs_under_the_monitor() {
     }
     let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
     let state = tmp.path().join("state");
-    let cg = CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap();
+    let cg = std::sync::Arc::new(CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap());
+    let host = cri_server::backends::HostSandboxes(cg.clone());
     let pod_id = format!("pod{}", uniq());
     let ctr_id = format!("ctr{}", uniq());
     let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
@@ -94,7 +79,7 @@ fn generated_spec_runs_under_the_monitor() {
         ..Default::default()
     };
     let res =
-        spec::setup_pod(&cg, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
+        spec::setup_pod(&host, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
     let mut guard = Cleanup {
         cg: &cg,
         state: state.clone(),
@@ -106,7 +91,7 @@ fn generated_spec_runs_under_the_monitor() {
 
     let dir = state.join("containers").join(&ctr_id);
     let rootfs = dir.join("rootfs");
-    build_rootfs(&rootfs);
+    skiff_tests::busybox_rootfs(&rootfs);
     let script = "echo host=$(hostname); grep nameserver /etc/resolv.conf; echo uid=$(id -u) groups=$(id -G); \
         echo foo=$FOO home=$HOME; grep -E '^(Seccomp|NoNewPrivs|CapInh|CapAmb):' /proc/self/status; \
         echo net=$(readlink /proc/self/ns/net); grep memory /proc/self/cgroup; \
@@ -217,7 +202,8 @@ fn privileged_host_namespaces_under_the_monitor() {
     }
     let tmp = tempfile::Builder::new().prefix("skspec-").tempdir_in("/tmp").unwrap();
     let state = tmp.path().join("state");
-    let cg = CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap();
+    let cg = std::sync::Arc::new(CgroupManager::detect(Some(state.join("cgroups.json"))).unwrap());
+    let host = cri_server::backends::HostSandboxes(cg.clone());
     let pod_id = format!("pod{}", uniq());
     let ctr_id = format!("ctr{}", uniq());
     let pod_cgroup = format!("/skiff-e2e-{}/{pod_id}", uniq());
@@ -246,7 +232,7 @@ fn privileged_host_namespaces_under_the_monitor() {
         ..Default::default()
     };
     let res =
-        spec::setup_pod(&cg, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
+        spec::setup_pod(&host, &state, &pod_id, &sandbox, Path::new("/etc/resolv.conf"), 8 << 20, "/skiff").unwrap();
     let mut guard = Cleanup {
         cg: &cg,
         state: state.clone(),
@@ -257,7 +243,7 @@ fn privileged_host_namespaces_under_the_monitor() {
     };
     let dir = state.join("containers").join(&ctr_id);
     let rootfs = dir.join("rootfs");
-    build_rootfs(&rootfs);
+    skiff_tests::busybox_rootfs(&rootfs);
     let script = "grep -E '^(Seccomp|CapEff):' /proc/self/status; echo net=$(readlink /proc/self/ns/net); \
         echo pidns=$(readlink /proc/self/ns/pid); echo host=$(hostname); test -e /dev/null && echo devnull-ok";
     let config = cri::ContainerConfig {

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use skiff_tests::pods::{container_config, pod_config, BUSYBOX, NGINX};
+use skiff_tests::pods::{container_config, pod_config, pod_namespaces, BUSYBOX, NGINX};
 use skiff_tests::streaming::{self as st, SpdySession, WsSession};
 use skiff_tests::{cri, processes_mentioning, Daemon};
 use tonic::Code;
@@ -275,16 +275,7 @@ async fn port_forward_into_a_host_network_pod() {
     let d = Daemon::start().await;
     d.pull(BUSYBOX).await;
     let mut pc = pod_config(&d, "pfhost");
-    pc.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    pc.linux = pod_namespaces(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() });
     let pod = d.run_pod(&pc).await;
     let port = 40_000 + rand::random::<u16>() % 20_000;
     let script = format!(

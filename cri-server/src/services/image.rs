@@ -1,21 +1,25 @@
-//! CRI ImageService: a thin layer over [`imagesvc::ImageStore`]. Library errors become
+//! CRI ImageService: a thin layer over [`imagesvc::ImageStore`] (behind [`Images`]). Library errors become
 //! `tonic::Status` here (and only here); each RPC runs inside the per-RPC span of
 //! [`crate::logging::RpcSpanLayer`].
 
 use std::collections::HashMap;
 
-use imagesvc::{ErrorKind, ImageError, ImageRecord, ImageStore};
+use std::sync::Arc;
+
+use imagesvc::{ErrorKind, ImageError, ImageRecord};
 use proto::cri::image_service_server::ImageService;
 use proto::cri::*;
 use tonic::{Request, Response, Status};
 
+use crate::backends::Images;
+
 /// Serves the CRI ImageService.
 pub struct ImageSvc {
-    store: ImageStore,
+    store: Arc<dyn Images>,
 }
 
 impl ImageSvc {
-    pub fn new(store: ImageStore) -> Self {
+    pub fn new(store: Arc<dyn Images>) -> Self {
         Self { store }
     }
 }

@@ -3,3 +3,5 @@
 
 pub mod image;
 pub mod runtime;
+#[cfg(test)]
+mod tests;

@@ -101,10 +101,10 @@ pub fn dns_settings(config: &cri::PodSandboxConfig) -> Option<runtime::podfiles:
     })
 }
 
-/// [`runtime::pod::setup_pod`] for a CRI pod config: its namespace modes, hostname, DNS and
+/// [`runtime::pod::setup_pod`] (through [`crate::backends::Sandboxes`]) for a CRI pod config: its namespace modes, hostname, DNS and
 /// cgroup parent in the runtime's plain terms. Blocking.
 pub fn setup_pod(
-    cgroups: &runtime::cgroups::CgroupManager,
+    sandboxes: &dyn crate::backends::Sandboxes,
     state_dir: &Path,
     pod_id: &str,
     config: &cri::PodSandboxConfig,
@@ -115,8 +115,8 @@ pub fn setup_pod(
     let node = |m: i32| cri::NamespaceMode::try_from(m) == Ok(cri::NamespaceMode::Node);
     let nso = namespace_options(config);
     let dns = dns_settings(config);
-    runtime::pod::setup_pod(
-        cgroups,
+    crate::backends::Sandboxes::setup_pod(
+        sandboxes,
         &runtime::pod::PodSetupRequest {
             state_dir,
             pod_id,

@@ -1,10 +1,11 @@
 //! ExecSync: a command inside a running container (all its namespaces, cgroup, user and
-//! security settings) through `skiff-monitor exec`, with a timeout and capped output.
+//! security settings) through `skiff-monitor exec` (`Monitors::exec_sync`), with a timeout and
+//! capped output.
 
 use std::time::Duration;
 
 use proto::cri::{ExecSyncRequest, ExecSyncResponse};
-use runtime::monitor::{self, MonitorError};
+use runtime::monitor::MonitorError;
 use tonic::Status;
 use tracing::Instrument;
 
@@ -45,9 +46,9 @@ impl RuntimeSvc {
         };
         let span = tracing::info_span!("exec_sync", container_id = %id);
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
-        let bin = self.ctx.monitor_path.clone();
+        let ctx = self.ctx.clone();
         let cmd = req.cmd.clone();
-        let out = tokio::task::spawn_blocking(move || monitor::exec_sync(&bin, &cdir, &cmd, timeout, MAX_OUTPUT))
+        let out = tokio::task::spawn_blocking(move || ctx.monitors.exec_sync(&cdir, &cmd, timeout, MAX_OUTPUT))
             .instrument(span)
             .await
             .map_err(join_error)?;

@@ -130,7 +130,7 @@ impl RuntimeSvc {
                 let (ctx, id, config) = (ctx.clone(), id.to_owned(), config.clone());
                 tokio::task::spawn_blocking(move || {
                     crate::spec::setup_pod(
-                        &ctx.cgroups,
+                        &*ctx.sandboxes,
                         &ctx.config.state,
                         &id,
                         &config,
@@ -146,7 +146,7 @@ impl RuntimeSvc {
             {
                 let (ctx, id, cgroup) = (ctx.clone(), id.to_owned(), resources.cgroup_parent.clone());
                 rb.push_blocking("pod namespaces, files and cgroup", move || {
-                    runtime::pod::teardown_pod(&ctx.cgroups, &ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
+                    ctx.sandboxes.teardown_pod(&ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
                 });
             }
             record.cgroup_parent = resources.cgroup_parent;
@@ -283,7 +283,7 @@ impl RuntimeSvc {
         let id = pod.id.clone();
         let cgroup = pod.cgroup_parent.clone();
         let failures: Vec<String> = tokio::task::spawn_blocking(move || {
-            runtime::pod::teardown_pod(&ctx.cgroups, &ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
+            ctx.sandboxes.teardown_pod(&ctx.config.state, &id, &cgroup).map_err(|e| e.to_string())
         })
         .await
         .map_err(join_error)?

@@ -74,21 +74,22 @@ impl RuntimeSvc {
     pub(super) async fn setup_pod_extras(&self, record: &mut PodRecord, rb: &mut Rollback) -> Result<(), Status> {
         let ctx = self.ctx.clone();
         if NamespaceMode::try_from(namespace_options(&record.config).pid) == Ok(NamespaceMode::Pod) {
-            let (bin, dir) = (ctx.monitor_path.clone(), ctx.pod_paths(&record.id).dir);
-            let infra = tokio::task::spawn_blocking(move || runtime::monitor::spawn_infra(&bin, &dir))
+            let (ctx2, dir) = (ctx.clone(), ctx.pod_paths(&record.id).dir);
+            let infra = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_infra(&dir))
                 .await
                 .map_err(join_error)?
                 .map_err(|e| Status::internal(format!("start the pod's PID namespace holder: {e}")))?;
-            let start_time = process_start_time(infra.pid);
+            let start_time = ctx.monitors.process_start_time(infra.pid);
             record.namespaces.infra_pid = Some(infra.pid);
             record.namespaces.infra_start_time = start_time;
+            let ctx2 = ctx.clone();
             rb.push_blocking("pid namespace holder", move || {
-                kill_infra(infra.pid, start_time);
+                ctx2.monitors.kill_infra(infra.pid, start_time);
                 Ok(())
             });
             // It belongs to the pod, not to skiffd: account it in the pod cgroup.
-            let cgroup = record.cgroup_parent.clone();
-            tokio::task::spawn_blocking(move || runtime::cgroups::join(&cgroup, infra.pid))
+            let (ctx2, cgroup) = (ctx.clone(), record.cgroup_parent.clone());
+            tokio::task::spawn_blocking(move || ctx2.cgroups.join(&cgroup, infra.pid))
                 .await
                 .map_err(join_error)?
                 .status("move the PID namespace holder into the pod cgroup")?;
@@ -122,7 +123,8 @@ pub(crate) async fn teardown_pod_extras(ctx: &Arc<Context>, pod: &mut PodRecord)
     }
     if let Some(pid) = pod.namespaces.infra_pid {
         let start = pod.namespaces.infra_start_time;
-        tokio::task::spawn_blocking(move || kill_infra(pid, start)).await.map_err(join_error)?;
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || ctx.monitors.kill_infra(pid, start)).await.map_err(join_error)?;
     }
     Ok(())
 }

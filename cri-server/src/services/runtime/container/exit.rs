@@ -112,14 +112,14 @@ pub(crate) async fn cleanup_after_exit(ctx: &Arc<Context>, entry: &ContainerEntr
 /// How the container ended, or `None` while its monitor runs (blocking: file and /proc reads).
 fn read_exit(ctx: &Context, c: &ContainerRecord) -> Option<Exit> {
     let cdir = ctx.container_dir(&c.id);
-    let exit = match monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE)) {
+    let exit = match ctx.monitors.read_exit_record(&cdir.join(monitor::EXIT_FILE)) {
         Some(e) => Some(e),
         None => {
-            if c.monitor_pid.map(process_alive).unwrap_or(false) {
+            if c.monitor_pid.map(|pid| ctx.monitors.process_alive(pid)).unwrap_or(false) {
                 return None;
             }
             // The monitor may have written the record between the two checks.
-            monitor::read_exit_record(&cdir.join(monitor::EXIT_FILE))
+            ctx.monitors.read_exit_record(&cdir.join(monitor::EXIT_FILE))
         }
     };
     let mut exit = match exit {
@@ -217,7 +217,7 @@ pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &ContainerR
     let res = tokio::task::spawn_blocking(move || {
         let mut failed = Vec::new();
         let target = ctx2.container_dir(&id).join("rootfs");
-        if let Err(e) = imagesvc::RootfsMount::unmount(&target) {
+        if let Err(e) = ctx2.images.unmount_rootfs(&target) {
             failed.push(format!("rootfs: {e}"));
         }
         if ctx2.cgroups.exists(&cg).unwrap_or(false) {
@@ -247,7 +247,7 @@ pub(crate) fn spawn_exit_watcher(ctx: &Arc<Context>, entry: &ContainerEntry) {
             if entry.is_removed() || !same_life(&entry.get()) {
                 return;
             }
-            let pushed = wait_pushed_exit(&socket).await;
+            let pushed = ctx.monitors.wait_pushed_exit(&socket).await;
             if let Err(e) = &pushed {
                 tracing::debug!(container_id = %c.id, error = %e, "exit watcher: no answer from the monitor");
             }
@@ -262,7 +262,7 @@ pub(crate) fn spawn_exit_watcher(ctx: &Arc<Context>, entry: &ContainerEntry) {
 }
 
 /// Sends `Wait` to a monitor and waits (asynchronously) for its answer.
-async fn wait_pushed_exit(socket: &Path) -> std::io::Result<()> {
+pub(crate) async fn wait_pushed_exit(socket: &Path) -> std::io::Result<()> {
     use monitor::protocol;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = socket.to_owned();

@@ -23,7 +23,8 @@ impl RuntimeSvc {
                 return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
             }
             let socket = ctx.container_dir(&c.id).join(monitor::SOCKET_FILE);
-            tokio::task::spawn_blocking(move || monitor::Client::connect(&socket)?.reopen_log())
+            let ctx2 = ctx.clone();
+            tokio::task::spawn_blocking(move || ctx2.monitors.connect(&socket)?.reopen_log())
                 .await
                 .map_err(join_error)?
                 .map_err(|e| monitor_status(e, "reopen the log"))?;

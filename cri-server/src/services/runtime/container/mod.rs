@@ -37,7 +37,7 @@ use crate::store::{ContainerRecord, ContainerState, Entry, Lookup, PodRecord};
 
 pub(crate) use exit::{
     cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
-    spawn_exit_watcher,
+    spawn_exit_watcher, wait_pushed_exit,
 };
 
 /// A container's entry in the table.

@@ -64,13 +64,13 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 .map_err(|e| image_status("prepare the rootfs", e))?;
             let target = cdir.join("rootfs");
             let t = target.clone();
-            tokio::task::spawn_blocking(move || layout.mount(&t))
+            let ctx2 = ctx.clone();
+            tokio::task::spawn_blocking(move || ctx2.images.mount_rootfs(&layout, &t))
                 .await
                 .map_err(join_error)?
                 .map_err(|e| image_status("mount the rootfs", e))?;
-            rb.push_blocking("rootfs mount", move || {
-                imagesvc::RootfsMount::unmount(&target).map_err(|e| e.to_string())
-            });
+            let ctx2 = ctx.clone();
+            rb.push_blocking("rootfs mount", move || ctx2.images.unmount_rootfs(&target).map_err(|e| e.to_string()));
             crate::failpoint::hit("start:after_mount").await?;
 
             // The container cgroup, with the resources of the spec.
@@ -114,8 +114,8 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             })
             .await
             .map_err(join_error)??;
-            let (bin, dir) = (ctx.monitor_path.clone(), cdir.clone());
-            tokio::task::spawn_blocking(move || monitor::spawn(&bin, &dir))
+            let (ctx2, dir) = (ctx.clone(), cdir.clone());
+            tokio::task::spawn_blocking(move || ctx2.monitors.spawn(&dir))
                 .await
                 .map_err(join_error)?
                 .map_err(|e| monitor_status(e, "start the container"))

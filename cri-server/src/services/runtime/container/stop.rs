@@ -77,7 +77,7 @@ pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, tim
     // The record is not locked while we wait, so that status calls keep answering.
     let ctx2 = ctx.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), MonitorError> {
-        let mut client = match monitor::Client::connect(&socket) {
+        let mut client = match ctx2.monitors.connect(&socket) {
             Ok(c) => c,
             Err(MonitorError::MonitorGone) => return Ok(()),
             Err(e) => return Err(e),

@@ -1,0 +1,81 @@
+//! Recovery (`crate::recovery`): skiffd started again on its records, with the monitors,
+//! cgroups and pods of its first life still "on the host" (the same fakes). Each first life
+//! runs on a runtime of its own, dropped before the second starts, as a stopped skiffd's tasks
+//! end with it.
+
+use proto::cri::*;
+use tonic::Code;
+
+use super::{code, pod_config, runtime, Node, BUSYBOX};
+
+/// A first life that runs a pod with one container, then ends (its runtime dropped).
+fn first_life_with_a_running_container() -> (Node, String, String) {
+    let first = runtime();
+    let (n, pod, c) = first.block_on(async {
+        let n = Node::new();
+        let (pod, c) = n.running("web").await;
+        (n, pod, c)
+    });
+    drop(first);
+    (n, pod, c)
+}
+
+#[test]
+fn a_running_container_is_adopted_and_its_later_exit_noticed() {
+    let (n, pod, c) = first_life_with_a_running_container();
+    runtime().block_on(async move {
+        let n = n.restart().await;
+        assert_eq!(n.pod_status(&pod).await.unwrap().state, PodSandboxState::SandboxReady as i32);
+        let st = n.status(&c).await.unwrap();
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        // The names are held again; the recovered container's exit is pushed to a new watcher.
+        assert_eq!(code(n.run_pod_with(pod_config("web")).await), Code::AlreadyExists);
+        n.fakes.monitors.exit(&c, 7);
+        let entry = n.entry(&c);
+        n.eventually("exit recorded", || entry.get().state == crate::store::ContainerState::Exited).await;
+        assert_eq!(n.status(&c).await.unwrap().exit_code, 7);
+        // And it stops and goes as any other.
+        n.remove_pod(&pod).await.unwrap();
+        assert!(n.fakes.sandboxes.live().is_empty());
+        assert!(n.fakes.images.holders().is_empty());
+    });
+}
+
+#[test]
+fn an_exit_while_skiffd_was_down_is_recorded_and_released() {
+    let (n, pod, c) = first_life_with_a_running_container();
+    assert!(n.fakes.monitors.exit(&c, 0));
+    runtime().block_on(async move {
+        let n = n.restart().await;
+        let st = n.status(&c).await.unwrap();
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_str()),
+            (ContainerState::ContainerExited as i32, 0, "Completed")
+        );
+        assert!(n.fakes.images.mounted().is_empty(), "rootfs unmounted at recovery");
+        assert_eq!(n.fakes.cgroups.paths(), vec![n.pod_cgroup(&pod)], "container cgroup removed");
+        // The writable layer stays until RemoveContainer.
+        assert_eq!(n.fakes.images.holders(), vec![c.clone()]);
+    });
+}
+
+#[test]
+fn after_a_reboot_pods_are_not_ready_and_their_network_released() {
+    let first = runtime();
+    let (n, pod) = first.block_on(async {
+        let n = Node::new();
+        let pod = n.run_pod("web").await;
+        (n, pod)
+    });
+    drop(first);
+    n.fakes.sandboxes.reboot(&n.ctx.config.state);
+    runtime().block_on(async move {
+        let n = n.restart().await;
+        assert_eq!(n.pod_status(&pod).await.unwrap().state, PodSandboxState::SandboxNotready as i32);
+        assert!(n.fakes.network.attached().is_empty());
+        // No container starts in it; it is removed as any other.
+        assert_eq!(code(n.create(&pod, "late", BUSYBOX).await), Code::FailedPrecondition);
+        n.remove_pod(&pod).await.unwrap();
+        assert!(n.fakes.sandboxes.live().is_empty());
+    });
+}
