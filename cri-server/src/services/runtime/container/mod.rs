@@ -36,8 +36,8 @@ use crate::error::join_error;
 use crate::store::{ContainerRecord, ContainerState, Entry, Lookup, PodRecord};
 
 pub(crate) use exit::{
-    cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
-    spawn_exit_watcher,
+    cleanup_after_exit, notice_exit, process_alive, read_exit, record_exit, refresh, release_runtime_resources,
+    spawn_exit_sweeper, spawn_exit_watcher, Exit,
 };
 
 /// A container's entry in the table.
@@ -168,6 +168,7 @@ impl RuntimeSvc {
 
     /// A service on the same daemon state, for a task of its own (see [`detached`]).
     pub(crate) fn handle(&self) -> RuntimeSvc {
-        RuntimeSvc::new(self.ctx.clone())
+        // The same caches (CPU samples, writable-layer usage) and background task, not new ones.
+        RuntimeSvc { ctx: self.ctx.clone(), cpu_samples: self.cpu_samples.clone(), fs_cache: self.fs_cache.clone() }
     }
 }
