@@ -74,7 +74,7 @@ enum Probe {
     /// It has exited since it was last looked at (recorded by the caller).
     Exited(Exit),
     /// Running: its cgroup's stats (None when the cgroup is gone).
-    Running(Option<runtime::cgroups::CgroupStats>),
+    Running(Option<Box<runtime::cgroups::CgroupStats>>),
 }
 
 impl RuntimeSvc {
@@ -136,7 +136,7 @@ impl RuntimeSvc {
                         }
                         match read_exit(&ctx, c) {
                             Some(exit) => Probe::Exited(exit),
-                            None => Probe::Running(ctx.cgroups.stats(&c.cgroup_path).ok()),
+                            None => Probe::Running(ctx.cgroups.stats(&c.cgroup_path).ok().map(Box::new)),
                         }
                     })
                     .collect::<Vec<Probe>>()
@@ -151,7 +151,7 @@ impl RuntimeSvc {
         for (((entry, c), probe), layer) in entries.iter().zip(records).zip(probes).zip(usage) {
             let (c, st) = match probe {
                 Probe::Idle => (c, None),
-                Probe::Running(st) => (c, st),
+                Probe::Running(st) => (c, st.map(|b| *b)),
                 Probe::Exited(exit) => {
                     let (c, noticed) = record_exit(&self.ctx, entry, &c, exit);
                     if noticed {
