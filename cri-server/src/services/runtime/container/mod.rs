@@ -36,9 +36,11 @@ use crate::error::join_error;
 use crate::store::{ContainerRecord, ContainerState, Entry, Lookup, PodRecord};
 
 pub(crate) use exit::{
-    cleanup_after_exit, notice_exit, process_alive, read_exit, record_exit, refresh, release_runtime_resources,
-    spawn_exit_sweeper, spawn_exit_watcher, Exit,
+    cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
+    spawn_exit_watcher,
 };
+// The stats lists read exits in their own blocking jobs.
+pub(crate) use exit::{read_exit, record_exit, Exit};
 
 /// A container's entry in the table.
 pub(crate) type ContainerEntry = Arc<Entry<ContainerRecord>>;
