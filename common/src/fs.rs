@@ -4,6 +4,9 @@
 //! mix, and the new content survives a crash once it returns: a uniquely named temp file in the
 //! same directory (created exclusively, with the final mode), written, fsynced, renamed over the
 //! target, then the directory fsynced. The temp file is removed on every error path.
+//! [`write_replace`] does the same without the two fsyncs, for files of the volatile state
+//! directory (`/run/skiff`, gone after a reboot: readers see the old or the new content after
+//! any crash of a process, and a power cut takes the whole directory).
 //! [`remove_durable`] removes a file and fsyncs its directory. Errors are plain
 //! `std::io::Error`s; each crate wraps them in its own error type with the path and operation.
 
@@ -48,6 +51,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     res
 }
 
+/// Replaces `path` atomically with `bytes` (mode `mode`), without fsync: for files under the
+/// volatile state directory only (see the module doc). Creates missing parent directories; the
+/// temp file is removed on every error path.
+pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir)?;
+    let tmp = temp_name(path);
+    let res = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 /// Removes `path` and fsyncs its directory; a missing file is not an error.
 pub fn remove_durable(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
@@ -65,6 +88,17 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_replace_replaces_with_mode_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/state.json");
+        write_replace(&p, b"one", 0o600).unwrap();
+        write_replace(&p, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+    }
 
     #[test]
     fn replaces_with_mode_and_leaves_no_temp() {

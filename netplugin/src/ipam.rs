@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
 use crate::error::{NetworkError, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_replace;
 
 const LEASES_VERSION: u32 = 1;
 /// Upper bound of candidates looked at per allocation (matters only for huge IPv6 ranges).
@@ -99,7 +99,11 @@ impl Ipam {
             file.version = LEASES_VERSION;
             let data = serde_json::to_vec_pretty(&file)
                 .map_err(|e| NetworkError::Internal(format!("serialize leases: {e}")))?;
-            write_atomic(&self.path, &data)?;
+            // Replaced, not fsynced: a lease matters only while its pod's network namespace
+            // exists, and a power cut ends every pod (recovery releases the leases of pods not
+            // running); a skiffd crash keeps the page cache. So only a power cut can leave the
+            // file empty, and then no address is in use (see `read`).
+            write_replace(&self.path, &data)?;
         }
         Ok(out)
     }
@@ -112,6 +116,11 @@ impl Ipam {
             }
             Err(e) => return Err(NetworkError::io("read", &self.path, e)),
         };
+        if data.is_empty() {
+            // An unsynced replace cut short by a power cut: no pod survived it.
+            tracing::warn!(file = %self.path.display(), "empty lease file (power cut?): starting with no leases");
+            return Ok(LeaseFile { version: LEASES_VERSION, ..Default::default() });
+        }
         // A corrupt lease file is an error, never silently dropped: that could hand out addresses in use.
         let file: LeaseFile = serde_json::from_slice(&data)
             .map_err(|e| NetworkError::Internal(format!("corrupt lease file {}: {e}", self.path.display())))?;
@@ -261,6 +270,15 @@ mod tests {
         fs::write(d.path().join("leases.json"), b"{not json").unwrap();
         let a = ipam(d.path(), &["10.1.0.0/24"]);
         assert!(a.allocate("p", "", "").is_err());
+    }
+
+    #[test]
+    fn empty_file_after_a_power_cut_means_no_leases() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("leases.json"), b"").unwrap();
+        let i = ipam(d.path(), &["10.1.0.0/29"]);
+        assert_eq!(i.allocate("p", "n", "ns").unwrap().len(), 1);
+        assert_eq!(i.leases().unwrap().len(), 1);
     }
 
     #[test]

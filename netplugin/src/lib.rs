@@ -42,6 +42,7 @@ pub mod config;
 pub mod error;
 mod fsutil;
 pub mod ipam;
+mod nfnl;
 pub mod nft;
 pub mod podcidr;
 mod rtnl;

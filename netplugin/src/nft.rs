@@ -135,6 +135,13 @@ impl Nft {
 
     /// Whether the table exists.
     pub async fn table_exists(&self) -> Result<bool> {
+        // Over netlink (no process); the `nft` command only where that fails.
+        let table = self.table.clone();
+        match tokio::task::spawn_blocking(move || crate::nfnl::table_exists(&table)).await {
+            Ok(Ok(exists)) => return Ok(exists),
+            Ok(Err(e)) => tracing::debug!(error = %e, "nftables table query over netlink failed; asking nft"),
+            Err(e) => tracing::debug!(error = %e, "nftables table query task failed; asking nft"),
+        }
         match self.nft(&["-j", "list", "table", "inet", &self.table], None).await {
             Ok(_) => Ok(true),
             Err(NetworkError::Nft(m)) if m.contains("No such file or directory") => Ok(false),

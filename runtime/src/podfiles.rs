@@ -9,7 +9,8 @@ use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::ErrorKind;
-use crate::util::write_atomic;
+// The pod's files live in the volatile state dir: replaced atomically, never fsynced.
+use crate::util::write_replace as write_atomic;
 
 /// Default size of a pod's /dev/shm (as containerd and docker).
 pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;

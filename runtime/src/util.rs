@@ -4,7 +4,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-pub use common::fs::{fsync_dir, remove_durable, write_atomic};
+pub use common::fs::{fsync_dir, remove_durable, write_atomic, write_replace};
 
 /// Opens `path` for reading only if it is a regular file: with `O_NONBLOCK` (a FIFO does not
 /// block the open) and, when `nofollow`, `O_NOFOLLOW`; a FIFO, device or directory is refused

@@ -74,6 +74,24 @@ impl RecordDir {
         runtime::util::write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io { op: "write", path, source })
     }
 
+    /// Writes the record of `id` atomically but without fsync: only for the "creating" record
+    /// written before a creation acquires anything. What it guards against a crash of skiffd is
+    /// in the page cache all the same; after a power cut everything a creation acquires before
+    /// its final (fsynced) record is gone or released anyway (namespaces, mounts, cgroups and
+    /// veths with the reboot, leases of pods not recorded READY and writable layers of unknown
+    /// containers by recovery), and [`RecordDir::load_all`] drops the empty file such a write
+    /// may leave.
+    pub fn save_unsynced<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
+        let path = self.path(id);
+        let bytes = serde_json::to_vec(&Envelope { version: STORE_VERSION, record })
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        runtime::util::write_replace(&path, &bytes, 0o600).map_err(|source| StoreError::Io {
+            op: "write",
+            path,
+            source,
+        })
+    }
+
     /// Deletes the record of `id`; an absent record is fine.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let path = self.path(id);
@@ -121,6 +139,17 @@ impl RecordDir {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// [`RecordDir::save_unsynced`] on the blocking pool, for a record in no table yet.
+    pub async fn save_async_unsynced<T>(&self, id: &str, record: &T) -> Result<(), StoreError>
+    where
+        T: Serialize + Clone + Send + 'static,
+    {
+        let (dir, id, record) = (self.clone(), id.to_owned(), record.clone());
+        tokio::task::spawn_blocking(move || dir.save_unsynced(&id, &record))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     /// Reads every record; leftovers of interrupted writes are deleted. Unreadable records are
     /// returned as errors (with their id) so that the caller can report them.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Loaded<T>, StoreError> {
@@ -135,6 +164,13 @@ impl RecordDir {
                 let _ = fs::remove_file(&path);
                 continue;
             };
+            // Empty: an unsynced "creating" record cut short by a power cut (a synced write
+            // is complete before its rename), i.e. a creation that never finished.
+            if entry.metadata().is_ok_and(|m| m.len() == 0) {
+                tracing::info!(file = %path.display(), "removing the empty record of an interrupted creation");
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             out.push((id.to_owned(), read_record(&path)));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -187,6 +223,18 @@ mod tests {
         store.remove("one").unwrap();
         store.remove("one").unwrap();
         assert_eq!(store.load_all::<R>().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unsynced_records_load_and_empty_ones_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordDir::open(dir.path().join("x")).unwrap();
+        store.save_unsynced("one", &R { a: 1 }).unwrap();
+        fs::write(dir.path().join("x/cut.json"), b"").unwrap();
+        let all: Vec<(String, Result<R, StoreError>)> = store.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1.as_ref().unwrap(), &R { a: 1 });
+        assert!(!dir.path().join("x/cut.json").exists());
     }
 
     #[test]

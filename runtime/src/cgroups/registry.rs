@@ -34,6 +34,8 @@ impl Registry {
         let mut data = RegistryFile { version: VERSION, created: BTreeMap::new(), explicit: BTreeSet::new() };
         if let Some(f) = &file {
             match std::fs::read(f) {
+                // Empty: written unsynced before a power cut (the cgroups are gone too).
+                Ok(bytes) if bytes.is_empty() => {}
                 Ok(bytes) => {
                     data = serde_json::from_slice(&bytes)
                         .map_err(|e| CgroupError::Registry { file: f.clone(), reason: e.to_string() })?;
@@ -93,7 +95,8 @@ impl Registry {
         }
     }
 
-    /// Writes the registry atomically (temp file, fsync, rename, fsync dir).
+    /// Replaces the registry file atomically (temp file, rename; no fsync: it lives in the
+    /// volatile state dir, as the cgroups it lists do not survive a reboot either).
     pub(crate) fn save(&self) -> Result<(), CgroupError> {
         let Some(f) = &self.file else { return Ok(()) };
         let bytes = serde_json::to_vec_pretty(&self.data)
@@ -103,5 +106,5 @@ impl Registry {
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::util::write_atomic(path, bytes, 0o644)
+    crate::util::write_replace(path, bytes, 0o644)
 }

@@ -197,7 +197,10 @@ pub enum MonitorError {
     Io(#[from] std::io::Error),
 }
 
-/// Writes `path` atomically (temp file, fsync, rename, fsync dir), mode 0644.
+/// Replaces `path` atomically (temp file, rename), mode 0644. Every file the monitor writes
+/// (monitor.json, its pid file, the exit record) lives in the container's dir under the
+/// volatile state dir, so nothing is fsynced: a crash of any process leaves the old or the new
+/// content, and a reboot empties the directory (see `common::fs::write_replace`).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    common::fs::write_atomic(path, data, 0o644)
+    common::fs::write_replace(path, data, 0o644)
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::pod::labels_match;
 use super::RuntimeSvc;
-use crate::services::runtime::container::refresh;
+use crate::services::runtime::container::{refresh, ContainerEntry};
 use crate::store::{ContainerRecord, ContainerState, PodRecord};
 
 impl RuntimeSvc {
@@ -29,6 +29,31 @@ impl RuntimeSvc {
                 continue;
             }
             out.push(refresh(&self.ctx, &entry).await);
+        }
+        out
+    }
+
+    /// Entries of the containers matching a filter (creating ones excluded), as they are: the
+    /// caller notices exits itself (the stats lists do, in their batched reads).
+    pub(in crate::services::runtime) fn container_entries_matching(
+        &self,
+        id: &str,
+        pod_id: &str,
+        labels: &HashMap<String, String>,
+    ) -> Vec<ContainerEntry> {
+        let mut out = Vec::new();
+        for (cid, entry) in self.ctx.containers.all() {
+            if !id.is_empty() && !cid.starts_with(id) {
+                continue;
+            }
+            let skip = entry.read(|c| {
+                c.state == ContainerState::Creating
+                    || (!pod_id.is_empty() && !c.pod_id.starts_with(pod_id))
+                    || !labels_match(&c.config.labels, labels)
+            });
+            if !skip {
+                out.push(entry);
+            }
         }
         out
     }

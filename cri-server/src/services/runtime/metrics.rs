@@ -27,6 +27,7 @@ use tonic::Status;
 use super::stats::v;
 use super::streams::{chunked, ListStream};
 use super::RuntimeSvc;
+use crate::context::Context;
 use crate::error::join_error;
 use crate::store::{now_nanos, ContainerRecord, ContainerState, PodRecord, PodState};
 
@@ -372,7 +373,12 @@ fn mount_source(dir: &Path) -> Option<String> {
     Some(src)
 }
 
-/// Writable-layer usage per container, walked off the request path.
+/// Writable-layer usage per container, walked off the request path: a background task walks
+/// every container's layer whose value is older than [`FS_TTL_NS`] (one blocking job, one
+/// layer after the other, every [`FS_REFRESH_EVERY`]). A list that finds no value yet (a
+/// container of the last seconds, or any right after a restart) leaves the usage out and has
+/// the walk done in the background; a single container's stats or metrics wait for it, at most
+/// [`FS_FIRST_WAIT`].
 #[derive(Default)]
 pub struct FsUsageCache {
     /// container id → (collected at, bytes, inodes)
@@ -380,28 +386,91 @@ pub struct FsUsageCache {
     refreshing: Mutex<HashSet<String>>,
 }
 
+/// How often the background task looks for stale writable-layer values.
+pub(crate) const FS_REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+fn upper_of(ctx: &Context, id: &str) -> PathBuf {
+    ctx.config.root.join("containers").join(id).join("upper")
+}
+
 impl FsUsageCache {
     fn get(&self, id: &str) -> Option<(i64, u64, u64)> {
         self.values.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
     }
 
-    /// Starts a background walk of `upper` for `id` unless one runs; returns its handle.
-    fn refresh(self: &Arc<Self>, id: &str, upper: PathBuf) -> Option<tokio::task::JoinHandle<()>> {
-        if !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string()) {
+    /// Walks the layers of `items` (id, upper dir) one after the other in one blocking job,
+    /// skipping those another walk has in hand; None when there was nothing to do.
+    fn refresh_batch(self: &Arc<Self>, items: Vec<(String, PathBuf)>) -> Option<tokio::task::JoinHandle<()>> {
+        let items: Vec<(String, PathBuf)> = {
+            let mut busy = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+            items.into_iter().filter(|(id, _)| busy.insert(id.clone())).collect()
+        };
+        if items.is_empty() {
             return None;
         }
-        let (me, id) = (self.clone(), id.to_string());
+        let me = self.clone();
         Some(tokio::task::spawn_blocking(move || {
-            let u = imagesvc::store::usage(&upper).ok();
-            let now = now_nanos();
-            if let Some(u) = u {
-                me.values
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), (now, u.used_bytes, u.inodes_used));
+            for (id, upper) in items {
+                let u = imagesvc::store::usage(&upper).ok();
+                if let Some(u) = u {
+                    me.values
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), (now_nanos(), u.used_bytes, u.inodes_used));
+                }
+                me.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             }
-            me.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         }))
+    }
+
+    /// The cached usage of each record's layer (None when not known yet); unknown or stale
+    /// ones are walked in the background, not waited for.
+    pub(crate) fn usage_of(
+        self: &Arc<Self>,
+        ctx: &Context,
+        records: &[ContainerRecord],
+    ) -> Vec<Option<(i64, u64, u64)>> {
+        let now = now_nanos();
+        let out: Vec<Option<(i64, u64, u64)>> = {
+            let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+            records.iter().map(|c| values.get(&c.id).copied()).collect()
+        };
+        let stale: Vec<(String, PathBuf)> = records
+            .iter()
+            .zip(&out)
+            .filter(|(_, v)| v.is_none_or(|v| now - v.0 > FS_TTL_NS))
+            .map(|(c, _)| (c.id.clone(), upper_of(ctx, &c.id)))
+            .collect();
+        drop(self.refresh_batch(stale));
+        out
+    }
+
+    /// Starts the background task (on the current tokio runtime, if any) that keeps every
+    /// container's value fresh and forgets removed containers. It ends with the cache or the
+    /// context.
+    pub(crate) fn spawn_refresher(self: &Arc<Self>, ctx: &Arc<Context>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (me, ctx) = (Arc::downgrade(self), Arc::downgrade(ctx));
+        rt.spawn(async move {
+            loop {
+                let (Some(me), Some(ctx)) = (me.upgrade(), ctx.upgrade()) else { return };
+                let now = now_nanos();
+                let ids: Vec<String> = ctx.containers.all().into_iter().map(|(id, _)| id).collect();
+                let live: HashSet<&String> = ids.iter().collect();
+                me.forget(&|k| live.contains(&k.to_string()));
+                let stale: Vec<(String, PathBuf)> = ids
+                    .iter()
+                    .filter(|id| me.get(id).is_none_or(|v| now - v.0 > FS_TTL_NS - FS_REFRESH_EVERY.as_nanos() as i64))
+                    .map(|id| (id.clone(), upper_of(&ctx, id)))
+                    .collect();
+                let job = me.refresh_batch(stale);
+                drop((me, ctx));
+                if let Some(job) = job {
+                    let _ = job.await;
+                }
+                tokio::time::sleep(FS_REFRESH_EVERY).await;
+            }
+        });
     }
 
     fn forget(&self, keep: &dyn Fn(&str) -> bool) {
@@ -410,19 +479,20 @@ impl FsUsageCache {
 }
 
 impl RuntimeSvc {
-    /// The writable layer's usage of a container: cached, refreshed in the background.
-    async fn writable_layer_usage(&self, c: &ContainerRecord) -> Option<(i64, u64, u64)> {
-        let upper = self.ctx.config.root.join("containers").join(&c.id).join("upper");
+    /// The writable layer's usage of one container: cached, refreshed in the background; the
+    /// first request for a container waits at most [`FS_FIRST_WAIT`] for its first walk.
+    pub(super) async fn writable_layer_usage(&self, c: &ContainerRecord) -> Option<(i64, u64, u64)> {
+        let upper = upper_of(&self.ctx, &c.id);
         let now = now_nanos();
         match self.fs_cache.get(&c.id) {
             Some(cached) => {
                 if now - cached.0 > FS_TTL_NS {
-                    drop(self.fs_cache.refresh(&c.id, upper));
+                    drop(self.fs_cache.refresh_batch(vec![(c.id.clone(), upper)]));
                 }
                 Some(cached)
             }
             None => {
-                if let Some(h) = self.fs_cache.refresh(&c.id, upper) {
+                if let Some(h) = self.fs_cache.refresh_batch(vec![(c.id.clone(), upper)]) {
                     let _ = tokio::time::timeout(FS_FIRST_WAIT, h).await;
                 }
                 self.fs_cache.get(&c.id)

@@ -37,14 +37,16 @@ pub fn start_background(ctx: Arc<Context>) {
 /// Serves the CRI RuntimeService.
 pub struct RuntimeSvc {
     ctx: Arc<Context>,
-    cpu_samples: stats::CpuSamples,
+    cpu_samples: Arc<stats::CpuSamples>,
     fs_cache: Arc<metrics::FsUsageCache>,
 }
 
 impl RuntimeSvc {
     pub fn new(ctx: Arc<Context>) -> Self {
         validate::init_host_limits();
-        Self { ctx, cpu_samples: stats::CpuSamples::default(), fs_cache: Arc::default() }
+        let fs_cache: Arc<metrics::FsUsageCache> = Arc::default();
+        fs_cache.spawn_refresher(&ctx);
+        Self { ctx, cpu_samples: Arc::default(), fs_cache }
     }
 }
 

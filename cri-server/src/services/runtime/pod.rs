@@ -116,7 +116,8 @@ impl RuntimeSvc {
         };
         let mut rb = Rollback::new();
         let result = async {
-            ctx.pod_store.save_async(id, &record).await.status("persist the pod")?;
+            // Unsynced: the READY record below is the durable one (see save_unsynced).
+            ctx.pod_store.save_async_unsynced(id, &record).await.status("persist the pod")?;
             {
                 let ctx = ctx.clone();
                 let id = id.to_owned();

@@ -1,6 +1,13 @@
 //! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: CPU and memory (with
 //! PSI where the kernel has it, and IoUsage = io PSI) from the cgroups, the writable layer's disk
 //! use, and the pod's network counters.
+//!
+//! The lists read their containers in a few blocking jobs of [`READS_PER_JOB`] containers (at
+//! most [`MAX_JOBS`] at once), each reading the exit file and the cgroup of its containers one
+//! after the other, instead of three blocking-pool hops per container. The writable layer is
+//! never walked on a list's path: its usage comes from `metrics::FsUsageCache`, which a
+//! background task keeps fresh; a container whose layer was not walked yet has its usage left
+//! out of the list (and walked in the background), never waited for.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,7 +15,7 @@ use std::sync::Mutex;
 use proto::cri::*;
 use tonic::Status;
 
-use super::container::refresh;
+use super::container::{cleanup_after_exit, read_exit, record_exit, refresh, ContainerEntry, Exit};
 use super::RuntimeSvc;
 use crate::error::join_error;
 use crate::store::{now_nanos, ContainerRecord, ContainerState, PodRecord, PodState};
@@ -56,6 +63,20 @@ pub(super) struct Usage {
     pub pids: Option<u64>,
 }
 
+/// How many containers one blocking job reads, and at most how many jobs one list runs at once.
+const READS_PER_JOB: usize = 16;
+const MAX_JOBS: usize = 4;
+
+/// What the blocking read of one container found.
+enum Probe {
+    /// Not running: no cgroup to read.
+    Idle,
+    /// It has exited since it was last looked at (recorded by the caller).
+    Exited(Exit),
+    /// Running: its cgroup's stats (None when the cgroup is gone).
+    Running(Option<Box<runtime::cgroups::CgroupStats>>),
+}
+
 impl RuntimeSvc {
     /// A cgroup's stats, read on a blocking thread (None when the cgroup is gone).
     pub(super) async fn read_cgroup(&self, cgroup: &str) -> Option<runtime::cgroups::CgroupStats> {
@@ -65,7 +86,12 @@ impl RuntimeSvc {
 
     /// CPU, memory and I/O pressure of one cgroup as CRI usage messages.
     async fn cgroup_usage(&self, cgroup: &str, now: i64) -> Usage {
-        let Some(st) = self.read_cgroup(cgroup).await else {
+        let st = self.read_cgroup(cgroup).await;
+        self.usage_of(cgroup, st, now)
+    }
+
+    fn usage_of(&self, cgroup: &str, st: Option<runtime::cgroups::CgroupStats>, now: i64) -> Usage {
+        let Some(st) = st else {
             return Usage { cpu: None, memory: None, io: None, pids: None };
         };
         let cpu = st.cpu_usage_ns.map(|usage| CpuUsage {
@@ -89,25 +115,78 @@ impl RuntimeSvc {
         Usage { cpu, memory, io, pids: st.pids_current }
     }
 
-    async fn container_stats_of(&self, c: &ContainerRecord) -> Result<ContainerStats, Status> {
+    /// The stats of these containers. Their exit files and cgroups are read by a few blocking
+    /// jobs of [`READS_PER_JOB`] containers each (not one hop per container); an exit found on
+    /// the way is recorded as `refresh` would. The writable layer's usage comes from the
+    /// background-refreshed cache (never walked here).
+    async fn stats_of_entries(&self, entries: Vec<ContainerEntry>) -> Result<Vec<ContainerStats>, Status> {
+        let records: Vec<ContainerRecord> = entries.iter().map(|e| e.get()).collect();
         let now = now_nanos();
-        let Usage { cpu, memory, io, .. } = if c.state == ContainerState::Running {
-            self.cgroup_usage(&c.cgroup_path, now).await
-        } else {
-            Usage { cpu: None, memory: None, io: None, pids: None }
-        };
-        let upper = self.ctx.config.root.join("containers").join(&c.id).join("upper");
-        let usage =
-            tokio::task::spawn_blocking(move || imagesvc::store::usage(&upper).ok()).await.map_err(join_error)?;
+        let jobs = records.len().div_ceil(READS_PER_JOB).clamp(1, MAX_JOBS);
+        let per_job = records.len().div_ceil(jobs).max(1);
+        let mut handles = Vec::new();
+        for chunk in records.chunks(per_job) {
+            let (ctx, chunk) = (self.ctx.clone(), chunk.to_vec());
+            handles.push(tokio::task::spawn_blocking(move || {
+                chunk
+                    .iter()
+                    .map(|c| {
+                        if c.state != ContainerState::Running {
+                            return Probe::Idle;
+                        }
+                        match read_exit(&ctx, c) {
+                            Some(exit) => Probe::Exited(exit),
+                            None => Probe::Running(ctx.cgroups.stats(&c.cgroup_path).ok().map(Box::new)),
+                        }
+                    })
+                    .collect::<Vec<Probe>>()
+            }));
+        }
+        let mut probes = Vec::with_capacity(records.len());
+        for h in handles {
+            probes.extend(h.await.map_err(join_error)?);
+        }
+        let usage = self.fs_cache.usage_of(&self.ctx, &records);
+        let mut out = Vec::with_capacity(records.len());
+        for (((entry, c), probe), layer) in entries.iter().zip(records).zip(probes).zip(usage) {
+            let (c, st) = match probe {
+                Probe::Idle => (c, None),
+                Probe::Running(st) => (c, st.map(|b| *b)),
+                Probe::Exited(exit) => {
+                    let (c, noticed) = record_exit(&self.ctx, entry, &c, exit);
+                    if noticed {
+                        let (ctx, entry) = (self.ctx.clone(), entry.clone());
+                        tokio::spawn(async move { cleanup_after_exit(&ctx, &entry).await });
+                    }
+                    (c, None)
+                }
+            };
+            let Usage { cpu, memory, io, .. } = self.usage_of(&c.cgroup_path, st, now);
+            out.push(self.container_stats_from(&c, cpu, memory, io, layer, now));
+        }
+        Ok(out)
+    }
+
+    fn container_stats_from(
+        &self,
+        c: &ContainerRecord,
+        cpu: Option<CpuUsage>,
+        memory: Option<MemoryUsage>,
+        io: Option<IoUsage>,
+        layer: Option<(i64, u64, u64)>,
+        now: i64,
+    ) -> ContainerStats {
+        // Unknown yet (a new container, or right after a restart, before its first walk): the
+        // usage fields are left out rather than reported as 0.
         let writable_layer = Some(FilesystemUsage {
-            timestamp: now,
+            timestamp: layer.map(|l| l.0).unwrap_or(now),
             fs_id: Some(FilesystemIdentifier {
                 mountpoint: self.ctx.config.root.join("containers").display().to_string(),
             }),
-            used_bytes: v(usage.as_ref().map(|u| u.used_bytes).or(Some(0))),
-            inodes_used: v(usage.as_ref().map(|u| u.inodes_used).or(Some(0))),
+            used_bytes: v(layer.map(|l| l.1)),
+            inodes_used: v(layer.map(|l| l.2)),
         });
-        Ok(ContainerStats {
+        ContainerStats {
             attributes: Some(ContainerAttributes {
                 id: c.id.clone(),
                 metadata: c.config.metadata.clone(),
@@ -119,7 +198,7 @@ impl RuntimeSvc {
             writable_layer,
             swap: None,
             io,
-        })
+        }
     }
 
     pub(super) async fn container_stats_impl(
@@ -128,7 +207,15 @@ impl RuntimeSvc {
     ) -> Result<ContainerStatsResponse, Status> {
         let entry = self.container_or_not_found(&req.container_id)?;
         let c = refresh(&self.ctx, &entry).await;
-        let stats = self.container_stats_of(&c).await?;
+        let now = now_nanos();
+        let Usage { cpu, memory, io, .. } = if c.state == ContainerState::Running {
+            self.cgroup_usage(&c.cgroup_path, now).await
+        } else {
+            Usage { cpu: None, memory: None, io: None, pids: None }
+        };
+        // One container: its first walk may be waited for (bounded), as the metrics do.
+        let layer = self.writable_layer_usage(&c).await;
+        let stats = self.container_stats_from(&c, cpu, memory, io, layer, now);
         Ok(ContainerStatsResponse { stats: Some(stats) })
     }
 
@@ -137,10 +224,8 @@ impl RuntimeSvc {
         req: ListContainerStatsRequest,
     ) -> Result<ListContainerStatsResponse, Status> {
         let f = req.filter.unwrap_or_default();
-        let mut stats = Vec::new();
-        for c in self.containers_matching(&f.id, &f.pod_sandbox_id, &f.label_selector).await {
-            stats.push(self.container_stats_of(&c).await?);
-        }
+        let entries = self.container_entries_matching(&f.id, &f.pod_sandbox_id, &f.label_selector);
+        let stats = self.stats_of_entries(entries).await?;
         // Forget the samples of cgroups that no longer exist.
         let mut live = std::collections::HashSet::new();
         for (_, c) in self.ctx.containers.all() {
@@ -183,10 +268,12 @@ impl RuntimeSvc {
             }
             _ => None,
         };
-        let mut containers = Vec::new();
-        for c in self.containers_matching("", &pod.id, &HashMap::new()).await {
-            containers.push(self.container_stats_of(&c).await?);
-        }
+        let entries: Vec<ContainerEntry> = self
+            .container_entries_matching("", &pod.id, &HashMap::new())
+            .into_iter()
+            .filter(|e| e.read(|c| c.pod_id == pod.id))
+            .collect();
+        let containers = self.stats_of_entries(entries).await?;
         Ok(PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
                 id: pod.id.clone(),

@@ -68,7 +68,8 @@ impl RuntimeSvc {
                 }
                 let bytes = serde_json::to_vec_pretty(&spec)
                     .map_err(|e| Status::internal(format!("encode config.json: {e}")))?;
-                tokio::task::spawn_blocking(move || runtime::util::write_atomic(&spec_path, &bytes, 0o600))
+                // config.json is in the volatile state dir: replaced, not fsynced.
+                tokio::task::spawn_blocking(move || runtime::util::write_replace(&spec_path, &bytes, 0o600))
                     .await
                     .map_err(join_error)?
                     .map_err(|e| Status::internal(format!("write config.json: {e}")))?;

@@ -134,7 +134,8 @@ impl RuntimeSvc {
 
         let mut rb = Rollback::new();
         let result = async {
-            ctx.container_store.save_async(id, &record).await.status("persist the container")?;
+            // Unsynced: the CREATED record below is the durable one (see save_unsynced).
+            ctx.container_store.save_async_unsynced(id, &record).await.status("persist the container")?;
             {
                 let (ctx, id) = (ctx.clone(), id.to_owned());
                 rb.push_blocking("container record", move || {
@@ -219,7 +220,8 @@ impl RuntimeSvc {
             let bytes =
                 serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
             let spec_path = cdir.join("config.json");
-            tokio::task::spawn_blocking(move || runtime::util::write_atomic(&spec_path, &bytes, 0o600))
+            // config.json is in the volatile state dir: replaced, not fsynced.
+            tokio::task::spawn_blocking(move || runtime::util::write_replace(&spec_path, &bytes, 0o600))
                 .await
                 .map_err(join_error)?
                 .map_err(|e| Status::internal(format!("write config.json: {e}")))?;

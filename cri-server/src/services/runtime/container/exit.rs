@@ -39,7 +39,7 @@ const LOG_TAIL_READ: u64 = 64 * 1024;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a container ended, as read from its files.
-struct Exit {
+pub(crate) struct Exit {
     exit_code: i32,
     finished_at: i64,
     reason: String,
@@ -71,6 +71,18 @@ pub(crate) async fn notice_exit(ctx: &Arc<Context>, entry: &ContainerEntry) -> (
         Ok(Some(exit)) => exit,
         _ => return (c, false),
     };
+    record_exit(ctx, entry, &c, exit)
+}
+
+/// Records an exit that [`read_exit`] found for the life `c` of the container (only the first
+/// to notice does; no blocking work). Returns the record and whether this call recorded it
+/// (then the caller runs [`cleanup_after_exit`]).
+pub(crate) fn record_exit(
+    ctx: &Arc<Context>,
+    entry: &ContainerEntry,
+    c: &ContainerRecord,
+    exit: Exit,
+) -> (ContainerRecord, bool) {
     let noticed = entry.update(|r| {
         // Only the first to notice, and only for the life that was read.
         if r.state != ContainerState::Running || r.monitor_pid != c.monitor_pid || r.started_at != c.started_at {
@@ -110,7 +122,7 @@ pub(crate) async fn cleanup_after_exit(ctx: &Arc<Context>, entry: &ContainerEntr
 }
 
 /// How the container ended, or `None` while its monitor runs (blocking: file and /proc reads).
-fn read_exit(ctx: &Context, c: &ContainerRecord) -> Option<Exit> {
+pub(crate) fn read_exit(ctx: &Context, c: &ContainerRecord) -> Option<Exit> {
     let cdir = ctx.container_dir(&c.id);
     let exit = match ctx.monitors.read_exit_record(&cdir.join(monitor::EXIT_FILE)) {
         Some(e) => Some(e),

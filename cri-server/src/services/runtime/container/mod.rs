@@ -39,6 +39,8 @@ pub(crate) use exit::{
     cleanup_after_exit, notice_exit, process_alive, refresh, release_runtime_resources, spawn_exit_sweeper,
     spawn_exit_watcher, wait_pushed_exit,
 };
+// The stats lists read exits in their own blocking jobs.
+pub(crate) use exit::{read_exit, record_exit, Exit};
 
 /// A container's entry in the table.
 pub(crate) type ContainerEntry = Arc<Entry<ContainerRecord>>;
@@ -168,6 +170,7 @@ impl RuntimeSvc {
 
     /// A service on the same daemon state, for a task of its own (see [`detached`]).
     pub(crate) fn handle(&self) -> RuntimeSvc {
-        RuntimeSvc::new(self.ctx.clone())
+        // The same caches (CPU samples, writable-layer usage) and background task, not new ones.
+        RuntimeSvc { ctx: self.ctx.clone(), cpu_samples: self.cpu_samples.clone(), fs_cache: self.fs_cache.clone() }
     }
 }

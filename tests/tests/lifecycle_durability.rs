@@ -1,0 +1,54 @@
+//! What RunPodSandbox and CreateContainer acknowledged survives a SIGKILL of skiffd right after
+//! the answer (the lifecycle writes fewer fsyncs: the "creating" records, the lease file and the
+//! state dir's files are only replaced, see README "Lifecycle performance"): after the restart
+//! the pod is READY with its address and the container CREATED, and both work.
+
+use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
+use skiff_tests::{cri, Daemon};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_run_pod_sandbox_and_create_container() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "durable");
+    let pod = d.run_pod(&pc).await;
+    d.kill();
+    d.start_again().await;
+    let st = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = st.network.unwrap().ip;
+    assert!(!ip.is_empty());
+
+    let id = d.create(&pod, &pc, container_config("c", &["sleep", "1000"])).await.unwrap();
+    d.kill();
+    d.start_again().await;
+    assert_eq!(d.container_status(&id).await.state, cri::ContainerState::ContainerCreated as i32);
+    d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let out = d.exec(&id, &["ip", "-4", "addr", "show", "eth0"], 10).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("inet {ip}/")), "{text}");
+    // A new pod never gets the address of the one that survived.
+    let pc2 = pod_config(&d, "other");
+    let pod2 = d.run_pod(&pc2).await;
+    let ip2 = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod2.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert_ne!(ip, ip2);
+    d.remove_pod(&pod2).await;
+    d.remove_pod(&pod).await;
+}
