@@ -29,6 +29,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod error;
 pub mod features;
+pub mod idmap;
 pub mod monitor;
 pub mod mounts;
 pub mod namespaces;

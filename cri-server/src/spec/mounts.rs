@@ -112,11 +112,20 @@ pub(super) fn build(
         if m.host_path.is_empty() {
             return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "empty host path"));
         }
-        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(SpecError::invalid(
-                format!("mount {:?}", m.container_path),
-                "id-mapped mounts are not supported",
-            ));
+        let idmapped = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+        if idmapped {
+            // Idmapped with the pod's user namespace: only its own mappings can be asked for
+            // (what the kubelet sends for a pod with a user namespace).
+            let pod = super::namespace_options(input.sandbox);
+            let same = pod.userns_options.as_ref().is_some_and(|u| {
+                u.mode == cri::NamespaceMode::Pod as i32 && u.uids == m.uid_mappings && u.gids == m.gid_mappings
+            });
+            if !same {
+                return Err(SpecError::invalid(
+                    format!("mount {:?}", m.container_path),
+                    "uid/gid mappings of a mount must be those of the pod's user namespace",
+                ));
+            }
         }
         // resolve symlinks on the host side (as containerd does); nothing is created
         let src = std::fs::canonicalize(&m.host_path).map_err(|_| SpecError::MountSourceMissing {
@@ -163,7 +172,11 @@ pub(super) fn build(
         } else {
             opts.push(if m.readonly { "ro" } else { "rw" }.into());
         }
-        user_mounts.push(bind(&clean(&m.container_path), &src, opts));
+        let mut b = bind(&clean(&m.container_path), &src, opts);
+        if idmapped {
+            b = with_idmap(b, input)?;
+        }
+        user_mounts.push(b);
     }
     let taken = |dest: &str| user_mounts.iter().any(|m| m.destination() == Path::new(dest));
 
@@ -176,13 +189,17 @@ pub(super) fn build(
     {
         if let Some(src) = src {
             if !taken(dest) {
-                extra.push(bind(dest, src, vec!["rbind".into(), "rprivate".into(), etc_opt.into()]));
+                let b = bind(dest, src, vec!["rbind".into(), "rprivate".into(), etc_opt.into()]);
+                extra.push(with_idmap(b, input)?);
             }
         }
     }
     if let Some(shm) = &pf.shm {
         if !taken("/dev/shm") {
-            extra.push(bind("/dev/shm", shm, vec!["rbind".into(), "rprivate".into(), "rw".into()]));
+            let b = bind("/dev/shm", shm, vec!["rbind".into(), "rprivate".into(), "rw".into()]);
+            // The pod's own tmpfs is idmapped like its files; the node's /dev/shm (IPC=NODE,
+            // which a pod with a user namespace cannot have, as the kubelet refuses) is not.
+            extra.push(if input.namespaces.ipc.is_some() { with_idmap(b, input)? } else { b });
         }
     }
 
@@ -192,6 +209,21 @@ pub(super) fn build(
     rest.sort_by_key(|m| depth(m.destination()));
     out.extend(rest);
     Ok((out, propagation.map(str::to_string)))
+}
+
+/// For a pod with a user namespace: the bind idmapped with the pod's mappings (the monitor
+/// idmaps it with the pod's user namespace), so that what root owns on the host appears owned
+/// by the container's root. Without one, the bind as it is.
+fn with_idmap(mut m: Mount, input: &SpecInput<'_>) -> Result<Mount, SpecError> {
+    if input.namespaces.user.is_none() {
+        return Ok(m);
+    }
+    let Some((u, g)) = super::userns::pod_mappings(&super::namespace_options(input.sandbox)) else {
+        return Ok(m);
+    };
+    m.set_uid_mappings(Some(vec![super::userns::oci_mapping(u)?]));
+    m.set_gid_mappings(Some(vec![super::userns::oci_mapping(g)?]));
+    Ok(m)
 }
 
 /// Whether a CRI mount is an image volume.

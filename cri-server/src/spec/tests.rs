@@ -120,6 +120,7 @@ fn pod_ns() -> PodNamespacePaths {
         net: Some("/run/skiff/pods/p1/ns/net".into()),
         ipc: Some("/run/skiff/pods/p1/ns/ipc".into()),
         uts: Some("/run/skiff/pods/p1/ns/uts".into()),
+        user: None,
     }
 }
 

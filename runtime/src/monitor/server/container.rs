@@ -61,9 +61,6 @@ pub fn plan(spec: &Spec) -> Result<NsPlan> {
             None => p.new |= flag,
         }
     }
-    if p.user.is_some() && p.pid_join.is_some() {
-        bail!("joining a PID namespace together with a user namespace is not supported");
-    }
     if mnt_join.is_some() {
         bail!("joining an existing mount namespace is not supported");
     }
@@ -121,7 +118,7 @@ fn child_inner(
     }
     drop(plan.join);
     nix::sched::unshare(plan.new).ctx(|| "create namespaces".into())?;
-    rootfs::setup(spec, cgroups_path)?;
+    rootfs::setup(spec, cgroups_path, plan.user.as_ref().map(|(fd, _)| fd))?;
     if plan.new.contains(CloneFlags::CLONE_NEWUTS) {
         if let Some(h) = spec.hostname() {
             nix::unistd::sethostname(h).ctx(|| format!("sethostname {h}"))?;

@@ -229,7 +229,9 @@ impl Rootfs {
 }
 
 /// Everything up to and including pivot_root. Runs in the child, in its new mount namespace.
-pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
+/// `userns` is the pod's user namespace the child joins afterwards: binds with uid/gid mappings
+/// (the pod's files, volumes the kubelet asks to idmap) are idmapped with it.
+pub fn setup(spec: &Spec, cgroups_path: Option<&str>, userns: Option<&OwnedFd>) -> Result<()> {
     let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
     let root = std::fs::canonicalize(&root).ctx(|| format!("rootfs {}", root.display()))?;
     let linux = spec.linux().as_ref();
@@ -266,7 +268,7 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&fs, m, cgroups_path, bidirectional)
+        mount_one(&fs, m, cgroups_path, bidirectional, userns_for(spec, m, userns)?)
             .map_err(|e| super::util::Error(format!("mount {}: {}", m.destination().display(), e.0)))?;
     }
     if dev_is_tmpfs {
@@ -289,7 +291,30 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: bool) -> Result<()> {
+/// The user namespace to idmap `m` with: `None` when the mount asks for no mapping; its
+/// mappings must be the spec's (those of the user namespace the container joins).
+fn userns_for<'a>(spec: &Spec, m: &Mount, userns: Option<&'a OwnedFd>) -> Result<Option<&'a OwnedFd>> {
+    let (mu, mg) = (m.uid_mappings().as_deref().unwrap_or_default(), m.gid_mappings().as_deref().unwrap_or_default());
+    if mu.is_empty() && mg.is_empty() {
+        return Ok(None);
+    }
+    let linux = spec.linux().as_ref();
+    let su = linux.and_then(|l| l.uid_mappings().as_deref()).unwrap_or_default();
+    let sg = linux.and_then(|l| l.gid_mappings().as_deref()).unwrap_or_default();
+    let Some(ns) = userns else { bail!("an idmapped mount needs the container's user namespace (joined by path)") };
+    if mu != su || mg != sg {
+        bail!("idmapped mounts with mappings other than the user namespace's are not supported");
+    }
+    Ok(Some(ns))
+}
+
+fn mount_one(
+    fs: &Rootfs,
+    m: &Mount,
+    cgroups_path: Option<&str>,
+    bidirectional: bool,
+    idmap: Option<&OwnedFd>,
+) -> Result<()> {
     let mut o = parse_options(m.options().as_deref().unwrap_or_default());
     if bidirectional && o.propagation.is_empty() {
         // "/" was not made rslave recursively: a bind of a shared host mount that asks for no
@@ -310,11 +335,17 @@ fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: 
         let target = fs.resolve(m.destination(), Some(kind))?;
         let t = proc_fd(&target);
         let srcs = src.to_string_lossy();
-        let mut flags = MsFlags::MS_BIND;
-        if o.rec {
-            flags |= MsFlags::MS_REC;
+        if let Some(ns) = idmap {
+            // A detached copy of the source, idmapped, attached at the target.
+            let tree = crate::idmap::idmapped_tree(src, ns.as_fd(), o.rec).ctx(|| format!("idmap {srcs}"))?;
+            crate::idmap::attach(&tree, target.as_fd()).ctx(|| format!("attach idmapped {srcs}"))?;
+        } else {
+            let mut flags = MsFlags::MS_BIND;
+            if o.rec {
+                flags |= MsFlags::MS_REC;
+            }
+            do_mount(Some(&srcs), &t, None, flags, None).ctx(|| format!("bind {srcs}"))?;
         }
-        do_mount(Some(&srcs), &t, None, flags, None).ctx(|| format!("bind {srcs}"))?;
         drop(target);
         let target = fs.resolve(m.destination(), None)?;
         let t = proc_fd(&target);
