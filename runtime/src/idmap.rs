@@ -151,7 +151,8 @@ fn mount_overlay_here(
         let (src, tgt, data) = (
             cpath(Path::new("overlay")).map_err(|e| IdmapError::sys("mount", target, e))?,
             cpath(target).map_err(|e| IdmapError::sys("mount", target, e))?,
-            CString::new(opts).map_err(|_| IdmapError::sys("mount", target, std::io::ErrorKind::InvalidInput.into()))?,
+            CString::new(opts)
+                .map_err(|_| IdmapError::sys("mount", target, std::io::ErrorKind::InvalidInput.into()))?,
         );
         // SAFETY: NUL-terminated strings alive across the call.
         let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, data.as_ptr().cast()) };
@@ -182,7 +183,9 @@ fn fsconfig_overlay(lower: &[String], upperdir: &Path, workdir: &Path, target: &
     let set = |key: &str, val: &[u8]| -> std::io::Result<()> {
         let (k, v) = (cs(key.as_bytes())?, cs(val)?);
         // SAFETY: a valid fd and C strings alive across the call.
-        let r = unsafe { libc::syscall(libc::SYS_fsconfig, fsfd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) };
+        let r = unsafe {
+            libc::syscall(libc::SYS_fsconfig, fsfd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
+        };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }

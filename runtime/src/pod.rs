@@ -120,7 +120,8 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
         }
         let (user, pins) = match req.userns {
             Some((uid, gid)) => {
-                let (user, pins) = namespaces::pin_in_user_namespace(&paths.ns_dir(), &types, Some(&hostname), uid, gid)?;
+                let (user, pins) =
+                    namespaces::pin_in_user_namespace(&paths.ns_dir(), &types, Some(&hostname), uid, gid)?;
                 (Some(user), pins)
             }
             None => (None, namespaces::pin(&paths.ns_dir(), &types, Some(&hostname))?),

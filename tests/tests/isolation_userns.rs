@@ -76,7 +76,12 @@ async fn user_namespace_requests() {
     let d = Daemon::start().await;
     let one = vec![map(0, 1_000_000, 65536)];
     for (name, u, privileged, what) in [
-        ("two", userns(cri::NamespaceMode::Pod, vec![map(0, 1000, 100000), map(0, 2000, 100000)]), false, "exactly one"),
+        (
+            "two",
+            userns(cri::NamespaceMode::Pod, vec![map(0, 1000, 100000), map(0, 2000, 100000)]),
+            false,
+            "exactly one",
+        ),
         ("no-root", userns(cri::NamespaceMode::Pod, vec![map(1, 1000, 100000)]), false, "container id 0"),
         ("empty", userns(cri::NamespaceMode::Pod, vec![]), false, "exactly one"),
         ("container", userns(cri::NamespaceMode::Container, vec![]), false, "CONTAINER"),
@@ -154,7 +159,8 @@ async fn pod_with_a_user_namespace() {
 
     // The image's root-owned files are root's inside, the mapped id's seen from the host, and
     // the layers themselves are not chowned (idmapped lower dirs).
-    let (_, ls, _) = out(&d, &id, &["stat", "-c", "%u:%g", "/bin/sh", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"]).await;
+    let (_, ls, _) =
+        out(&d, &id, &["stat", "-c", "%u:%g", "/bin/sh", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"]).await;
     assert_eq!(ls.split_whitespace().collect::<Vec<_>>(), ["0:0"; 4], "image and pod files owned by root inside");
     let host_sh = std::fs::metadata(format!("/proc/{pid}/root/bin/sh")).unwrap();
     assert_eq!((host_sh.uid(), host_sh.gid()), (HOST, HOST));
@@ -288,7 +294,12 @@ async fn user_namespace_with_host_network_and_a_pod_pid_namespace() {
     assert_eq!(o.trim(), "skiff-infra");
     let (rc, _, err) = out(&d, &id, &["ls", "/sys/class/net/lo"]).await;
     assert_eq!(rc, 0, "{err}");
-    let st = d.wait_exited(&d.create_and_start(&pod, &pc, container_config("quick", &["true"])).await, Duration::from_secs(20)).await;
+    let st = d
+        .wait_exited(
+            &d.create_and_start(&pod, &pc, container_config("quick", &["true"])).await,
+            Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(st.exit_code, 0);
     d.remove_pod(&pod).await;
 }

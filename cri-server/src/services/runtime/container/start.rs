@@ -65,7 +65,10 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             let target = cdir.join("rootfs");
             let t = target.clone();
             let p = pod.get();
-            match (p.namespaces.user.clone(), crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config))) {
+            match (
+                p.namespaces.user.clone(),
+                crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config)),
+            ) {
                 // A pod with a user namespace: the image's layers idmapped under the overlay,
                 // the upper dir's root owned by the pod's root (runtime::idmap).
                 (Some(userns), Some((uid, gid))) => tokio::task::spawn_blocking(move || {
