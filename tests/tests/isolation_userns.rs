@@ -160,8 +160,8 @@ async fn pod_with_a_user_namespace() {
     // The image's root-owned files are root's inside, the mapped id's seen from the host, and
     // the layers themselves are not chowned (idmapped lower dirs).
     let (_, ls, _) =
-        out(&d, &id, &["stat", "-c", "%u:%g", "/bin/sh", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"]).await;
-    assert_eq!(ls.split_whitespace().collect::<Vec<_>>(), ["0:0"; 4], "image and pod files owned by root inside");
+        out(&d, &id, &["stat", "-c", "%u:%g", "/bin/sh", "/etc/hosts", "/etc/resolv.conf", "/dev/shm", "/dev", "/dev/null"]).await;
+    assert_eq!(ls.split_whitespace().collect::<Vec<_>>(), ["0:0"; 6], "image, pod files and /dev owned by root inside");
     let host_sh = std::fs::metadata(format!("/proc/{pid}/root/bin/sh")).unwrap();
     assert_eq!((host_sh.uid(), host_sh.gid()), (HOST, HOST));
     let snapshots = d.root().join("snapshots");

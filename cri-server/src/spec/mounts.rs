@@ -83,14 +83,27 @@ pub(super) fn build(
 ) -> Result<(Vec<Mount>, Option<String>), SpecError> {
     let privileged = sc.privileged;
     let sys_ro = if privileged { "rw" } else { "ro" };
+    // With a user namespace, /dev and the tty group of /dev/pts are the mapped root's and tty's.
+    let (dev_owner, tty_gid) =
+        match (input.namespaces.user.as_ref(), super::userns::pod_mappings(&super::namespace_options(input.sandbox))) {
+            (Some(_), Some((u, g))) => {
+                let tty = if g.length > 5 { g.host_id + 5 } else { g.host_id };
+                (Some(format!("uid={},gid={}", u.host_id, g.host_id)), format!("gid={tty}"))
+            }
+            _ => (None, "gid=5".to_string()),
+        };
+    let mut dev_opts = vec!["nosuid", "strictatime", "mode=755", "size=65536k"];
+    if let Some(o) = &dev_owner {
+        dev_opts.push(o);
+    }
     let defaults = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev", "tmpfs", "tmpfs", &dev_opts),
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", &tty_gid],
         ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_ro]),

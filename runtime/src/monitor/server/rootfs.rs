@@ -272,11 +272,11 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>, userns: Option<&OwnedFd>) 
             .map_err(|e| super::util::Error(format!("mount {}: {}", m.destination().display(), e.0)))?;
     }
     if dev_is_tmpfs {
-        create_default_devices(&fs)?;
+        create_default_devices(&fs, spec)?;
         dev_symlinks(&fs, spec)?;
     }
     for d in linux.and_then(|l| l.devices().as_deref()).unwrap_or_default() {
-        create_device(&fs, d)?;
+        create_device(&fs, d, spec)?;
     }
     // runc creates a missing working directory.
     if let Some(p) = spec.process() {
@@ -463,21 +463,42 @@ fn mount_cgroup(fs: &Rootfs, dest: &Path, flags: MsFlags, cgroups_path: Option<&
 const DEFAULT_DEVICES: &[(&str, u64, u64)] =
     &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
-fn create_default_devices(fs: &Rootfs) -> Result<()> {
+/// The host id of container id `id` under the spec's user namespace mappings (`None` without a
+/// user namespace, or when `id` is not mapped).
+fn host_id(maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, id: u32) -> Option<u32> {
+    maps?.iter().find_map(|m| {
+        (id >= m.container_id() && id - m.container_id() < m.size()).then(|| m.host_id() + (id - m.container_id()))
+    })
+}
+
+/// The owner of a device node: with a user namespace, the container ids (root by default)
+/// mapped to the host's, so that root inside owns its nodes.
+fn node_owner(spec: &Spec, uid: Option<u32>, gid: Option<u32>) -> (Option<u32>, Option<u32>) {
+    let linux = spec.linux().as_ref();
+    let (um, gm) = (linux.and_then(|l| l.uid_mappings().as_ref()), linux.and_then(|l| l.gid_mappings().as_ref()));
+    if um.is_none() && gm.is_none() {
+        return (uid, gid);
+    }
+    (host_id(um, uid.unwrap_or(0)), host_id(gm, gid.unwrap_or(0)))
+}
+
+fn create_default_devices(fs: &Rootfs, spec: &Spec) -> Result<()> {
+    let (uid, gid) = node_owner(spec, None, None);
     for (name, major, minor) in DEFAULT_DEVICES {
-        make_node(fs, &Path::new("/dev").join(name), libc::S_IFCHR, *major, *minor, 0o666, None, None)?;
+        make_node(fs, &Path::new("/dev").join(name), libc::S_IFCHR, *major, *minor, 0o666, uid, gid)?;
     }
     Ok(())
 }
 
-fn create_device(fs: &Rootfs, d: &LinuxDevice) -> Result<()> {
+fn create_device(fs: &Rootfs, d: &LinuxDevice, spec: &Spec) -> Result<()> {
     let kind = match d.typ() {
         LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
         LinuxDeviceType::B => libc::S_IFBLK,
         LinuxDeviceType::P => libc::S_IFIFO,
         LinuxDeviceType::A => return Ok(()),
     };
-    make_node(fs, d.path(), kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), d.uid(), d.gid())
+    let (uid, gid) = node_owner(spec, d.uid(), d.gid());
+    make_node(fs, d.path(), kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), uid, gid)
 }
 
 #[allow(clippy::too_many_arguments)]
