@@ -159,8 +159,12 @@ async fn pod_with_a_user_namespace() {
 
     // The image's root-owned files are root's inside, the mapped id's seen from the host, and
     // the layers themselves are not chowned (idmapped lower dirs).
-    let (_, ls, _) =
-        out(&d, &id, &["stat", "-c", "%u:%g", "/bin/sh", "/etc/hosts", "/etc/resolv.conf", "/dev/shm", "/dev", "/dev/null"]).await;
+    let (_, ls, _) = out(
+        &d,
+        &id,
+        &["stat", "-c", "%u:%g", "/bin/sh", "/etc/hosts", "/etc/resolv.conf", "/dev/shm", "/dev", "/dev/null"],
+    )
+    .await;
     assert_eq!(ls.split_whitespace().collect::<Vec<_>>(), ["0:0"; 6], "image, pod files and /dev owned by root inside");
     let host_sh = std::fs::metadata(format!("/proc/{pid}/root/bin/sh")).unwrap();
     assert_eq!((host_sh.uid(), host_sh.gid()), (HOST, HOST));
@@ -301,5 +305,47 @@ async fn user_namespace_with_host_network_and_a_pod_pid_namespace() {
         )
         .await;
     assert_eq!(st.exit_code, 0);
+    d.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespace_rollbacks_and_reboot() {
+    // A RunPodSandbox failing after the pins: the user namespace pin goes with the others.
+    let d = Daemon::start_with_failpoints("pod:after_network,start:after_mount").await;
+    if !common::prerequisite(announced(&d).await.0, "user namespaces and idmapped mounts (skiffd check)") {
+        return;
+    }
+    let pc = userns_pod(&d, "doomed", 4_300_000);
+    let e = d
+        .runtime()
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc), runtime_handler: String::new() })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("injected"), "{e:?}");
+    assert_eq!(std::fs::read_dir(d.state().join("pods")).map(|r| r.count()).unwrap_or(0), 0, "a pod dir is left");
+    assert!(d.leftovers().iter().all(|l| !l.starts_with("mount")), "{:?}", d.leftovers());
+    drop(d);
+
+    // A start failing after the idmapped rootfs was mounted unmounts it; a reboot leaves the
+    // pod NOTREADY and removable.
+    let mut d = Daemon::start_with_failpoints("start:after_mount").await;
+    d.pull(BUSYBOX).await;
+    let pc = userns_pod(&d, "p", 4_300_000);
+    let pod = d.run_pod(&pc).await;
+    let id = d.create(&pod, &pc, container_config("c", &["sleep", "3600"])).await.unwrap();
+    let e = d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap_err();
+    assert!(e.message().contains("injected"), "{e:?}");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mi.contains(&format!("{id}/rootfs")), "the rootfs stayed mounted");
+    d.kill();
+    d.simulate_reboot();
+    d.start_again().await;
+    let st = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
     d.remove_pod(&pod).await;
 }
