@@ -230,6 +230,13 @@ async fn pod_with_a_user_namespace() {
     assert_eq!((rc, o.trim()), (0, "changed"), "{err}");
     let (rc, _, _) = out(&d, &c2, &["umount", "/etc/hosts"]).await;
     assert_ne!(rc, 0, "the container's root unmounted a mount the host's root made (mounts are locked)");
+    // A container with a terminal: its pty belongs to the container's root (the mapped id).
+    let mut c3 = container_config("tty", &["sleep", "3600"]);
+    c3.tty = true;
+    let c3 = d.create_and_start(&pod, &pc, c3).await;
+    let pid3 = pid_of(&d, &c3).await;
+    let pty = std::fs::metadata(format!("/proc/{pid3}/fd/0")).unwrap();
+    assert_eq!((pty.uid(), pty.gid()), (HOST, HOST + 5), "the terminal's owner and tty group");
     d.remove_pod(&pod).await;
     assert!(!ns.join("user").exists(), "the user namespace pin is removed with the pod");
 }

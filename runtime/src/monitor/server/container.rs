@@ -125,6 +125,18 @@ fn child_inner(
         }
     }
     rootfs::finish(spec)?;
+    // With a user namespace the terminal is made before joining it, by the host's root, which
+    // can give it to the container's user as the host sees it (inside the user namespace the
+    // unmapped host root's pty could not be chowned).
+    let early_tty = plan.user.is_some();
+    if early_tty {
+        nix::unistd::setsid().ctx(|| "setsid".into())?;
+        if let Some(sock) = console {
+            let maps = spec.linux().as_ref().and_then(|l| l.uid_mappings().as_ref());
+            let uid = spec.process().as_ref().map(|p| p.user().uid()).unwrap_or(0);
+            setup_terminal(sock, rootfs::host_id(maps, uid))?;
+        }
+    }
     if let Some((fd, what)) = &plan.user {
         // The pod's user namespace comes last: the pid, cgroup and first mount namespace were
         // made, and the filesystem set up, with the host's privileges (a PID namespace can only
@@ -138,9 +150,11 @@ fn child_inner(
     let Some(p) = spec.process() else { bail!("config.json has no process") };
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     // A session of its own; with a tty, that terminal becomes its controlling terminal.
-    nix::unistd::setsid().ctx(|| "setsid".into())?;
-    if let Some(sock) = console {
-        setup_terminal(sock, spec.process().as_ref().map(|p| p.user().uid()))?;
+    if !early_tty {
+        nix::unistd::setsid().ctx(|| "setsid".into())?;
+        if let Some(sock) = console {
+            setup_terminal(sock, spec.process().as_ref().map(|p| p.user().uid()))?;
+        }
     }
     exec_process(p, seccomp, None, false)
 }

@@ -465,7 +465,7 @@ const DEFAULT_DEVICES: &[(&str, u64, u64)] =
 
 /// The host id of container id `id` under the spec's user namespace mappings (`None` without a
 /// user namespace, or when `id` is not mapped).
-fn host_id(maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, id: u32) -> Option<u32> {
+pub(super) fn host_id(maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, id: u32) -> Option<u32> {
     maps?.iter().find_map(|m| {
         (id >= m.container_id() && id - m.container_id() < m.size()).then(|| m.host_id() + (id - m.container_id()))
     })
