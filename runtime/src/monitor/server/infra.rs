@@ -1,9 +1,9 @@
 //! `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace. Joins the pod's
 //! `ns/{ipc,uts,net}` pins when present, then its `ns/user` when it has one (so that the PID
 //! namespace is owned by the pod's user namespace, and PID 1 runs as the pod's root), creates
-//! the PID namespace, forks its PID 1 (which is
-//! reparented away from skiffd when this process exits), reports its pid on stdout. PID 1
-//! reaps orphans until SIGTERM/SIGINT (its exit makes the kernel kill the namespace).
+//! the PID namespace, forks its PID 1 (which is reparented away from skiffd when this process
+//! exits), reports its pid on stdout. PID 1 reaps orphans until SIGTERM/SIGINT (its exit makes
+//! the kernel kill the namespace).
 
 use std::os::fd::AsFd;
 use std::path::Path;

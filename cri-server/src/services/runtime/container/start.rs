@@ -78,10 +78,16 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 .await
                 .map_err(join_error)?
                 .status("mount the idmapped rootfs")?,
-                _ => tokio::task::spawn_blocking(move || layout.mount(&t))
+                (None, None) => tokio::task::spawn_blocking(move || layout.mount(&t))
                     .await
                     .map_err(join_error)?
                     .map_err(|e| image_status("mount the rootfs", e))?,
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "pod sandbox {}: its user namespace pin and its userns_options disagree",
+                        p.id
+                    )))
+                }
             }
             rb.push_blocking("rootfs mount", move || {
                 imagesvc::RootfsMount::unmount(&target).map_err(|e| e.to_string())
