@@ -7,7 +7,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
+use skiff_tests::pods::{container_config, pod_config, BUSYBOX, NGINX};
 use skiff_tests::{cri, Daemon};
 use tonic::Code;
 
@@ -286,11 +286,30 @@ async fn user_namespace_with_host_network_and_a_pod_pid_namespace() {
         nso.network = cri::NamespaceMode::Node as i32;
         nso.pid = cri::NamespaceMode::Pod as i32;
     }
+    d.pull(NGINX).await;
     let pod = d.run_pod(&pc).await;
     let mut c = container_config("c", &["sleep", "3600"]);
     c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid =
         cri::NamespaceMode::Pod as i32;
+    // image volumes are idmapped too (an overlay of the image's layers, or a bind of a sub-path)
+    let image_mount = |path: &str, image: &str, sub: &str| cri::Mount {
+        container_path: path.into(),
+        readonly: true,
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        image_sub_path: sub.into(),
+        ..Default::default()
+    };
+    // (nginx has two layers: an overlay; busybox one: a bind)
+    c.mounts = vec![
+        image_mount("/mnt/whole", NGINX, ""),
+        image_mount("/mnt/bb", BUSYBOX, ""),
+        image_mount("/mnt/etc", BUSYBOX, "etc"),
+    ];
     let id = d.create_and_start(&pod, &pc, c).await;
+    let (rc, o, err) =
+        out(&d, &id, &["stat", "-c", "%u:%g", "/mnt/whole/bin", "/mnt/bb/bin/sh", "/mnt/etc/passwd"]).await;
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(o.split_whitespace().collect::<Vec<_>>(), ["0:0"; 3], "image volumes owned by root inside");
     let (_, o, _) = out(&d, &id, &["cat", "/proc/self/uid_map"]).await;
     assert_eq!(o.split_whitespace().collect::<Vec<_>>(), ["0", "4200000", "65536"]);
     let pid = pid_of(&d, &id).await;

@@ -361,8 +361,22 @@ pub fn image_volume_mount(v: &ImageVolumeMount) -> Result<Mount, SpecError> {
 
 /// Inserts the image volumes into `mounts` (built by [`build`]), parents first.
 pub fn add_image_volumes(mounts: &mut Vec<Mount>, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
+    add_image_volumes_mapped(mounts, vols, None)
+}
+
+type Mappings = (Vec<oci_spec::runtime::LinuxIdMapping>, Vec<oci_spec::runtime::LinuxIdMapping>);
+
+fn add_image_volumes_mapped(
+    mounts: &mut Vec<Mount>,
+    vols: &[ImageVolumeMount],
+    idmap: Option<&Mappings>,
+) -> Result<(), SpecError> {
     for v in vols {
-        let m = image_volume_mount(v)?;
+        let mut m = image_volume_mount(v)?;
+        if let Some((u, g)) = idmap {
+            m.set_uid_mappings(Some(u.clone()));
+            m.set_gid_mappings(Some(g.clone()));
+        }
         let d = depth(m.destination());
         mounts.retain(|x| x.destination() != m.destination());
         let at = mounts.iter().position(|x| depth(x.destination()) > d).unwrap_or(mounts.len());
@@ -371,13 +385,19 @@ pub fn add_image_volumes(mounts: &mut Vec<Mount>, vols: &[ImageVolumeMount]) -> 
     Ok(())
 }
 
-/// [`add_image_volumes`] on a generated spec.
+/// [`add_image_volumes`] on a generated spec. With a user namespace (the spec's
+/// `linux.uidMappings`) the volumes are idmapped like the rootfs's layers.
 pub fn with_image_volumes(spec: &mut oci_spec::runtime::Spec, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
     if vols.is_empty() {
         return Ok(());
     }
+    let linux = spec.linux().as_ref();
+    let idmap = match (linux.and_then(|l| l.uid_mappings().clone()), linux.and_then(|l| l.gid_mappings().clone())) {
+        (Some(u), Some(g)) => Some((u, g)),
+        _ => None,
+    };
     let mut ms = spec.mounts().clone().unwrap_or_default();
-    add_image_volumes(&mut ms, vols)?;
+    add_image_volumes_mapped(&mut ms, vols, idmap.as_ref())?;
     spec.set_mounts(Some(ms));
     Ok(())
 }

@@ -365,7 +365,37 @@ fn mount_one(
     let t = proc_fd(&target);
     let src = m.source().as_deref().map(|s| s.to_string_lossy().into_owned());
     let src = src.unwrap_or_else(|| typ.to_string());
+    // An idmapped overlay (an image volume of a pod with a user namespace): each lower dir an
+    // idmapped detached copy, as the container's rootfs (runtime::idmap); the copies live until
+    // the overlay is mounted, which keeps its own.
+    let mut trees = Vec::new();
+    let idmapped_data;
+    let data = match (idmap, typ) {
+        (Some(ns), "overlay") => {
+            let mut parts = Vec::new();
+            for opt in o.data.iter() {
+                match opt.strip_prefix("lowerdir=") {
+                    Some(lower) => {
+                        let mut fds = Vec::new();
+                        for l in lower.split(':') {
+                            let tree = crate::idmap::idmapped_tree(Path::new(l), ns.as_fd(), false)
+                                .ctx(|| format!("idmap layer {l}"))?;
+                            fds.push(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+                            trees.push(tree);
+                        }
+                        parts.push(format!("lowerdir={}", fds.join(":")));
+                    }
+                    None => parts.push(opt.clone()),
+                }
+            }
+            idmapped_data = parts.join(",");
+            Some(idmapped_data.as_str())
+        }
+        (Some(_), _) => bail!("{typ} mounts cannot be idmapped"),
+        (None, _) => data,
+    };
     let res = do_mount(Some(&src), &t, Some(typ), o.flags, data);
+    drop(trees);
     match res {
         Ok(()) => {}
         // sysfs cannot be mounted in a netns we do not own: bind the host's read-only.
