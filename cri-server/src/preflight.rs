@@ -209,12 +209,16 @@ pub fn run(config: &Config) -> Vec<Check> {
             Err(e) => check(&format!("idmapped mounts: {what}"), Outcome::Info, format!("not supported ({e})"), ""),
         });
     }
-    out.push(check(
-        "user namespaces",
-        Outcome::Info,
-        "pods with a user namespace: not implemented by skiff yet, not announced",
-        "",
-    ));
+    let userns = runtime::features::user_namespaces(&config.root, &config.state);
+    out.push(match &userns {
+        Ok(()) => check(
+            "user namespaces",
+            Outcome::Ok,
+            "pods with a user namespace (mode POD): idmapped layers under the overlay, idmapped pod files; announced",
+            "",
+        ),
+        Err(e) => check("user namespaces", Outcome::Warn, format!("not announced: {e}"), ""),
+    });
     out.push(check("/dev/net/tun", Outcome::Info, "not needed", ""));
     out
 }

@@ -54,7 +54,7 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         if pod.state == PodState::Ready {
             let (ns, ctx2) = (pod.namespaces.clone(), ctx.clone());
             let (pins_ok, infra_ok) = blocking(move || {
-                let pins_ok = [&ns.net, &ns.ipc, &ns.uts]
+                let pins_ok = [&ns.net, &ns.ipc, &ns.uts, &ns.user]
                     .iter()
                     .all(|p| p.as_ref().map(|p| ctx2.sandboxes.is_pinned(p)).unwrap_or(true));
                 let infra_ok = match ns.infra_pid {

@@ -9,6 +9,7 @@
 
 pub use crate::caps::CapsError;
 pub use crate::cgroups::CgroupError;
+pub use crate::idmap::IdmapError;
 pub use crate::mounts::MountError;
 pub use crate::namespaces::NamespaceError;
 pub use crate::podfiles::PodFilesError;
@@ -34,6 +35,8 @@ pub enum Error {
     Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error(transparent)]
+    Idmap(#[from] IdmapError),
 }
 
 impl Error {
@@ -47,11 +50,12 @@ impl Error {
             Error::Caps(e) => e.kind(),
             Error::Seccomp(e) => e.kind(),
             Error::Mount(e) => e.kind(),
+            Error::Idmap(e) => e.kind(),
         }
     }
 }
 
-common::impl_kinded!(CapsError, MountError, NamespaceError, PodFilesError, SeccompError, UserError);
+common::impl_kinded!(CapsError, IdmapError, MountError, NamespaceError, PodFilesError, SeccompError, UserError);
 
 impl common::Kinded for Error {
     fn kind(&self) -> ErrorKind {

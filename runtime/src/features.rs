@@ -143,6 +143,47 @@ pub fn idmap_works(path: &Path, userns: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether pods with a user namespace work here, probed once per process (cached): a user
+/// namespace can be made, the filesystems of `root` (the image layers and containers' upper
+/// dirs) and of `state` (the pod files and shm, usually tmpfs) can be idmapped, and an overlay
+/// over an idmapped lower dir mounts (in a temporary directory under `root`, removed again).
+/// Forks and mounts: call it from a plain thread (`spawn_blocking`), never a tokio worker.
+pub fn user_namespaces(root: &Path, state: &Path) -> Result<(), String> {
+    static RES: OnceLock<Result<(), String>> = OnceLock::new();
+    RES.get_or_init(|| probe_user_namespaces(root, state)).clone()
+}
+
+fn existing(mut dir: &Path) -> &Path {
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    dir
+}
+
+fn probe_user_namespaces(root: &Path, state: &Path) -> Result<(), String> {
+    let userns = new_user_namespace(1 << 30, 65536).map_err(|e| format!("user namespace: {e}"))?;
+    let ns_path = format!("/proc/self/fd/{}", userns.as_raw_fd());
+    for d in [existing(root), existing(state)] {
+        idmap_works(d, &userns).map_err(|e| format!("idmapped mount of {}: {e}", d.display()))?;
+    }
+    let base = existing(root).join(format!(".skiff-userns-probe-{}", std::process::id()));
+    let res = (|| -> Result<(), String> {
+        for d in ["l", "u", "w", "m"] {
+            std::fs::create_dir_all(base.join(d)).map_err(|e| format!("{}: {e}", base.display()))?;
+        }
+        let m = base.join("m");
+        crate::idmap::mount_overlay(&[base.join("l")], &base.join("u"), &base.join("w"), &m, Path::new(&ns_path))
+            .map_err(|e| format!("overlay over an idmapped lower dir: {e}"))?;
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&base);
+    res
+}
+
 /// One probe's outcome: what was tried, and why it failed.
 pub type Probe = (String, Result<(), String>);
 

@@ -8,7 +8,11 @@
 //! * RunPodSandbox: [`namespaces::pin`] (net/ipc/uts on a dedicated thread, hostname, lo up),
 //!   [`podfiles`] (`resolv.conf`, `hosts`, `hostname`, shm tmpfs; paths from
 //!   [`podfiles::PodPaths`]), [`cgroups::CgroupManager::create`] for the pod cgroup
-//!   ([`pod::cgroup_parent`] picks it). [`pod::setup_pod`] does all of it with rollback.
+//!   ([`pod::cgroup_parent`] picks it). [`pod::setup_pod`] does all of it with rollback; for a
+//!   pod with a user namespace it pins that first ([`namespaces::pin_in_user_namespace`]).
+//! * StartContainer of such a pod: [`idmap::mount_overlay`] (the image's layers idmapped
+//!   under the overlay); the monitor idmaps the pod's files and joins the user namespace.
+//!   [`features::user_namespaces`] says whether all of it works on this node.
 //! * CreateContainer: [`user::resolve_in_layers`] (or [`user::resolve`] on a mounted rootfs)
 //!   for the user; skiffd writes the OCI spec as `config.json`;
 //!   [`cgroups::CgroupManager::create_with`] with the spec's `linux.resources`.
@@ -29,6 +33,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod error;
 pub mod features;
+pub mod idmap;
 pub mod monitor;
 pub mod mounts;
 pub mod namespaces;

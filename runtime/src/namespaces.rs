@@ -221,8 +221,8 @@ pub struct IdMap {
 /// dedicated thread; between fork and `_exit` the helper makes only raw syscalls on memory
 /// prepared before the fork. On failure nothing is left pinned. Blocking.
 ///
-/// Not used by skiffd yet: pods with a user namespace are refused until containers can join
-/// one (see the README, "User namespaces").
+/// skiffd's RunPodSandbox uses it (through [`crate::pod::setup_pod`]) for pods with a user
+/// namespace of their own (CRI `userns_options` mode POD); see the README, "User namespaces".
 pub fn pin_in_user_namespace(
     dir: &Path,
     types: &[NsType],

@@ -35,6 +35,10 @@ pub struct PodSetupRequest<'a> {
     /// Parent of the pod cgroup when the config names none (skiffd's
     /// `runtime.default_cgroup_parent`, normally `/skiff`).
     pub default_cgroup_parent: &'a str,
+    /// A user namespace of the pod's own with these (uid, gid) mappings, created before the
+    /// other namespaces so that they are owned by it (CRI `userns_options` mode POD); `None`:
+    /// the node's.
+    pub userns: Option<(namespaces::IdMap, namespaces::IdMap)>,
 }
 
 /// What a pod holds on the host; store it in the pod record (serde) and hand its parts to
@@ -59,6 +63,9 @@ pub struct PodNamespacePaths {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's user namespace pin (`<pod>/ns/user`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<PathBuf>,
 }
 
 /// The pod's files bind-mounted into each container (`None` leaves that mount out).
@@ -111,7 +118,14 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
         if !host_ipc {
             types.push(NsType::Ipc);
         }
-        let pins = namespaces::pin(&paths.ns_dir(), &types, Some(&hostname))?;
+        let (user, pins) = match req.userns {
+            Some((uid, gid)) => {
+                let (user, pins) =
+                    namespaces::pin_in_user_namespace(&paths.ns_dir(), &types, Some(&hostname), uid, gid)?;
+                (Some(user), pins)
+            }
+            None => (None, namespaces::pin(&paths.ns_dir(), &types, Some(&hostname))?),
+        };
         let ns_dir = paths.ns_dir();
         undo.push(Box::new(move || {
             if let Err(e) = namespaces::unpin(&ns_dir) {
@@ -157,7 +171,7 @@ pub fn setup_pod(cgroups: &CgroupManager, req: &PodSetupRequest<'_>) -> Result<P
 
         Ok(PodResources {
             dir: paths.dir.clone(),
-            namespaces: PodNamespacePaths { net: pins.net, ipc: pins.ipc, uts: pins.uts },
+            namespaces: PodNamespacePaths { net: pins.net, ipc: pins.ipc, uts: pins.uts, user },
             files: paths.files(host_ipc),
             cgroup_parent: cg.clone(),
             hostname: hostname.clone(),

@@ -40,6 +40,7 @@ fn request<'a>(
         host_resolv_conf: Path::new("/etc/resolv.conf"),
         shm_size: 1 << 20,
         default_cgroup_parent: "/skiff",
+        userns: None,
     }
 }
 
@@ -105,4 +106,35 @@ fn host_network_and_rollback() {
             .kind(),
         runtime::ErrorKind::InvalidArgument
     );
+}
+
+#[test]
+fn user_namespace_pinned_first_and_rolled_back() {
+    if !common::prerequisite(nix::unistd::geteuid().is_root(), "root") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = CgroupManager::detect(Some(tmp.path().join("cgroups.json"))).unwrap();
+    let id = format!("pod{}", uniq());
+    let dns = dns();
+    let m = runtime::namespaces::IdMap { container_id: 0, host_id: 2_000_000, length: 65536 };
+    let req = PodSetupRequest { userns: Some((m, m)), ..request(tmp.path(), &id, "", &dns) };
+    let r = pod::setup_pod(&cg, &req).unwrap();
+    let user = r.namespaces.user.clone().expect("a user namespace pin");
+    assert_eq!(mounts_under(&r.dir), 5, "4 pins + shm");
+    assert_ne!(std::fs::metadata(&user).unwrap().ino(), std::fs::metadata("/proc/self/ns/user").unwrap().ino());
+    let j = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<pod::PodResources>(&j).unwrap(), r);
+    pod::teardown_pod(&cg, tmp.path(), &id, &r.cgroup_parent).unwrap();
+    assert_eq!(mounts_under(&r.dir), 0);
+    assert!(!r.dir.exists());
+
+    // a failure after the pins: the user namespace pin goes with the others
+    let bad = DnsSettings { servers: vec!["not-an-ip".into()], ..dns.clone() };
+    let e = pod::setup_pod(&cg, &PodSetupRequest { dns: Some(&bad), ..req }).unwrap_err();
+    assert_eq!(e.kind(), runtime::ErrorKind::InvalidArgument);
+    let dir = tmp.path().join("pods").join(&id);
+    assert_eq!(mounts_under(&dir), 0);
+    assert!(!dir.exists());
 }

@@ -27,11 +27,14 @@ async fn status_announces_features() {
     let st = d.runtime().status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
     let f = st.features.unwrap();
     assert!(f.supplemental_groups_policy);
-    // not announced until it works
-    assert!(!f.user_namespaces_host_network);
     let h = st.runtime_handlers[0].features.unwrap();
     assert_eq!(h.recursive_read_only_mounts, runtime_has_mount_setattr());
-    assert!(!h.user_namespaces);
+    // user namespaces (also with the host network) are announced exactly when they work here
+    let (root, state) = (d.root(), d.state());
+    let userns =
+        tokio::task::spawn_blocking(move || runtime::features::user_namespaces(&root, &state).is_ok()).await.unwrap();
+    assert_eq!(h.user_namespaces, userns);
+    assert_eq!(f.user_namespaces_host_network, userns);
 }
 
 fn runtime_has_mount_setattr() -> bool {

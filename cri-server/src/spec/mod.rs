@@ -128,6 +128,7 @@ pub fn setup_pod(
             host_resolv_conf,
             shm_size,
             default_cgroup_parent,
+            userns: userns::pod_mappings(&nso),
         },
     )
 }
@@ -188,6 +189,21 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     if let Some(nso) = &sc.namespace_options {
         userns::check(nso, privileged)?;
     }
+    let pod_nso = namespace_options(input.sandbox);
+    userns::check_container(sc.namespace_options.as_ref(), &pod_nso)?;
+    let pod_userns = match (&input.namespaces.user, userns::pod_mappings(&pod_nso)) {
+        (Some(p), Some(maps)) => Some((p.clone(), maps)),
+        (None, None) => None,
+        _ => {
+            return Err(SpecError::invalid(
+                "userns_options",
+                "the pod sandbox's user namespace is missing (or it has one it did not ask for)",
+            ))
+        }
+    };
+    if pod_userns.is_some() && privileged {
+        return Err(SpecError::invalid("security context", "a privileged container cannot have a user namespace"));
+    }
     let host_uts = input.namespaces.uts.is_none();
     let hostname = if host_uts {
         runtime::podfiles::pod_hostname("")
@@ -233,6 +249,9 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     if let Some(p) = &input.namespaces.uts {
         nss.push(ns(LinuxNamespaceType::Uts, Some(p))?);
     }
+    if let Some((p, _)) = &pod_userns {
+        nss.push(ns(LinuxNamespaceType::User, Some(p))?);
+    }
     nss.push(ns(LinuxNamespaceType::Mount, None)?);
     if input.cgroup_v2 && !privileged {
         nss.push(ns(LinuxNamespaceType::Cgroup, None)?);
@@ -251,6 +270,10 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .devices(devices)
         .build()?;
     linux.set_sysctl(if sysctls.is_empty() { None } else { Some(sysctls) });
+    if let Some((_, (u, g))) = pod_userns {
+        linux.set_uid_mappings(Some(vec![userns::oci_mapping(u)?]));
+        linux.set_gid_mappings(Some(vec![userns::oci_mapping(g)?]));
+    }
     linux.set_rootfs_propagation(rootfs_propagation);
     if privileged {
         linux.set_masked_paths(None);

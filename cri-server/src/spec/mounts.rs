@@ -83,14 +83,27 @@ pub(super) fn build(
 ) -> Result<(Vec<Mount>, Option<String>), SpecError> {
     let privileged = sc.privileged;
     let sys_ro = if privileged { "rw" } else { "ro" };
+    // With a user namespace, /dev and the tty group of /dev/pts are the mapped root's and tty's.
+    let (dev_owner, tty_gid) =
+        match (input.namespaces.user.as_ref(), super::userns::pod_mappings(&super::namespace_options(input.sandbox))) {
+            (Some(_), Some((u, g))) => {
+                let tty = if g.length > 5 { g.host_id + 5 } else { g.host_id };
+                (Some(format!("uid={},gid={}", u.host_id, g.host_id)), format!("gid={tty}"))
+            }
+            _ => (None, "gid=5".to_string()),
+        };
+    let mut dev_opts = vec!["nosuid", "strictatime", "mode=755", "size=65536k"];
+    if let Some(o) = &dev_owner {
+        dev_opts.push(o);
+    }
     let defaults = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev", "tmpfs", "tmpfs", &dev_opts),
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", &tty_gid],
         ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_ro]),
@@ -112,11 +125,20 @@ pub(super) fn build(
         if m.host_path.is_empty() {
             return Err(SpecError::invalid(format!("mount {:?}", m.container_path), "empty host path"));
         }
-        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(SpecError::invalid(
-                format!("mount {:?}", m.container_path),
-                "id-mapped mounts are not supported",
-            ));
+        let idmapped = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+        if idmapped {
+            // Idmapped with the pod's user namespace: only its own mappings can be asked for
+            // (what the kubelet sends for a pod with a user namespace).
+            let pod = super::namespace_options(input.sandbox);
+            let same = pod.userns_options.as_ref().is_some_and(|u| {
+                u.mode == cri::NamespaceMode::Pod as i32 && u.uids == m.uid_mappings && u.gids == m.gid_mappings
+            });
+            if !same {
+                return Err(SpecError::invalid(
+                    format!("mount {:?}", m.container_path),
+                    "uid/gid mappings of a mount must be those of the pod's user namespace",
+                ));
+            }
         }
         // resolve symlinks on the host side (as containerd does); nothing is created
         let src = std::fs::canonicalize(&m.host_path).map_err(|_| SpecError::MountSourceMissing {
@@ -163,7 +185,11 @@ pub(super) fn build(
         } else {
             opts.push(if m.readonly { "ro" } else { "rw" }.into());
         }
-        user_mounts.push(bind(&clean(&m.container_path), &src, opts));
+        let mut b = bind(&clean(&m.container_path), &src, opts);
+        if idmapped {
+            b = with_idmap(b, input)?;
+        }
+        user_mounts.push(b);
     }
     let taken = |dest: &str| user_mounts.iter().any(|m| m.destination() == Path::new(dest));
 
@@ -176,13 +202,17 @@ pub(super) fn build(
     {
         if let Some(src) = src {
             if !taken(dest) {
-                extra.push(bind(dest, src, vec!["rbind".into(), "rprivate".into(), etc_opt.into()]));
+                let b = bind(dest, src, vec!["rbind".into(), "rprivate".into(), etc_opt.into()]);
+                extra.push(with_idmap(b, input)?);
             }
         }
     }
     if let Some(shm) = &pf.shm {
         if !taken("/dev/shm") {
-            extra.push(bind("/dev/shm", shm, vec!["rbind".into(), "rprivate".into(), "rw".into()]));
+            let b = bind("/dev/shm", shm, vec!["rbind".into(), "rprivate".into(), "rw".into()]);
+            // The pod's own tmpfs is idmapped like its files; the node's /dev/shm (IPC=NODE,
+            // which a pod with a user namespace cannot have, as the kubelet refuses) is not.
+            extra.push(if input.namespaces.ipc.is_some() { with_idmap(b, input)? } else { b });
         }
     }
 
@@ -192,6 +222,21 @@ pub(super) fn build(
     rest.sort_by_key(|m| depth(m.destination()));
     out.extend(rest);
     Ok((out, propagation.map(str::to_string)))
+}
+
+/// For a pod with a user namespace: the bind idmapped with the pod's mappings (the monitor
+/// idmaps it with the pod's user namespace), so that what root owns on the host appears owned
+/// by the container's root. Without one, the bind as it is.
+fn with_idmap(mut m: Mount, input: &SpecInput<'_>) -> Result<Mount, SpecError> {
+    if input.namespaces.user.is_none() {
+        return Ok(m);
+    }
+    let Some((u, g)) = super::userns::pod_mappings(&super::namespace_options(input.sandbox)) else {
+        return Ok(m);
+    };
+    m.set_uid_mappings(Some(vec![super::userns::oci_mapping(u)?]));
+    m.set_gid_mappings(Some(vec![super::userns::oci_mapping(g)?]));
+    Ok(m)
 }
 
 /// Whether a CRI mount is an image volume.
@@ -316,8 +361,22 @@ pub fn image_volume_mount(v: &ImageVolumeMount) -> Result<Mount, SpecError> {
 
 /// Inserts the image volumes into `mounts` (built by [`build`]), parents first.
 pub fn add_image_volumes(mounts: &mut Vec<Mount>, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
+    add_image_volumes_mapped(mounts, vols, None)
+}
+
+type Mappings = (Vec<oci_spec::runtime::LinuxIdMapping>, Vec<oci_spec::runtime::LinuxIdMapping>);
+
+fn add_image_volumes_mapped(
+    mounts: &mut Vec<Mount>,
+    vols: &[ImageVolumeMount],
+    idmap: Option<&Mappings>,
+) -> Result<(), SpecError> {
     for v in vols {
-        let m = image_volume_mount(v)?;
+        let mut m = image_volume_mount(v)?;
+        if let Some((u, g)) = idmap {
+            m.set_uid_mappings(Some(u.clone()));
+            m.set_gid_mappings(Some(g.clone()));
+        }
         let d = depth(m.destination());
         mounts.retain(|x| x.destination() != m.destination());
         let at = mounts.iter().position(|x| depth(x.destination()) > d).unwrap_or(mounts.len());
@@ -326,13 +385,19 @@ pub fn add_image_volumes(mounts: &mut Vec<Mount>, vols: &[ImageVolumeMount]) -> 
     Ok(())
 }
 
-/// [`add_image_volumes`] on a generated spec.
+/// [`add_image_volumes`] on a generated spec. With a user namespace (the spec's
+/// `linux.uidMappings`) the volumes are idmapped like the rootfs's layers.
 pub fn with_image_volumes(spec: &mut oci_spec::runtime::Spec, vols: &[ImageVolumeMount]) -> Result<(), SpecError> {
     if vols.is_empty() {
         return Ok(());
     }
+    let linux = spec.linux().as_ref();
+    let idmap = match (linux.and_then(|l| l.uid_mappings().clone()), linux.and_then(|l| l.gid_mappings().clone())) {
+        (Some(u), Some(g)) => Some((u, g)),
+        _ => None,
+    };
     let mut ms = spec.mounts().clone().unwrap_or_default();
-    add_image_volumes(&mut ms, vols)?;
+    add_image_volumes_mapped(&mut ms, vols, idmap.as_ref())?;
     spec.set_mounts(Some(ms));
     Ok(())
 }

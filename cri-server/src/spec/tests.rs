@@ -120,6 +120,7 @@ fn pod_ns() -> PodNamespacePaths {
         net: Some("/run/skiff/pods/p1/ns/net".into()),
         ipc: Some("/run/skiff/pods/p1/ns/ipc".into()),
         uts: Some("/run/skiff/pods/p1/ns/uts".into()),
+        user: None,
     }
 }
 
@@ -500,4 +501,52 @@ fn minimal_config() {
     let r =
         resources_from_cri(&cri::LinuxContainerResources { memory_limit_in_bytes: 100, ..Default::default() }).unwrap();
     assert_eq!(r.memory().as_ref().unwrap().swap(), Some(100), "no swap unless asked");
+}
+
+#[test]
+fn user_namespace_of_the_pod() {
+    let f = fixture();
+    let mut sb = sandbox(false);
+    let maps = vec![cri::IdMapping { container_id: 0, host_id: 100_000, length: 65536 }];
+    let u = cri::UserNamespace { mode: cri::NamespaceMode::Pod as i32, uids: maps.clone(), gids: maps.clone() };
+    sb.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options =
+        Some(cri::NamespaceOption { userns_options: Some(u.clone()), ..Default::default() });
+    let mut c = container();
+    c.mounts =
+        vec![cri::Mount { container_path: "/v".into(), host_path: f.dir.display().to_string(), ..Default::default() }];
+    let ns = PodNamespacePaths { user: Some("/run/skiff/pods/p1/ns/user".into()), ..pod_ns() };
+    let s = gen(&f, &c, &sb, PidNamespace::Container, ns.clone()).unwrap();
+    let l = s.linux().as_ref().unwrap();
+    let user = l.namespaces().as_ref().unwrap().iter().find(|n| n.typ() == LinuxNamespaceType::User).unwrap();
+    assert_eq!(user.path().as_deref(), Some(Path::new("/run/skiff/pods/p1/ns/user")));
+    let m = &l.uid_mappings().as_ref().unwrap()[0];
+    assert_eq!((m.container_id(), m.host_id(), m.size()), (0, 100_000, 65536));
+    assert!(l.gid_mappings().is_some());
+    // the pod's files are idmapped; the host-path volume (no mappings asked for) is not
+    for m in s.mounts().as_ref().unwrap() {
+        let d = m.destination().to_string_lossy().into_owned();
+        let idmapped = m.uid_mappings().is_some() && m.gid_mappings().is_some();
+        match d.as_str() {
+            "/etc/hosts" | "/etc/resolv.conf" | "/etc/hostname" | "/dev/shm" => assert!(idmapped, "{d}"),
+            _ => assert!(!idmapped, "{d}"),
+        }
+    }
+    // a volume asking for the pod's mappings is idmapped; other mappings are refused
+    c.mounts[0].uid_mappings = maps.clone();
+    c.mounts[0].gid_mappings = maps.clone();
+    let s = gen(&f, &c, &sb, PidNamespace::Container, ns.clone()).unwrap();
+    let v = s.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/v")).unwrap();
+    assert!(v.uid_mappings().is_some());
+    c.mounts[0].uid_mappings[0].host_id = 5;
+    assert_eq!(gen(&f, &c, &sb, PidNamespace::Container, ns.clone()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    c.mounts.clear();
+    // the container's options must be its pod's
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options = Some(cri::NamespaceOption {
+        userns_options: Some(cri::UserNamespace { mode: cri::NamespaceMode::Node as i32, ..Default::default() }),
+        ..Default::default()
+    });
+    assert_eq!(gen(&f, &c, &sb, PidNamespace::Container, ns.clone()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    // a pod record without its user namespace pin never runs the container in the node's
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options = None;
+    assert_eq!(gen(&f, &c, &sb, PidNamespace::Container, pod_ns()).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }

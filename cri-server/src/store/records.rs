@@ -34,6 +34,10 @@ pub struct PodNamespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's user namespace pin (CRI `userns_options` mode POD); the pinned net, ipc and
+    /// uts namespaces are owned by it. `None` = the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<PathBuf>,
     /// PID 1 of the pod's own PID namespace (only for pods that ask for one).
     pub infra_pid: Option<i32>,
     /// Start time of `infra_pid` (from /proc/<pid>/stat), to notice pid reuse.

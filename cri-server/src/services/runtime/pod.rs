@@ -92,6 +92,18 @@ impl RuntimeSvc {
     ) -> Result<(), Status> {
         let ctx = self.ctx.clone();
         let host_ipc = mode(namespace_options(&config).ipc) == NamespaceMode::Node;
+        if crate::spec::userns::pod_mappings(&namespace_options(&config)).is_some() {
+            // Never run a pod that asked for a user namespace without one.
+            let (root, state) = (ctx.config.root.clone(), ctx.config.state.clone());
+            tokio::task::spawn_blocking(move || runtime::features::user_namespaces(&root, &state))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "namespace_options: user namespaces are not supported on this node ({e}); Status does not announce them"
+                    ))
+                })?;
+        }
         // Known before anything is acquired, so that recovery can remove the cgroup of a pod
         // whose creation was interrupted.
         let cgroup_parent = runtime::pod::cgroup_parent(
@@ -154,6 +166,7 @@ impl RuntimeSvc {
             record.namespaces.net = resources.namespaces.net;
             record.namespaces.ipc = resources.namespaces.ipc;
             record.namespaces.uts = resources.namespaces.uts;
+            record.namespaces.user = resources.namespaces.user;
             record.shm_mounted = !host_ipc;
             crate::failpoint::hit("pod:after_setup").await?;
 
@@ -328,6 +341,7 @@ impl RuntimeSvc {
                     "network": pod.namespaces.net,
                     "ipc": pod.namespaces.ipc,
                     "uts": pod.namespaces.uts,
+                    "user": pod.namespaces.user,
                 },
                 "runtimeHandler": pod.runtime_handler,
                 "error": pod.error,

@@ -49,6 +49,11 @@ impl RuntimeSvc {
                 );
             }
         }
+        // Probed once (cached): forks and mounts, so on the blocking pool.
+        let (root, state) = (self.ctx.config.root.clone(), self.ctx.config.state.clone());
+        let userns = tokio::task::spawn_blocking(move || runtime::features::user_namespaces(&root, &state).is_ok())
+            .await
+            .unwrap_or(false);
         Ok(StatusResponse {
             status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),
             info,
@@ -59,13 +64,15 @@ impl RuntimeSvc {
                     name,
                     features: Some(RuntimeHandlerFeatures {
                         recursive_read_only_mounts: runtime::features::mount_setattr(),
-                        user_namespaces: false,
+                        user_namespaces: userns,
                     }),
                 })
                 .collect(),
             // Strict and Merge are applied at CreateContainer and the identity is reported in
             // ContainerStatus.user.
-            features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
+            // A pod with a user namespace may share the node's network: sysfs and the pod's
+            // files are set up by the host's root before the container joins its user namespace.
+            features: Some(RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: userns }),
         })
     }
 

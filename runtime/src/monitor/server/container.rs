@@ -61,9 +61,6 @@ pub fn plan(spec: &Spec) -> Result<NsPlan> {
             None => p.new |= flag,
         }
     }
-    if p.user.is_some() && p.pid_join.is_some() {
-        bail!("joining a PID namespace together with a user namespace is not supported");
-    }
     if mnt_join.is_some() {
         bail!("joining an existing mount namespace is not supported");
     }
@@ -121,13 +118,25 @@ fn child_inner(
     }
     drop(plan.join);
     nix::sched::unshare(plan.new).ctx(|| "create namespaces".into())?;
-    rootfs::setup(spec, cgroups_path)?;
+    rootfs::setup(spec, cgroups_path, plan.user.as_ref().map(|(fd, _)| fd))?;
     if plan.new.contains(CloneFlags::CLONE_NEWUTS) {
         if let Some(h) = spec.hostname() {
             nix::unistd::sethostname(h).ctx(|| format!("sethostname {h}"))?;
         }
     }
     rootfs::finish(spec)?;
+    // With a user namespace the terminal is made before joining it, by the host's root, which
+    // can give it to the container's user as the host sees it (inside the user namespace the
+    // unmapped host root's pty could not be chowned).
+    let early_tty = plan.user.is_some();
+    if early_tty {
+        nix::unistd::setsid().ctx(|| "setsid".into())?;
+        if let Some(sock) = console {
+            let maps = spec.linux().as_ref().and_then(|l| l.uid_mappings().as_ref());
+            let uid = spec.process().as_ref().map(|p| p.user().uid()).unwrap_or(0);
+            setup_terminal(sock, rootfs::host_id(maps, uid))?;
+        }
+    }
     if let Some((fd, what)) = &plan.user {
         // The pod's user namespace comes last: the pid, cgroup and first mount namespace were
         // made, and the filesystem set up, with the host's privileges (a PID namespace can only
@@ -141,9 +150,11 @@ fn child_inner(
     let Some(p) = spec.process() else { bail!("config.json has no process") };
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     // A session of its own; with a tty, that terminal becomes its controlling terminal.
-    nix::unistd::setsid().ctx(|| "setsid".into())?;
-    if let Some(sock) = console {
-        setup_terminal(sock, spec.process().as_ref().map(|p| p.user().uid()))?;
+    if !early_tty {
+        nix::unistd::setsid().ctx(|| "setsid".into())?;
+        if let Some(sock) = console {
+            setup_terminal(sock, spec.process().as_ref().map(|p| p.user().uid()))?;
+        }
     }
     exec_process(p, seccomp, None, false)
 }

@@ -414,15 +414,29 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
         let cg = cg.to_string_lossy();
         crate::cgroups::join(&cg, 0).ctx(|| format!("join cgroup {cg}"))?;
     }
+    // The user namespace (last in the list) is joined after the terminal is made: the host's
+    // root gives it to the command's user as the host sees it (inside the user namespace the
+    // unmapped host root's pty could not be chowned).
+    let user = nsfds.iter().position(|(_, f, _)| *f == CloneFlags::CLONE_NEWUSER).map(|i| nsfds.remove(i));
     for (fd, flag, name) in &nsfds {
         nix::sched::setns(fd, *flag).ctx(|| format!("join {name} namespace of pid {pid}"))?;
     }
     drop(nsfds);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let uid = match &user {
+        Some(_) => {
+            let maps = spec.linux().as_ref().and_then(|l| l.uid_mappings().as_ref());
+            super::rootfs::host_id(maps, process.user().uid()).unwrap_or(0)
+        }
+        None => process.user().uid(),
+    };
     drop(spec);
     // With a tty: the terminal comes from the container's devpts (/dev/ptmx of its mount
     // namespace, which we are in now); we relay between it and the client's pipes.
-    let pty = if a.tty { Some(open_pty(a.size, process.user().uid())?) } else { None };
+    let pty = if a.tty { Some(open_pty(a.size, uid)?) } else { None };
+    if let Some((fd, _, name)) = user {
+        nix::sched::setns(&fd, CloneFlags::CLONE_NEWUSER).ctx(|| format!("join {name} namespace of pid {pid}"))?;
+    }
     let mut relay = Relay { outs: Vec::new(), input: None, master: None };
     if let Some(p) = &pty {
         let src = dup_cloexec(p.master.as_raw_fd())?;

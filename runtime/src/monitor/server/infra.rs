@@ -1,7 +1,9 @@
 //! `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace. Joins the pod's
-//! `ns/{ipc,uts,net}` pins when present, creates the PID namespace, forks its PID 1 (which is
-//! reparented away from skiffd when this process exits), reports its pid on stdout. PID 1
-//! reaps orphans until SIGTERM/SIGINT (its exit makes the kernel kill the namespace).
+//! `ns/{ipc,uts,net}` pins when present, then its `ns/user` when it has one (so that the PID
+//! namespace is owned by the pod's user namespace, and PID 1 runs as the pod's root), creates
+//! the PID namespace, forks its PID 1 (which is reparented away from skiffd when this process
+//! exits), reports its pid on stdout. PID 1 reaps orphans until SIGTERM/SIGINT (its exit makes
+//! the kernel kill the namespace).
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -47,6 +49,17 @@ fn start(pod_dir: &Path, report_fd: i32) -> Result<i32> {
         let fd = nix::fcntl::open(&p, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .ctx(|| format!("open {}", p.display()))?;
         nix::sched::setns(&fd, flag).ctx(|| format!("join {}", p.display()))?;
+    }
+    let user = pod_dir.join("ns").join("user");
+    if user.exists() {
+        let fd = nix::fcntl::open(&user, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .ctx(|| format!("open {}", user.display()))?;
+        nix::sched::setns(&fd, CloneFlags::CLONE_NEWUSER).ctx(|| format!("join {}", user.display()))?;
+        let root_g = nix::unistd::Gid::from_raw(0);
+        let root_u = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setgroups(&[]).ctx(|| "setgroups in the user namespace".into())?;
+        nix::unistd::setresgid(root_g, root_g, root_g).ctx(|| "setgid 0 in the user namespace".into())?;
+        nix::unistd::setresuid(root_u, root_u, root_u).ctx(|| "setuid 0 in the user namespace".into())?;
     }
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).ctx(|| "create pid namespace".into())?;
     // SAFETY: the monitor binary is single-threaded, so the child may run any code.

@@ -229,7 +229,9 @@ impl Rootfs {
 }
 
 /// Everything up to and including pivot_root. Runs in the child, in its new mount namespace.
-pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
+/// `userns` is the pod's user namespace the child joins afterwards: binds with uid/gid mappings
+/// (the pod's files, volumes the kubelet asks to idmap) are idmapped with it.
+pub fn setup(spec: &Spec, cgroups_path: Option<&str>, userns: Option<&OwnedFd>) -> Result<()> {
     let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
     let root = std::fs::canonicalize(&root).ctx(|| format!("rootfs {}", root.display()))?;
     let linux = spec.linux().as_ref();
@@ -266,15 +268,15 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&fs, m, cgroups_path, bidirectional)
+        mount_one(&fs, m, cgroups_path, bidirectional, userns_for(spec, m, userns)?)
             .map_err(|e| super::util::Error(format!("mount {}: {}", m.destination().display(), e.0)))?;
     }
     if dev_is_tmpfs {
-        create_default_devices(&fs)?;
+        create_default_devices(&fs, spec)?;
         dev_symlinks(&fs, spec)?;
     }
     for d in linux.and_then(|l| l.devices().as_deref()).unwrap_or_default() {
-        create_device(&fs, d)?;
+        create_device(&fs, d, spec)?;
     }
     // runc creates a missing working directory.
     if let Some(p) = spec.process() {
@@ -289,7 +291,30 @@ pub fn setup(spec: &Spec, cgroups_path: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: bool) -> Result<()> {
+/// The user namespace to idmap `m` with: `None` when the mount asks for no mapping; its
+/// mappings must be the spec's (those of the user namespace the container joins).
+fn userns_for<'a>(spec: &Spec, m: &Mount, userns: Option<&'a OwnedFd>) -> Result<Option<&'a OwnedFd>> {
+    let (mu, mg) = (m.uid_mappings().as_deref().unwrap_or_default(), m.gid_mappings().as_deref().unwrap_or_default());
+    if mu.is_empty() && mg.is_empty() {
+        return Ok(None);
+    }
+    let linux = spec.linux().as_ref();
+    let su = linux.and_then(|l| l.uid_mappings().as_deref()).unwrap_or_default();
+    let sg = linux.and_then(|l| l.gid_mappings().as_deref()).unwrap_or_default();
+    let Some(ns) = userns else { bail!("an idmapped mount needs the container's user namespace (joined by path)") };
+    if mu != su || mg != sg {
+        bail!("idmapped mounts with mappings other than the user namespace's are not supported");
+    }
+    Ok(Some(ns))
+}
+
+fn mount_one(
+    fs: &Rootfs,
+    m: &Mount,
+    cgroups_path: Option<&str>,
+    bidirectional: bool,
+    idmap: Option<&OwnedFd>,
+) -> Result<()> {
     let mut o = parse_options(m.options().as_deref().unwrap_or_default());
     if bidirectional && o.propagation.is_empty() {
         // "/" was not made rslave recursively: a bind of a shared host mount that asks for no
@@ -310,11 +335,17 @@ fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: 
         let target = fs.resolve(m.destination(), Some(kind))?;
         let t = proc_fd(&target);
         let srcs = src.to_string_lossy();
-        let mut flags = MsFlags::MS_BIND;
-        if o.rec {
-            flags |= MsFlags::MS_REC;
+        if let Some(ns) = idmap {
+            // A detached copy of the source, idmapped, attached at the target.
+            let tree = crate::idmap::idmapped_tree(src, ns.as_fd(), o.rec).ctx(|| format!("idmap {srcs}"))?;
+            crate::idmap::attach(&tree, target.as_fd()).ctx(|| format!("attach idmapped {srcs}"))?;
+        } else {
+            let mut flags = MsFlags::MS_BIND;
+            if o.rec {
+                flags |= MsFlags::MS_REC;
+            }
+            do_mount(Some(&srcs), &t, None, flags, None).ctx(|| format!("bind {srcs}"))?;
         }
-        do_mount(Some(&srcs), &t, None, flags, None).ctx(|| format!("bind {srcs}"))?;
         drop(target);
         let target = fs.resolve(m.destination(), None)?;
         let t = proc_fd(&target);
@@ -334,7 +365,37 @@ fn mount_one(fs: &Rootfs, m: &Mount, cgroups_path: Option<&str>, bidirectional: 
     let t = proc_fd(&target);
     let src = m.source().as_deref().map(|s| s.to_string_lossy().into_owned());
     let src = src.unwrap_or_else(|| typ.to_string());
+    // An idmapped overlay (an image volume of a pod with a user namespace): each lower dir an
+    // idmapped detached copy, as the container's rootfs (runtime::idmap); the copies live until
+    // the overlay is mounted, which keeps its own.
+    let mut trees = Vec::new();
+    let idmapped_data;
+    let data = match (idmap, typ) {
+        (Some(ns), "overlay") => {
+            let mut parts = Vec::new();
+            for opt in o.data.iter() {
+                match opt.strip_prefix("lowerdir=") {
+                    Some(lower) => {
+                        let mut fds = Vec::new();
+                        for l in lower.split(':') {
+                            let tree = crate::idmap::idmapped_tree(Path::new(l), ns.as_fd(), false)
+                                .ctx(|| format!("idmap layer {l}"))?;
+                            fds.push(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+                            trees.push(tree);
+                        }
+                        parts.push(format!("lowerdir={}", fds.join(":")));
+                    }
+                    None => parts.push(opt.clone()),
+                }
+            }
+            idmapped_data = parts.join(",");
+            Some(idmapped_data.as_str())
+        }
+        (Some(_), _) => bail!("{typ} mounts cannot be idmapped"),
+        (None, _) => data,
+    };
     let res = do_mount(Some(&src), &t, Some(typ), o.flags, data);
+    drop(trees);
     match res {
         Ok(()) => {}
         // sysfs cannot be mounted in a netns we do not own: bind the host's read-only.
@@ -432,21 +493,42 @@ fn mount_cgroup(fs: &Rootfs, dest: &Path, flags: MsFlags, cgroups_path: Option<&
 const DEFAULT_DEVICES: &[(&str, u64, u64)] =
     &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
-fn create_default_devices(fs: &Rootfs) -> Result<()> {
+/// The host id of container id `id` under the spec's user namespace mappings (`None` without a
+/// user namespace, or when `id` is not mapped).
+pub(super) fn host_id(maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, id: u32) -> Option<u32> {
+    maps?.iter().find_map(|m| {
+        (id >= m.container_id() && id - m.container_id() < m.size()).then(|| m.host_id() + (id - m.container_id()))
+    })
+}
+
+/// The owner of a device node: with a user namespace, the container ids (root by default)
+/// mapped to the host's, so that root inside owns its nodes.
+fn node_owner(spec: &Spec, uid: Option<u32>, gid: Option<u32>) -> (Option<u32>, Option<u32>) {
+    let linux = spec.linux().as_ref();
+    let (um, gm) = (linux.and_then(|l| l.uid_mappings().as_ref()), linux.and_then(|l| l.gid_mappings().as_ref()));
+    if um.is_none() && gm.is_none() {
+        return (uid, gid);
+    }
+    (host_id(um, uid.unwrap_or(0)), host_id(gm, gid.unwrap_or(0)))
+}
+
+fn create_default_devices(fs: &Rootfs, spec: &Spec) -> Result<()> {
+    let (uid, gid) = node_owner(spec, None, None);
     for (name, major, minor) in DEFAULT_DEVICES {
-        make_node(fs, &Path::new("/dev").join(name), libc::S_IFCHR, *major, *minor, 0o666, None, None)?;
+        make_node(fs, &Path::new("/dev").join(name), libc::S_IFCHR, *major, *minor, 0o666, uid, gid)?;
     }
     Ok(())
 }
 
-fn create_device(fs: &Rootfs, d: &LinuxDevice) -> Result<()> {
+fn create_device(fs: &Rootfs, d: &LinuxDevice, spec: &Spec) -> Result<()> {
     let kind = match d.typ() {
         LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
         LinuxDeviceType::B => libc::S_IFBLK,
         LinuxDeviceType::P => libc::S_IFIFO,
         LinuxDeviceType::A => return Ok(()),
     };
-    make_node(fs, d.path(), kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), d.uid(), d.gid())
+    let (uid, gid) = node_owner(spec, d.uid(), d.gid());
+    make_node(fs, d.path(), kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), uid, gid)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -202,6 +202,7 @@ impl RuntimeSvc {
                     net: pod.namespaces.net.clone(),
                     ipc: pod.namespaces.ipc.clone(),
                     uts: pod.namespaces.uts.clone(),
+                    user: pod.namespaces.user.clone(),
                 },
                 pid,
                 cgroups_path: &record.cgroup_path,

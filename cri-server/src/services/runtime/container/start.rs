@@ -64,11 +64,35 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 .map_err(|e| image_status("prepare the rootfs", e))?;
             let target = cdir.join("rootfs");
             let t = target.clone();
-            let ctx2 = ctx.clone();
-            tokio::task::spawn_blocking(move || ctx2.images.mount_rootfs(&layout, &t))
+            let p = pod.get();
+            match (
+                p.namespaces.user.clone(),
+                crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config)),
+            ) {
+                // A pod with a user namespace: the image's layers idmapped under the overlay,
+                // the upper dir's root owned by the pod's root (runtime::idmap).
+                (Some(userns), Some((uid, gid))) => tokio::task::spawn_blocking(move || {
+                    runtime::idmap::own_upper(&layout.upperdir, uid, gid)?;
+                    runtime::idmap::mount_overlay(&layout.lowerdirs, &layout.upperdir, &layout.workdir, &t, &userns)
+                })
                 .await
                 .map_err(join_error)?
-                .map_err(|e| image_status("mount the rootfs", e))?;
+                .status("mount the idmapped rootfs")?,
+                (None, None) => {
+                    let ctx2 = ctx.clone();
+                    tokio::task::spawn_blocking(move || ctx2.images.mount_rootfs(&layout, &t))
+                        .await
+                        .map_err(join_error)?
+                        .map_err(|e| image_status("mount the rootfs", e))?
+                }
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "pod sandbox {}: its user namespace pin and its userns_options disagree",
+                        p.id
+                    )))
+                }
+            }
+            // Also unmounts the idmapped overlay: it is a mount on the same target.
             let ctx2 = ctx.clone();
             rb.push_blocking("rootfs mount", move || ctx2.images.unmount_rootfs(&target).map_err(|e| e.to_string()));
             crate::failpoint::hit("start:after_mount").await?;
