@@ -546,6 +546,9 @@ impl Sandboxes for FakeSandboxes {
                 net: ns("net", req.host_network),
                 ipc: ns("ipc", req.host_ipc),
                 uts: ns("uts", req.host_network),
+                // The fakes make no user namespaces (pods asking for one are refused before
+                // pod setup unless the host's probe works; unit tests do not ask).
+                user: None,
             },
             files: PodFilePaths {
                 resolv_conf: Some(dir.join("resolv.conf")),
