@@ -1,4 +1,5 @@
-//! What every skiff crate shares: durable file writes ([`fs`]) and the one error-kind
+//! What every skiff crate shares: durable file writes ([`fs`]), the new mount API
+//! ([`mountapi`], the one module allowed `unsafe`) and the one error-kind
 //! convention ([`ErrorKind`], [`Kinded`]) that the gRPC edge (cri-server) maps to status codes
 //! in one place.
 
@@ -6,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod fs;
+pub mod mountapi;
 
 /// How an error should be reported to a CRI client. Every library error type says its kind
 /// ([`Kinded`]); cri-server turns kinds into `tonic::Code`s in one function. `Internal` is for

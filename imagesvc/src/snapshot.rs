@@ -229,78 +229,7 @@ impl RootfsMount {
 
     /// fsopen/fsconfig(`lowerdir+` per layer)/fsmount/move_mount.
     fn fsconfig_mount(&self, target: &Path) -> std::io::Result<()> {
-        use std::ffi::CString;
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        use std::os::unix::ffi::OsStrExt;
-        const FSOPEN_CLOEXEC: libc::c_uint = 1;
-        const FSCONFIG_SET_STRING: libc::c_uint = 1;
-        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-        const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-        let cs = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
-        let fstype = cs(b"overlay")?;
-        // SAFETY: valid C string; returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor we own.
-        let fsfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let set = |key: &str, val: &[u8]| -> std::io::Result<()> {
-            let k = cs(key.as_bytes())?;
-            let v = cs(val)?;
-            // SAFETY: valid fd and C strings.
-            let r = unsafe {
-                libc::syscall(libc::SYS_fsconfig, fsfd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        };
-        for l in &self.lowerdirs {
-            set("lowerdir+", l.as_os_str().as_bytes())?;
-        }
-        set("upperdir", self.upperdir.as_os_str().as_bytes())?;
-        set("workdir", self.workdir.as_os_str().as_bytes())?;
-        // SAFETY: valid fd; no key/value for CMD_CREATE.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fsfd.as_raw_fd(),
-                FSCONFIG_CMD_CREATE,
-                std::ptr::null::<libc::c_char>(),
-                std::ptr::null::<libc::c_void>(),
-                0,
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: valid fs context fd.
-        let m = unsafe { libc::syscall(libc::SYS_fsmount, fsfd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
-        if m < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor we own.
-        let mfd = unsafe { OwnedFd::from_raw_fd(m as i32) };
-        let empty = cs(b"")?;
-        let tgt = cs(target.as_os_str().as_bytes())?;
-        // SAFETY: valid fds and C strings.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                mfd.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_FDCWD,
-                tgt.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        common::mountapi::overlay(&self.lowerdirs, &self.upperdir, &self.workdir, target)
     }
 
     /// Unmounts `target`; not mounted (or absent) is fine.

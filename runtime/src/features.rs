@@ -10,41 +10,7 @@ use std::sync::OnceLock;
 /// mounts: called with a bad fd, it answers EBADF when it exists and ENOSYS when it does not.
 pub fn mount_setattr() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
-        let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
-        // SAFETY: a NUL-terminated literal path and a `#[repr(C)]` mount_attr alive across the
-        // call with its size; fd -1 makes the call fail without touching any mount.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                -1,
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
-    })
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+    *HAS.get_or_init(common::mountapi::has_set_attr)
 }
 
 /// A user namespace mapping ids `0..length` to `host_id..host_id+length`, held by its fd (the
@@ -108,39 +74,8 @@ pub fn new_user_namespace(host_id: u32, length: u32) -> std::io::Result<OwnedFd>
 /// Whether a detached copy of the mount at `path` can be idmapped with `userns` (what the
 /// kernel allows for that filesystem). Leaves no mount behind.
 pub fn idmap_works(path: &Path, userns: &OwnedFd) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: a NUL-terminated path alive across the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: open_tree returned a new fd owned here only.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr =
-        MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
-    // SAFETY: a literal empty path, a `#[repr(C)]` mount_attr alive across the call with its size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    use std::os::fd::AsFd;
+    common::mountapi::idmapped_tree(path, userns.as_fd(), false).map(drop)
 }
 
 /// Whether pods with a user namespace work here, probed once per process (cached): a user

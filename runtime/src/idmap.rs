@@ -21,20 +21,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ErrorKind;
 
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// Errors of idmapped mounts.
 #[derive(Debug, thiserror::Error)]
 pub enum IdmapError {
@@ -60,56 +46,13 @@ fn cpath(p: &Path) -> std::io::Result<CString> {
 
 /// A detached copy of the mount tree at `path` (recursive: with its submounts), idmapped with
 /// the user namespace `userns`. Dropping the fd drops the copy.
-pub fn idmapped_tree(path: &Path, userns: BorrowedFd<'_>, recursive: bool) -> std::io::Result<OwnedFd> {
-    let c = cpath(path)?;
-    let rec = if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: a NUL-terminated path alive across the call; integer flags.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | rec)
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: open_tree returned a new fd owned here only.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr =
-        MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
-    // SAFETY: a literal empty path and a `#[repr(C)]` mount_attr alive across the call, its size
-    // passed along.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | rec,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(tree)
-}
+pub use common::mountapi::idmapped_tree;
 
 /// Attaches a detached tree (from [`idmapped_tree`]) onto the file or directory `target` (an
 /// fd, e.g. an O_PATH fd of a mount point resolved inside a rootfs).
 pub fn attach(tree: &OwnedFd, target: BorrowedFd<'_>) -> std::io::Result<()> {
-    // SAFETY: valid fds and literal empty paths.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            target.as_raw_fd(),
-            c"".as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    use std::os::fd::AsFd;
+    common::mountapi::attach(tree.as_fd(), target)
 }
 
 /// Mounts the overlay `lowerdirs` (top-most first) + `upperdir`/`workdir` at `target`, each
@@ -161,78 +104,9 @@ fn mount_overlay_here(
         }
         return Ok(());
     }
-    fsconfig_overlay(&lower, upperdir, workdir, target)
+    // Many layers: one `lowerdir+` per layer with the new mount API (Linux 6.8+).
+    common::mountapi::overlay(&lower, upperdir, workdir, target)
         .map_err(|e| IdmapError::sys("mount idmapped overlay (lowerdir+) on", target, e))
-}
-
-/// Many layers: one `lowerdir+` per layer with the new mount API (Linux 6.8+).
-fn fsconfig_overlay(lower: &[String], upperdir: &Path, workdir: &Path, target: &Path) -> std::io::Result<()> {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    let cs = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
-    let fstype = cs(b"overlay")?;
-    // SAFETY: a valid C string; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd owned here only.
-    let fsfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let set = |key: &str, val: &[u8]| -> std::io::Result<()> {
-        let (k, v) = (cs(key.as_bytes())?, cs(val)?);
-        // SAFETY: a valid fd and C strings alive across the call.
-        let r = unsafe {
-            libc::syscall(libc::SYS_fsconfig, fsfd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    for l in lower {
-        set("lowerdir+", l.as_bytes())?;
-    }
-    set("upperdir", upperdir.as_os_str().as_bytes())?;
-    set("workdir", workdir.as_os_str().as_bytes())?;
-    // SAFETY: a valid fd; CMD_CREATE takes no key or value.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fsfd.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a valid fs context fd.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fsfd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
-    if m < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd owned here only.
-    let mfd = unsafe { OwnedFd::from_raw_fd(m as i32) };
-    let tgt = cs(target.as_os_str().as_bytes())?;
-    // SAFETY: valid fds and C strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mfd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            tgt.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Gives the container's upper dir (its root only) to the pod's mapped root `uid:gid`, so the

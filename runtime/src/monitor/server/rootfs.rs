@@ -415,30 +415,9 @@ fn mount_one(
 
 /// Makes a mount and everything below it read-only (Linux 5.12+ `mount_setattr`).
 fn set_recursive_readonly(target: &OwnedFd) -> Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    const AT_RECURSIVE: libc::c_uint = 0x8000;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: the path is a NUL-terminated literal and `attr` a `#[repr(C)]` mount_attr alive
-    // across the call, its size passed along.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            target.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        bail!("recursive read-only: {}", std::io::Error::last_os_error());
+    use std::os::fd::AsFd;
+    if let Err(e) = common::mountapi::set_attr(target.as_fd(), common::mountapi::MOUNT_ATTR_RDONLY, None, true) {
+        bail!("recursive read-only: {e}");
     }
     Ok(())
 }
