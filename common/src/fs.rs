@@ -33,28 +33,19 @@ fn temp_name(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically and durably with permissions `mode` (not masked by the
 /// umask), creating missing parent directories. See the module doc.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(dir)?;
-    let tmp = temp_name(path);
-    let res = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    replace(path, bytes, mode, true)
 }
 
 /// Replaces `path` atomically with `bytes` (mode `mode`), without fsync: for files under the
 /// volatile state directory only (see the module doc). Creates missing parent directories; the
 /// temp file is removed on every error path.
 pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+/// A unique temp file beside `path`, renamed over it; `durable`: the file and then its
+/// directory fsynced. The temp file is removed on every error path.
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(dir)?;
     let tmp = temp_name(path);
@@ -62,8 +53,15 @@ pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if durable {
+            f.sync_all()?;
+        }
         drop(f);
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        if durable {
+            fsync_dir(dir)?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
