@@ -20,6 +20,7 @@ mod exit;
 mod list;
 mod log;
 mod remove;
+pub(crate) use remove::sweep_trash;
 mod start;
 mod status;
 mod stop;
@@ -61,6 +62,17 @@ where
     })
     .await
     .map_err(join_error)?
+}
+
+/// Runs blocking clean-up work (deleting a removed container's directories) after the RPC
+/// has answered, on the blocking pool; counted with the [`detached`] bodies, so that a graceful
+/// shutdown waits for it (at most its grace; what is left is swept at the next start).
+pub(crate) fn spawn_background_blocking(work: impl FnOnce() + Send + 'static) {
+    let running = Running::enter();
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        work()
+    });
 }
 
 /// The number of [`detached`] bodies under way (also those whose caller went away).

@@ -1,0 +1,97 @@
+//! RemoveContainer deletes the writable layer and the state dir after it answers (renamed
+//! away before, deleted in the background): both are gone from their places when it returns,
+//! deleted shortly after, the image is free at once, and a trash a killed skiffd left behind
+//! is swept at the next start.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
+use skiff_tests::{cri, Daemon};
+
+/// The entries of `dir` (none when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn trash_of(d: &Daemon) -> Vec<String> {
+    let mut out: Vec<String> = entries(&d.state().join("trash"));
+    out.extend(entries(&d.root().join("containers")).into_iter().filter(|n| n.starts_with(".del-")));
+    out
+}
+
+async fn wait_no_trash(d: &Daemon, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !trash_of(d).is_empty() {
+        assert!(Instant::now() < deadline, "still there after {within:?}: {:?}", trash_of(d));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_container_dirs_are_deleted_in_the_background() {
+    let d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "bgrm");
+    let pod = d.run_pod(&pc).await;
+    // Some data in the writable layer (a few hundred files and 4 MiB).
+    let cfg = container_config(
+        "w",
+        &["sh", "-c", "mkdir /data; for i in $(seq 300); do echo $i > /data/f$i; done; head -c 4194304 /dev/zero > /big; sleep 3600"],
+    );
+    let id = d.create_and_start(&pod, &pc, cfg).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.root().join("containers").join(&id).join("upper/big").exists() {
+        assert!(Instant::now() < deadline, "the container did not write its data");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.runtime().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await.unwrap();
+    d.runtime().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    // Gone from their places when RemoveContainer answers.
+    assert!(!d.state().join("containers").join(&id).exists());
+    assert!(!d.root().join("containers").join(&id).exists());
+    // Deleted shortly after.
+    wait_no_trash(&d, Duration::from_secs(10)).await;
+    assert!(
+        !entries(&d.root().join("containers")).iter().any(|n| n.contains(&id)),
+        "{:?}",
+        entries(&d.root().join("containers"))
+    );
+    // Idempotent, and a second container in the same pod is removed alike, also with the pod.
+    d.runtime().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    let id2 = d.create_and_start(&pod, &pc, container_config("x", &["sleep", "3600"])).await;
+    d.remove_pod(&pod).await;
+    assert!(!d.state().join("containers").join(&id2).exists());
+    wait_no_trash(&d, Duration::from_secs(10)).await;
+    // The image has no holder any more: it can be removed (the pod does not use it).
+    d.images()
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
+        })
+        .await
+        .unwrap();
+    let left = d.images().list_images(cri::ListImagesRequest { filter: None }).await.unwrap().into_inner().images;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trash_left_by_a_killed_skiffd_is_swept_at_start() {
+    let mut d = Daemon::start().await;
+    d.kill();
+    // What a skiffd killed between RemoveContainer's answer and its background deletion leaves.
+    let state_trash = d.state().join("trash").join("0123abcd-77-0");
+    std::fs::create_dir_all(state_trash.join("rootfs")).unwrap();
+    std::fs::write(state_trash.join("exit.json"), b"{}").unwrap();
+    let layer = d.root().join("containers").join(".del-0123abcd-77-0");
+    std::fs::create_dir_all(layer.join("upper/etc")).unwrap();
+    std::fs::write(layer.join("upper/etc/x"), b"x").unwrap();
+    std::fs::write(layer.join("rootfs.json"), b"{}").unwrap();
+    assert_eq!(trash_of(&d).len(), 2);
+    d.start_again().await;
+    wait_no_trash(&d, Duration::from_secs(10)).await;
+    d.restart().await;
+    assert!(trash_of(&d).is_empty());
+}
