@@ -95,3 +95,55 @@ async fn trash_left_by_a_killed_skiffd_is_swept_at_start() {
     d.restart().await;
     assert!(trash_of(&d).is_empty());
 }
+
+fn chattr(flag: &str, path: &Path) {
+    let st = std::process::Command::new("chattr").arg(flag).arg(path).status().expect("chattr");
+    assert!(st.success(), "chattr {flag} {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_deletion_is_logged_and_retried_at_the_next_start() {
+    let ok = std::process::Command::new("chattr").arg("-V").output().is_ok();
+    if !common::prerequisite(ok, "chattr (e2fsprogs) to make a file undeletable") {
+        return;
+    }
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "bgfail");
+    let pod = d.run_pod(&pc).await;
+    let id = d.create_and_start(&pod, &pc, container_config("w", &["sh", "-c", "echo x > /stuck; sleep 3600"])).await;
+    let stuck = d.root().join("containers").join(&id).join("upper/stuck");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stuck.exists() {
+        assert!(Instant::now() < deadline, "the container did not write its file");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.runtime().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await.unwrap();
+    // An immutable file: its unlink fails with EPERM, also for root.
+    let probe = stuck.with_file_name("probe");
+    std::fs::write(&probe, b"p").unwrap();
+    chattr("+i", &probe);
+    let undeletable = std::fs::remove_file(&probe).is_err();
+    chattr("-i", &probe);
+    std::fs::remove_file(&probe).unwrap();
+    if !common::prerequisite(undeletable, "a file system honouring the immutable attribute") {
+        d.remove_pod(&pod).await;
+        return;
+    }
+    chattr("+i", &stuck);
+    d.runtime().remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("cannot delete a removed container's directory") {
+        assert!(Instant::now() < deadline, "no warning logged:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<String> =
+        entries(&d.root().join("containers")).into_iter().filter(|n| n.starts_with(&format!(".del-{id}"))).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(d.log().contains(&left[0]), "the warning names the path");
+    // Fixed by hand; the next start deletes it.
+    chattr("-i", &d.root().join("containers").join(&left[0]).join("upper/stuck"));
+    d.remove_pod(&pod).await;
+    d.restart().await;
+    wait_no_trash(&d, Duration::from_secs(10)).await;
+}
