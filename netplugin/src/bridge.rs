@@ -547,6 +547,17 @@ impl BridgeNetwork {
         }
     }
 
+    /// The host-port rules of a pod and their record (under the nft lock).
+    async fn teardown_rules(&self, req: &PodNetworkRequest) -> Result<()> {
+        let _g = self.nft_lock.lock().await;
+        let path = self.ports_path(&req.id);
+        let has_ports = tokio::task::spawn_blocking(move || path.try_exists().unwrap_or(true)).await.unwrap_or(true);
+        if has_ports {
+            self.nft.remove_pod(&req.id).await?;
+        }
+        self.save_host_ports(&req.id, None).await
+    }
+
     async fn do_teardown(&self, req: &PodNetworkRequest) -> Result<()> {
         let mut errors = Vec::new();
         {
@@ -744,6 +755,15 @@ impl NetworkPlugin for BridgeNetwork {
         Box::pin(async move {
             crate::validate_id(&req.id)?;
             self.do_teardown(req).await
+        })
+    }
+
+    /// The host-port rules only: deleting the veth waits for an RCU grace period (about 20 ms),
+    /// left to the later `teardown`, which also releases the lease.
+    fn teardown_front<'a>(&'a self, req: &'a PodNetworkRequest) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            crate::validate_id(&req.id)?;
+            self.teardown_rules(req).await.map(|()| true)
         })
     }
 

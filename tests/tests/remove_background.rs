@@ -147,3 +147,31 @@ async fn a_failed_background_deletion_is_logged_and_retried_at_the_next_start() 
     d.restart().await;
     wait_no_trash(&d, Duration::from_secs(10)).await;
 }
+
+/// StopPodSandbox leaves the veth's deletion (and then the lease's release) to a background
+/// task: a graceful shutdown right after waits for it, and a RemovePodSandbox right after
+/// leaves nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_pod_sandbox_veth_deletion_in_the_background() {
+    let mut d = Daemon::start().await;
+    let brif = std::path::PathBuf::from("/sys/class/net").join(&d.bridge).join("brif");
+    let pa = pod_config(&d, "neta");
+    let a = d.run_pod(&pa).await;
+    assert_eq!(entries(&brif).len(), 1);
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: a.clone() }).await.unwrap();
+    let status = d.stop();
+    assert!(status.map(|s| s.success()).unwrap_or(false), "{}", d.log());
+    assert!(entries(&brif).is_empty(), "the shutdown did not wait: {:?}", entries(&brif));
+    assert!(!d.log().contains("operations still under way at shutdown"), "{}", d.log());
+    d.start_again().await;
+    // Its lease went with the veth: a new pod gets an address, stop + remove at once.
+    let pb = pod_config(&d, "netb");
+    let b = d.run_pod(&pb).await;
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: b.clone() }).await.unwrap();
+    d.remove_pod(&b).await;
+    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
+    d.remove_pod(&a).await;
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty());
+    assert!(!d.log().contains("network teardown after StopPodSandbox failed"), "{}", d.log());
+}

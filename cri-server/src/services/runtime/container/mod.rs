@@ -75,6 +75,16 @@ pub(crate) fn spawn_background_blocking(work: impl FnOnce() + Send + 'static) {
     });
 }
 
+/// Runs work left after an RPC answered (a pod's network teardown) in a task of its own,
+/// counted as [`spawn_background_blocking`].
+pub(crate) fn spawn_background(work: impl Future<Output = ()> + Send + 'static) {
+    let running = Running::enter();
+    tokio::spawn(async move {
+        let _running = running;
+        work.await
+    });
+}
+
 /// The number of [`detached`] bodies under way (also those whose caller went away).
 static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static RUNNING_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
