@@ -37,6 +37,11 @@ pub trait Images: Send + Sync + 'static {
     async fn fs_info(&self) -> Result<FsInfo, ImageError>;
     async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount, ImageError>;
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError>;
+    /// [`ImageStore::release_rootfs_deferred`]: the layer renamed away, its path returned for
+    /// the caller to delete (by default, deleted at once and `None`).
+    async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
+        self.release_rootfs(container_id).await.map(|()| None)
+    }
     async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>, ImageError>;
     async fn rootfs_holders(&self) -> Vec<String>;
     /// Mounts a prepared rootfs at `target` ([`RootfsMount::mount`]). Blocking.
@@ -70,6 +75,9 @@ impl Images for ImageStore {
     }
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
         ImageStore::release_rootfs(self, container_id).await
+    }
+    async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
+        ImageStore::release_rootfs_deferred(self, container_id).await
     }
     async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>, ImageError> {
         ImageStore::hold_image_volumes(self, container_id, images).await

@@ -96,6 +96,12 @@ impl Context {
         runtime::podfiles::PodPaths::new(&self.config.state, id)
     }
 
+    /// `STATE/trash`: state dirs of removed containers, waiting for their deletion in the
+    /// background (swept at startup).
+    pub fn trash_dir(&self) -> PathBuf {
+        self.config.state.join("trash")
+    }
+
     /// `STATE/containers/<id>`.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.config.state.join("containers").join(id)

@@ -82,6 +82,8 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         ctx.pods.insert(&id, pod);
     }
 
+    let tdir = ctx.trash_dir();
+    blocking(move || crate::services::runtime::container::sweep_trash(&tdir)).await?;
     let mut containers = HashSet::new();
     let store = ctx.container_store.clone();
     for (id, rec) in blocking(move || store.load_all::<ContainerRecord>()).await?? {

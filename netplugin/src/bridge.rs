@@ -547,25 +547,24 @@ impl BridgeNetwork {
         }
     }
 
+    /// The host-port rules of a pod and their record (under the nft lock).
+    async fn teardown_rules(&self, req: &PodNetworkRequest) -> Result<()> {
+        let _g = self.nft_lock.lock().await;
+        let path = self.ports_path(&req.id);
+        let has_ports = tokio::task::spawn_blocking(move || path.try_exists().unwrap_or(true)).await.unwrap_or(true);
+        if has_ports {
+            self.nft.remove_pod(&req.id).await?;
+        }
+        self.save_host_ports(&req.id, None).await
+    }
+
     async fn do_teardown(&self, req: &PodNetworkRequest) -> Result<()> {
         let mut errors = Vec::new();
-        {
-            let _g = self.nft_lock.lock().await;
-            // Rules are added only after their record is written and the record is removed
-            // only after the rules (both under this lock), so a pod without a record has no
-            // rules: no `nft` run for it (startup recovery still removes strays of any pod).
-            let path = self.ports_path(&req.id);
-            let has_ports =
-                tokio::task::spawn_blocking(move || path.try_exists().unwrap_or(true)).await.unwrap_or(true);
-            let removed = if has_ports { self.nft.remove_pod(&req.id).await } else { Ok(0) };
-            match removed {
-                Ok(_) => {
-                    if let Err(e) = self.save_host_ports(&req.id, None).await {
-                        errors.push(e);
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
+        // Rules are added only after their record is written and the record is removed only
+        // after the rules (both under the nft lock), so a pod without a record has no rules: no
+        // `nft` run for it (startup recovery still removes strays of any pod).
+        if let Err(e) = self.teardown_rules(req).await {
+            errors.push(e);
         }
         let host_if = self.host_veth_name(&req.id);
         match Rtnl::host() {
@@ -744,6 +743,15 @@ impl NetworkPlugin for BridgeNetwork {
         Box::pin(async move {
             crate::validate_id(&req.id)?;
             self.do_teardown(req).await
+        })
+    }
+
+    /// The host-port rules only: deleting the veth waits for an RCU grace period (about 20 ms),
+    /// left to the later `teardown`, which also releases the lease.
+    fn teardown_front<'a>(&'a self, req: &'a PodNetworkRequest) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            crate::validate_id(&req.id)?;
+            self.teardown_rules(req).await.map(|()| true)
         })
     }
 

@@ -76,6 +76,14 @@ pub trait NetworkPlugin: Send + Sync {
     /// call should be retried (the lease is kept until then).
     fn teardown<'a>(&'a self, req: &'a PodNetworkRequest) -> BoxFuture<'a, Result<()>>;
 
+    /// The part of `teardown` that must be done before StopPodSandbox answers (a pod's
+    /// port mappings stop at once); `Ok(true)` when the rest (interface, lease) is left to a
+    /// later `teardown` (which the caller must run: until then the pod keeps its address),
+    /// `Ok(false)` when it is all done. By default the whole `teardown`.
+    fn teardown_front<'a>(&'a self, req: &'a PodNetworkRequest) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { self.teardown(req).await.map(|()| false) })
+    }
+
     /// `Ok` when pods can be set up (NetworkReady = true), else the reason.
     fn status(&self) -> BoxFuture<'_, Result<(), NotReady>>;
 

@@ -42,6 +42,10 @@ impl NetworkPlugin for Timed {
         })
     }
 
+    fn teardown_front<'a>(&'a self, req: &'a PodNetworkRequest) -> BoxFuture<'a, Result<bool>> {
+        self.0.teardown_front(req)
+    }
+
     fn status(&self) -> BoxFuture<'_, std::result::Result<(), NotReady>> {
         self.0.status()
     }

@@ -96,36 +96,44 @@ impl ImageStore {
     /// Drops a container's writable layer and its hold on the snapshots (unmount first).
     /// Idempotent. Snapshots no longer used by any image or container are deleted.
     pub async fn release_rootfs(&self, container_id: &str) -> Result<()> {
+        if let Some(doomed) = self.release_rootfs_deferred(container_id).await? {
+            blocking(move || {
+                std::fs::remove_dir_all(&doomed).map_err(|e| ImageError::io("remove container layer", &doomed, e))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// As [`ImageStore::release_rootfs`], but leaves the deletion of the writable layer to
+    /// the caller: the layer is renamed to `ROOT/containers/.del-<id>-<n>` (atomic: from then
+    /// on the container has no layer and no hold; a `.del-*` left behind, by a crash or a
+    /// failed deletion, is removed when the store opens) and that path is returned, `None`
+    /// when there was no layer. Snapshots no longer used by any image or container are
+    /// deleted before it returns.
+    pub async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<PathBuf>> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
         if !valid_container_id(container_id) {
             return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
         }
         let mut st = self.inner.state.lock().await;
         let dir = self.inner.containers_dir.join(container_id);
-        let doomed = self.inner.containers_dir.join(format!(".del-{container_id}"));
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let doomed = self.inner.containers_dir.join(format!(".del-{container_id}-{}-{seq}", std::process::id()));
         let (d1, d2) = (dir.clone(), doomed.clone());
-        blocking(move || {
-            if d1.exists() {
-                if d2.exists() {
-                    std::fs::remove_dir_all(&d2).map_err(|e| ImageError::io("remove container layer", &d2, e))?;
-                }
-                std::fs::rename(&d1, &d2).map_err(|e| ImageError::io("remove container layer", &d1, e))?;
-            }
-            Ok(())
+        let moved = blocking(move || match std::fs::rename(&d1, &d2) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ImageError::io("remove container layer", &d1, e)),
         })
         .await?;
         let had = st.holds.remove(container_id).is_some();
         drop(st);
-        blocking(move || {
-            if doomed.exists() {
-                std::fs::remove_dir_all(&doomed).map_err(|e| ImageError::io("remove container layer", &doomed, e))?;
-            }
-            Ok(())
-        })
-        .await?;
         if had {
             self.gc().await?;
         }
-        Ok(())
+        Ok(moved.then_some(doomed))
     }
 
     /// Image volumes (CRI `Mount.image`) of a container whose rootfs is prepared: resolves each

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::container::{container_status, detached, refresh, PodEntry};
 use super::events;
+use super::pod_extras::{spawn_network_teardown, teardown_pod_extras_front};
 use super::RuntimeSvc;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
@@ -237,7 +238,7 @@ impl RuntimeSvc {
             let span = tracing::info_span!("stop_pod_sandbox", pod_id = %entry.get().id);
             async {
                 let Ok(_t) = entry.begin(Transition::Stopping, Mode::Exclusive).await else { return Ok(()) };
-                svc.stop_pod(&entry).await
+                svc.stop_pod(&entry, true).await
             }
             .instrument(span)
             .await?;
@@ -247,12 +248,22 @@ impl RuntimeSvc {
     }
 
     /// Stops every container of the pod, releases its network and its PID namespace holder,
-    /// and marks it NOTREADY. Idempotent. The caller holds the pod's transition.
-    async fn stop_pod(&self, entry: &PodEntry) -> Result<(), Status> {
+    /// and marks it NOTREADY. Idempotent. The caller holds the pod's transition. With
+    /// `defer_network` (StopPodSandbox), what the network plugin allows is left to a background
+    /// task ([`spawn_network_teardown`]: the veth and the lease), started before this returns.
+    async fn stop_pod(&self, entry: &PodEntry, defer_network: bool) -> Result<(), Status> {
         let pod = entry.get();
         self.stop_pod_containers(&pod.id).await?;
         let mut p = pod.clone();
-        let torn = self.teardown_pod_extras(&mut p).await;
+        let mut deferred = false;
+        let torn = if defer_network {
+            teardown_pod_extras_front(&self.ctx, &mut p).await.map(|d| deferred = d)
+        } else {
+            self.teardown_pod_extras(&mut p).await
+        };
+        if deferred {
+            spawn_network_teardown(&self.ctx, entry);
+        }
         let changed = p.network_set_up != pod.network_set_up || pod.state != PodState::NotReady;
         entry.update(|r| {
             r.network_set_up = p.network_set_up;
@@ -290,7 +301,7 @@ impl RuntimeSvc {
     /// Stops the pod, removes its containers, namespaces, files, cgroup and record. Idempotent.
     async fn remove_pod(&self, entry: &PodEntry) -> Result<(), Status> {
         let Ok(_t) = entry.begin(Transition::Removing, Mode::Exclusive).await else { return Ok(()) };
-        self.stop_pod(entry).await?;
+        self.stop_pod(entry, false).await?;
         let pod = entry.get();
         self.remove_pod_containers(&pod.id).await?;
         let ctx = self.ctx.clone();

@@ -7,13 +7,13 @@ use netplugin::{NetworkError, PodNetworkRequest, PortMapping};
 use proto::cri::NamespaceMode;
 use tonic::Status;
 
-use super::container::process_alive;
+use super::container::{process_alive, spawn_background, PodEntry};
 use super::pod::namespace_options;
 use super::RuntimeSvc;
 use crate::context::Context;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
-use crate::store::PodRecord;
+use crate::store::{Mode, PodRecord, Transition};
 
 /// A netplugin error as a gRPC status.
 pub(crate) fn network_status(doing: &str, e: NetworkError) -> Status {
@@ -121,6 +121,61 @@ pub(crate) async fn teardown_pod_extras(ctx: &Arc<Context>, pod: &mut PodRecord)
         ctx.network.teardown(&req).await.map_err(|e| network_status("tear down the pod network", e))?;
         pod.network_set_up = false;
     }
+    stop_infra(ctx, pod).await
+}
+
+/// StopPodSandbox's teardown: what the network plugin must do before the answer
+/// ([`netplugin::NetworkPlugin::teardown_front`]: the port mappings), then the PID namespace
+/// holder. `Ok(true)` when the rest of the network teardown is left to
+/// [`spawn_network_teardown`] (`pod` still `network_set_up`, keeping its lease until then).
+pub(crate) async fn teardown_pod_extras_front(ctx: &Arc<Context>, pod: &mut PodRecord) -> Result<bool, Status> {
+    let mut deferred = false;
+    if pod.network_set_up {
+        let req = network_request(ctx, pod)?;
+        deferred =
+            ctx.network.teardown_front(&req).await.map_err(|e| network_status("tear down the pod network", e))?;
+        if !deferred {
+            pod.network_set_up = false;
+        }
+    }
+    stop_infra(ctx, pod).await?;
+    Ok(deferred)
+}
+
+/// After StopPodSandbox answered: the rest of the pod's network teardown (the veth, whose
+/// deletion waits for an RCU grace period, and then the lease), under the pod's transition
+/// (so RemovePodSandbox waits for it, or does it itself if it comes first: it tears down what
+/// is still `network_set_up`). On success the pod is no longer `network_set_up`; a failure is
+/// logged and kept in the pod's `error`, the pod stays `network_set_up` and RemovePodSandbox
+/// retries the teardown (a NOTREADY pod's leftovers are also released by the next start's
+/// network recovery). A graceful shutdown waits for it.
+pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
+    let (ctx, entry) = (ctx.clone(), entry.clone());
+    spawn_background(async move {
+        let Ok(_t) = entry.begin(Transition::Stopping, Mode::Exclusive).await else { return };
+        let pod = entry.get();
+        if !pod.network_set_up {
+            return;
+        }
+        let res = match network_request(&ctx, &pod) {
+            Ok(req) => ctx.network.teardown(&req).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.message().to_string()),
+        };
+        match res {
+            Ok(()) => entry.update(|r| r.network_set_up = false),
+            Err(e) => {
+                tracing::warn!(pod_id = %pod.id, error = %e, "network teardown after StopPodSandbox failed; RemovePodSandbox retries it");
+                entry.update(|r| r.error = Some(format!("network teardown: {e}")));
+            }
+        }
+        if let Err(e) = ctx.pod_store.save_entry(&pod.id, &entry).await {
+            tracing::warn!(pod_id = %pod.id, error = %e, "cannot persist the pod's network teardown");
+        }
+    });
+}
+
+/// Stops the pod's PID namespace holder, if it has one.
+async fn stop_infra(ctx: &Arc<Context>, pod: &PodRecord) -> Result<(), Status> {
     if let Some(pid) = pod.namespaces.infra_pid {
         let start = pod.namespaces.infra_start_time;
         let ctx = ctx.clone();

@@ -20,6 +20,7 @@ mod exit;
 mod list;
 mod log;
 mod remove;
+pub(crate) use remove::sweep_trash;
 mod start;
 mod status;
 mod stop;
@@ -61,6 +62,27 @@ where
     })
     .await
     .map_err(join_error)?
+}
+
+/// Runs blocking clean-up work (deleting a removed container's directories) after the RPC
+/// has answered, on the blocking pool; counted with the [`detached`] bodies, so that a graceful
+/// shutdown waits for it (at most its grace; what is left is swept at the next start).
+pub(crate) fn spawn_background_blocking(work: impl FnOnce() + Send + 'static) {
+    let running = Running::enter();
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        work()
+    });
+}
+
+/// Runs work left after an RPC answered (a pod's network teardown) in a task of its own,
+/// counted as [`spawn_background_blocking`].
+pub(crate) fn spawn_background(work: impl Future<Output = ()> + Send + 'static) {
+    let running = Running::enter();
+    tokio::spawn(async move {
+        let _running = running;
+        work.await
+    });
 }
 
 /// The number of [`detached`] bodies under way (also those whose caller went away).

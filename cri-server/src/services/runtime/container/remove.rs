@@ -1,5 +1,8 @@
-//! RemoveContainer: stop, unmount, cgroup, writable layer, state dir, record.
+//! RemoveContainer: stop, unmount, cgroup, writable layer, state dir, record (the two
+//! directories deleted after the answer, in the background; see [`remove_container`]).
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +12,7 @@ use tracing::Instrument;
 
 use super::exit::release_runtime_resources;
 use super::stop::stop_running;
-use super::{detached, find_container, ContainerEntry};
+use super::{detached, find_container, spawn_background_blocking, ContainerEntry};
 use crate::context::Context;
 use crate::error::{join_error, StatusExt};
 use crate::services::runtime::events;
@@ -48,32 +51,98 @@ impl RuntimeSvc {
 /// state dir and record. Idempotent. Holds the container's Removing transition (waiting for
 /// any other operation on it to end); once removed, nothing writes its record again and the
 /// operations that waited for it find it gone.
+///
+/// It answers once the removal is durable: the rootfs unmounted (at the exit already, again
+/// here), the writable layer and the state dir renamed out of the way (the layer to
+/// `ROOT/containers/.del-*`, which also drops the image hold, the state dir to `STATE/trash/`;
+/// renames are atomic and cheap) and the record deleted (fsynced). Deleting the two renamed
+/// trees is left to a background blocking task ([`delete_trash`]), which a graceful shutdown
+/// waits for; what a crash or a failed deletion leaves is swept at the next start
+/// ([`sweep_trash`], and the image store's own sweep of `.del-*`). The renames need no fsync: a
+/// state dir lives on a tmpfs (or is swept, being in `STATE/trash/`), and a layer whose rename
+/// a power loss undid has a hold without a container, which recovery releases.
 pub(crate) async fn remove_container(ctx: &Arc<Context>, entry: &ContainerEntry) -> Result<(), Status> {
     let Ok(_t) = entry.begin(Transition::Removing, Mode::Exclusive).await else { return Ok(()) };
     stop_running(ctx, entry, Duration::ZERO).await?;
     crate::failpoint::delay("remove:before_release").await;
     let c = entry.get();
     let mut failed: Vec<String> = release_runtime_resources(ctx, &c).await.into_iter().collect();
-    if let Err(e) = ctx.images.release_rootfs(&c.id).await {
-        failed.push(format!("writable layer: {e}"));
+    let mut trash = Vec::new();
+    if failed.is_empty() {
+        // Only once the rootfs is unmounted: a deletion must never walk into a mount.
+        match ctx.images.release_rootfs_deferred(&c.id).await {
+            Ok(p) => trash.extend(p),
+            Err(e) => failed.push(format!("writable layer: {e}")),
+        }
+        let (cdir, tdir) = (ctx.container_dir(&c.id), ctx.trash_dir());
+        let id = c.id.clone();
+        match tokio::task::spawn_blocking(move || move_to_trash(&cdir, &tdir, &id)).await.map_err(join_error)? {
+            Ok(p) => trash.extend(p),
+            Err(e) => failed.push(e),
+        }
     }
-    let cdir = ctx.container_dir(&c.id);
-    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&cdir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", cdir.display())),
-        _ => Ok(()),
-    })
-    .await
-    .map_err(join_error)?;
-    failed.extend(removed.err());
     if !failed.is_empty() {
+        delete_trash(trash);
         entry.update(|r| r.error = Some(format!("removal incomplete: {}", failed.join("; "))));
         let _ = ctx.container_store.save_entry(&c.id, entry).await;
         return Err(Status::internal(format!("cannot remove container {}: {}", c.id, failed.join("; "))));
     }
-    ctx.container_store.remove_entry(&c.id, entry).await.status("delete the container record")?;
+    let removed = ctx.container_store.remove_entry(&c.id, entry).await.status("delete the container record");
+    // Renamed already: deleted whether or not the record could be (a record left is removed
+    // again, finding nothing to delete).
+    delete_trash(trash);
+    removed?;
     ctx.containers.remove(&c.id);
     ctx.containers.names.release(&c.name, &c.id);
     tracing::info!(container_id = %c.id, "container removed");
     events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerDeletedEvent);
     Ok(())
+}
+
+/// Renames `cdir` to `STATE/trash/<id>-<pid>-<n>` (blocking); `None` when it does not exist.
+fn move_to_trash(cdir: &Path, tdir: &Path, id: &str) -> Result<Option<PathBuf>, String> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    if !cdir.exists() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(tdir).map_err(|e| format!("{}: {e}", tdir.display()))?;
+    let dest = tdir.join(format!("{id}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    match std::fs::rename(cdir, &dest) {
+        Ok(()) => Ok(Some(dest)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", cdir.display())),
+    }
+}
+
+/// Deletes renamed-away directories in the background; a failure is logged with the path and
+/// the directory stays where the next start's sweep retries it.
+fn delete_trash(paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    spawn_background_blocking(move || {
+        for p in paths {
+            remove_tree(&p);
+        }
+    });
+}
+
+fn remove_tree(p: &Path) {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %p.display(), error = %e, "cannot delete a removed container's directory; retried at the next start");
+        }
+        _ => tracing::debug!(path = %p.display(), "removed container's directory deleted"),
+    }
+}
+
+/// At startup (blocking): deletes what `STATE/trash/` still holds (a skiffd killed before its
+/// background deletions ended, or a deletion that failed). Nothing in it is mounted: a state
+/// dir is renamed there only after its rootfs was unmounted.
+pub(crate) fn sweep_trash(tdir: &Path) {
+    let Ok(rd) = std::fs::read_dir(tdir) else { return };
+    for e in rd.flatten() {
+        tracing::info!(path = %e.path().display(), "deleting a removed container's leftover state dir");
+        remove_tree(&e.path());
+    }
 }
