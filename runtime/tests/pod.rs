@@ -119,7 +119,10 @@ fn user_namespace_pinned_first_and_rolled_back() {
     let id = format!("pod{}", uniq());
     let dns = dns();
     let m = runtime::namespaces::IdMap { container_id: 0, host_id: 2_000_000, length: 65536 };
-    let req = PodSetupRequest { userns: Some((m, m)), ..request(tmp.path(), &id, "", &dns) };
+    // A cgroup tree of its own: two tests sharing the default parent (`/skiff`) race on
+    // removing it (each manager removes only the parents it created) and leave it behind.
+    let parent = format!("/skiff-test-{}/{id}", uniq());
+    let req = PodSetupRequest { userns: Some((m, m)), ..request(tmp.path(), &id, &parent, &dns) };
     let r = pod::setup_pod(&cg, &req).unwrap();
     let user = r.namespaces.user.clone().expect("a user namespace pin");
     assert_eq!(mounts_under(&r.dir), 5, "4 pins + shm");
@@ -129,6 +132,7 @@ fn user_namespace_pinned_first_and_rolled_back() {
     pod::teardown_pod(&cg, tmp.path(), &id, &r.cgroup_parent).unwrap();
     assert_eq!(mounts_under(&r.dir), 0);
     assert!(!r.dir.exists());
+    assert!(!cg.exists(&parent.split('/').take(2).collect::<Vec<_>>().join("/")).unwrap(), "created parents removed");
 
     // a failure after the pins: the user namespace pin goes with the others
     let bad = DnsSettings { servers: vec!["not-an-ip".into()], ..dns.clone() };
@@ -137,4 +141,5 @@ fn user_namespace_pinned_first_and_rolled_back() {
     let dir = tmp.path().join("pods").join(&id);
     assert_eq!(mounts_under(&dir), 0);
     assert!(!dir.exists());
+    assert!(!cg.exists(&parent.split('/').take(2).collect::<Vec<_>>().join("/")).unwrap(), "rolled back");
 }
