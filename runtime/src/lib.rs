@@ -17,7 +17,7 @@
 //!   for the user; skiffd writes the OCI spec as `config.json`;
 //!   [`cgroups::CgroupManager::create_with`] with the spec's `linux.resources`.
 //! * StartContainer: the monitor ([`monitor`]) runs the spec; it joins the cgroup with
-//!   [`cgroups::join`] and resolves mount targets with [`mounts::resolve_in_root`].
+//!   [`cgroups::join_self`] and resolves mount targets with [`mounts::resolve_in_root`].
 //! * Stop/Remove: [`cgroups::CgroupManager::kill_all`], [`cgroups::CgroupManager::remove`]
 //!   (deletes only what skiff created), [`podfiles::unmount_shm`], [`namespaces::unpin`],
 //!   [`podfiles::remove_pod_files`]; or [`pod::teardown_pod`]. All idempotent.

@@ -51,7 +51,7 @@
 //! ## config.json support
 //! Namespaces (new: pid, mount, ipc, uts, net, cgroup; joined by path: pid, ipc, uts, net,
 //! cgroup; user/time and joining a mount namespace are refused), `linux.cgroupsPath`
-//! (cgroupfs form, joined with [`crate::cgroups::join`]), `root.path`/`root.readonly`,
+//! (cgroupfs form, joined with [`crate::cgroups::join_self`]), `root.path`/`root.readonly`,
 //! `linux.rootfsPropagation`, mounts in order (bind/rbind with ro/nosuid/nodev/noexec/… and
 //! propagation, proc, sysfs, tmpfs, devpts, mqueue, cgroup: v1 = tmpfs + read-only binds of
 //! the container's own cgroup per hierarchy, v2 = cgroup2), `linux.devices` plus the standard

@@ -111,7 +111,7 @@ fn child_inner(
         super::util::dup_onto(*fd, i as RawFd)?;
     }
     if let Some(cg) = cgroups_path {
-        crate::cgroups::join(cg, 0).ctx(|| format!("join cgroup {cg}"))?;
+        crate::cgroups::join_self(cg).ctx(|| format!("join cgroup {cg}"))?;
     }
     for (fd, flag, what) in &plan.join {
         nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;
