@@ -179,6 +179,18 @@ impl Daemon {
         self.pod_status(id).await.network.unwrap_or_default().ip
     }
 
+    /// The verbose `info` of PodSandboxStatus (PID namespace holder, namespaces, `error`,
+    /// `transition`...).
+    pub async fn pod_info(&self, id: &str) -> serde_json::Value {
+        let st = self
+            .runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+            .await
+            .unwrap_or_else(|e| panic!("pod status {id}: {e:?}"))
+            .into_inner();
+        serde_json::from_str(&st.info["info"]).unwrap()
+    }
+
     /// Stops and removes a pod (and so its containers).
     pub async fn remove_pod(&self, id: &str) {
         let mut rt = self.runtime();
