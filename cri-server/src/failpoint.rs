@@ -30,6 +30,12 @@ pub const ALL: &[&str] = &[
 /// to undo), for the cancellation and race tests.
 pub const DELAY_ONLY: &[&str] = &["start:after_monitor", "stop:before_signal", "remove:before_release"];
 
+/// Points in work done after the answer, whose failure is kept for a later RPC to retry (not
+/// rolled back, so not in [`ALL`], whose points `tests/tests/rollback.rs` tests):
+/// `pod:background_teardown` fails the network teardown StopPodSandbox leaves to a background
+/// task (`tests/tests/remove_background.rs`).
+pub const BACKGROUND: &[&str] = &["pod:background_teardown"];
+
 #[cfg_attr(not(any(feature = "failpoints", test)), allow(dead_code))]
 enum Action {
     Fail,

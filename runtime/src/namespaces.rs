@@ -178,23 +178,16 @@ fn pin_on_this_thread(
     let mut done: Vec<(NsType, PathBuf)> = Vec::new();
     for t in types {
         let target = dir.join(t.name());
-        let res = (|| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&target)
-                .map_err(|e| NamespaceError::io("create pin file", &target, e))?;
-            let src = format!("/proc/thread-self/ns/{}", t.name());
-            mount(Some(src.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
-                let _ = std::fs::remove_file(&target);
-                NamespaceError::sys("bind-mount namespace", e)
-            })
-        })();
+        let src = format!("/proc/thread-self/ns/{}", t.name());
+        let mut created = false;
+        let res = bind_pin(&src, &target, |_| created = true);
         match res {
             Ok(()) => done.push((*t, target)),
             Err(e) => {
+                // the half-made pin first (its mount failed: a plain file), then the done ones
+                if created {
+                    let _ = std::fs::remove_file(&target);
+                }
                 for (_, p) in done.iter().rev() {
                     let _ = unpin_file(p);
                 }
@@ -203,6 +196,24 @@ fn pin_on_this_thread(
         }
     }
     Ok(done)
+}
+
+/// Makes one namespace pin: creates the empty file `target` (mode 0444; never an existing file)
+/// and bind-mounts the namespace file `src` (`/proc/.../ns/<type>`) onto it. `created` is called
+/// as soon as the file exists, before the mount, so that the caller can put it in its rollback:
+/// if the mount fails, the file is left for the caller to remove. Shared by [`pin`] and
+/// [`pin_in_user_namespace`], which roll back differently.
+fn bind_pin(src: &str, target: &Path, created: impl FnOnce(&Path)) -> Result<(), NamespaceError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(target)
+        .map_err(|e| NamespaceError::io("create pin file", target, e))?;
+    created(target);
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| NamespaceError::sys("bind-mount namespace", e))
 }
 
 /// One id mapping of a user namespace: ids `container_id..+length` inside are
@@ -326,17 +337,8 @@ fn pin_user_from_thread(
         let mut out = PinnedNamespaces::default();
         for name in std::iter::once("user").chain(types.iter().map(|t| t.name())) {
             let target = dir.join(name);
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&target)
-                .map_err(|e| NamespaceError::io("create pin file", &target, e))?;
-            pinned.push(target.clone());
-            let src = format!("/proc/{pid}/ns/{name}");
-            mount(Some(src.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| NamespaceError::sys("bind-mount namespace", e))?;
+            // a pin file is rolled back (below, after waitpid) as soon as it exists, mounted or not
+            bind_pin(&format!("/proc/{pid}/ns/{name}"), &target, |p| pinned.push(p.to_path_buf()))?;
             match name {
                 "net" => out.net = Some(target),
                 "ipc" => out.ipc = Some(target),

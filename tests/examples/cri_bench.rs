@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proto::cri::runtime_service_client::RuntimeServiceClient;
-use skiff_tests::pods::BUSYBOX;
+use skiff_tests::pods::{self, BUSYBOX};
 use skiff_tests::{cri, Daemon};
 use tonic::transport::Channel;
 
@@ -82,24 +82,12 @@ fn pod_config(t: &Target, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
+/// busybox `sleep 3600` with a PID namespace of its own, logging to `c.log`: the tests' container
+/// config without its label.
 fn container_config() -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
-        command: vec!["sleep".into(), "3600".into()],
-        log_path: "c.log".into(),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut c = pods::container_config("c", &["sleep", "3600"]);
+    c.labels.clear();
+    c
 }
 
 fn ms(d: Duration) -> f64 {

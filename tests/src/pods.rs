@@ -143,7 +143,6 @@ impl Daemon {
             .map(|r| r.into_inner())
     }
 
-    /// Stops and removes a pod (and so its containers).
     /// The verbose `info` of ContainerStatus (pid, monitorPid, the OCI spec...).
     pub async fn container_info(&self, id: &str) -> serde_json::Value {
         let st = self
@@ -164,6 +163,35 @@ impl Daemon {
         ids
     }
 
+    /// The status of a pod (PodSandboxStatus, not verbose); panics on failure.
+    pub async fn pod_status(&self, id: &str) -> cri::PodSandboxStatus {
+        self.runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
+            .await
+            .unwrap_or_else(|e| panic!("pod status {id}: {e:?}"))
+            .into_inner()
+            .status
+            .unwrap_or_else(|| panic!("pod status {id}: no status in the answer"))
+    }
+
+    /// The IP of a pod, "" when it has none (e.g. on the node's network).
+    pub async fn pod_ip(&self, id: &str) -> String {
+        self.pod_status(id).await.network.unwrap_or_default().ip
+    }
+
+    /// The verbose `info` of PodSandboxStatus (PID namespace holder, namespaces, `error`,
+    /// `transition`...).
+    pub async fn pod_info(&self, id: &str) -> serde_json::Value {
+        let st = self
+            .runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+            .await
+            .unwrap_or_else(|e| panic!("pod status {id}: {e:?}"))
+            .into_inner();
+        serde_json::from_str(&st.info["info"]).unwrap()
+    }
+
+    /// Stops and removes a pod (and so its containers).
     pub async fn remove_pod(&self, id: &str) {
         let mut rt = self.runtime();
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();

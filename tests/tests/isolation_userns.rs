@@ -207,13 +207,7 @@ async fn pod_with_a_user_namespace() {
 
     // Across a restart the pod keeps its user namespace (its pin is in the record).
     d.restart().await;
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(d.pod_status(&pod).await.state, cri::PodSandboxState::SandboxReady as i32);
     let (_, uid, _) = out(&d, &id, &["id", "-u"]).await;
     assert_eq!(uid.trim(), "0");
     // A container started after the restart joins the same user namespace. With CAP_SYS_ADMIN
@@ -366,12 +360,6 @@ async fn user_namespace_rollbacks_and_reboot() {
     d.kill();
     d.simulate_reboot();
     d.start_again().await;
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(d.pod_status(&pod).await.state, cri::PodSandboxState::SandboxNotready as i32);
     d.remove_pod(&pod).await;
 }

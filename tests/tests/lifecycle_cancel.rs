@@ -215,15 +215,7 @@ async fn shutdown_lets_a_cut_off_creation_finish() {
     assert!(d.log().contains("pod sandbox ready"), "the creation did not finish before the exit");
     let ids = pods_named(&d, "draining").await;
     assert_eq!(ids.len(), 1, "the pod was rolled back instead of completed");
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: ids[0].clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
-    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(d.pod_status(&ids[0]).await.state, cri::PodSandboxState::SandboxReady as i32);
     d.remove_pod(&ids[0]).await;
 }
 

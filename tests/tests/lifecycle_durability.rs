@@ -14,16 +14,9 @@ async fn sigkill_right_after_run_pod_sandbox_and_create_container() {
     let pod = d.run_pod(&pc).await;
     d.kill();
     d.start_again().await;
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let st = d.pod_status(&pod).await;
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
-    let ip = st.network.unwrap().ip;
+    let ip = st.network.unwrap_or_default().ip;
     assert!(!ip.is_empty());
 
     let id = d.create(&pod, &pc, container_config("c", &["sleep", "1000"])).await.unwrap();
@@ -37,17 +30,8 @@ async fn sigkill_right_after_run_pod_sandbox_and_create_container() {
     // A new pod never gets the address of the one that survived.
     let pc2 = pod_config(&d, "other");
     let pod2 = d.run_pod(&pc2).await;
-    let ip2 = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod2.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let ip2 = d.pod_ip(&pod2).await;
+    assert!(!ip2.is_empty());
     assert_ne!(ip, ip2);
     d.remove_pod(&pod2).await;
     d.remove_pod(&pod).await;

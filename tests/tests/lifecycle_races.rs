@@ -181,10 +181,7 @@ async fn reads_answer_during_a_long_stop() {
         let status_time = t.elapsed();
         assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
         let t = Instant::now();
-        d.runtime()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-            .await
-            .unwrap();
+        d.pod_status(&pod).await;
         d.runtime().list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap();
         let pod_time = t.elapsed();
         println!(

@@ -32,11 +32,11 @@ async fn pods_reach_each_other_and_host_ports_answer() {
     let a = d.run_pod(&pa).await;
     let pb = pod_with_ports(&d, "web", &[(80, hp as i32)]);
     let b = d.run_pod(&pb).await;
-    let (state, ip_a, extra) = pod_status(&d, &a).await;
+    let (state, ip_a, extra) = pod_state_and_ips(&d, &a).await;
     assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
     assert!(ip_a.starts_with(&prefix), "{ip_a} not in {prefix}0/24");
     assert!(extra.is_empty(), "{extra:?}");
-    let ip_b = pod_ip(&d, &b).await;
+    let ip_b = d.pod_ip(&b).await;
     assert!(ip_b.starts_with(&prefix) && ip_b != ip_a, "{ip_b}");
     assert_eq!(bridge_ports(&d.bridge).len(), 2);
     assert_eq!(leases(&d).len(), 2);
@@ -104,7 +104,7 @@ async fn host_network_pods_see_the_node() {
     pc.linux = pod_namespaces(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() });
     let before = host_interfaces();
     let pod = d.run_pod(&pc).await;
-    let (state, ip, _) = pod_status(&d, &pod).await;
+    let (state, ip, _) = pod_state_and_ips(&d, &pod).await;
     assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
     assert!(ip.is_empty(), "a hostNetwork pod has no pod IP: {ip}");
     assert!(bridge_ports(&d.bridge).is_empty());
@@ -164,7 +164,7 @@ async fn fifty_pods_leave_nothing_behind() {
     let ips: HashSet<String> = {
         let mut s = HashSet::new();
         for p in &pods {
-            s.insert(pod_ip(&d, p).await);
+            s.insert(d.pod_ip(p).await);
         }
         s
     };
@@ -201,7 +201,7 @@ async fn sigkill_keeps_addresses_of_running_pods() {
     let pstopped = pod_config(&d, "stopped");
     let stopped = d.run_pod(&pstopped).await;
     d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: stopped.clone() }).await.unwrap();
-    let (ip_a, ip_b) = (pod_ip(&d, &a).await, pod_ip(&d, &b).await);
+    let (ip_a, ip_b) = (d.pod_ip(&a).await, d.pod_ip(&b).await);
     let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
     assert!(page.contains(WELCOME));
 
@@ -211,9 +211,9 @@ async fn sigkill_keeps_addresses_of_running_pods() {
     assert!(r.contains(WELCOME), "{r}");
     d.start_again().await;
 
-    assert_eq!(pod_ip(&d, &a).await, ip_a);
-    assert_eq!(pod_ip(&d, &b).await, ip_b);
-    let (state, _, _) = pod_status(&d, &a).await;
+    assert_eq!(d.pod_ip(&a).await, ip_a);
+    assert_eq!(d.pod_ip(&b).await, ip_b);
+    let state = d.pod_status(&a).await.state;
     assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
     let l = leases(&d);
     assert_eq!(l.len(), 2, "{l:?}");
@@ -231,7 +231,7 @@ async fn sigkill_keeps_addresses_of_running_pods() {
     for i in 0..3 {
         let pc = pod_config(&d, &format!("new{i}"));
         let p = d.run_pod(&pc).await;
-        let ip = pod_ip(&d, &p).await;
+        let ip = d.pod_ip(&p).await;
         assert!(ip != ip_a && ip != ip_b, "{ip} handed out twice");
         assert!(new_ips.insert(ip));
         new_pods.push(p);
@@ -338,7 +338,7 @@ async fn lost_state_dir_releases_leases_and_rules() {
     }
     d.start_again().await;
     for p in [&a, &b] {
-        let (state, _, _) = pod_status(&d, p).await;
+        let state = d.pod_status(p).await.state;
         assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
     }
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
@@ -348,7 +348,7 @@ async fn lost_state_dir_releases_leases_and_rules() {
     // New pods work and removal of the old ones is clean.
     let pc = pod_config(&d, "c");
     let c = d.run_pod(&pc).await;
-    assert!(!pod_ip(&d, &c).await.is_empty());
+    assert!(!d.pod_ip(&c).await.is_empty());
     for p in [&a, &b, &c] {
         d.remove_pod(p).await;
     }
@@ -365,8 +365,8 @@ async fn dual_stack_pods() {
     let a = d.run_pod(&pa).await;
     let pb = pod_config(&d, "b");
     let b = d.run_pod(&pb).await;
-    let (_, ip_a, extra_a) = pod_status(&d, &a).await;
-    let (_, ip_b, extra_b) = pod_status(&d, &b).await;
+    let (_, ip_a, extra_a) = pod_state_and_ips(&d, &a).await;
+    let (_, ip_b, extra_b) = pod_state_and_ips(&d, &b).await;
     assert!(ip_a.parse::<IpAddr>().unwrap().is_ipv4(), "{ip_a}");
     assert_eq!(extra_a.len(), 1, "{extra_a:?}");
     assert_eq!(extra_b.len(), 1, "{extra_b:?}");
@@ -461,7 +461,7 @@ async fn network_not_ready_when_the_bridge_cannot_be_made() {
     let nr = network_ready(&d).await;
     assert!(nr.status, "{nr:?}");
     let pod = d.run_pod(&pod_config(&d, "x")).await;
-    assert!(!pod_ip(&d, &pod).await.is_empty());
+    assert!(!d.pod_ip(&pod).await.is_empty());
     d.remove_pod(&pod).await;
     drop(d);
 }
@@ -480,7 +480,7 @@ async fn deleted_bridge_is_made_again_with_the_pods_on_it() {
     let b = d.run_pod(&pb).await;
     let ca = d.create_and_start(&a, &pa, container_config("sh", &["sleep", "1000"])).await;
     d.create_and_start(&b, &pb, nginx_config("nginx")).await;
-    let ip_b = pod_ip(&d, &b).await;
+    let ip_b = d.pod_ip(&b).await;
     d.kill();
     sh_ok("ip", &["link", "del", &d.bridge]);
     d.start_again().await;
@@ -514,7 +514,7 @@ async fn outbound_traffic_is_masqueraded() {
         let pc = pod_config(&d, "out");
         let pod = d.run_pod(&pc).await;
         let ctr = d.create_and_start(&pod, &pc, container_config("sh", &["sleep", "1000"])).await;
-        let ip = pod_ip(&d, &pod).await;
+        let ip = d.pod_ip(&pod).await;
         let client = Client::new();
         if !masquerade {
             // Unmasqueraded replies go to the pod's address: the node answers ARP for it on the

@@ -197,7 +197,7 @@ async fn cni_pods_reach_each_other_host_ports_and_restart() {
     let a = d.run_pod(&pa).await;
     let pb = pod_with_ports(&d, "b", &[(80, hp as i32)]);
     let b = d.run_pod(&pb).await;
-    let (ip_a, ip_b) = (pod_ip(&d, &a).await, pod_ip(&d, &b).await);
+    let (ip_a, ip_b) = (d.pod_ip(&a).await, d.pod_ip(&b).await);
     for ip in [&ip_a, &ip_b] {
         assert!(ip.starts_with(&env.prefix), "{ip} not in {}0/24", env.prefix);
     }
@@ -233,8 +233,8 @@ async fn cni_pods_reach_each_other_host_ports_and_restart() {
     // SIGKILL and restart: the running pods keep their addresses and stay reachable.
     d.kill();
     d.start_again().await;
-    assert_eq!(pod_ip(&d, &a).await, ip_a);
-    assert_eq!(pod_ip(&d, &b).await, ip_b);
+    assert_eq!(d.pod_ip(&a).await, ip_a);
+    assert_eq!(d.pod_ip(&b).await, ip_b);
     assert_eq!(env.ipam_leases().len(), 2);
     let page = exec_until_ok(&d, &ca, &["timeout", "5", "wget", "-q", "-O-", &format!("http://{ip_b}/")]).await;
     assert!(page.contains(WELCOME), "{page}");
@@ -243,7 +243,7 @@ async fn cni_pods_reach_each_other_host_ports_and_restart() {
     // A new pod gets a fresh address.
     let pc = pod_config(&d, "c");
     let c = d.run_pod(&pc).await;
-    let ip_c = pod_ip(&d, &c).await;
+    let ip_c = d.pod_ip(&c).await;
     assert!(ip_c.starts_with(&env.prefix) && ip_c != ip_a && ip_c != ip_b, "{ip_c}");
     let cc = d.create_and_start(&c, &pc, container_config("sh", &["sleep", "1000"])).await;
     exec_until_ok(&d, &cc, &["ping", "-c1", "-W2", &ip_a]).await;
@@ -294,7 +294,7 @@ async fn cni_network_not_ready_without_config() {
     assert!(nr.status, "{nr:?}");
     let pc = pod_config(&d, "x");
     let pod = d.run_pod(&pc).await;
-    assert!(pod_ip(&d, &pod).await.starts_with(&env.prefix));
+    assert!(d.pod_ip(&pod).await.starts_with(&env.prefix));
     d.remove_pod(&pod).await;
     assert!(env.ipam_leases().is_empty());
 }
@@ -314,7 +314,7 @@ async fn cni_lost_state_dir_releases_addresses_and_rules() {
     d.kill();
     d.simulate_reboot();
     d.start_again().await;
-    let (state, _, _) = pod_status(&d, &a).await;
+    let state = d.pod_status(&a).await.state;
     assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
     assert!(env.ipam_leases().is_empty(), "{:?}", env.ipam_leases());
     assert!(env.iptables_rules().is_empty(), "{:?}", env.iptables_rules());
@@ -343,7 +343,7 @@ async fn cni_parallel_pods_leave_nothing_behind() {
     }
     let mut ips = HashSet::new();
     for p in &pods {
-        assert!(ips.insert(pod_ip(&d, p).await));
+        assert!(ips.insert(d.pod_ip(p).await));
     }
     assert_eq!(env.ipam_leases().len(), N);
     assert_eq!(bridge_ports(&env.bridge).len(), N);

@@ -33,16 +33,6 @@ async fn update(d: &Daemon, cidr: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn pod_ip(d: &Daemon, id: &str) -> String {
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
-    st.status.unwrap().network.unwrap_or_default().ip
-}
-
 fn bridge_has_address(bridge: &str, addr: &str) -> bool {
     let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", bridge]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/"))
@@ -103,7 +93,7 @@ async fn pod_range_comes_from_the_kubelet() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let ip = pod_ip(&d, &pod).await;
+    let ip = d.pod_ip(&pod).await;
     assert!(ip.starts_with(&prefix), "{ip} not in {range}");
 
     // A change with a pod holding an address is refused; the old range stays.
@@ -116,7 +106,7 @@ async fn pod_range_comes_from_the_kubelet() {
     // Persisted across a restart: the pod keeps its address, new pods use the same range.
     d.restart().await;
     assert!(network_condition(&d).await.status);
-    assert_eq!(pod_ip(&d, &pod).await, ip);
+    assert_eq!(d.pod_ip(&pod).await, ip);
     let record = std::fs::read_to_string(d.root().join("network/pod-cidr.json")).unwrap();
     assert!(record.contains(&range), "{record}");
 
@@ -127,7 +117,7 @@ async fn pod_range_comes_from_the_kubelet() {
         assert!(bridge_has_address(&d.bridge, &format!("{other_prefix}1")));
         assert!(!bridge_has_address(&d.bridge, &format!("{prefix}1")));
         let pod = d.run_pod(&pod_config(&d, "b")).await;
-        assert!(pod_ip(&d, &pod).await.starts_with(&other_prefix));
+        assert!(d.pod_ip(&pod).await.starts_with(&other_prefix));
         d.remove_pod(&pod).await;
     }
 }

@@ -132,13 +132,7 @@ async fn pod_level_pid_namespace() {
     let mut pc = pod_config(&d, "podpid");
     pod_pid_mode(&mut pc, cri::NamespaceMode::Pod);
     let pod = d.run_pod(&pc).await;
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    let info = d.pod_info(&pod).await;
     let holder = info["pidNamespaceHolder"].as_i64().expect("pid namespace holder in the verbose info");
     assert!(holder > 0);
 

@@ -64,9 +64,7 @@ async fn pod_lifecycle() {
     assert!(info["cgroupParent"].as_str().unwrap().starts_with(&d.cgroup_parent));
 
     // A prefix of the ID works.
-    rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id[..12].into(), verbose: false })
-        .await
-        .unwrap();
+    d.pod_status(&id[..12]).await;
 
     // The same name again: AlreadyExists.
     let err = run(&d, pod_config("web", "uid-1")).await.unwrap_err();

@@ -1,11 +1,15 @@
 //! RemoveContainer deletes the writable layer and the state dir after it answers (renamed
 //! away before, deleted in the background): both are gone from their places when it returns,
 //! deleted shortly after, the image is free at once, and a trash a killed skiffd left behind
-//! is swept at the next start.
+//! is swept at the next start. StopPodSandbox leaves the veth's deletion to a background task;
+//! when that fails, RemovePodSandbox tears the network down itself.
+
+mod net_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use net_support::leases;
 use skiff_tests::pods::{container_config, pod_config, BUSYBOX};
 use skiff_tests::{cri, Daemon};
 
@@ -174,4 +178,65 @@ async fn stop_pod_sandbox_veth_deletion_in_the_background() {
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
     assert!(pods.items.is_empty());
     assert!(!d.log().contains("network teardown after StopPodSandbox failed"), "{}", d.log());
+}
+
+/// The pod's record as skiffd persisted it.
+fn pod_record(d: &Daemon, pod: &str) -> serde_json::Value {
+    let path = d.root().join("metadata/pods").join(format!("{pod}.json"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["record"].clone()
+}
+
+/// A failed background teardown (failpoint `pod:background_teardown`, before anything is torn
+/// down) is logged with the pod and kept in its `error`; the pod stays `network_set_up` (its
+/// veth and lease kept), and RemovePodSandbox tears the network down itself: when it answers,
+/// the veth and the lease are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_veth_teardown_is_kept_and_retried_by_remove_pod_sandbox() {
+    const WARNING: &str = "network teardown after StopPodSandbox failed";
+    let d = Daemon::start_with_failpoints("pod:background_teardown").await;
+    let brif = std::path::PathBuf::from("/sys/class/net").join(&d.bridge).join("brif");
+    let pc = pod_config(&d, "netfail");
+    let pod = d.run_pod(&pc).await;
+    let ip = d.pod_ip(&pod).await;
+    assert!(!ip.is_empty());
+    assert_eq!(entries(&brif).len(), 1);
+    assert_eq!(leases(&d).get(&pod), Some(&vec![ip.clone()]));
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+
+    // The background task fails: a warning naming the pod and the cause...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains(WARNING) {
+        assert!(Instant::now() < deadline, "no warning logged:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains(WARNING)).unwrap();
+    assert!(line.contains(&pod) && line.contains("injected failure"), "{line}");
+    // ...the failure in the pod's error once the task let go of the pod, also on disk, where the
+    // pod is still NOTREADY with its network set up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = d.pod_info(&pod).await;
+        if info["transition"].is_null() {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "the background teardown still holds the pod: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = info["error"].as_str().unwrap_or_else(|| panic!("no error kept: {info}"));
+    assert!(error.starts_with("network teardown: ") && error.contains("injected failure"), "{error}");
+    assert_eq!(d.pod_status(&pod).await.state, cri::PodSandboxState::SandboxNotready as i32);
+    let record = pod_record(&d, &pod);
+    assert_eq!(record["network_set_up"], true, "{record}");
+    assert_eq!(record["error"], error, "{record}");
+    assert_eq!(entries(&brif).len(), 1, "the veth went although the teardown failed");
+    assert_eq!(leases(&d).get(&pod), Some(&vec![ip.clone()]));
+
+    // RemovePodSandbox tears the network down before it answers.
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty());
 }

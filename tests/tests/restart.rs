@@ -135,16 +135,7 @@ async fn half_created_pods_and_containers_are_rolled_back() {
     let pc = pod_config(&d, "half");
     let pod = d.run_pod(&pc).await;
     let ctr = d.create(&pod, &pc, container_config("done", &["sleep", "1000"])).await.unwrap();
-    let pod_name = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .metadata
-        .unwrap();
+    let pod_name = d.pod_status(&pod).await.metadata.unwrap();
     d.kill();
 
     // A pod and a container caught in the middle of their creation: records in "creating"

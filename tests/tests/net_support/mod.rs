@@ -63,21 +63,10 @@ pub fn nginx_config(name: &str) -> cri::ContainerConfig {
 }
 
 /// PodSandboxStatus: (state, ip, additional ips).
-pub async fn pod_status(d: &Daemon, id: &str) -> (i32, String, Vec<String>) {
-    let st = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
-        .await
-        .unwrap_or_else(|e| panic!("pod status {id}: {e:?}"))
-        .into_inner()
-        .status
-        .unwrap();
+pub async fn pod_state_and_ips(d: &Daemon, id: &str) -> (i32, String, Vec<String>) {
+    let st = d.pod_status(id).await;
     let net = st.network.unwrap_or_default();
     (st.state, net.ip, net.additional_ips.into_iter().map(|p| p.ip).collect())
-}
-
-pub async fn pod_ip(d: &Daemon, id: &str) -> String {
-    pod_status(d, id).await.1
 }
 
 /// Runs `f` on a fresh thread, inside the netns at `path` when given.

@@ -148,7 +148,8 @@ pub(crate) async fn teardown_pod_extras_front(ctx: &Arc<Context>, pod: &mut PodR
 /// is still `network_set_up`). On success the pod is no longer `network_set_up`; a failure is
 /// logged and kept in the pod's `error`, the pod stays `network_set_up` and RemovePodSandbox
 /// retries the teardown (a NOTREADY pod's leftovers are also released by the next start's
-/// network recovery). A graceful shutdown waits for it.
+/// network recovery). A graceful shutdown waits for it. The failpoint `pod:background_teardown`
+/// makes it fail before tearing anything down (RemovePodSandbox's own teardown has none).
 pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
     let (ctx, entry) = (ctx.clone(), entry.clone());
     spawn_background(async move {
@@ -157,10 +158,12 @@ pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
         if !pod.network_set_up {
             return;
         }
-        let res = match network_request(&ctx, &pod) {
-            Ok(req) => ctx.network.teardown(&req).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.message().to_string()),
-        };
+        let res = async {
+            let req = network_request(&ctx, &pod).map_err(|e| e.message().to_string())?;
+            crate::failpoint::hit("pod:background_teardown").await.map_err(|e| e.message().to_string())?;
+            ctx.network.teardown(&req).await.map_err(|e| e.to_string())
+        }
+        .await;
         match res {
             Ok(()) => entry.update(|r| r.network_set_up = false),
             Err(e) => {
