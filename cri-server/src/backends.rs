@@ -103,6 +103,8 @@ pub trait Cgroups: Send + Sync + 'static {
     fn stats(&self, path: &str) -> Result<CgroupStats, CgroupError>;
     fn procs(&self, path: &str) -> Result<Vec<i32>, CgroupError>;
     fn kill_all(&self, path: &str) -> Result<(), CgroupError>;
+    /// SIGKILL once to every process, no freezing or waiting ([`CgroupManager::signal_all`]).
+    fn signal_all(&self, path: &str) -> Result<(), CgroupError>;
     fn remove(&self, path: &str) -> Result<(), CgroupError>;
     /// Moves a process into the cgroup ([`runtime::cgroups::join`]).
     fn join(&self, path: &str, pid: i32) -> Result<(), CgroupError>;
@@ -132,6 +134,9 @@ impl Cgroups for CgroupManager {
     }
     fn kill_all(&self, path: &str) -> Result<(), CgroupError> {
         CgroupManager::kill_all(self, path)
+    }
+    fn signal_all(&self, path: &str) -> Result<(), CgroupError> {
+        CgroupManager::signal_all(self, path)
     }
     fn remove(&self, path: &str) -> Result<(), CgroupError> {
         CgroupManager::remove(self, path)

@@ -395,7 +395,7 @@ impl FakeCgroups {
         lock(&self.state).cgroups.keys().cloned().collect()
     }
 
-    /// The cgroups `kill_all` was called on, in order.
+    /// The cgroups `kill_all` or `signal_all` was called on, in order.
     pub fn killed(&self) -> Vec<String> {
         lock(&self.state).killed.clone()
     }
@@ -475,6 +475,10 @@ impl Cgroups for FakeCgroups {
         st.cgroups.get(&key(path)).map(|c| c.procs.clone()).ok_or_else(|| CgroupError::NotFound(path.to_owned()))
     }
     fn kill_all(&self, path: &str) -> Result<(), CgroupError> {
+        lock(&self.state).killed.push(key(path));
+        Ok(())
+    }
+    fn signal_all(&self, path: &str) -> Result<(), CgroupError> {
         lock(&self.state).killed.push(key(path));
         Ok(())
     }

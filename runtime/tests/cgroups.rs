@@ -515,3 +515,27 @@ fn v1_real_remove_with_children_fails_fast() {
     assert!(busy.is_err());
     assert!(took < std::time::Duration::from_millis(500), "{took:?}");
 }
+
+/// `signal_all` SIGKILLs every process of a v1 cgroup at once, without freezing or waiting;
+/// a cgroup that does not exist has nothing to signal.
+#[test]
+fn v1_real_signal_all() {
+    if !real_v1_available() {
+        return;
+    }
+    let path = format!("/skiff-test-{}/sig", uniq());
+    let m = CgroupManager::detect(None).unwrap();
+    m.create(&path).unwrap();
+    let guard = Cleanup(&m, path.clone(), path.rsplit_once('/').unwrap().0.to_string());
+    let mut a = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    let mut b = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    cgroups::join(&path, a.id() as i32).unwrap();
+    cgroups::join(&path, b.id() as i32).unwrap();
+    m.signal_all(&path).unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(a.wait().unwrap().signal(), Some(9));
+    assert_eq!(b.wait().unwrap().signal(), Some(9));
+    assert!(m.procs(&path).unwrap().is_empty());
+    m.signal_all(&format!("{path}-missing")).unwrap();
+    drop(guard);
+}

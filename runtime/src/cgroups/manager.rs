@@ -330,6 +330,27 @@ impl CgroupManager {
         Ok(set.into_iter().collect())
     }
 
+    /// Sends SIGKILL once to every process of the cgroup (`cgroup.kill` on v2, else each pid
+    /// listed), without freezing or waiting: the first, cheap step of a stop, for processes that
+    /// outlive the container's main one (a shared PID namespace). A process forked meanwhile can
+    /// escape it; [`kill_all`](Self::kill_all) is the thorough one. Nothing to do for a cgroup
+    /// that does not exist.
+    pub fn signal_all(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = normalize(path)?;
+        if self.mode() == CgroupMode::Unified {
+            if v2::freezer::kill(&self.v2_dir(&rel)?)? {
+                return Ok(());
+            }
+        }
+        for pid in self.procs(path)? {
+            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => tracing::warn!(pid, error = %e, "kill in cgroup failed"),
+            }
+        }
+        Ok(())
+    }
+
     /// Kills every process of the cgroup: `cgroup.kill` on v2, otherwise freeze → SIGKILL each
     /// listed pid → thaw, repeated until no live process remains (zombies waiting for their
     /// parent count as dead). A cgroup that does not exist has nothing to kill.

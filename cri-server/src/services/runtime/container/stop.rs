@@ -98,8 +98,12 @@ pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, tim
         }
         // Every other process of the container too (containerd's `kill --all`): in a shared
         // (pod or node) PID namespace they outlive the main process and hold its output open,
-        // so the exit would be recorded only after the monitor's drain grace.
-        let _ = ctx2.cgroups.kill_all(&cgroup);
+        // so the exit would be recorded only after the monitor's drain grace. One signal pass,
+        // no freezing and no waiting for their deaths here (the thorough `kill_all` polls every
+        // 10 ms, which a main process still dying from the SIGKILL above made every stop pay):
+        // the monitor's Wait is what says they are gone, and the exit cleanup kills the whole
+        // cgroup anyway.
+        let _ = ctx2.cgroups.signal_all(&cgroup);
         match client.wait_exit(Some(KILL_WAIT)) {
             Ok(_) | Err(MonitorError::MonitorGone) => Ok(()),
             Err(MonitorError::Timeout) => {
@@ -116,14 +120,15 @@ pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, tim
     .await
     .map_err(join_error)?;
     res.map_err(|e| monitor_status(e, "stop the container"))?;
-    // The monitor writes the record before it exits; give it a moment if it is still at it.
-    for _ in 0..50 {
+    // The monitor writes the record before it answers the Wait and before it exits; give it
+    // a moment if it is still at it.
+    for _ in 0..200 {
         let c = refresh(ctx, entry).await;
         if c.state != ContainerState::Running {
             tracing::info!(exit_code = c.exit_code, "container stopped");
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
 }
