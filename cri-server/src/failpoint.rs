@@ -2,7 +2,8 @@
 //! makes the named steps of skiffd's flows fail with an injected error, so that tests can check
 //! that every step before them is undone (as containerd's CRI tests do with their failpoints);
 //! `name=sleep:MS` (e.g. `pod:after_setup=sleep:2000`) makes the step wait MS milliseconds
-//! instead, so that a test can let a client's deadline pass at that point.
+//! instead, so that a test can let a client's deadline pass at that point; `name=fail-after:MS`
+//! waits, then fails.
 //! Read once at start; with the variable unset a check costs one comparison.
 //!
 //! Compiled in only with the `failpoints` cargo feature (the tests' build: `test.sh` builds
@@ -40,6 +41,7 @@ pub const BACKGROUND: &[&str] = &["pod:background_teardown"];
 enum Action {
     Fail,
     Sleep(Duration),
+    FailAfter(Duration),
 }
 
 #[cfg(feature = "failpoints")]
@@ -72,10 +74,11 @@ fn parse(v: &str) -> Vec<(String, Action)> {
         .filter(|s| !s.is_empty())
         .map(|s| match s.split_once('=') {
             Some((name, action)) => {
-                let ms = action.strip_prefix("sleep:").and_then(|m| m.parse::<u64>().ok());
-                match ms {
-                    Some(ms) => (name.to_owned(), Action::Sleep(Duration::from_millis(ms))),
-                    None => (name.to_owned(), Action::Fail),
+                let ms = |prefix: &str| action.strip_prefix(prefix).and_then(|m| m.parse::<u64>().ok());
+                match (ms("sleep:"), ms("fail-after:")) {
+                    (Some(ms), _) => (name.to_owned(), Action::Sleep(Duration::from_millis(ms))),
+                    (_, Some(ms)) => (name.to_owned(), Action::FailAfter(Duration::from_millis(ms))),
+                    _ => (name.to_owned(), Action::Fail),
                 }
             }
             None => (s.to_owned(), Action::Fail),
@@ -85,7 +88,7 @@ fn parse(v: &str) -> Vec<(String, Action)> {
 
 /// Fails with an injected error when `name` is enabled to fail.
 pub fn check(name: &str) -> Result<(), Status> {
-    if enabled().iter().any(|(p, a)| p == name && matches!(a, Action::Fail)) {
+    if enabled().iter().any(|(p, a)| p == name && matches!(a, Action::Fail | Action::FailAfter(_))) {
         tracing::warn!(failpoint = name, "injected failure");
         return Err(Status::internal(format!("injected failure at failpoint {name}")));
     }
@@ -101,7 +104,7 @@ pub async fn hit(name: &str) -> Result<(), Status> {
 /// Only the delay of `name` (for points where failing is not possible).
 pub async fn delay(name: &str) {
     for (p, a) in enabled() {
-        if let (true, Action::Sleep(d)) = (p == name, a) {
+        if let (true, Action::Sleep(d) | Action::FailAfter(d)) = (p == name, a) {
             tracing::warn!(failpoint = name, ms = d.as_millis() as u64, "injected delay");
             tokio::time::sleep(*d).await;
         }
@@ -114,8 +117,9 @@ mod tests {
 
     #[test]
     fn parses_failures_and_sleeps() {
-        let p = parse("a, b=sleep:250,c=bogus,");
-        assert_eq!(p.len(), 3);
+        let p = parse("a, b=sleep:250,c=bogus,d=fail-after:40");
+        assert_eq!(p.len(), 4);
+        assert!(matches!(&p[3], (n, Action::FailAfter(d)) if n == "d" && d.as_millis() == 40));
         assert!(matches!(&p[0], (n, Action::Fail) if n == "a"));
         assert!(matches!(&p[1], (n, Action::Sleep(d)) if n == "b" && d.as_millis() == 250));
         assert!(matches!(&p[2], (n, Action::Fail) if n == "c"));

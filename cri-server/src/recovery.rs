@@ -51,6 +51,23 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
                 }
             }
         }
+        if pod.removing {
+            // RemovePodSandbox answered and left the network teardown to a background task
+            // that skiffd did not live to finish.
+            tracing::info!(pod_id = %id, "finishing a pod sandbox removal that was interrupted");
+            match remove_pod_leftovers(ctx, &mut pod).await {
+                Ok(()) => {
+                    let (store, id) = (ctx.pod_store.clone(), id.clone());
+                    let _ = blocking(move || store.remove(&id)).await;
+                    continue;
+                }
+                Err(e) => {
+                    pod.removing = false;
+                    pod.state = PodState::NotReady;
+                    pod.error = Some(format!("interrupted removal, cleanup incomplete: {e}"));
+                }
+            }
+        }
         if pod.state == PodState::Ready {
             let (ns, ctx2) = (pod.namespaces.clone(), ctx.clone());
             let (pins_ok, infra_ok) = blocking(move || {

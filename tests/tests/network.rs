@@ -90,6 +90,7 @@ async fn pods_reach_each_other_and_host_ports_answer() {
     assert!(http_once(sa("127.0.0.1", hp)).map(|r| !r.contains(WELCOME)).unwrap_or(true));
     d.remove_pod(&b).await;
     d.remove_pod(&a).await;
+    settled(&d).await;
     assert!(bridge_ports(&d.bridge).is_empty());
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert_eq!(netns_pins(&d), 0);
@@ -136,6 +137,7 @@ async fn host_network_pods_see_the_node() {
 
     d.remove_pod(&pod).await;
     d.remove_pod(&other).await;
+    settled(&d).await;
     assert!(leases(&d).is_empty());
     assert!(bridge_ports(&d.bridge).is_empty());
 }
@@ -177,6 +179,7 @@ async fn fifty_pods_leave_nothing_behind() {
     for chunk in pods.chunks(BATCH) {
         join_all(chunk.iter().map(|p| d.remove_pod(p))).await;
     }
+    settled(&d).await;
     assert!(bridge_ports(&d.bridge).is_empty(), "{:?}", bridge_ports(&d.bridge));
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert!(nft_pod_rules(&d).is_empty(), "{:?}", nft_pod_rules(&d));
@@ -247,6 +250,7 @@ async fn sigkill_keeps_addresses_of_running_pods() {
     for p in new_pods.iter().chain([&late, &a, &b, &stopped]) {
         d.remove_pod(p).await;
     }
+    settled(&d).await;
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert!(nft_pod_rules(&d).is_empty());
     assert!(bridge_ports(&d.bridge).is_empty());
@@ -311,6 +315,7 @@ async fn refused_port_mappings_roll_back_and_host_ip_is_honoured() {
     d.remove_pod(won[0]).await;
     d.remove_pod(&a).await;
     d.remove_pod(&b).await;
+    settled(&d).await;
     assert!(nft_pod_rules(&d).is_empty());
     assert!(leases(&d).is_empty());
 }
@@ -352,6 +357,7 @@ async fn lost_state_dir_releases_leases_and_rules() {
     for p in [&a, &b, &c] {
         d.remove_pod(p).await;
     }
+    settled(&d).await;
     assert!(leases(&d).is_empty());
 }
 
@@ -384,6 +390,7 @@ async fn dual_stack_pods() {
     assert!(page.contains(WELCOME), "{page}");
     d.remove_pod(&a).await;
     d.remove_pod(&b).await;
+    settled(&d).await;
     assert!(leases(&d).is_empty());
 }
 

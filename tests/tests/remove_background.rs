@@ -218,10 +218,10 @@ async fn a_failed_background_veth_teardown_is_kept_and_retried_by_remove_pod_san
     let deadline = Instant::now() + Duration::from_secs(10);
     let info = loop {
         let info = d.pod_info(&pod).await;
-        if info["transition"].is_null() {
+        if info["networkTeardownInBackground"] == false && pod_record(&d, &pod)["error"].is_string() {
             break info;
         }
-        assert!(Instant::now() < deadline, "the background teardown still holds the pod: {info}");
+        assert!(Instant::now() < deadline, "the background teardown is still under way: {info}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let error = info["error"].as_str().unwrap_or_else(|| panic!("no error kept: {info}"));
@@ -239,4 +239,122 @@ async fn a_failed_background_veth_teardown_is_kept_and_retried_by_remove_pod_san
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
     assert!(pods.items.is_empty());
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// RemovePodSandbox right after StopPodSandbox, while the background veth deletion is under
+/// way (held up by the failpoint): it answers at once; the pod is gone for every call, its
+/// record kept with `removing` and its name and address reserved until the veth and the lease
+/// are gone, then the record is deleted and the name free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_pod_sandbox_hands_the_end_of_the_removal_to_the_background_teardown() {
+    let d = Daemon::start_with_failpoints("pod:background_teardown=sleep:1500").await;
+    let brif = std::path::PathBuf::from("/sys/class/net").join(&d.bridge).join("brif");
+    let pc = pod_config(&d, "handoff");
+    let pod = d.run_pod(&pc).await;
+    let ip = d.pod_ip(&pod).await;
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(d.pod_info(&pod).await["networkTeardownInBackground"], true);
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+
+    // Gone for every call (and removing it again is fine)...
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty(), "{:?}", pods.items);
+    let err = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    // ...while its record, address and name are kept (the veth may already be gone: the
+    // removal deleted the pod's network namespace, which takes the veth pair with it).
+    assert_eq!(pod_record(&d, &pod)["removing"], true);
+    assert_eq!(leases(&d).get(&pod), Some(&vec![ip.clone()]));
+    let err = d
+        .runtime()
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+
+    // Then the background teardown ends the removal.
+    let record = d.root().join("metadata/pods").join(format!("{pod}.json"));
+    wait_for("the record's deletion", || !record.exists()).await;
+    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    let again = d.run_pod(&pc).await;
+    d.remove_pod(&again).await;
+    wait_for("the second pod's lease", || leases(&d).is_empty()).await;
+}
+
+/// A skiffd killed after such a removal answered finishes it at its next start: no record,
+/// veth or lease is left, and the name is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_left_to_the_background_is_finished_after_sigkill() {
+    let mut d = Daemon::start_with_failpoints("pod:background_teardown=sleep:5000").await;
+    let brif = std::path::PathBuf::from("/sys/class/net").join(&d.bridge).join("brif");
+    let pc = pod_config(&d, "handoff-kill");
+    let pod = d.run_pod(&pc).await;
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(pod_record(&d, &pod)["removing"], true);
+    d.kill();
+    d.start_again().await;
+    assert!(d.log().contains("finishing a pod sandbox removal that was interrupted"), "{}", d.log());
+    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty(), "{:?}", pods.items);
+    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    let again = d.run_pod(&pc).await;
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: again.clone() }).await.unwrap();
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: again.clone() }).await.unwrap();
+    wait_for("the second pod's lease", || leases(&d).is_empty()).await;
+}
+
+/// When the background teardown a removal was handed to fails, the pod comes back NOTREADY
+/// with the error (never leaked silently), and the next RemovePodSandbox tears the network
+/// down itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_teardown_after_the_removal_puts_the_pod_back() {
+    let d = Daemon::start_with_failpoints("pod:background_teardown=fail-after:1000").await;
+    let brif = std::path::PathBuf::from("/sys/class/net").join(&d.bridge).join("brif");
+    let pc = pod_config(&d, "handoff-fail");
+    let pod = d.run_pod(&pc).await;
+    d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(s) = d
+            .runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
+            .await
+        {
+            break s.into_inner();
+        }
+        assert!(Instant::now() < deadline, "the pod did not come back:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let error = info["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("network teardown: ") && error.contains("injected failure"), "{info}");
+    let record = pod_record(&d, &pod);
+    assert_eq!(record["removing"], serde_json::Value::Null, "{record}");
+    assert_eq!(record["network_set_up"], true, "{record}");
+    assert!(d.log().contains("network teardown of a removed pod failed"), "{}", d.log());
+    assert!(leases(&d).contains_key(&pod), "{:?}", leases(&d));
+
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
 }

@@ -65,6 +65,18 @@ pub struct PodRecord {
     pub shm_mounted: bool,
     /// Set when a cleanup step failed: what is left and why. The pod stays visible.
     pub error: Option<String>,
+    /// RemovePodSandbox answered while the pod's network teardown was under way in the
+    /// background, and left the end of the removal to it: the pod is out of the index (every
+    /// call finds no such pod), its name stays reserved, and this record is kept until the
+    /// veth and the lease are gone (then deleted). A failure puts the pod back, NOTREADY with
+    /// its `error`. Recovery finishes such a removal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
+    /// A background network teardown ([`spawn_network_teardown`]) is under way (never stored).
+    ///
+    /// [`spawn_network_teardown`]: crate::services::runtime::pod_extras::spawn_network_teardown
+    #[serde(skip)]
+    pub teardown_in_flight: bool,
 }
 
 /// Life cycle of a container.

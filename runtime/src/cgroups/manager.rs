@@ -337,10 +337,8 @@ impl CgroupManager {
     /// that does not exist.
     pub fn signal_all(&self, path: &str) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
-        if self.mode() == CgroupMode::Unified {
-            if v2::freezer::kill(&self.v2_dir(&rel)?)? {
-                return Ok(());
-            }
+        if self.mode() == CgroupMode::Unified && v2::freezer::kill(&self.v2_dir(&rel)?)? {
+            return Ok(());
         }
         for pid in self.procs(path)? {
             match kill(Pid::from_raw(pid), Signal::SIGKILL) {

@@ -362,3 +362,28 @@ pub async fn try_run_pod(d: &Daemon, config: cri::PodSandboxConfig) -> Result<St
         .await
         .map(|r| r.into_inner().pod_sandbox_id)
 }
+
+/// RemovePodSandbox may answer before the background deletion of the pod's veth has ended (the
+/// pod's address and name stay reserved until then): waits (at most 10 s) until every lease
+/// belongs to a pod that still exists. A lease is released only once its veth is gone.
+pub async fn settled(d: &Daemon) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pods: std::collections::HashSet<String> = d
+            .runtime()
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        let leases = leases(d);
+        if leases.keys().all(|id| pods.contains(id)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "leases of removed pods left: {leases:?}, pods {pods:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

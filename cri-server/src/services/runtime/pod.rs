@@ -126,6 +126,8 @@ impl RuntimeSvc {
             network_set_up: false,
             shm_mounted: false,
             error: None,
+            removing: false,
+            teardown_in_flight: false,
         };
         let mut rb = Rollback::new();
         let result = async {
@@ -261,18 +263,23 @@ impl RuntimeSvc {
         } else {
             self.teardown_pod_extras(&mut p).await
         };
-        if deferred {
-            spawn_network_teardown(&self.ctx, entry);
-        }
         let changed = p.network_set_up != pod.network_set_up || pod.state != PodState::NotReady;
         entry.update(|r| {
-            r.network_set_up = p.network_set_up;
+            // Only ever cleared here: a background teardown under way (of an earlier stop)
+            // may have finished meanwhile.
+            if !p.network_set_up {
+                r.network_set_up = false;
+            }
             if torn.is_ok() {
                 r.state = PodState::NotReady;
             }
         });
         if changed {
             self.ctx.pod_store.save_entry(&pod.id, entry).await.status("persist the pod")?;
+        }
+        // After the record is updated: the task may finish before this returns.
+        if deferred {
+            spawn_network_teardown(&self.ctx, entry);
         }
         torn?;
         if pod.state != PodState::NotReady {
@@ -299,9 +306,22 @@ impl RuntimeSvc {
     }
 
     /// Stops the pod, removes its containers, namespaces, files, cgroup and record. Idempotent.
+    ///
+    /// StopPodSandbox leaves what the network plugin allows (for the bridge: the veth, whose
+    /// deletion waits for an RCU grace period, then the lease) to a background teardown
+    /// (`spawn_network_teardown`). When that is still under way, the removal is handed to it: the record is kept with
+    /// `removing` (persisted before the answer), the pod leaves the index at once (every call
+    /// then finds no such pod) and its name stays reserved; the background task deletes the
+    /// record and releases the name once the veth and the lease are gone, or puts the pod back,
+    /// NOTREADY with its error, when that fails (a new RemovePodSandbox retries). A skiffd
+    /// killed in between finishes the removal at its next start (recovery).
     async fn remove_pod(&self, entry: &PodEntry) -> Result<(), Status> {
         let Ok(_t) = entry.begin(Transition::Removing, Mode::Exclusive).await else { return Ok(()) };
-        self.stop_pod(entry, false).await?;
+        // With a background teardown under way, stop as StopPodSandbox does (which leaves the
+        // network to it); otherwise the network is torn down here, before the answer (also the
+        // retry of a background teardown that failed).
+        let in_flight = entry.read(|r| r.teardown_in_flight);
+        self.stop_pod(entry, in_flight).await?;
         let pod = entry.get();
         self.remove_pod_containers(&pod.id).await?;
         let ctx = self.ctx.clone();
@@ -320,8 +340,36 @@ impl RuntimeSvc {
             let _ = self.ctx.pod_store.save_entry(&pod.id, entry).await;
             return Err(Status::internal(format!("cannot remove pod sandbox {}: {}", pod.id, failures.join("; "))));
         }
-        self.ctx.pod_store.remove_entry(&pod.id, entry).await.status("delete the pod record")?;
+        // Out of the index before the hand-off: a background teardown that fails puts it back.
         self.ctx.pods.remove(&pod.id);
+        let handed_off = entry.update(|r| {
+            r.removing = r.teardown_in_flight;
+            r.removing
+        });
+        if handed_off {
+            if let Err(e) = self.ctx.pod_store.save_entry(&pod.id, entry).await {
+                return Err(e).status("persist the pod's removal");
+            }
+            tracing::info!("pod sandbox removed; its network teardown finishes in the background");
+            events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
+            return Ok(());
+        }
+        let result = async {
+            // A background teardown that failed meanwhile: retry it here.
+            let mut p = entry.get();
+            if p.network_set_up {
+                self.teardown_pod_extras(&mut p).await?;
+                entry.update(|r| r.network_set_up = p.network_set_up);
+            }
+            self.ctx.pod_store.remove_entry(&pod.id, entry).await.status("delete the pod record")
+        }
+        .await;
+        if let Err(status) = result {
+            entry.update(|r| r.error = Some(format!("removal incomplete: {}", status.message())));
+            let _ = self.ctx.pod_store.save_entry(&pod.id, entry).await;
+            self.ctx.pods.insert_entry(&pod.id, entry.clone());
+            return Err(status);
+        }
         self.ctx.pods.names.release(&pod.name, &pod.id);
         tracing::info!("pod sandbox removed");
         events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
@@ -357,6 +405,7 @@ impl RuntimeSvc {
                 "runtimeHandler": pod.runtime_handler,
                 "error": pod.error,
                 "transition": entry.transition().map(|t| format!("{t:?}")),
+                "networkTeardownInBackground": pod.teardown_in_flight,
                 "config": pod.config,
             });
             info.insert("info".to_owned(), v.to_string());

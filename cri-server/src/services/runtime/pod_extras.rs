@@ -13,7 +13,7 @@ use super::RuntimeSvc;
 use crate::context::Context;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
-use crate::store::{Mode, PodRecord, Transition};
+use crate::store::PodRecord;
 
 /// A netplugin error as a gRPC status.
 pub(crate) fn network_status(doing: &str, e: NetworkError) -> Status {
@@ -142,34 +142,63 @@ pub(crate) async fn teardown_pod_extras_front(ctx: &Arc<Context>, pod: &mut PodR
     Ok(deferred)
 }
 
-/// After StopPodSandbox answered: the rest of the pod's network teardown (the veth, whose
-/// deletion waits for an RCU grace period, and then the lease), under the pod's transition
-/// (so RemovePodSandbox waits for it, or does it itself if it comes first: it tears down what
-/// is still `network_set_up`). On success the pod is no longer `network_set_up`; a failure is
-/// logged and kept in the pod's `error`, the pod stays `network_set_up` and RemovePodSandbox
-/// retries the teardown (a NOTREADY pod's leftovers are also released by the next start's
-/// network recovery). A graceful shutdown waits for it. The failpoint `pod:background_teardown`
-/// makes it fail before tearing anything down (RemovePodSandbox's own teardown has none).
+/// After StopPodSandbox (or RemovePodSandbox) answered: the rest of the pod's network teardown
+/// (the veth, whose deletion waits for an RCU grace period, and then the lease). One at a time
+/// per pod (`teardown_in_flight`, under the record's lock: a stop retried meanwhile leaves it to
+/// the one under way); it takes no transition, so RemovePodSandbox does not wait for it but
+/// hands it the end of the removal (`removing`, see `RuntimeSvc::remove_pod`). On success the
+/// pod is no longer `network_set_up` (and, when `removing`, its record is deleted and its name
+/// released); a failure is logged and kept in the pod's `error`, the pod stays `network_set_up`
+/// (put back in the index when it was `removing`) and RemovePodSandbox retries the teardown
+/// (a NOTREADY pod's leftovers are also released by the next start's network recovery). A
+/// graceful shutdown waits for it. The failpoint `pod:background_teardown` makes it fail before
+/// tearing anything down.
 pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
+    if !entry.update(|r| r.network_set_up && !std::mem::replace(&mut r.teardown_in_flight, true)) {
+        return;
+    }
     let (ctx, entry) = (ctx.clone(), entry.clone());
     spawn_background(async move {
-        let Ok(_t) = entry.begin(Transition::Stopping, Mode::Exclusive).await else { return };
         let pod = entry.get();
-        if !pod.network_set_up {
-            return;
-        }
         let res = async {
             let req = network_request(&ctx, &pod).map_err(|e| e.message().to_string())?;
             crate::failpoint::hit("pod:background_teardown").await.map_err(|e| e.message().to_string())?;
             ctx.network.teardown(&req).await.map_err(|e| e.to_string())
         }
         .await;
-        match res {
-            Ok(()) => entry.update(|r| r.network_set_up = false),
-            Err(e) => {
-                tracing::warn!(pod_id = %pod.id, error = %e, "network teardown after StopPodSandbox failed; RemovePodSandbox retries it");
-                entry.update(|r| r.error = Some(format!("network teardown: {e}")));
+        let removing = entry.update(|r| {
+            r.teardown_in_flight = false;
+            match &res {
+                Ok(()) => {
+                    r.network_set_up = false;
+                    r.removing
+                }
+                Err(e) => {
+                    r.error = Some(format!("network teardown: {e}"));
+                    std::mem::take(&mut r.removing)
+                }
             }
+        });
+        match (&res, removing) {
+            (Ok(()), true) => {
+                if let Err(e) = ctx.pod_store.remove_entry(&pod.id, &entry).await {
+                    tracing::warn!(pod_id = %pod.id, error = %e, "cannot delete the record of a removed pod; it is back, NOTREADY");
+                    entry.update(|r| r.error = Some(format!("removal incomplete: {e}")));
+                    ctx.pods.insert_entry(&pod.id, entry.clone());
+                } else {
+                    ctx.pods.names.release(&pod.name, &pod.id);
+                    tracing::info!(pod_id = %pod.id, "removed pod sandbox's network torn down, record deleted");
+                    return;
+                }
+            }
+            (Err(e), true) => {
+                tracing::warn!(pod_id = %pod.id, error = %e, "network teardown of a removed pod failed; it is back, NOTREADY, and RemovePodSandbox retries it");
+                ctx.pods.insert_entry(&pod.id, entry.clone());
+            }
+            (Err(e), false) => {
+                tracing::warn!(pod_id = %pod.id, error = %e, "network teardown after StopPodSandbox failed; RemovePodSandbox retries it");
+            }
+            (Ok(()), false) => {}
         }
         if let Err(e) = ctx.pod_store.save_entry(&pod.id, &entry).await {
             tracing::warn!(pod_id = %pod.id, error = %e, "cannot persist the pod's network teardown");
