@@ -191,11 +191,19 @@ impl Daemon {
         serde_json::from_str(&st.info["info"]).unwrap()
     }
 
-    /// Stops and removes a pod (and so its containers).
+    /// Stops and removes a pod (and so its containers), and waits until its record is gone.
     pub async fn remove_pod(&self, id: &str) {
         let mut rt = self.runtime();
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        // RemovePodSandbox may answer while the background network teardown is still under way
+        // (it then deletes the record): wait for that, so that tests see the end state.
+        let record = self.root().join("metadata/pods").join(format!("{id}.json"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while record.exists() {
+            assert!(std::time::Instant::now() < deadline, "pod {id} still has a record:\n{}", self.log());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 

@@ -252,7 +252,8 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// RemovePodSandbox right after StopPodSandbox, while the background veth deletion is under
 /// way (held up by the failpoint): it answers at once; the pod is gone for every call, its
 /// record kept with `removing` and its name and address reserved until the veth and the lease
-/// are gone, then the record is deleted and the name free again.
+/// are gone, then the record is deleted; a RunPodSandbox of the same name meanwhile waits for
+/// the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_pod_sandbox_hands_the_end_of_the_removal_to_the_background_teardown() {
     let d = Daemon::start_with_failpoints("pod:background_teardown=sleep:1500").await;
@@ -278,21 +279,17 @@ async fn remove_pod_sandbox_hands_the_end_of_the_removal_to_the_background_teard
     // removal deleted the pod's network namespace, which takes the veth pair with it).
     assert_eq!(pod_record(&d, &pod)["removing"], true);
     assert_eq!(leases(&d).get(&pod), Some(&vec![ip.clone()]));
-    let err = d
-        .runtime()
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), ..Default::default() })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
-
-    // Then the background teardown ends the removal.
+    // A new pod of the same name waits for the name (instead of being refused), so it runs
+    // only once the background teardown has ended the removal.
     let record = d.root().join("metadata/pods").join(format!("{pod}.json"));
-    wait_for("the record's deletion", || !record.exists()).await;
-    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
-    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert!(record.exists());
     let again = d.run_pod(&pc).await;
+    assert!(!record.exists());
+    assert!(!leases(&d).contains_key(&pod), "{:?}", leases(&d));
+    assert!(d.log().contains("removed pod sandbox's network torn down, record deleted"), "{}", d.log());
     d.remove_pod(&again).await;
-    wait_for("the second pod's lease", || leases(&d).is_empty()).await;
+    assert!(leases(&d).is_empty(), "{:?}", leases(&d));
+    assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
 }
 
 /// A skiffd killed after such a removal answered finishes it at its next start: no record,

@@ -128,9 +128,16 @@ impl ImageStore {
             Err(e) => Err(ImageError::io("remove container layer", &d1, e)),
         })
         .await?;
-        let had = st.holds.remove(container_id).is_some();
+        // Garbage only when this hold was the last user of one of its snapshots (an image
+        // removed while the container held it): no directory walk on every removal.
+        let orphaned = st.holds.remove(container_id).is_some_and(|h| {
+            h.chain_ids.iter().chain(h.volume_chain_ids.iter()).any(|c| {
+                !st.images.values().any(|i| i.chain_ids.contains(c))
+                    && !st.holds.values().any(|o| o.chain_ids.contains(c) || o.volume_chain_ids.contains(c))
+            })
+        });
         drop(st);
-        if had {
+        if orphaned {
             self.gc().await?;
         }
         Ok(moved.then_some(doomed))

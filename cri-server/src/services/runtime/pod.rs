@@ -26,7 +26,10 @@ use super::RuntimeSvc;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
 use crate::store::reserve::NameGuard;
-use crate::store::{now_nanos, Mode, PodNamespaces, PodRecord, PodState, Transition};
+use crate::store::{now_nanos, Lookup, Mode, PodNamespaces, PodRecord, PodState, Transition};
+
+/// How long RunPodSandbox waits for the name of a pod whose removal ends in the background.
+const REMOVED_NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Size of a pod's /dev/shm tmpfs (as Docker and containerd default to).
 const SHM_SIZE: u64 = runtime::podfiles::DEFAULT_SHM_SIZE;
@@ -68,7 +71,7 @@ impl RuntimeSvc {
         let name = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
         // Each attempt runs in a task of its own; a retry with the same metadata joins it or
         // gets its result (see store::reserve).
-        let attempt = |id: String, guard: NameGuard| {
+        let mut attempt = |id: String, guard: NameGuard| {
             let (svc, name, config, handler) =
                 (self.handle(), name.clone(), config.clone(), req.runtime_handler.clone());
             detached(async move {
@@ -78,10 +81,27 @@ impl RuntimeSvc {
                 Ok(())
             })
         };
-        let taken =
-            |holder: &str| Status::already_exists(format!("pod sandbox name {name:?} is reserved by pod {holder}"));
-        let id = self.ctx.pods.names.create_once(&name, attempt, taken).await?;
-        Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+        // A pod of that name removed a moment ago keeps the name until its background network
+        // teardown ends (RemovePodSandbox answered before that): wait for it (bounded) rather
+        // than refuse. Such a holder is no longer in the index.
+        let deadline = std::time::Instant::now() + REMOVED_NAME_WAIT;
+        loop {
+            let removed_holder = std::sync::atomic::AtomicBool::new(false);
+            let taken = |holder: &str| {
+                let gone = matches!(self.ctx.pods.lookup(holder), Lookup::NotFound);
+                removed_holder.store(gone, std::sync::atomic::Ordering::Relaxed);
+                Status::already_exists(format!("pod sandbox name {name:?} is reserved by pod {holder}"))
+            };
+            match self.ctx.pods.names.create_once(&name, &mut attempt, taken).await {
+                Err(_)
+                    if removed_holder.load(std::sync::atomic::Ordering::Relaxed)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                }
+                r => return Ok(RunPodSandboxResponse { pod_sandbox_id: r? }),
+            }
+        }
     }
 
     async fn create_pod(
