@@ -111,7 +111,8 @@ fn child_inner(
         super::util::dup_onto(*fd, i as RawFd)?;
     }
     if let Some(cg) = cgroups_path {
-        crate::cgroups::join_self(cg).ctx(|| format!("join cgroup {cg}"))?;
+        let h = super::util::hierarchies().ctx(|| "cgroup hierarchies".into())?;
+        crate::cgroups::join_self_in(h, cg).ctx(|| format!("join cgroup {cg}"))?;
     }
     for (fd, flag, what) in &plan.join {
         nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;

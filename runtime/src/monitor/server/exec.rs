@@ -412,7 +412,8 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
     }
     if let Some(cg) = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()) {
         let cg = cg.to_string_lossy();
-        crate::cgroups::join_self(&cg).ctx(|| format!("join cgroup {cg}"))?;
+        let h = super::util::hierarchies().ctx(|| "cgroup hierarchies".into())?;
+        crate::cgroups::join_self_in(h, &cg).ctx(|| format!("join cgroup {cg}"))?;
     }
     // The user namespace (last in the list) is joined after the terminal is made: the host's
     // root gives it to the command's user as the host sees it (inside the user namespace the

@@ -425,8 +425,8 @@ fn set_recursive_readonly(target: &OwnedFd) -> Result<()> {
 /// `/sys/fs/cgroup` inside the container: cgroup2 on v2 hosts; on v1 hosts a tmpfs with one
 /// bind mount of the container's own cgroup per hierarchy (plus `cpu -> cpu,cpuacct` links).
 fn mount_cgroup(fs: &Rootfs, dest: &Path, flags: MsFlags, cgroups_path: Option<&str>) -> Result<()> {
-    use crate::cgroups::{normalize, CgroupMode, Hierarchies};
-    let h = Hierarchies::detect().ctx(|| "cgroup hierarchies".into())?;
+    use crate::cgroups::{normalize, CgroupMode};
+    let h = super::util::hierarchies().ctx(|| "cgroup hierarchies".into())?;
     let target = fs.resolve(dest, Some(Kind::Dir))?;
     if h.mode() == CgroupMode::Unified {
         return do_mount(Some("cgroup2"), &proc_fd(&target), Some("cgroup2"), flags, None)

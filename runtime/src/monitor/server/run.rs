@@ -306,8 +306,8 @@ fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> std::io::
 /// SIGKILLs every process left in the container's cgroup (a no-op without one).
 fn kill_rest(cg: Option<&str>) {
     let Some(cg) = cg else { return };
-    let Ok(h) = crate::cgroups::Hierarchies::detect() else { return };
-    let Ok(m) = crate::cgroups::CgroupManager::new(h, None) else { return };
+    let Ok(h) = hierarchies() else { return };
+    let Ok(m) = crate::cgroups::CgroupManager::new(h.clone(), None) else { return };
     if let Err(e) = m.kill_all(cg) {
         diag!("kill the container's remaining processes: {e}");
     }
@@ -315,8 +315,8 @@ fn kill_rest(cg: Option<&str>) {
 
 fn oom_count(cg: Option<&str>) -> Option<u64> {
     let cg = cg?;
-    let h = crate::cgroups::Hierarchies::detect().ok()?;
-    let m = crate::cgroups::CgroupManager::new(h, None).ok()?;
+    let h = hierarchies().ok()?;
+    let m = crate::cgroups::CgroupManager::new(h.clone(), None).ok()?;
     m.oom_kills(cg).ok()
 }
 

@@ -212,3 +212,16 @@ pub fn close_inherited_fds() {
     // closing them invalidates no OwnedFd/File. Failure leaves them open (harmless).
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
+
+/// The host's cgroup hierarchies, read from `/proc/self/mountinfo` once per monitor process:
+/// the container's and exec's children are forked after the first call and inherit the
+/// parsed value instead of reading mountinfo again (it grows with every pod on the node).
+/// The monitor lives for one container, during which the hierarchies do not change.
+pub fn hierarchies() -> std::result::Result<&'static crate::cgroups::Hierarchies, crate::cgroups::CgroupError> {
+    static H: std::sync::OnceLock<crate::cgroups::Hierarchies> = std::sync::OnceLock::new();
+    if let Some(h) = H.get() {
+        return Ok(h);
+    }
+    let h = crate::cgroups::Hierarchies::detect()?;
+    Ok(H.get_or_init(|| h))
+}
