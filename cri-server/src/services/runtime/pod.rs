@@ -9,6 +9,11 @@
 //! result (`store::reserve`). Stop and Remove hold the pod's transition; CreateContainer and
 //! StartContainer hold it shared (InUse), so that no container is created or started in a pod
 //! being stopped or removed. Status and List take copies and never wait.
+//!
+//! StopPodSandbox leaves the bridge's veth deletion and lease release to a background task
+//! (`pod_extras::spawn_network_teardown`, no transition held); a RemovePodSandbox that comes
+//! while it is under way hands it the end of the removal (the record kept with `removing`
+//! until the veth and lease are gone, the name reserved until then; see `remove_pod`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
