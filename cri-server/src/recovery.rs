@@ -37,24 +37,17 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
                 continue;
             }
         };
-        if pod.state == PodState::Creating {
-            tracing::info!(pod_id = %id, "rolling back a pod sandbox whose creation was interrupted");
-            match remove_pod_leftovers(ctx, &mut pod).await {
-                Ok(()) => {
-                    let (store, id) = (ctx.pod_store.clone(), id.clone());
-                    let _ = blocking(move || store.remove(&id)).await;
-                    continue;
-                }
-                Err(e) => {
-                    pod.state = PodState::NotReady;
-                    pod.error = Some(format!("interrupted creation, cleanup incomplete: {e}"));
-                }
-            }
-        }
-        if pod.removing {
-            // RemovePodSandbox answered and left the network teardown to a background task
-            // that skiffd did not live to finish.
-            tracing::info!(pod_id = %id, "finishing a pod sandbox removal that was interrupted");
+        // A creation that was cut off, or a removal RemovePodSandbox answered and left to a
+        // background network teardown that skiffd did not live to finish.
+        let interrupted = if pod.state == PodState::Creating {
+            Some(("rolling back a pod sandbox whose creation was interrupted", "interrupted creation"))
+        } else if pod.removing {
+            Some(("finishing a pod sandbox removal that was interrupted", "interrupted removal"))
+        } else {
+            None
+        };
+        if let Some((what, failed)) = interrupted {
+            tracing::info!(pod_id = %id, "{what}");
             match remove_pod_leftovers(ctx, &mut pod).await {
                 Ok(()) => {
                     let (store, id) = (ctx.pod_store.clone(), id.clone());
@@ -64,7 +57,7 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
                 Err(e) => {
                     pod.removing = false;
                     pod.state = PodState::NotReady;
-                    pod.error = Some(format!("interrupted removal, cleanup incomplete: {e}"));
+                    pod.error = Some(format!("{failed}, cleanup incomplete: {e}"));
                 }
             }
         }

@@ -163,6 +163,14 @@ impl Daemon {
         ids
     }
 
+    /// The IDs of the pods ListPodSandbox answers with `filter`, sorted.
+    pub async fn pod_ids(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<String> {
+        let list = self.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter }).await.unwrap().into_inner();
+        let mut ids: Vec<String> = list.items.into_iter().map(|p| p.id).collect();
+        ids.sort();
+        ids
+    }
+
     /// The status of a pod (PodSandboxStatus, not verbose); panics on failure.
     pub async fn pod_status(&self, id: &str) -> cri::PodSandboxStatus {
         self.runtime()

@@ -71,24 +71,14 @@ async fn pod_lifecycle() {
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
 
     let other = run(&d, pod_config("db", "uid-2")).await.unwrap();
-    let list = |filter: cri::PodSandboxFilter| {
-        let mut rt = d.runtime();
-        async move {
-            rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
-                .await
-                .unwrap()
-                .into_inner()
-                .items
-                .into_iter()
-                .map(|p| p.id)
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(list(Default::default()).await.len(), 2);
-    assert_eq!(list(cri::PodSandboxFilter { id: id[..10].into(), ..Default::default() }).await, vec![id.clone()]);
+    assert_eq!(d.pod_ids(Some(Default::default())).await.len(), 2);
+    assert_eq!(
+        d.pod_ids(Some(cri::PodSandboxFilter { id: id[..10].into(), ..Default::default() })).await,
+        vec![id.clone()]
+    );
     let by_label =
         cri::PodSandboxFilter { label_selector: HashMap::from([("app".into(), "db".into())]), ..Default::default() };
-    assert_eq!(list(by_label).await, vec![other.clone()]);
+    assert_eq!(d.pod_ids(Some(by_label)).await, vec![other.clone()]);
 
     // Stop: NOTREADY, idempotent; stopping an unknown pod is fine.
     for _ in 0..2 {
@@ -99,7 +89,7 @@ async fn pod_lifecycle() {
         state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxNotready as i32 }),
         ..Default::default()
     };
-    assert_eq!(list(not_ready).await, vec![id.clone()]);
+    assert_eq!(d.pod_ids(Some(not_ready)).await, vec![id.clone()]);
 
     // Remove: gone, idempotent, the name is free again.
     for _ in 0..2 {

@@ -369,16 +369,7 @@ pub async fn try_run_pod(d: &Daemon, config: cri::PodSandboxConfig) -> Result<St
 pub async fn settled(d: &Daemon) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let pods: std::collections::HashSet<String> = d
-            .runtime()
-            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
+        let pods = d.pod_ids(None).await;
         let leases = leases(d);
         if leases.keys().all(|id| pods.contains(id)) {
             return;
