@@ -106,8 +106,6 @@ pub trait Cgroups: Send + Sync + 'static {
     /// SIGKILL once to every process, no freezing or waiting ([`CgroupManager::signal_all`]).
     fn signal_all(&self, path: &str) -> Result<(), CgroupError>;
     fn remove(&self, path: &str) -> Result<(), CgroupError>;
-    /// Moves a process into the cgroup ([`runtime::cgroups::join`]).
-    fn join(&self, path: &str, pid: i32) -> Result<(), CgroupError>;
 }
 
 impl Cgroups for CgroupManager {
@@ -140,9 +138,6 @@ impl Cgroups for CgroupManager {
     }
     fn remove(&self, path: &str) -> Result<(), CgroupError> {
         CgroupManager::remove(self, path)
-    }
-    fn join(&self, path: &str, pid: i32) -> Result<(), CgroupError> {
-        runtime::cgroups::join(path, pid)
     }
 }
 
@@ -200,7 +195,7 @@ pub trait Monitors: Send + Sync + 'static {
     /// `container_dir` ([`monitor::spawn`]).
     fn spawn(&self, container_dir: &Path) -> Result<Started, MonitorError>;
     /// Starts a pod's PID namespace holder ([`monitor::spawn_infra`]).
-    fn spawn_infra(&self, pod_dir: &Path) -> Result<InfraStarted, MonitorError>;
+    fn spawn_infra(&self, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError>;
     /// Connects to a monitor's socket; `MonitorGone` when nobody listens.
     fn connect(&self, socket: &Path) -> Result<Box<dyn MonitorClient>, MonitorError>;
     /// The exit record at `path` (`<container dir>/exit.json`), if written.
@@ -231,8 +226,8 @@ impl Monitors for HostMonitors {
     fn spawn(&self, container_dir: &Path) -> Result<Started, MonitorError> {
         monitor::spawn(&self.0, container_dir)
     }
-    fn spawn_infra(&self, pod_dir: &Path) -> Result<InfraStarted, MonitorError> {
-        monitor::spawn_infra(&self.0, pod_dir)
+    fn spawn_infra(&self, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
+        monitor::spawn_infra(&self.0, pod_dir, cgroup)
     }
     fn connect(&self, socket: &Path) -> Result<Box<dyn MonitorClient>, MonitorError> {
         Ok(Box::new(monitor::Client::connect(socket)?))

@@ -486,12 +486,6 @@ impl Cgroups for FakeCgroups {
         lock(&self.state).cgroups.remove(&key(path));
         Ok(())
     }
-    fn join(&self, path: &str, pid: i32) -> Result<(), CgroupError> {
-        let mut st = lock(&self.state);
-        let cg = st.cgroups.get_mut(&key(path)).ok_or_else(|| CgroupError::NotFound(path.to_owned()))?;
-        cg.procs.push(pid);
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,6 +598,8 @@ struct MonitorsState {
     containers: HashMap<String, FakeProcess>,
     /// Pod PID namespace holders: pid → alive.
     infra: HashMap<i32, bool>,
+    /// The cgroup each holder was told to join.
+    infra_cgroup: HashMap<i32, Option<String>>,
     next_pid: i32,
     ignore_signals: HashSet<String>,
     fail_start: Option<String>,
@@ -696,6 +692,11 @@ impl FakeMonitors {
         lock(&self.inner.state).infra.values().filter(|a| **a).count()
     }
 
+    /// The cgroups the PID namespace holders were started in, in no order.
+    pub fn infra_cgroups(&self) -> Vec<Option<String>> {
+        lock(&self.inner.state).infra_cgroup.values().cloned().collect()
+    }
+
     fn next_pid(st: &mut MonitorsState) -> i32 {
         st.next_pid += 1;
         FAKE_PID_BASE + st.next_pid
@@ -783,10 +784,11 @@ impl Monitors for FakeMonitors {
         Ok(Started { pid, monitor_pid })
     }
 
-    fn spawn_infra(&self, _pod_dir: &Path) -> Result<InfraStarted, MonitorError> {
+    fn spawn_infra(&self, _pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
         let mut st = lock(&self.inner.state);
         let pid = Self::next_pid(&mut st);
         st.infra.insert(pid, true);
+        st.infra_cgroup.insert(pid, cgroup.map(str::to_owned));
         Ok(InfraStarted { pid })
     }
 

@@ -135,6 +135,12 @@ async fn pod_level_pid_namespace() {
     let info = d.pod_info(&pod).await;
     let holder = info["pidNamespaceHolder"].as_i64().expect("pid namespace holder in the verbose info");
     assert!(holder > 0);
+    // It is accounted in the pod cgroup (it joins it itself, before its user namespace).
+    let cg = info["cgroupParent"].as_str().expect("cgroupParent").to_string();
+    let own = std::fs::read_to_string(format!("/proc/{holder}/cgroup")).unwrap();
+    for ctl in ["memory", "pids", "cpu", "cpuacct"] {
+        assert!(own.lines().any(|l| l.ends_with(&format!(":{ctl}:{cg}"))), "{ctl} {cg}: {own}");
+    }
 
     let mut ca = container_config("a", &["sleep", "1001"]);
     pid_mode(&mut ca, cri::NamespaceMode::Pod, "");

@@ -28,25 +28,30 @@ const EXEC_DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// monitor has then also written the exit record with reason `StartError`).
 /// `container_dir` must hold `config.json` and `monitor.json`; the rootfs must be mounted.
 pub fn spawn(monitor_bin: &Path, container_dir: &Path) -> Result<Started, MonitorError> {
-    match run_reporting(monitor_bin, "run", container_dir)? {
+    match run_reporting(monitor_bin, "run", container_dir, &[])? {
         StartReport::Started { pid, monitor_pid } => Ok(Started { pid, monitor_pid }),
         StartReport::Error { message } => Err(MonitorError::StartError(message)),
     }
 }
 
-/// Starts `monitor_bin infra <pod_dir>`: the PID 1 of a new pod-level PID namespace, in the
-/// pod's `ns/{net,ipc,uts}` pins when present. It reaps orphans until SIGTERM/SIGKILL.
-pub fn spawn_infra(monitor_bin: &Path, pod_dir: &Path) -> Result<InfraStarted, MonitorError> {
-    match run_reporting(monitor_bin, "infra", pod_dir)? {
+/// Starts `monitor_bin infra <pod_dir> [--cgroup <cgroup>]`: the PID 1 of a new pod-level PID
+/// namespace, in the pod's `ns/{net,ipc,uts}` pins when present, and in `cgroup` (cgroupfs
+/// form), which it joins itself before anything else (`cgroups::join_self`: no RCU grace
+/// period, unlike moving it in from outside through `cgroup.procs`). It reaps orphans until
+/// SIGTERM/SIGKILL.
+pub fn spawn_infra(monitor_bin: &Path, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
+    let extra: Vec<&str> = cgroup.map(|c| vec!["--cgroup", c]).unwrap_or_default();
+    match run_reporting(monitor_bin, "infra", pod_dir, &extra)? {
         StartReport::Started { pid, .. } => Ok(InfraStarted { pid }),
         StartReport::Error { message } => Err(MonitorError::StartError(message)),
     }
 }
 
-fn run_reporting(bin: &Path, mode: &str, dir: &Path) -> Result<StartReport, MonitorError> {
+fn run_reporting(bin: &Path, mode: &str, dir: &Path, extra: &[&str]) -> Result<StartReport, MonitorError> {
     let mut child = Command::new(bin)
         .arg(mode)
         .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -20,7 +20,8 @@
 //!   way, `Resize`/`Kill` and the stdin pipe the other), fds 1/2 the client's pipes. With
 //!   `--tty` the terminal is allocated in the container's devpts and relayed by the helper.
 //!   The client closing the socket kills the command's tree. See [`stream`].
-//! * `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace ([`spawn_infra`]).
+//! * `skiff-monitor infra <pod-dir> [--cgroup <cgroup>]`: PID 1 of a pod-level PID namespace
+//!   ([`spawn_infra`]), in the pod cgroup.
 //!
 //! ## Client API (blocking; call from `spawn_blocking`)
 //! * [`MonitorConfig::new`] + [`MonitorConfig::write`]: `monitor.json` in the container dir.
@@ -32,7 +33,7 @@
 //!   means the monitor has exited: read the record with [`read_exit_record`].
 //! * [`exec_sync`]`(monitor_bin, container_dir, cmd, timeout, max_output)`;
 //!   `MonitorError::Timeout` after killing the command's process group.
-//! * [`spawn_infra`]`(monitor_bin, pod_dir) -> InfraStarted{pid}`; stop it with SIGTERM.
+//! * [`spawn_infra`]`(monitor_bin, pod_dir, cgroup) -> InfraStarted{pid}`; stop it with SIGTERM.
 //! * [`exec_stream`]`(monitor_bin, container_dir, cmd, &ExecStreamOptions{tty, stdin, stdout,
 //!   stderr, size}) -> ExecSession` (`take_stdin/take_stdout/take_stderr`, `resize`, `kill`,
 //!   `wait`, `handle() -> ExecHandle` for resize/kill from other threads).

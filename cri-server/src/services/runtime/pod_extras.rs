@@ -11,7 +11,7 @@ use super::container::{process_alive, spawn_background, PodEntry};
 use super::pod::namespace_options;
 use super::RuntimeSvc;
 use crate::context::Context;
-use crate::error::{join_error, StatusExt};
+use crate::error::join_error;
 use crate::rollback::Rollback;
 use crate::store::PodRecord;
 
@@ -74,8 +74,9 @@ impl RuntimeSvc {
     pub(super) async fn setup_pod_extras(&self, record: &mut PodRecord, rb: &mut Rollback) -> Result<(), Status> {
         let ctx = self.ctx.clone();
         if NamespaceMode::try_from(namespace_options(&record.config).pid) == Ok(NamespaceMode::Pod) {
-            let (ctx2, dir) = (ctx.clone(), ctx.pod_paths(&record.id).dir);
-            let infra = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_infra(&dir))
+            // It belongs to the pod, not to skiffd: it joins the pod cgroup itself.
+            let (ctx2, dir, cgroup) = (ctx.clone(), ctx.pod_paths(&record.id).dir, record.cgroup_parent.clone());
+            let infra = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_infra(&dir, Some(&cgroup)))
                 .await
                 .map_err(join_error)?
                 .map_err(|e| Status::internal(format!("start the pod's PID namespace holder: {e}")))?;
@@ -87,12 +88,6 @@ impl RuntimeSvc {
                 ctx2.monitors.kill_infra(infra.pid, start_time);
                 Ok(())
             });
-            // It belongs to the pod, not to skiffd: account it in the pod cgroup.
-            let (ctx2, cgroup) = (ctx.clone(), record.cgroup_parent.clone());
-            tokio::task::spawn_blocking(move || ctx2.cgroups.join(&cgroup, infra.pid))
-                .await
-                .map_err(join_error)?
-                .status("move the PID namespace holder into the pod cgroup")?;
         }
         if !host_network(record) {
             let req = network_request(&ctx, record)?;

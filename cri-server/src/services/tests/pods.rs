@@ -20,8 +20,8 @@ async fn run_pod_sets_up_namespaces_cgroup_network_and_pid_holder() {
     assert_eq!(n.fakes.network.attached(), vec![pod.clone()]);
     // The pod-level PID namespace (the CRI default) has its holder, in the pod cgroup.
     assert_eq!(n.fakes.monitors.live_infra(), 1);
-    let cg = n.fakes.cgroups.get(&n.pod_cgroup(&pod)).expect("pod cgroup");
-    assert_eq!(cg.procs.len(), 1);
+    assert!(n.fakes.cgroups.get(&n.pod_cgroup(&pod)).is_some(), "pod cgroup");
+    assert_eq!(n.fakes.monitors.infra_cgroups(), vec![Some(n.pod_cgroup(&pod))]);
     // /etc/hosts names the pod's address.
     let hosts = std::fs::read_to_string(n.ctx.pod_paths(&pod).hosts()).unwrap();
     assert!(hosts.contains("10.88.0.2"), "{hosts}");

@@ -1,4 +1,6 @@
-//! `skiff-monitor infra <pod-dir>`: PID 1 of a pod-level PID namespace. Joins the pod's
+//! `skiff-monitor infra <pod-dir> [--cgroup <cgroup>]`: PID 1 of a pod-level PID namespace.
+//! Joins the pod cgroup first (when given; through `tasks` on v1, see
+//! [`crate::cgroups::join_self`]), then the pod's
 //! `ns/{ipc,uts,net}` pins when present, then its `ns/user` when it has one (so that the PID
 //! namespace is owned by the pod's user namespace, and PID 1 runs as the pod's root), creates
 //! the PID namespace, forks its PID 1 (which is reparented away from skiffd when this process
@@ -19,14 +21,14 @@ use nix::unistd::{fork, ForkResult};
 use super::util::*;
 use crate::monitor::protocol::StartReport;
 
-pub fn main(pod_dir: &Path) -> i32 {
+pub fn main(pod_dir: &Path, cgroup: Option<&str>) -> i32 {
     let report_fd = {
         close_inherited_fds();
         // SAFETY: fcntl with integer arguments; a failure (-1) makes the reports go nowhere.
         unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
     };
     stdio_to_null();
-    match start(pod_dir, report_fd) {
+    match start(pod_dir, cgroup, report_fd) {
         Ok(pid) => {
             report(report_fd, &StartReport::Started { pid, monitor_pid: pid });
             0
@@ -38,7 +40,13 @@ pub fn main(pod_dir: &Path) -> i32 {
     }
 }
 
-fn start(pod_dir: &Path, report_fd: i32) -> Result<i32> {
+fn start(pod_dir: &Path, cgroup: Option<&str>, report_fd: i32) -> Result<i32> {
+    // Accounted in the pod cgroup, not skiffd's; before the user namespace is joined (the
+    // cgroup files belong to the host's root).
+    if let Some(cg) = cgroup {
+        let h = hierarchies().ctx(|| "cgroup hierarchies".into())?;
+        crate::cgroups::join_self_in(h, cg).ctx(|| format!("join cgroup {cg}"))?;
+    }
     for (name, flag) in
         [("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS), ("net", CloneFlags::CLONE_NEWNET)]
     {

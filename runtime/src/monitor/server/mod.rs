@@ -13,7 +13,7 @@ mod util;
 pub use log::format_timestamp;
 pub use log::LineSplitter;
 
-const USAGE: &str = "usage: skiff-monitor run <container-dir>\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir>";
+const USAGE: &str = "usage: skiff-monitor run <container-dir>\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup>]";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
@@ -21,7 +21,14 @@ pub fn main(args: Vec<String>) -> i32 {
     match (mode, args.get(2)) {
         ("run", Some(dir)) => run::main(std::path::Path::new(dir)),
         ("exec", Some(dir)) => exec::main(std::path::Path::new(dir), &args[3..]),
-        ("infra", Some(dir)) => infra::main(std::path::Path::new(dir)),
+        ("infra", Some(dir)) => match &args[3..] {
+            [] => infra::main(std::path::Path::new(dir), None),
+            [flag, cg] if flag == "--cgroup" => infra::main(std::path::Path::new(dir), Some(cg)),
+            _ => {
+                eprintln!("{USAGE}");
+                2
+            }
+        },
         _ => {
             eprintln!("{USAGE}");
             2
