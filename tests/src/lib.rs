@@ -103,6 +103,21 @@ impl Daemon {
 
     /// Starts skiffd with `extra` TOML and extra environment variables.
     pub async fn start_with_config_and_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::unstarted(extra, env);
+        d.spawn().await;
+        d
+    }
+
+    /// Starts skiffd once `prepare` has been given its root directory, which does not exist yet
+    /// (e.g. to mount a file system of the test's there).
+    pub async fn start_with_root(extra: &str, prepare: impl FnOnce(&Path)) -> Daemon {
+        let mut d = Self::unstarted(extra, &[]);
+        prepare(&d.root());
+        d.spawn().await;
+        d
+    }
+
+    fn unstarted(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir_in("/tmp").expect("tempdir");
         let suffix = unique_suffix();
         let bridge = format!("skt{suffix}");
@@ -132,9 +147,7 @@ pod_cidr = "10.{}.{}.0/24"
         merge(&mut config, extra);
         fs::write(dir.path().join("config.toml"), toml::to_string(&config).expect("toml")).expect("write config");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { dir, child: None, channel: None, bridge, cgroup_parent, env };
-        d.spawn().await;
-        d
+        Daemon { dir, child: None, channel: None, bridge, cgroup_parent, env }
     }
 
     /// The temporary directory holding everything of this daemon.
