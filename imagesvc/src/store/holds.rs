@@ -70,7 +70,12 @@ impl ImageStore {
         let d2 = dir.clone();
         let h2 = hold.clone();
         let empty_lower = img.chain_ids.is_empty();
-        blocking(move || {
+        // The hold counts from now on (the GC keeps its snapshots), and the store's lock is not
+        // held while the record is written and fsynced: other containers' creations, starts
+        // and removals go on meanwhile. Undone if the write fails.
+        let before = st.holds.insert(container_id.to_string(), hold);
+        drop(st);
+        let written = blocking(move || {
             std::fs::create_dir_all(&d2).map_err(|e| ImageError::io("create container dir", &d2, e))?;
             let data = serde_json::to_vec(&h2).map_err(|e| ImageError::Metadata(e.to_string()))?;
             meta::atomic_write(&d2.join("rootfs.json"), &data)?;
@@ -80,8 +85,15 @@ impl ImageStore {
             }
             Ok(())
         })
-        .await?;
-        st.holds.insert(container_id.to_string(), hold);
+        .await;
+        if let Err(e) = written {
+            let mut st = self.inner.state.lock().await;
+            match before {
+                Some(b) => st.holds.insert(container_id.to_string(), b),
+                None => st.holds.remove(container_id),
+            };
+            return Err(e);
+        }
         Ok(self.layout(&dir, &img.chain_ids))
     }
 
