@@ -178,7 +178,10 @@ pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
             (Ok(()), true) => {
                 if let Err(e) = ctx.pod_store.remove_entry(&pod.id, &entry).await {
                     tracing::warn!(pod_id = %pod.id, error = %e, "cannot delete the record of a removed pod; it is back, NOTREADY");
-                    entry.update(|r| r.error = Some(format!("removal incomplete: {e}")));
+                    entry.update(|r| {
+                        r.error = Some(format!("removal incomplete: {e}"));
+                        r.removing = false;
+                    });
                     ctx.pods.insert_entry(&pod.id, entry.clone());
                 } else {
                     ctx.pods.names.release(&pod.name, &pod.id);
