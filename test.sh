@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 [ "$(id -u)" = 0 ] || { echo "test.sh: the tests need root" >&2; exit 1; }
 
 need=()
-for pkg in libseccomp-dev pkg-config g++ nftables iproute2 containernetworking-plugins busybox-static curl openssl docker-registry skopeo python3 python3-yaml; do
+for pkg in libseccomp-dev pkg-config g++ nftables iproute2 containernetworking-plugins busybox-static curl openssl docker-registry skopeo python3 python3-yaml e2fsprogs; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

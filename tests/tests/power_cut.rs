@@ -6,7 +6,8 @@
 //! on the copy (its journal replayed at mount, a fresh state dir as `/run` is after a reboot, its
 //! own bridge and range) must find the image usable, the pod NOTREADY (its namespaces died with
 //! the machine) with its lease released, the started container EXITED and the created one
-//! CREATED, and must remove them cleanly.
+//! CREATED, and must remove them cleanly. Needs loop devices and `mkfs.ext4` (e2fsprogs, which
+//! test.sh installs).
 
 use std::path::Path;
 use std::process::Command;
