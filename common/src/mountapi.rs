@@ -24,6 +24,7 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
@@ -50,12 +51,13 @@ fn check(r: libc::c_long) -> std::io::Result<libc::c_long> {
 }
 
 /// Mounts an overlay of `lowerdirs` (top-most first) with `upperdir` and `workdir` at `target`,
-/// one `fsconfig(lowerdir+)` per layer. A lower dir may be a `/proc/self/fd/<n>` path of a
+/// one `fsconfig(lowerdir+)` per layer; `volatile`: overlayfs' `volatile` flag. A lower dir may be a `/proc/self/fd/<n>` path of a
 /// detached (e.g. idmapped) tree.
 pub fn overlay(
     lowerdirs: impl IntoIterator<Item = impl AsRef<OsStr>>,
     upperdir: &Path,
     workdir: &Path,
+    volatile: bool,
     target: &Path,
 ) -> std::io::Result<()> {
     let fstype = cstr(b"overlay")?;
@@ -76,6 +78,20 @@ pub fn overlay(
     }
     set(b"upperdir", upperdir.as_os_str().as_bytes())?;
     set(b"workdir", workdir.as_os_str().as_bytes())?;
+    if volatile {
+        let k = cstr(b"volatile")?;
+        // SAFETY: a valid fd and a NUL-terminated key alive across the call; a flag has no value.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fsfd.as_raw_fd(),
+                FSCONFIG_SET_FLAG,
+                k.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        })?;
+    }
     // SAFETY: a valid fd; CMD_CREATE takes no key or value.
     check(unsafe {
         libc::syscall(
@@ -207,7 +223,8 @@ mod tests {
     #[test]
     fn bad_paths_are_errors_not_panics() {
         assert!(clone_tree(Path::new("a\0b"), false).is_err());
-        assert!(overlay(["a\0b"], Path::new("/nonexistent-u"), Path::new("/nonexistent-w"), Path::new("/x")).is_err());
+        assert!(overlay(["a\0b"], Path::new("/nonexistent-u"), Path::new("/nonexistent-w"), false, Path::new("/x"))
+            .is_err());
     }
 
     #[test]

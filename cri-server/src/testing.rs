@@ -302,6 +302,7 @@ impl Images for FakeImages {
             lowerdirs: vec![self.layer_dir(&image_id)],
             upperdir: dir.join("upper"),
             workdir: dir.join("work"),
+            volatile: false,
         })
     }
 

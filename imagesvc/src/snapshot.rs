@@ -162,13 +162,33 @@ pub struct RootfsMount {
     pub upperdir: PathBuf,
     /// overlayfs work dir (`ROOT/containers/<id>/work`).
     pub workdir: PathBuf,
+    /// Mount with overlayfs' `volatile`: no sync of the upper layer, neither on fsync/syncfs
+    /// inside nor at unmount (which otherwise syncs the whole upper file system, a journal
+    /// commit per container stop). Only for a writable layer that is never mounted again
+    /// after a crash (see `RuntimeConfig::volatile_rootfs`).
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 impl RootfsMount {
     /// The overlay mount options with absolute paths.
     pub fn options(&self) -> String {
         let lower: Vec<String> = self.lowerdirs.iter().map(|p| p.display().to_string()).collect();
-        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), self.upperdir.display(), self.workdir.display())
+        format!(
+            "lowerdir={},upperdir={},workdir={}{}",
+            lower.join(":"),
+            self.upperdir.display(),
+            self.workdir.display(),
+            self.volatile_opt()
+        )
+    }
+
+    fn volatile_opt(&self) -> &'static str {
+        if self.volatile {
+            ",volatile"
+        } else {
+            ""
+        }
     }
 
     /// Mounts the overlay at `target` (blocking; call from `spawn_blocking`).
@@ -189,6 +209,15 @@ impl RootfsMount {
     }
 
     fn mount_on_this_thread(&self, target: &Path) -> Result<()> {
+        if self.volatile {
+            // overlayfs refuses a work dir that a volatile mount used before (it cannot tell a
+            // clean unmount from a crash). skiff never mounts a layer again after a crash (an
+            // exited container does not start again), so one left here was unmounted cleanly.
+            let mark = self.workdir.join("work/incompat/volatile");
+            if mark.exists() {
+                std::fs::remove_dir_all(&mark).map_err(|e| ImageError::io("remove", &mark, e))?;
+            }
+        }
         let opts = self.options();
         if opts.len() < 4000 {
             return legacy_mount(target, &opts);
@@ -211,10 +240,11 @@ impl RootfsMount {
         let rel: Vec<String> =
             self.lowerdirs.iter().filter_map(|l| l.strip_prefix(&base).ok()).map(|p| p.display().to_string()).collect();
         let short = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}{}",
             rel.join(":"),
             self.upperdir.display(),
-            self.workdir.display()
+            self.workdir.display(),
+            self.volatile_opt()
         );
         if short.len() >= 4096 {
             return Err(ImageError::Mount(format!("too many layers ({}) for one overlay mount", self.lowerdirs.len())));
@@ -229,7 +259,7 @@ impl RootfsMount {
 
     /// fsopen/fsconfig(`lowerdir+` per layer)/fsmount/move_mount.
     fn fsconfig_mount(&self, target: &Path) -> std::io::Result<()> {
-        common::mountapi::overlay(&self.lowerdirs, &self.upperdir, &self.workdir, target)
+        common::mountapi::overlay(&self.lowerdirs, &self.upperdir, &self.workdir, self.volatile, target)
     }
 
     /// Unmounts `target`; not mounted (or absent) is fine.
@@ -312,7 +342,7 @@ mod tests {
         }
         lowerdirs.reverse();
         let ctr = base.path().join("ctr");
-        let m = RootfsMount { lowerdirs, upperdir: ctr.join("upper"), workdir: ctr.join("work") };
+        let m = RootfsMount { lowerdirs, upperdir: ctr.join("upper"), workdir: ctr.join("work"), volatile: true };
         std::fs::create_dir_all(&m.upperdir).unwrap();
         std::fs::create_dir_all(&m.workdir).unwrap();
         assert!(m.options().len() > 4096);

@@ -105,7 +105,7 @@ fn mount_overlay_here(
         return Ok(());
     }
     // Many layers: one `lowerdir+` per layer with the new mount API (Linux 6.8+).
-    common::mountapi::overlay(&lower, upperdir, workdir, target)
+    common::mountapi::overlay(&lower, upperdir, workdir, false, target)
         .map_err(|e| IdmapError::sys("mount idmapped overlay (lowerdir+) on", target, e))
 }
 

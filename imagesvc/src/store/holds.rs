@@ -102,7 +102,7 @@ impl ImageStore {
         if lowerdirs.is_empty() {
             lowerdirs.push(dir.join("lower"));
         }
-        RootfsMount { lowerdirs, upperdir: dir.join("upper"), workdir: dir.join("work") }
+        RootfsMount { lowerdirs, upperdir: dir.join("upper"), workdir: dir.join("work"), volatile: false }
     }
 
     /// Drops a container's writable layer and its hold on the snapshots (unmount first).

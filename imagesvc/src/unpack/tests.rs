@@ -269,6 +269,7 @@ fn whiteouts_hide_lower_layers_under_overlay() {
         lowerdirs: vec![d2.clone(), d1.clone()],
         upperdir: base.path().join("upper"),
         workdir: base.path().join("work"),
+        volatile: true,
     };
     std::fs::create_dir(&m.upperdir).unwrap();
     std::fs::create_dir(&m.workdir).unwrap();
@@ -283,6 +284,10 @@ fn whiteouts_hide_lower_layers_under_overlay() {
     );
     crate::snapshot::RootfsMount::unmount(&target).unwrap();
     assert_eq!(seen, (false, true, false, true));
+    // A volatile work dir used before mounts again (its mark is cleared first).
+    m.mount(&target).unwrap();
+    assert!(target.join("var/new").exists());
+    crate::snapshot::RootfsMount::unmount(&target).unwrap();
 }
 
 #[test]

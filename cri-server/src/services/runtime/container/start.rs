@@ -57,11 +57,12 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
         let mut rb = Rollback::new();
         let result: Result<monitor::Started, Status> = async {
             // The rootfs: the overlay of the image's snapshots and the container's own layer.
-            let layout = ctx
+            let mut layout = ctx
                 .images
                 .prepare_rootfs(&c.image_id, &c.id)
                 .await
                 .map_err(|e| image_status("prepare the rootfs", e))?;
+            layout.volatile = ctx.config.runtime.volatile_rootfs;
             let target = cdir.join("rootfs");
             let t = target.clone();
             let p = pod.get();
