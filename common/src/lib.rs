@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod fs;
+pub mod journal;
 pub mod mountapi;
 
 /// How an error should be reported to a CRI client. Every library error type says its kind

@@ -52,8 +52,9 @@ pub struct Context {
 impl Context {
     pub async fn open(config: Arc<Config>) -> Result<Self, ContextError> {
         let meta = config.root.join("metadata");
-        let pod_store = RecordDir::open(meta.join("pods"))?;
-        let container_store = RecordDir::open(meta.join("containers"))?;
+        let (pod_store, container_store) = tokio::task::spawn_blocking(move || crate::store::open(&meta))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         let cgroups = Arc::new(CgroupManager::detect(Some(config.state.join("cgroups.json")))?);
         let monitor_path = config.monitor_path();
         let images = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {

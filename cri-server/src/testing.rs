@@ -35,7 +35,7 @@ use runtime::pod::{PodFilePaths, PodNamespacePaths, PodResources, PodSetupReques
 use crate::backends::{Cgroups, Images, MonitorClient, Monitors, Sandboxes};
 use crate::config::Config;
 use crate::context::Context;
-use crate::store::{RecordDir, Table};
+use crate::store::Table;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,8 +81,7 @@ impl Context {
             ..Config::default()
         };
         let meta = config.root.join("metadata");
-        let pod_store = RecordDir::open(meta.join("pods")).expect("pod record dir");
-        let container_store = RecordDir::open(meta.join("containers")).expect("container record dir");
+        let (pod_store, container_store) = crate::store::open(&meta).expect("record dirs");
         let monitor_path = dir.join("no-skiff-monitor");
         Context {
             config: Arc::new(config),

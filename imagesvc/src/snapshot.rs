@@ -305,6 +305,10 @@ fn legacy_mount(target: &Path, opts: &str) -> Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRootfs {
     pub version: u32,
+    /// The journal's sequence number of the write (see `common::journal`; 0 in files written
+    /// before the journal).
+    #[serde(default)]
+    pub seq: u64,
     pub container_id: String,
     pub image_id: Digest,
     pub chain_ids: Vec<Digest>,

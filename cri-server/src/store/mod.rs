@@ -1,6 +1,10 @@
 //! Durable metadata of pods and containers: one JSON file per object under
-//! `ROOT/metadata/{pods,containers}/<id>.json`, each written atomically (temp file, fsync,
-//! rename, fsync dir) inside a versioned envelope, and an in-memory index over them.
+//! `ROOT/metadata/{pods,containers}/<id>.json` inside a versioned envelope, and an in-memory
+//! index over them. Each write replaces the file atomically (temp file, rename) and is made
+//! durable by the redo journal `ROOT/metadata/journal.{0,1}` ([`common::journal`]): one
+//! `fdatasync` of a preallocated file per write (shared by concurrent writes) instead of
+//! fsyncing the file and its directory. The envelope carries the write's sequence number, by
+//! which [`open`] replays the journal into the files after a crash.
 
 pub mod records;
 pub mod reserve;
@@ -44,34 +48,84 @@ impl common::Kinded for StoreError {
 #[derive(Serialize, Deserialize)]
 struct Envelope<T> {
     version: u32,
+    /// The journal's sequence number of the write (0 in files written before the journal).
+    #[serde(default)]
+    seq: u64,
     record: T,
+}
+
+/// The sequence number of a record file (for the journal's replay).
+fn record_seq(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Seq {
+        #[serde(default)]
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(bytes).ok().map(|s| s.seq)
+}
+
+/// Opens the journal of `meta` (replaying it into the record files) and the pod and container
+/// record directories under it. Blocking.
+pub fn open(meta: &Path) -> Result<(RecordDir, RecordDir), StoreError> {
+    let (journal, replay) = common::journal::Journal::open(meta, "journal", record_seq)
+        .map_err(|source| StoreError::Io { op: "open the journal in", path: meta.to_owned(), source })?;
+    if replay.applied > 0 || !replay.bad_headers.is_empty() {
+        tracing::info!(
+            entries = replay.entries,
+            applied = replay.applied,
+            bad_headers = ?replay.bad_headers,
+            "replayed the metadata journal"
+        );
+    }
+    Ok((RecordDir::open(&journal, "pods")?, RecordDir::open(&journal, "containers")?))
 }
 
 /// Every record of a directory: its id and the record, or why it cannot be read.
 pub type Loaded<T> = Vec<(String, Result<T, StoreError>)>;
 
-/// A directory of records, one file per id.
+/// A directory of records, one file per id, written through the journal.
 #[derive(Debug, Clone)]
 pub struct RecordDir {
     dir: PathBuf,
+    /// The directory's name under the journal's base.
+    name: &'static str,
+    journal: common::journal::Journal,
 }
 
 impl RecordDir {
-    pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
+    /// The directory `name` under the journal's base.
+    pub fn open(journal: &common::journal::Journal, name: &'static str) -> Result<Self, StoreError> {
+        let dir = journal.base().join(name);
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io { op: "create", path: dir.clone(), source })?;
-        Ok(Self { dir })
+        Ok(Self { dir, name, journal: journal.clone() })
     }
 
     fn path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Writes the record of `id` atomically.
-    pub fn save<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
+    fn rel(&self, id: &str) -> PathBuf {
+        Path::new(self.name).join(format!("{id}.json"))
+    }
+
+    fn write<T: Serialize>(&self, id: &str, record: &T, durable: bool) -> Result<(), StoreError> {
         let path = self.path(id);
-        let bytes = serde_json::to_vec(&Envelope { version: STORE_VERSION, record })
+        // Serialized once up front so that a record that cannot be is an error here, not in
+        // the journal's callback.
+        let value = serde_json::to_value(record)
             .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        runtime::util::write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io { op: "write", path, source })
+        let make =
+            |seq| serde_json::to_vec(&Envelope { version: STORE_VERSION, seq, record: &value }).unwrap_or_default();
+        self.journal.save(&self.rel(id), make, 0o600, durable).map_err(|source| StoreError::Io {
+            op: "write",
+            path,
+            source,
+        })
+    }
+
+    /// Writes the record of `id` atomically and durably.
+    pub fn save<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
+        self.write(id, record, true)
     }
 
     /// Writes the record of `id` atomically but without fsync: only for the "creating" record
@@ -82,26 +136,16 @@ impl RecordDir {
     /// containers by recovery), and [`RecordDir::load_all`] drops the empty file such a write
     /// may leave.
     pub fn save_unsynced<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
-        let path = self.path(id);
-        let bytes = serde_json::to_vec(&Envelope { version: STORE_VERSION, record })
-            .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        runtime::util::write_replace(&path, &bytes, 0o600).map_err(|source| StoreError::Io {
-            op: "write",
-            path,
-            source,
-        })
+        self.write(id, record, false)
     }
 
-    /// Deletes the record of `id`; an absent record is fine.
+    /// Deletes the record of `id` durably; an absent record is fine.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.path(id);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                sync_dir(&self.dir).map_err(|source| StoreError::Io { op: "sync", path: self.dir.clone(), source })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Io { op: "remove", path, source }),
-        }
+        self.journal.remove(&self.rel(id), true).map_err(|source| StoreError::Io {
+            op: "remove",
+            path: self.path(id),
+            source,
+        })
     }
 
     /// Writes the current record of `entry` on the blocking pool, in order with the entry's
@@ -192,10 +236,6 @@ fn read_record<T: DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
         .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,10 +245,15 @@ mod tests {
         a: u32,
     }
 
+    fn test_dir(base: &Path, name: &'static str) -> RecordDir {
+        let (j, _) = common::journal::Journal::open(base, "journal", record_seq).unwrap();
+        RecordDir::open(&j, name).unwrap()
+    }
+
     #[test]
     fn save_load_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RecordDir::open(dir.path().join("x")).unwrap();
+        let store = test_dir(dir.path(), "x");
         store.save("one", &R { a: 1 }).unwrap();
         store.save("two", &R { a: 2 }).unwrap();
         store.save("one", &R { a: 3 }).unwrap();
@@ -228,7 +273,7 @@ mod tests {
     #[test]
     fn unsynced_records_load_and_empty_ones_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RecordDir::open(dir.path().join("x")).unwrap();
+        let store = test_dir(dir.path(), "x");
         store.save_unsynced("one", &R { a: 1 }).unwrap();
         fs::write(dir.path().join("x/cut.json"), b"").unwrap();
         let all: Vec<(String, Result<R, StoreError>)> = store.load_all().unwrap();
@@ -238,10 +283,27 @@ mod tests {
     }
 
     #[test]
+    fn lost_record_writes_come_back_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_dir(dir.path(), "pods");
+        store.save("one", &R { a: 1 }).unwrap();
+        store.save("two", &R { a: 2 }).unwrap();
+        store.remove("two").unwrap();
+        drop(store);
+        // What a power cut may leave of the unsynced files.
+        fs::write(dir.path().join("pods/one.json"), b"").unwrap();
+        fs::write(dir.path().join("pods/two.json"), br#"{"version":1,"record":{"a":2}}"#).unwrap();
+        let (pods, _) = open(dir.path()).unwrap();
+        let all: Vec<(String, Result<R, StoreError>)> = pods.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1.as_ref().unwrap(), &R { a: 1 });
+    }
+
+    #[test]
     fn newer_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RecordDir::open(dir.path().to_owned()).unwrap();
-        fs::write(dir.path().join("n.json"), br#"{"version":99,"record":{"a":1}}"#).unwrap();
+        let store = test_dir(dir.path(), "x");
+        fs::write(dir.path().join("x/n.json"), br#"{"version":99,"record":{"a":1}}"#).unwrap();
         let all: Vec<(String, Result<R, StoreError>)> = store.load_all().unwrap();
         assert!(all[0].1.is_err());
     }

@@ -3,13 +3,18 @@
 //! (a [`ContainerRootfs`], written atomically before the directories are used), which keeps
 //! the image's snapshots and those of the container's image volumes from the garbage collector
 //! until the container's rootfs is released, across restarts of skiffd.
+//!
+//! `rootfs.json` is written through the journal `ROOT/metadata/rootfs-journal.{0,1}`
+//! ([`common::journal`]): durable with one `fdatasync` of the journal, replayed when the store
+//! opens. A release renames the layer away (a `.del-*`) and journals the removal of its
+//! `rootfs.json` without waiting for the disk: a hold that a power cut brings back has no
+//! container, and skiffd's recovery releases it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{blocking, ImageStore, ImageVolume};
 use crate::error::{ImageError, Result};
-use crate::meta;
 use crate::reference::Digest;
 use crate::snapshot::{ContainerRootfs, RootfsMount};
 
@@ -62,6 +67,7 @@ impl ImageStore {
         }
         let hold = ContainerRootfs {
             version: 1,
+            seq: 0,
             container_id: container_id.to_string(),
             image_id: img.id.clone(),
             chain_ids: img.chain_ids.clone(),
@@ -69,6 +75,7 @@ impl ImageStore {
         };
         let d2 = dir.clone();
         let h2 = hold.clone();
+        let journal = self.inner.journal.clone();
         let empty_lower = img.chain_ids.is_empty();
         // The hold counts from now on (the GC keeps its snapshots), and the store's lock is not
         // held while the record is written and fsynced: other containers' creations, starts
@@ -77,8 +84,7 @@ impl ImageStore {
         drop(st);
         let written = blocking(move || {
             std::fs::create_dir_all(&d2).map_err(|e| ImageError::io("create container dir", &d2, e))?;
-            let data = serde_json::to_vec(&h2).map_err(|e| ImageError::Metadata(e.to_string()))?;
-            meta::atomic_write(&d2.join("rootfs.json"), &data)?;
+            write_hold(&journal, &h2)?;
             for sub in ["upper", "work"].into_iter().chain(empty_lower.then_some("lower")) {
                 let p = d2.join(sub);
                 std::fs::create_dir_all(&p).map_err(|e| ImageError::io("create container dir", &p, e))?;
@@ -134,10 +140,16 @@ impl ImageStore {
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let doomed = self.inner.containers_dir.join(format!(".del-{container_id}-{}-{seq}", std::process::id()));
         let (d1, d2) = (dir.clone(), doomed.clone());
-        let moved = blocking(move || match std::fs::rename(&d1, &d2) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(ImageError::io("remove container layer", &d1, e)),
+        let (journal, rel) = (self.inner.journal.clone(), hold_rel(container_id));
+        let moved = blocking(move || {
+            let moved = match std::fs::rename(&d1, &d2) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(ImageError::io("remove container layer", &d1, e)),
+            };
+            // So that a replay does not bring the hold back (not waited for: see the module doc).
+            journal.remove(&rel, false).map_err(|e| ImageError::io("journal the release of", &d1, e))?;
+            Ok(moved)
         })
         .await?;
         // Garbage only when this hold was the last user of one of its snapshots (an image
@@ -194,13 +206,8 @@ impl ImageStore {
                 hold.volume_chain_ids.push(c);
             }
         }
-        let dir = self.inner.containers_dir.join(container_id);
-        let h2 = hold.clone();
-        blocking(move || {
-            let data = serde_json::to_vec(&h2).map_err(|e| ImageError::Metadata(e.to_string()))?;
-            meta::atomic_write(&dir.join("rootfs.json"), &data)
-        })
-        .await?;
+        let (h2, journal) = (hold.clone(), self.inner.journal.clone());
+        blocking(move || write_hold(&journal, &h2)).await?;
         st.holds.insert(container_id.to_string(), hold);
         Ok(out)
     }
@@ -209,6 +216,40 @@ impl ImageStore {
     pub async fn rootfs_holders(&self) -> Vec<String> {
         self.inner.state.lock().await.holds.keys().cloned().collect()
     }
+}
+
+/// `rootfs.json` of a container, relative to the store's root (the journal's base).
+fn hold_rel(container_id: &str) -> PathBuf {
+    Path::new("containers").join(container_id).join("rootfs.json")
+}
+
+/// Writes `rootfs.json` of a hold durably, through the journal. Blocking.
+fn write_hold(journal: &common::journal::Journal, hold: &ContainerRootfs) -> Result<()> {
+    let rel = hold_rel(&hold.container_id);
+    let mut hold = hold.clone();
+    let make = move |seq| {
+        hold.seq = seq;
+        serde_json::to_vec(&hold).unwrap_or_default()
+    };
+    journal.save(&rel, make, 0o644, true).map_err(|e| ImageError::io("write", &journal.base().join(&rel), e))
+}
+
+/// Opens the holds' journal under `root`, replaying it into the `rootfs.json` files. Blocking.
+pub(super) fn open_journal(root: &Path) -> Result<common::journal::Journal> {
+    fn seq_of(b: &[u8]) -> Option<u64> {
+        serde_json::from_slice::<ContainerRootfs>(b).ok().map(|h| h.seq)
+    }
+    let (journal, replay) = common::journal::Journal::open(root, "metadata/rootfs-journal", seq_of)
+        .map_err(|e| ImageError::io("open the journal in", root, e))?;
+    if replay.applied > 0 || !replay.bad_headers.is_empty() {
+        tracing::info!(
+            entries = replay.entries,
+            applied = replay.applied,
+            bad_headers = ?replay.bad_headers,
+            "replayed the rootfs journal"
+        );
+    }
+    Ok(journal)
 }
 
 /// Loads the holds under `dir`, removing released layers (`.del-*`) and layers without a valid
@@ -261,6 +302,7 @@ mod tests {
         let c = dir.path();
         let hold = |id: &str| ContainerRootfs {
             version: 1,
+            seq: 0,
             container_id: id.to_string(),
             image_id: Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
             chain_ids: Vec::new(),

@@ -118,6 +118,8 @@ struct State {
 struct Inner {
     root: PathBuf,
     containers_dir: PathBuf,
+    /// Makes the holds (`rootfs.json`) durable (see [`holds`]).
+    journal: common::journal::Journal,
     content: ContentStore,
     snapshots: Snapshots,
     meta: MetaStore,
@@ -170,6 +172,7 @@ impl ImageStore {
             let containers_dir = root.join("containers");
             std::fs::create_dir_all(&containers_dir)
                 .map_err(|e| ImageError::io("create containers dir", &containers_dir, e))?;
+            let journal = holds::open_journal(&root)?;
             let holds = holds::load_holds(&containers_dir)?;
             let client = RegistryClient::new(registry.clone())?;
             // Only a head start for the pulls' own syncfs: the store works without it.
@@ -183,6 +186,7 @@ impl ImageStore {
             Ok(Inner {
                 root,
                 containers_dir,
+                journal,
                 content,
                 snapshots,
                 meta,
