@@ -129,6 +129,10 @@ pub struct ContainerRecord {
     /// records written before it was kept.
     #[serde(default)]
     pub user: Option<ContainerUserIds>,
+    /// The cleanup after the exit ran in this skiffd (rootfs unmounted, cgroup removed, record
+    /// persisted): a later cleanup has nothing to do. Not persisted: recovery cleans up again.
+    #[serde(skip)]
+    pub cleaned_up: bool,
 }
 
 /// The effective uid, gid and supplemental groups of a container's process (inside its user

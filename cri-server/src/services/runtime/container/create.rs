@@ -130,6 +130,7 @@ impl RuntimeSvc {
             ),
             error: None,
             user: None,
+            cleaned_up: false,
         };
 
         let mut rb = Rollback::new();

@@ -110,14 +110,18 @@ pub(crate) fn record_exit(
 pub(crate) async fn cleanup_after_exit(ctx: &Arc<Context>, entry: &ContainerEntry) {
     let Ok(_t) = entry.begin(Transition::CleaningUp, Mode::Exclusive).await else { return };
     let c = entry.get();
-    if c.state != ContainerState::Exited {
+    if c.state != ContainerState::Exited || c.cleaned_up {
         return;
     }
-    if let Some(e) = release_runtime_resources(ctx, &c).await {
+    let failed = release_runtime_resources(ctx, &c).await;
+    let clean = failed.is_none();
+    if let Some(e) = failed {
         entry.update(|r| r.error = Some(e));
     }
-    if let Err(e) = ctx.container_store.save_entry(&c.id, entry).await {
-        tracing::warn!(container_id = %c.id, error = %e, "cannot persist the container's exit");
+    match ctx.container_store.save_entry(&c.id, entry).await {
+        // Done; a failed step is retried by the next cleanup (RemoveContainer's, recovery's).
+        Ok(()) => entry.update(|r| r.cleaned_up = clean),
+        Err(e) => tracing::warn!(container_id = %c.id, error = %e, "cannot persist the container's exit"),
     }
 }
 
@@ -233,8 +237,16 @@ pub(crate) async fn release_runtime_resources(ctx: &Arc<Context>, c: &ContainerR
             failed.push(format!("rootfs: {e}"));
         }
         if ctx2.cgroups.exists(&cg).unwrap_or(false) {
-            let _ = ctx2.cgroups.kill_all(&cg);
-            if let Err(e) = ctx2.cgroups.remove(&cg) {
+            // Mostly empty by now (the stop killed the whole cgroup): remove at once, and kill
+            // what is left only when something is.
+            let removed = match ctx2.cgroups.remove(&cg) {
+                Err(runtime::cgroups::CgroupError::Busy { .. }) => {
+                    let _ = ctx2.cgroups.kill_all(&cg);
+                    ctx2.cgroups.remove(&cg)
+                }
+                other => other,
+            };
+            if let Err(e) = removed {
                 failed.push(format!("cgroup {cg}: {e}"));
             }
         }

@@ -66,7 +66,9 @@ pub(crate) async fn remove_container(ctx: &Arc<Context>, entry: &ContainerEntry)
     stop_running(ctx, entry, Duration::ZERO).await?;
     crate::failpoint::delay("remove:before_release").await;
     let c = entry.get();
-    let mut failed: Vec<String> = release_runtime_resources(ctx, &c).await.into_iter().collect();
+    // Released already by the cleanup after the exit, unless that failed or has not run.
+    let mut failed: Vec<String> =
+        if c.cleaned_up { Vec::new() } else { release_runtime_resources(ctx, &c).await.into_iter().collect() };
     let mut trash = Vec::new();
     if failed.is_empty() {
         // Only once the rootfs is unmounted: a deletion must never walk into a mount.

@@ -58,8 +58,16 @@ pub(crate) async fn stop_container(
     timeout: Duration,
 ) -> Result<(), Status> {
     // Removed meanwhile: nothing to stop.
-    let Ok(_t) = entry.begin(Transition::Stopping, Mode::Shared).await else { return Ok(()) };
-    stop_running(ctx, entry, timeout).await
+    let Ok(t) = entry.begin(Transition::Stopping, Mode::Shared).await else { return Ok(()) };
+    stop_running(ctx, entry, timeout).await?;
+    drop(t);
+    // As containerd does, answer once the exit is handled: the rootfs unmounted, the cgroup
+    // removed and the EXITED record durable (the cleanup the exit started, or this one if it
+    // has not run yet; the second to get there finds nothing to do).
+    if entry.read(|c| c.state == ContainerState::Exited && !c.cleaned_up) {
+        super::exit::cleanup_after_exit(ctx, entry).await;
+    }
+    Ok(())
 }
 
 /// [`stop_container`] for a caller holding a transition of the container already.
