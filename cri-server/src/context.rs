@@ -51,16 +51,17 @@ pub struct Context {
 
 impl Context {
     pub async fn open(config: Arc<Config>) -> Result<Self, ContextError> {
-        let meta = config.root.join("metadata");
-        let (pod_store, container_store) = tokio::task::spawn_blocking(move || crate::store::open(&meta))
+        let root = config.root.clone();
+        let opened = tokio::task::spawn_blocking(move || crate::store::open(&root))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
+        let (pod_store, container_store) = (opened.pods, opened.containers);
         let cgroups = Arc::new(CgroupManager::detect(Some(config.state.join("cgroups.json")))?);
         let monitor_path = config.monitor_path();
-        let images = imagesvc::ImageStore::open(imagesvc::ImageStoreConfig {
-            root: config.root.clone(),
-            registry: config.registry.clone(),
-        })
+        let images = imagesvc::ImageStore::open_with_journal(
+            imagesvc::ImageStoreConfig { root: config.root.clone(), registry: config.registry.clone() },
+            opened.journal,
+        )
         .await?;
         let network = crate::metrics::network::wrap(netplugin::open(&config.network, &config.root)?);
         let oom_score_adj_min = crate::spec::current_oom_score_adj();

@@ -80,8 +80,8 @@ impl Context {
             listen: dir.join("state/skiff.sock"),
             ..Config::default()
         };
-        let meta = config.root.join("metadata");
-        let (pod_store, container_store) = crate::store::open(&meta).expect("record dirs");
+        let opened = crate::store::open(&config.root).expect("record dirs");
+        let (pod_store, container_store) = (opened.pods, opened.containers);
         let monitor_path = dir.join("no-skiff-monitor");
         Context {
             config: Arc::new(config),

@@ -36,3 +36,32 @@ async fn sigkill_right_after_run_pod_sandbox_and_create_container() {
     d.remove_pod(&pod2).await;
     d.remove_pod(&pod).await;
 }
+
+/// The record files and the container's hold are written without fsync; their durability is
+/// the metadata journal's (`ROOT/metadata/journal.*`). Files a power cut may lose (left empty,
+/// or gone) come back from it when skiffd starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_record_files_come_back_from_the_journal() {
+    let mut d = Daemon::start().await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "journaled");
+    let pod = d.run_pod(&pc).await;
+    let ip = d.pod_ip(&pod).await;
+    let id = d.create(&pod, &pc, container_config("c", &["sleep", "1000"])).await.unwrap();
+    d.kill();
+    let root = d.root().to_owned();
+    std::fs::write(root.join("metadata/pods").join(format!("{pod}.json")), b"").unwrap();
+    std::fs::remove_file(root.join("metadata/containers").join(format!("{id}.json"))).unwrap();
+    std::fs::remove_file(root.join("containers").join(&id).join("rootfs.json")).unwrap();
+    d.start_again().await;
+    assert!(d.log().contains("replayed the metadata journal"), "{}", d.log());
+    let st = d.pod_status(&pod).await;
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32, "{st:?}");
+    assert_eq!(st.network.unwrap_or_default().ip, ip);
+    assert_eq!(d.container_status(&id).await.state, cri::ContainerState::ContainerCreated as i32);
+    // The hold came back too, so the writable layer was kept and the container starts.
+    d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let out = d.exec(&id, &["true"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    d.remove_pod(&pod).await;
+}

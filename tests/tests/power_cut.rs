@@ -82,6 +82,10 @@ async fn what_was_acknowledged_survives_a_simulated_power_cut() {
     assert!(s.started_at > 0, "{s:?}");
     let s = d.container_status(&created).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32, "{s:?}");
+    // Its hold on the image's snapshots too: written without waiting, made durable by the
+    // CREATED record's write to the same journal.
+    let hold = d.root().join("containers").join(&created).join("rootfs.json");
+    assert!(hold.exists(), "the created container's hold survived the cut:\n{}", d.log());
 
     // The image runs in a new pod; the old pod and its containers are removed cleanly.
     let pc2 = pod_config(&d, "after-cut");

@@ -1,7 +1,8 @@
 //! Durable metadata of pods and containers: one JSON file per object under
 //! `ROOT/metadata/{pods,containers}/<id>.json` inside a versioned envelope, and an in-memory
 //! index over them. Each write replaces the file atomically (temp file, rename) and is made
-//! durable by the redo journal `ROOT/metadata/journal.{0,1}` ([`common::journal`]): one
+//! durable by the redo journal `ROOT/metadata/journal.{0,1}` ([`common::journal`], shared with
+//! the image store for its containers' holds, which the records' writes make durable): one
 //! `fdatasync` of a preallocated file per write (shared by concurrent writes) instead of
 //! fsyncing the file and its directory. The envelope carries the write's sequence number, by
 //! which [`open`] replays the journal into the files after a crash.
@@ -64,11 +65,26 @@ fn record_seq(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Seq>(bytes).ok().map(|s| s.seq)
 }
 
-/// Opens the journal of `meta` (replaying it into the record files) and the pod and container
-/// record directories under it. Blocking.
-pub fn open(meta: &Path) -> Result<(RecordDir, RecordDir), StoreError> {
-    let (journal, replay) = common::journal::Journal::open(meta, "journal", record_seq)
-        .map_err(|source| StoreError::Io { op: "open the journal in", path: meta.to_owned(), source })?;
+/// The journal's files, under the root.
+const JOURNAL: &str = "metadata/journal";
+
+/// What [`open`] opens.
+pub struct Opened {
+    pub pods: RecordDir,
+    pub containers: RecordDir,
+    /// The journal, its base `root`, for the image store's holds.
+    pub journal: common::journal::Journal,
+}
+
+/// Opens the journal of `root` (replaying it into the files it covers: the records and the
+/// image store's holds) and the pod and container record directories
+/// (`ROOT/metadata/{pods,containers}`). Blocking.
+pub fn open(root: &Path) -> Result<Opened, StoreError> {
+    let (journal, replay) = common::journal::Journal::open(root, JOURNAL, seq_of).map_err(|source| StoreError::Io {
+        op: "open the journal in",
+        path: root.to_owned(),
+        source,
+    })?;
     if replay.applied > 0 || !replay.bad_headers.is_empty() {
         tracing::info!(
             entries = replay.entries,
@@ -77,7 +93,15 @@ pub fn open(meta: &Path) -> Result<(RecordDir, RecordDir), StoreError> {
             "replayed the metadata journal"
         );
     }
-    Ok((RecordDir::open(&journal, "pods")?, RecordDir::open(&journal, "containers")?))
+    let pods = RecordDir::open(&journal, "metadata/pods")?;
+    let containers = RecordDir::open(&journal, "metadata/containers")?;
+    Ok(Opened { pods, containers, journal })
+}
+
+/// The sequence number of a file the journal covers: a record (its envelope) or a hold
+/// (`rootfs.json`, which carries it at the top level too).
+fn seq_of(bytes: &[u8]) -> Option<u64> {
+    record_seq(bytes)
 }
 
 /// Every record of a directory: its id and the record, or why it cannot be read.
@@ -93,7 +117,7 @@ pub struct RecordDir {
 }
 
 impl RecordDir {
-    /// The directory `name` under the journal's base.
+    /// The directory `name` (a relative path) under the journal's base.
     pub fn open(journal: &common::journal::Journal, name: &'static str) -> Result<Self, StoreError> {
         let dir = journal.base().join(name);
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io { op: "create", path: dir.clone(), source })?;
@@ -246,7 +270,7 @@ mod tests {
     }
 
     fn test_dir(base: &Path, name: &'static str) -> RecordDir {
-        let (j, _) = common::journal::Journal::open(base, "journal", record_seq).unwrap();
+        let (j, _) = common::journal::Journal::open(base, JOURNAL, seq_of).unwrap();
         RecordDir::open(&j, name).unwrap()
     }
 
@@ -285,15 +309,16 @@ mod tests {
     #[test]
     fn lost_record_writes_come_back_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = test_dir(dir.path(), "pods");
+        let store = open(dir.path()).unwrap().pods;
         store.save("one", &R { a: 1 }).unwrap();
         store.save("two", &R { a: 2 }).unwrap();
         store.remove("two").unwrap();
         drop(store);
         // What a power cut may leave of the unsynced files.
-        fs::write(dir.path().join("pods/one.json"), b"").unwrap();
-        fs::write(dir.path().join("pods/two.json"), br#"{"version":1,"record":{"a":2}}"#).unwrap();
-        let (pods, _) = open(dir.path()).unwrap();
+        fs::write(dir.path().join("metadata/pods/one.json"), b"").unwrap();
+        fs::write(dir.path().join("metadata/pods/two.json"), br#"{"version":1,"record":{"a":2}}"#).unwrap();
+        let opened = open(dir.path()).unwrap();
+        let pods = opened.pods;
         let all: Vec<(String, Result<R, StoreError>)> = pods.load_all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].1.as_ref().unwrap(), &R { a: 1 });

@@ -4,9 +4,10 @@
 //! the image's snapshots and those of the container's image volumes from the garbage collector
 //! until the container's rootfs is released, across restarts of skiffd.
 //!
-//! `rootfs.json` is written through the journal `ROOT/metadata/rootfs-journal.{0,1}`
-//! ([`common::journal`]): durable with one `fdatasync` of the journal, replayed when the store
-//! opens. A release renames the layer away (a `.del-*`) and journals the removal of its
+//! `rootfs.json` is written through a journal ([`common::journal`]): its own,
+//! `ROOT/metadata/rootfs-journal.{0,1}`, replayed when the store opens and durable with one
+//! `fdatasync` per change, or skiffd's ([`ImageStore::open_with_journal`]), where a change
+//! becomes durable with skiffd's record write that follows it (one `fdatasync` for both). A release renames the layer away (a `.del-*`) and journals the removal of its
 //! `rootfs.json` without waiting for the disk: a hold that a power cut brings back has no
 //! container, and skiffd's recovery releases it.
 
@@ -75,7 +76,7 @@ impl ImageStore {
         };
         let d2 = dir.clone();
         let h2 = hold.clone();
-        let journal = self.inner.journal.clone();
+        let (journal, durable) = (self.inner.journal.clone(), self.inner.holds_durable);
         let empty_lower = img.chain_ids.is_empty();
         // The hold counts from now on (the GC keeps its snapshots), and the store's lock is not
         // held while the record is written and fsynced: other containers' creations, starts
@@ -84,7 +85,7 @@ impl ImageStore {
         drop(st);
         let written = blocking(move || {
             std::fs::create_dir_all(&d2).map_err(|e| ImageError::io("create container dir", &d2, e))?;
-            write_hold(&journal, &h2)?;
+            write_hold(&journal, &h2, durable)?;
             for sub in ["upper", "work"].into_iter().chain(empty_lower.then_some("lower")) {
                 let p = d2.join(sub);
                 std::fs::create_dir_all(&p).map_err(|e| ImageError::io("create container dir", &p, e))?;
@@ -206,8 +207,8 @@ impl ImageStore {
                 hold.volume_chain_ids.push(c);
             }
         }
-        let (h2, journal) = (hold.clone(), self.inner.journal.clone());
-        blocking(move || write_hold(&journal, &h2)).await?;
+        let (h2, journal, durable) = (hold.clone(), self.inner.journal.clone(), self.inner.holds_durable);
+        blocking(move || write_hold(&journal, &h2, durable)).await?;
         st.holds.insert(container_id.to_string(), hold);
         Ok(out)
     }
@@ -223,15 +224,15 @@ fn hold_rel(container_id: &str) -> PathBuf {
     Path::new("containers").join(container_id).join("rootfs.json")
 }
 
-/// Writes `rootfs.json` of a hold durably, through the journal. Blocking.
-fn write_hold(journal: &common::journal::Journal, hold: &ContainerRootfs) -> Result<()> {
+/// Writes `rootfs.json` of a hold through the journal (`durable`: waits for the disk). Blocking.
+fn write_hold(journal: &common::journal::Journal, hold: &ContainerRootfs, durable: bool) -> Result<()> {
     let rel = hold_rel(&hold.container_id);
     let mut hold = hold.clone();
     let make = move |seq| {
         hold.seq = seq;
         serde_json::to_vec(&hold).unwrap_or_default()
     };
-    journal.save(&rel, make, 0o644, true).map_err(|e| ImageError::io("write", &journal.base().join(&rel), e))
+    journal.save(&rel, make, 0o644, durable).map_err(|e| ImageError::io("write", &journal.base().join(&rel), e))
 }
 
 /// Opens the holds' journal under `root`, replaying it into the `rootfs.json` files. Blocking.

@@ -120,6 +120,9 @@ struct Inner {
     containers_dir: PathBuf,
     /// Makes the holds (`rootfs.json`) durable (see [`holds`]).
     journal: common::journal::Journal,
+    /// Wait for each hold's entry to be on disk (own journal), or leave that to the next
+    /// durable change of the sharing caller ([`ImageStore::open_with_journal`]).
+    holds_durable: bool,
     content: ContentStore,
     snapshots: Snapshots,
     meta: MetaStore,
@@ -161,6 +164,18 @@ impl ImageStore {
     /// Opens the store under `cfg.root`: cleans interrupted downloads and unpacks, loads the
     /// metadata and the containers' holds, and collects garbage.
     pub async fn open(cfg: ImageStoreConfig) -> Result<Self> {
+        Self::open_inner(cfg, None).await
+    }
+
+    /// [`ImageStore::open`] with a journal the caller shares (its base must be `cfg.root`,
+    /// replayed already): the containers' holds (`rootfs.json`) are then written through it
+    /// without waiting for the disk, and are durable with the caller's next durable change
+    /// in it (skiffd's CREATED or RUNNING record, which follows every change of a hold).
+    pub async fn open_with_journal(cfg: ImageStoreConfig, journal: common::journal::Journal) -> Result<Self> {
+        Self::open_inner(cfg, Some(journal)).await
+    }
+
+    async fn open_inner(cfg: ImageStoreConfig, shared: Option<common::journal::Journal>) -> Result<Self> {
         let root = cfg.root.clone();
         let registry = cfg.registry.clone();
         let inner = blocking(move || {
@@ -172,7 +187,18 @@ impl ImageStore {
             let containers_dir = root.join("containers");
             std::fs::create_dir_all(&containers_dir)
                 .map_err(|e| ImageError::io("create containers dir", &containers_dir, e))?;
-            let journal = holds::open_journal(&root)?;
+            let holds_durable = shared.is_none();
+            let journal = match shared {
+                Some(j) if j.base() == root.as_path() => j,
+                Some(j) => {
+                    return Err(ImageError::Metadata(format!(
+                        "the shared journal's base {} is not the image store's root {}",
+                        j.base().display(),
+                        root.display()
+                    )))
+                }
+                None => holds::open_journal(&root)?,
+            };
             let holds = holds::load_holds(&containers_dir)?;
             let client = RegistryClient::new(registry.clone())?;
             // Only a head start for the pulls' own syncfs: the store works without it.
@@ -187,6 +213,7 @@ impl ImageStore {
                 root,
                 containers_dir,
                 journal,
+                holds_durable,
                 content,
                 snapshots,
                 meta,
