@@ -232,7 +232,7 @@ fn write_hold(journal: &common::journal::Journal, hold: &ContainerRootfs, durabl
         hold.seq = seq;
         serde_json::to_vec(&hold).unwrap_or_default()
     };
-    journal.save(&rel, make, 0o644, durable).map_err(|e| ImageError::io("write", &journal.base().join(&rel), e))
+    journal.save(&rel, make, 0o644, durable).map_err(|e| ImageError::io("write", journal.base().join(&rel), e))
 }
 
 /// Opens the holds' journal under `root`, replaying it into the `rootfs.json` files. Blocking.
