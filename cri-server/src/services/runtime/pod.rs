@@ -283,7 +283,14 @@ impl RuntimeSvc {
         self.stop_pod_containers(&pod.id).await?;
         let mut p = pod.clone();
         let mut deferred = false;
-        let torn = if defer_network {
+        let torn = if defer_network && pod.state == PodState::NotReady {
+            // Stopped before (a retried StopPodSandbox, or RemovePodSandbox after the stop):
+            // that stop tore down the port mappings and the PID namespace holder before it
+            // made the pod NOTREADY (only a plugin that defers leaves the network set up); the
+            // rest of the network is the background teardown's, started again if it failed.
+            deferred = p.network_set_up;
+            Ok(())
+        } else if defer_network {
             teardown_pod_extras_front(&self.ctx, &mut p).await.map(|d| deferred = d)
         } else {
             self.teardown_pod_extras(&mut p).await
