@@ -194,6 +194,9 @@ pub trait Monitors: Send + Sync + 'static {
     /// Starts the monitor of the container whose directory (`monitor.json`, `config.json`) is
     /// `container_dir` ([`monitor::spawn`]).
     fn spawn(&self, container_dir: &Path) -> Result<Started, MonitorError>;
+    /// Starts the monitor of the container of `container_dir` gated ([`monitor::spawn_gated`]):
+    /// it starts the container once the returned gate is opened; dropped, the start is off.
+    fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn GatedStart>, MonitorError>;
     /// Starts a pod's PID namespace holder ([`monitor::spawn_infra`]).
     fn spawn_infra(&self, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError>;
     /// Connects to a monitor's socket; `MonitorGone` when nobody listens.
@@ -219,12 +222,27 @@ pub trait Monitors: Send + Sync + 'static {
     fn wait_pushed_exit<'a>(&'a self, socket: &'a Path) -> BoxFuture<'a, io::Result<()>>;
 }
 
+/// A monitor waiting to start its container ([`Monitors::spawn_gated`]). Blocking.
+pub trait GatedStart: Send {
+    /// Lets the container start; returns as [`Monitors::spawn`] does.
+    fn open(self: Box<Self>) -> Result<Started, MonitorError>;
+}
+
+impl GatedStart for monitor::Gate {
+    fn open(self: Box<Self>) -> Result<Started, MonitorError> {
+        monitor::Gate::open(*self)
+    }
+}
+
 /// [`Monitors`] on the real host: the `skiff-monitor` binary at `.0`.
 pub struct HostMonitors(pub PathBuf);
 
 impl Monitors for HostMonitors {
     fn spawn(&self, container_dir: &Path) -> Result<Started, MonitorError> {
         monitor::spawn(&self.0, container_dir)
+    }
+    fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn GatedStart>, MonitorError> {
+        Ok(Box::new(monitor::spawn_gated(&self.0, container_dir)?))
     }
     fn spawn_infra(&self, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
         monitor::spawn_infra(&self.0, pod_dir, cgroup)

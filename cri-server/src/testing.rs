@@ -616,9 +616,21 @@ struct MonitorsInner {
 }
 
 /// See the module doc.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct FakeMonitors {
     inner: Arc<MonitorsInner>,
+}
+
+/// The fake monitor of a gated start: starts (as [`FakeMonitors::spawn`]) when opened.
+struct FakeGate {
+    monitors: FakeMonitors,
+    dir: PathBuf,
+}
+
+impl crate::backends::GatedStart for FakeGate {
+    fn open(self: Box<Self>) -> Result<Started, MonitorError> {
+        self.monitors.spawn(&self.dir)
+    }
 }
 
 /// Fake pids lie above the kernel's largest `pid_max` (2^22): never a real process.
@@ -782,6 +794,10 @@ impl Monitors for FakeMonitors {
         };
         st.containers.insert(id_of(container_dir, false), p);
         Ok(Started { pid, monitor_pid })
+    }
+
+    fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn crate::backends::GatedStart>, MonitorError> {
+        Ok(Box::new(FakeGate { monitors: self.clone(), dir: container_dir.to_owned() }))
     }
 
     fn spawn_infra(&self, _pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {

@@ -1459,3 +1459,35 @@ fn joins_a_pod_user_namespace() {
         .find(|e| e.file_name().to_string_lossy().starts_with("go-"));
     assert_eq!(f.map(|e| e.metadata().unwrap().uid()), Some(2_000_000), "file written by the container's root");
 }
+
+#[test]
+fn gated_start_runs_when_opened_and_nothing_when_called_off() {
+    if !have_busybox() {
+        return;
+    }
+    // Opened: as `spawn`.
+    let mut c = Ctr::new(&["sh", "-c", "echo gated; exit 4"]);
+    let gate = monitor::spawn_gated(Path::new(BIN), &c.dir).unwrap();
+    let s = gate.open().unwrap();
+    c.started = Some(s);
+    assert_eq!(c.wait().exit_code, 4);
+    assert!(records(&c.log_text()).contains(&rec("stdout", "F", "gated")));
+
+    // Dropped unopened: the monitor exits having started nothing.
+    let marker = format!("/tmp/skiff-gate-{}", rand_suffix());
+    let c = Ctr::new(&["sh", "-c", &format!("echo ran > {marker}")]);
+    let gate = monitor::spawn_gated(Path::new(BIN), &c.dir).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(gate);
+    let t = Instant::now();
+    let gone =
+        |dir: &Path| procs_matching(|cmd, _| cmd.contains("skiff-monitor") && cmd.contains(&*dir.to_string_lossy()));
+    while !gone(&c.dir).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(&c.dir).is_empty(), "the called-off monitor exited");
+    assert!(!c.cfg.socket_path.exists());
+    assert!(!c.dir.join("monitor.pid").exists());
+    assert!(monitor::read_exit_record(&c.cfg.exit_record_path).is_none());
+    assert!(!Path::new(&marker).exists(), "nothing ran");
+}

@@ -47,6 +47,60 @@ pub fn spawn_infra(monitor_bin: &Path, pod_dir: &Path, cgroup: Option<&str>) -> 
     }
 }
 
+/// A monitor started by [`spawn_gated`]: it loads its configuration and the OCI spec and
+/// detaches meanwhile, and starts the container only once [`Gate::open`] is called (the
+/// rootfs mounted and the cgroup made by then). Dropped unopened, the start is called off:
+/// the monitor exits having started nothing (and the process spawned is reaped on a thread of
+/// its own, so that dropping never blocks).
+pub struct Gate {
+    child: Option<std::process::Child>,
+    tx: Option<std::process::ChildStdin>,
+}
+
+/// As [`spawn`], but the container starts only at [`Gate::open`], so that the caller can mount
+/// the rootfs and make the cgroup while the monitor starts up. `monitor.json` and
+/// `config.json` must be in `container_dir` already.
+pub fn spawn_gated(monitor_bin: &Path, container_dir: &Path) -> Result<Gate, MonitorError> {
+    let mut child = Command::new(monitor_bin)
+        .arg("run")
+        .arg(container_dir)
+        .arg("--gated")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| MonitorError::Spawn { path: monitor_bin.to_path_buf(), source })?;
+    let tx = child.stdin.take();
+    Ok(Gate { child: Some(child), tx })
+}
+
+impl Gate {
+    /// Lets the monitor start the container; returns as [`spawn`] does.
+    pub fn open(mut self) -> Result<Started, MonitorError> {
+        use std::io::Write;
+        let mut child = self.child.take().ok_or_else(|| MonitorError::Protocol("gate used twice".into()))?;
+        if let Some(mut tx) = self.tx.take() {
+            // A monitor that failed before the gate (and reported why) is gone: EPIPE; its
+            // report says what happened.
+            let _ = tx.write_all(b"g");
+        }
+        match finish_reporting(&mut child)? {
+            StartReport::Started { pid, monitor_pid } => Ok(Started { pid, monitor_pid }),
+            StartReport::Error { message } => Err(MonitorError::StartError(message)),
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // Closing the gate unopened calls the start off.
+        drop(self.tx.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = std::thread::Builder::new().name("monitor-reap".into()).spawn(move || child.wait());
+        }
+    }
+}
+
 fn run_reporting(bin: &Path, mode: &str, dir: &Path, extra: &[&str]) -> Result<StartReport, MonitorError> {
     let mut child = Command::new(bin)
         .arg(mode)
@@ -57,6 +111,12 @@ fn run_reporting(bin: &Path, mode: &str, dir: &Path, extra: &[&str]) -> Result<S
         .stderr(Stdio::null())
         .spawn()
         .map_err(|source| MonitorError::Spawn { path: bin.to_path_buf(), source })?;
+    finish_reporting(&mut child)
+}
+
+/// Reads the start report of a spawned monitor and reaps the process spawned (which forks
+/// the monitor and exits at once).
+fn finish_reporting(child: &mut std::process::Child) -> Result<StartReport, MonitorError> {
     let out = match child.stdout.take() {
         Some(o) => OwnedFd::from(o),
         None => return Err(MonitorError::Protocol("no stdout pipe".into())),

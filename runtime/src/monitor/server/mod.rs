@@ -13,13 +13,20 @@ mod util;
 pub use log::format_timestamp;
 pub use log::LineSplitter;
 
-const USAGE: &str = "usage: skiff-monitor run <container-dir>\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup>]";
+const USAGE: &str = "usage: skiff-monitor run <container-dir> [--gated]\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup>]";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
     let mode = args.get(1).map(String::as_str).unwrap_or("");
     match (mode, args.get(2)) {
-        ("run", Some(dir)) => run::main(std::path::Path::new(dir)),
+        ("run", Some(dir)) => match &args[3..] {
+            [] => run::main(std::path::Path::new(dir), false),
+            [flag] if flag == "--gated" => run::main(std::path::Path::new(dir), true),
+            _ => {
+                eprintln!("{USAGE}");
+                2
+            }
+        },
         ("exec", Some(dir)) => exec::main(std::path::Path::new(dir), &args[3..]),
         ("infra", Some(dir)) => match &args[3..] {
             [] => infra::main(std::path::Path::new(dir), None),

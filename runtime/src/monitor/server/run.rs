@@ -21,7 +21,10 @@ use crate::monitor::types::*;
 /// After the container exits, how long output still held open by other processes is read.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-pub fn main(dir: &Path) -> i32 {
+/// `gated`: stdin is the gate of `spawn_gated`: the container is started only once a byte
+/// arrives on it (skiffd mounts the rootfs and makes the cgroup meanwhile); its end without one
+/// means the start was called off, and the monitor exits having started nothing.
+pub fn main(dir: &Path, gated: bool) -> i32 {
     ignore_sigpipe();
     // fd 1 is the report pipe read by `spawn`; keep it aside, stdio goes to /dev/null.
     let report_fd = {
@@ -29,6 +32,8 @@ pub fn main(dir: &Path) -> i32 {
         // SAFETY: fcntl with integer arguments; a failure (-1) makes the report go nowhere.
         unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) }
     };
+    // SAFETY: fcntl with integer arguments; a failure (-1) is handled at the gate.
+    let gate_fd = if gated { unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) } } else { -1 };
     stdio_to_null();
     let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let cfg = match MonitorConfig::load(dir) {
@@ -63,6 +68,10 @@ pub fn main(dir: &Path) -> i32 {
         // Orphans then go to the node's init instead: not fatal.
         diag!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
     }
+    if gated && !pass_gate(gate_fd) {
+        diag!("start called off before the gate opened");
+        return 1;
+    }
     let mut m = match Monitor::start(&cfg, spec) {
         Ok(m) => m,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
@@ -73,6 +82,25 @@ pub fn main(dir: &Path) -> i32 {
     unsafe { libc::close(report_fd) };
     trim_heap();
     m.run()
+}
+
+/// Waits for the gate's byte (true) or its end (false: called off).
+fn pass_gate(fd: RawFd) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let open = loop {
+        // SAFETY: reads one byte into a live buffer from an fd this process owns.
+        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n == 1;
+    };
+    // SAFETY: the gate fd is ours and never used again.
+    unsafe { libc::close(fd) };
+    open
 }
 
 /// Records and reports a start failure.

@@ -56,6 +56,35 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
         let cdir = ctx.container_dir(&c.id);
         let mut rb = Rollback::new();
         let result: Result<monitor::Started, Status> = async {
+            let log_path = (!c.log_path.is_empty()).then(|| PathBuf::from(&c.log_path));
+            let mut mc = MonitorConfig::new(&cdir, &c.id, log_path.clone());
+            // The monitor makes the log's directories beneath the pod's log dir, following no symlink.
+            let log_dir = crate::validate::log_dir_of(&c.log_path, &c.config.log_path);
+            mc.log_dir = log_dir.clone();
+            mc.tty = c.config.tty;
+            mc.stdin = c.config.stdin;
+            mc.stdin_once = c.config.stdin_once;
+            let dir = cdir.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()).filter(|_| log_dir.is_none()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
+                }
+                // A fresh start: no exit record of an earlier life may linger.
+                let _ = std::fs::remove_file(&mc.exit_record_path);
+                mc.write(&dir).map_err(|e| Status::internal(format!("write monitor.json: {e}")))
+            })
+            .await
+            .map_err(join_error)??;
+            // The monitor starts up (loads its configuration and the spec, detaches) while the
+            // rootfs is mounted and the cgroup made; it starts the container only once the
+            // gate opens, and exits having started nothing if it is dropped (any failure below).
+            let (ctx2, dir) = (ctx.clone(), cdir.clone());
+            let gate = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_gated(&dir))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| monitor_status(e, "start the container"))?;
+
             // The rootfs: the overlay of the image's snapshots and the container's own layer.
             let mut layout = ctx
                 .images
@@ -119,28 +148,8 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             });
             crate::failpoint::hit("start:after_cgroup").await?;
 
-            let log_path = (!c.log_path.is_empty()).then(|| PathBuf::from(&c.log_path));
-            let mut mc = MonitorConfig::new(&cdir, &c.id, log_path.clone());
-            // The monitor makes the log's directories beneath the pod's log dir, following no symlink.
-            let log_dir = crate::validate::log_dir_of(&c.log_path, &c.config.log_path);
-            mc.log_dir = log_dir.clone();
-            mc.tty = c.config.tty;
-            mc.stdin = c.config.stdin;
-            mc.stdin_once = c.config.stdin_once;
-            let dir = cdir.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()).filter(|_| log_dir.is_none()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
-                }
-                // A fresh start: no exit record of an earlier life may linger.
-                let _ = std::fs::remove_file(&mc.exit_record_path);
-                mc.write(&dir).map_err(|e| Status::internal(format!("write monitor.json: {e}")))
-            })
-            .await
-            .map_err(join_error)??;
-            let (ctx2, dir) = (ctx.clone(), cdir.clone());
-            tokio::task::spawn_blocking(move || ctx2.monitors.spawn(&dir))
+            // The rootfs is mounted and the cgroup made: let the monitor start the container.
+            tokio::task::spawn_blocking(move || gate.open())
                 .await
                 .map_err(join_error)?
                 .map_err(|e| monitor_status(e, "start the container"))
