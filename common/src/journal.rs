@@ -71,6 +71,23 @@ pub struct Replay {
     pub bad_headers: Vec<String>,
 }
 
+impl Replay {
+    /// Something was applied, or a journal file was unreadable: worth a log line.
+    pub fn noteworthy(&self) -> bool {
+        self.applied > 0 || !self.bad_headers.is_empty()
+    }
+}
+
+impl std::fmt::Display for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} entries read, {} applied", self.entries, self.applied)?;
+        if !self.bad_headers.is_empty() {
+            write!(f, ", unreadable headers (a reset cut short) in {}", self.bad_headers.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 struct Inner {
     files: [Arc<File>; 2],
     active: usize,

@@ -85,13 +85,8 @@ pub fn open(root: &Path) -> Result<Opened, StoreError> {
         path: root.to_owned(),
         source,
     })?;
-    if replay.applied > 0 || !replay.bad_headers.is_empty() {
-        tracing::info!(
-            entries = replay.entries,
-            applied = replay.applied,
-            bad_headers = ?replay.bad_headers,
-            "replayed the metadata journal"
-        );
+    if replay.noteworthy() {
+        tracing::info!(%replay, "replayed the metadata journal");
     }
     let pods = RecordDir::open(&journal, "metadata/pods")?;
     let containers = RecordDir::open(&journal, "metadata/containers")?;

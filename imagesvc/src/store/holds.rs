@@ -242,13 +242,8 @@ pub(super) fn open_journal(root: &Path) -> Result<common::journal::Journal> {
     }
     let (journal, replay) = common::journal::Journal::open(root, "metadata/rootfs-journal", seq_of)
         .map_err(|e| ImageError::io("open the journal in", root, e))?;
-    if replay.applied > 0 || !replay.bad_headers.is_empty() {
-        tracing::info!(
-            entries = replay.entries,
-            applied = replay.applied,
-            bad_headers = ?replay.bad_headers,
-            "replayed the rootfs journal"
-        );
+    if replay.noteworthy() {
+        tracing::info!(%replay, "replayed the rootfs journal");
     }
     Ok(journal)
 }
