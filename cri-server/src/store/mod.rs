@@ -55,8 +55,9 @@ struct Envelope<T> {
     record: T,
 }
 
-/// The sequence number of a record file (for the journal's replay).
-fn record_seq(bytes: &[u8]) -> Option<u64> {
+/// The sequence number of a file the journal covers (for its replay): a record (its
+/// envelope) or a hold (`rootfs.json`, which carries it at the top level too).
+fn seq_of(bytes: &[u8]) -> Option<u64> {
     #[derive(Deserialize)]
     struct Seq {
         #[serde(default)]
@@ -93,12 +94,6 @@ pub fn open(root: &Path) -> Result<Opened, StoreError> {
     Ok(Opened { pods, containers, journal })
 }
 
-/// The sequence number of a file the journal covers: a record (its envelope) or a hold
-/// (`rootfs.json`, which carries it at the top level too).
-fn seq_of(bytes: &[u8]) -> Option<u64> {
-    record_seq(bytes)
-}
-
 /// Every record of a directory: its id and the record, or why it cannot be read.
 pub type Loaded<T> = Vec<(String, Result<T, StoreError>)>;
 
@@ -129,12 +124,11 @@ impl RecordDir {
 
     fn write<T: Serialize>(&self, id: &str, record: &T, durable: bool) -> Result<(), StoreError> {
         let path = self.path(id);
-        // Serialized once up front so that a record that cannot be is an error here, not in
-        // the journal's callback.
-        let value = serde_json::to_value(record)
+        // Serialized once, up front, so that a record that cannot be is an error here; the
+        // journal's callback only wraps it in the envelope (the bytes `Envelope` serializes to).
+        let record = serde_json::to_string(record)
             .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        let make =
-            |seq| serde_json::to_vec(&Envelope { version: STORE_VERSION, seq, record: &value }).unwrap_or_default();
+        let make = |seq| format!(r#"{{"version":{STORE_VERSION},"seq":{seq},"record":{record}}}"#).into_bytes();
         self.journal.save(&self.rel(id), make, 0o600, durable).map_err(|source| StoreError::Io {
             op: "write",
             path,
@@ -317,6 +311,18 @@ mod tests {
         let all: Vec<(String, Result<R, StoreError>)> = pods.load_all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].1.as_ref().unwrap(), &R { a: 1 });
+    }
+
+    #[test]
+    fn a_written_file_is_the_envelope_with_its_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_dir(dir.path(), "x");
+        store.save("one", &R { a: 7 }).unwrap();
+        let bytes = fs::read(dir.path().join("x/one.json")).unwrap();
+        let seq = seq_of(&bytes).unwrap();
+        assert!(seq > 0);
+        let env = Envelope { version: STORE_VERSION, seq, record: R { a: 7 } };
+        assert_eq!(bytes, serde_json::to_vec(&env).unwrap());
     }
 
     #[test]
