@@ -370,6 +370,7 @@ impl CniNetwork {
     }
 
     async fn do_setup(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus> {
+        static PORT_MAPPING_ADD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let list = self.load_config().map_err(NetworkError::NotReady)?;
         let mut entry = Self::new_entry(req, &list);
         // Pending record first: a crash during ADD still leaves what DEL needs.
@@ -379,6 +380,16 @@ impl CniNetwork {
         for plugin in &list.plugins {
             let t = plugin.get("type").and_then(Value::as_str).unwrap_or_default();
             let stdin = Self::plugin_stdin(&list, plugin, prev.as_ref(), &entry.runtime_config);
+            // The plugin that maps host ports (portmap) creates shared top-level chains on the
+            // node's first mapping and fails when two ADDs race to create them ("File exists"
+            // from iptables-nft): one such ADD at a time in this process, the node's only caller.
+            let maps_ports = !req.port_mappings.is_empty()
+                && plugin.get("capabilities").and_then(|c| c.get("portMappings")).and_then(Value::as_bool)
+                    == Some(true);
+            let _one = match maps_ports {
+                true => Some(PORT_MAPPING_ADD.lock().await),
+                false => None,
+            };
             match self.exec(t, "ADD", &entry, &stdin).await {
                 Ok(v) => prev = Some(v),
                 Err(e) => {
