@@ -169,6 +169,57 @@ fn v2_parent_shared_by_two_pods() {
     assert!(!root.join("kubepods").exists(), "the last pod takes the parents skiff created with it");
 }
 
+/// Unmounts a bind mount at drop (also when the test fails).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn busy_empty_parent_is_left_over_then_swept() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (a mount point makes rmdir answer EBUSY)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let reg = root.join("reg.json");
+    let cg = root.join("cg");
+    std::fs::create_dir(&cg).unwrap();
+    let m = CgroupManager::new(Hierarchies::unified_at(&cg), Some(reg.clone())).unwrap();
+    m.create("/e2e/pod1").unwrap();
+    // a mount point stands in for an empty cgroup the kernel still holds busy
+    let parent = cg.join("e2e");
+    nix::mount::mount(Some(&parent), &parent, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).unwrap();
+    let guard = Unmount(parent.clone());
+    let t = std::time::Instant::now();
+    m.remove("/e2e/pod1").unwrap();
+    assert!(!parent.join("pod1").exists());
+    assert!(parent.is_dir(), "a busy parent stays");
+    assert!(t.elapsed() >= std::time::Duration::from_secs(2), "retried for a while: {:?}", t.elapsed());
+    assert_eq!(m.leftovers().len(), 1, "kept as left over");
+    drop(guard);
+    // a later manager on the same registry (skiffd's restart) retries it
+    let m = CgroupManager::new(Hierarchies::unified_at(&cg), Some(reg.clone())).unwrap();
+    assert!(!parent.exists(), "swept");
+    assert!(m.leftovers().is_empty());
+    // a left-over parent that holds a child again is no longer left over; the child takes it
+    m.create("/e2e/pod2").unwrap();
+    nix::mount::mount(Some(&parent), &parent, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).unwrap();
+    let guard = Unmount(parent.clone());
+    m.remove("/e2e/pod2").unwrap();
+    assert_eq!(m.leftovers().len(), 1);
+    m.create("/e2e/pod3").unwrap();
+    drop(guard);
+    m.sweep();
+    assert!(m.leftovers().is_empty() && parent.join("pod3").is_dir());
+    m.remove("/e2e/pod3").unwrap();
+    assert!(!parent.exists());
+}
+
 fn fake_v1(root: &Path) -> Hierarchies {
     let mut v1 = Vec::new();
     for c in ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "hugetlb"] {

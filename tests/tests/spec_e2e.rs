@@ -189,6 +189,8 @@ fn generated_spec_runs_under_the_monitor() {
     assert!(stats.cpu_usage_ns.unwrap() > 0);
     drop(guard);
     assert!(!cg.exists(&pod_cgroup).unwrap());
+    let parent = pod_cgroup.rsplit_once('/').unwrap().0;
+    assert!(!cg.exists(parent).unwrap(), "the parent made on the way is gone too");
     assert!(!state.join("pods").join(&pod_id).exists());
 }
 
@@ -324,4 +326,6 @@ fn privileged_host_namespaces_under_the_monitor() {
     }
     drop(guard);
     assert!(!cg.exists(&pod_cgroup).unwrap());
+    let parent = pod_cgroup.rsplit_once('/').unwrap().0;
+    assert!(!cg.exists(parent).unwrap(), "the parent made on the way is gone too");
 }

@@ -53,6 +53,14 @@ impl CgroupError {
         Some((name, why))
     }
 
+    /// The OS error number of a failed file operation.
+    pub(crate) fn errno(&self) -> Option<i32> {
+        match self {
+            CgroupError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, file: impl Into<PathBuf>, source: io::Error) -> Self {
         CgroupError::Io { op, file: file.into(), source }
     }

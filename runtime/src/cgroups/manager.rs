@@ -24,7 +24,8 @@ pub struct CgroupManager {
 
 impl CgroupManager {
     /// Detects the host's hierarchies; `registry_file` (e.g. `STATE/cgroups.json`) records which
-    /// directories skiff created (`None`: in memory only).
+    /// directories skiff created (`None`: in memory only). Parents an earlier run left over
+    /// are retried ([`sweep`](Self::sweep)).
     pub fn detect(registry_file: Option<PathBuf>) -> Result<Self, CgroupError> {
         Self::new(Hierarchies::detect()?, registry_file)
     }
@@ -34,7 +35,9 @@ impl CgroupManager {
         if h.v1.is_empty() && h.unified.is_none() {
             return Err(CgroupError::NoHierarchy);
         }
-        Ok(CgroupManager { h, registry: Mutex::new(Registry::open(registry_file)?) })
+        let m = CgroupManager { h, registry: Mutex::new(Registry::open(registry_file)?) };
+        m.sweep();
+        Ok(m)
     }
 
     pub fn hierarchies(&self) -> &Hierarchies {
@@ -410,6 +413,11 @@ impl CgroupManager {
     /// Directories skiff did not create are never removed. Idempotent: a cgroup that is
     /// already gone is fine. Fails with [`CgroupError::Busy`] when processes are still inside
     /// (call [`kill_all`](Self::kill_all) first).
+    ///
+    /// A parent that is empty but still busy (the kernel takes its just-removed child offline
+    /// asynchronously) is retried for a few seconds without holding the registry lock; one that
+    /// stays busy is logged and kept in the registry as left over, and retried by every later
+    /// `remove` and when a manager opens the registry again ([`sweep`](Self::sweep)).
     pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
         if self.registry().created(&rel).is_some() {
@@ -418,44 +426,139 @@ impl CgroupManager {
                 return Err(CgroupError::Busy { path: path.to_string(), remaining: live });
             }
         }
-        let mut reg = self.registry();
         let comps: Vec<&str> = rel.split('/').collect();
         let mut result = Ok(());
-        for i in (0..comps.len()).rev() {
+        let mut i = comps.len();
+        while i > 0 {
+            i -= 1;
             let sub = comps[..=i].join("/");
             let is_target = i == comps.len() - 1;
-            let Some(dirs) = reg.created(&sub).cloned() else {
+            match self.remove_level(&sub, is_target) {
+                Level::Removed => {}
+                Level::Stop => break,
+                Level::Failed(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.sweep();
+        result
+    }
+
+    /// One level of [`remove`](Self::remove): the directories of `sub` in every hierarchy.
+    fn remove_level(&self, sub: &str, is_target: bool) -> Level {
+        let mut delay = Duration::from_millis(5);
+        let deadline = Instant::now() + PARENT_PATIENCE;
+        loop {
+            let mut reg = self.registry();
+            let Some(dirs) = reg.created(sub).cloned() else {
                 if is_target {
                     tracing::debug!(cgroup = %sub, "cgroup not created by skiff: left alone");
                 }
-                break;
+                return Level::Stop;
             };
-            if !is_target && reg.is_explicit(&sub) {
+            if !is_target && reg.is_explicit(sub) {
                 // a pod cgroup outlives its containers
-                break;
+                return Level::Stop;
             }
             let mut left = Vec::new();
-            let mut stop = false;
+            let mut busy_empty = false;
+            let mut failure = None;
             for d in dirs {
-                match rmdir_retry(&d, is_target) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        left.push(d);
-                        stop = true;
-                        if is_target {
-                            result = Err(e);
-                        }
+                let r = if is_target { rmdir_retry(&d, true) } else { rmdir_once(&d) };
+                if let Err(e) = r {
+                    // cgroupfs answers EBUSY for an empty parent while its removed child is
+                    // still going offline; with child cgroups it is in use and kept.
+                    if !is_target && e.errno() == Some(libc::EBUSY) && !has_subdirs(&d) {
+                        busy_empty = true;
                     }
+                    left.push(d);
+                    failure.get_or_insert(e);
                 }
             }
+            reg.set(sub, left);
+            let Some(e) = failure else {
+                reg.set_leftover(sub, false);
+                return match reg.save() {
+                    Ok(()) => Level::Removed,
+                    Err(e) if is_target => Level::Failed(e),
+                    Err(e) => {
+                        tracing::warn!(cgroup = %sub, error = %e, "cgroup registry not saved");
+                        Level::Removed
+                    }
+                };
+            };
+            if is_target {
+                let _ = reg.save();
+                return Level::Failed(e);
+            }
+            if !busy_empty || Instant::now() >= deadline {
+                if busy_empty {
+                    tracing::warn!(cgroup = %sub, error = %e, "empty parent cgroup still busy: left over, retried later");
+                    reg.set_leftover(sub, true);
+                }
+                let _ = reg.save();
+                return Level::Stop;
+            }
+            drop(reg);
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Retries the parents an earlier [`remove`](Self::remove) left over (empty but busy):
+    /// removes those still empty, and forgets the leftover mark of those that hold child
+    /// cgroups again (the removal of the last child takes them). One attempt each; never fails.
+    pub fn sweep(&self) {
+        let mut reg = self.registry();
+        let subs = reg.leftovers();
+        if subs.is_empty() {
+            return;
+        }
+        for sub in subs {
+            let Some(dirs) = reg.created(&sub).cloned() else {
+                reg.set_leftover(&sub, false);
+                continue;
+            };
+            let mut left = Vec::new();
+            let mut in_use = false;
+            for d in dirs {
+                if has_subdirs(&d) {
+                    in_use = true;
+                    left.push(d);
+                } else if let Err(e) = rmdir_once(&d) {
+                    tracing::debug!(cgroup = %sub, error = %e, "left-over cgroup still busy");
+                    left.push(d);
+                }
+            }
+            let done = left.is_empty();
             reg.set(&sub, left);
-            if stop {
-                break;
+            if done {
+                tracing::info!(cgroup = %sub, "left-over parent cgroup removed");
+            }
+            if done || in_use {
+                reg.set_leftover(&sub, false);
             }
         }
-        reg.save()?;
-        result
+        if let Err(e) = reg.save() {
+            tracing::warn!(error = %e, "cgroup registry not saved");
+        }
     }
+
+    /// The parents left over by [`remove`](Self::remove) (empty but busy), not yet swept.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.registry().leftovers()
+    }
+}
+
+/// How long [`CgroupManager::remove`] retries an empty parent that is still busy.
+const PARENT_PATIENCE: Duration = Duration::from_secs(3);
+
+enum Level {
+    Removed,
+    Stop,
+    Failed(CgroupError),
 }
 
 fn collect_procs(dir: &Path, set: &mut BTreeSet<i32>) {
@@ -512,6 +615,18 @@ fn rmdir_retry(dir: &Path, is_target: bool) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+/// One rmdir: a dir already gone is fine; on fake trees the interface files go first.
+fn rmdir_once(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && !is_cgroupfs(dir) && !has_subdirs(dir) => {
+            rmdir_retry(dir, false)
+        }
+        Err(e) => Err(CgroupError::io("rmdir", dir, e)),
+    }
 }
 
 fn has_subdirs(dir: &Path) -> bool {

@@ -20,6 +20,9 @@ struct RegistryFile {
     /// made on the way: removing a child never takes an explicit parent with it.
     #[serde(default)]
     explicit: BTreeSet<String>,
+    /// Parents whose removal found them empty but busy: retried by later removals and sweeps.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    leftover: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -31,7 +34,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// Loads the registry (`None` = in memory only, for tests and tools).
     pub(crate) fn open(file: Option<PathBuf>) -> Result<Self, CgroupError> {
-        let mut data = RegistryFile { version: VERSION, created: BTreeMap::new(), explicit: BTreeSet::new() };
+        let mut data = RegistryFile { version: VERSION, ..Default::default() };
         if let Some(f) = &file {
             match std::fs::read(f) {
                 // Empty: written unsynced before a power cut (the cgroups are gone too).
@@ -76,12 +79,25 @@ impl Registry {
         }
     }
 
+    pub(crate) fn set_leftover(&mut self, rel: &str, on: bool) {
+        if on {
+            self.data.leftover.insert(rel.to_string());
+        } else {
+            self.data.leftover.remove(rel);
+        }
+    }
+
+    pub(crate) fn leftovers(&self) -> Vec<String> {
+        self.data.leftover.iter().cloned().collect()
+    }
+
     pub(crate) fn remove_dir(&mut self, rel: &str, dir: &Path) {
         if let Some(v) = self.data.created.get_mut(rel) {
             v.retain(|d| d != dir);
             if v.is_empty() {
                 self.data.created.remove(rel);
                 self.data.explicit.remove(rel);
+                self.data.leftover.remove(rel);
             }
         }
     }
@@ -90,6 +106,7 @@ impl Registry {
         if dirs.is_empty() {
             self.data.created.remove(rel);
             self.data.explicit.remove(rel);
+            self.data.leftover.remove(rel);
         } else {
             self.data.created.insert(rel.to_string(), dirs);
         }
