@@ -16,6 +16,12 @@ use std::path::Path;
 
 /// `mount_setattr` attribute: read-only.
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `mount_setattr` attribute: set-uid bits ignored.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `mount_setattr` attribute: no device access.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// `mount_setattr` attribute: no exec.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 /// `mount_setattr` attribute: idmapped with the user namespace passed along.
 pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
