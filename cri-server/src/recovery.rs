@@ -5,7 +5,9 @@
 //! - A READY pod whose namespace pins are gone (the state dir did not survive a reboot) or
 //!   whose PID namespace holder died becomes NOTREADY and releases its network.
 //! - CREATED containers whose start was interrupted after their monitor started them are
-//!   adopted (RUNNING or EXITED); otherwise their rootfs mount and cgroup are released.
+//!   adopted (RUNNING or EXITED); otherwise their rootfs mount and cgroup are released. One
+//!   whose start had begun (its durable start mark) and whose state dir is gone (a reboot)
+//!   is EXITED with reason Unknown, as a RUNNING one is.
 //! - RUNNING containers are checked against their monitor: still running, or EXITED with the
 //!   exit record the monitor wrote meanwhile (or reason Unknown when it died without one).
 //! - The network plugin releases the leases of pods that are no longer alive, and the image
@@ -163,6 +165,25 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
 async fn recover_created(ctx: &Arc<Context>, c: &mut ContainerRecord) {
     use runtime::monitor;
     let cdir = ctx.container_dir(&c.id);
+    if std::mem::take(&mut c.starting) {
+        // Its start had begun and the state dir is gone (a reboot: a power cut may have lost
+        // the RUNNING record of a start that was acknowledged). Its process, if it ran, died
+        // with the machine, as a RUNNING container's would.
+        let dir = cdir.clone();
+        if blocking(move || !dir.exists()).await.unwrap_or(false) {
+            tracing::info!(container_id = %c.id, "start interrupted by a reboot: exited");
+            c.state = ContainerState::Exited;
+            c.exit_code = 255;
+            c.reason = "Unknown".into();
+            c.message = "the node restarted while the container was being started".into();
+            c.started_at = c.started_at.max(c.created_at);
+            c.finished_at = crate::store::now_nanos();
+            if let Err(e) = ctx.container_store.save_async(&c.id, &*c).await {
+                tracing::warn!(container_id = %c.id, error = %e, "cannot persist the recovered container");
+            }
+            return;
+        }
+    }
     let (dir, ctx2) = (cdir.clone(), ctx.clone());
     let read = blocking(move || {
         let monitor_pid =

@@ -47,8 +47,10 @@ async fn what_was_acknowledged_survives_a_simulated_power_cut() {
     let pod = d.run_pod(&pc).await;
     let ip = d.pod_ip(&pod).await;
     assert!(!ip.is_empty());
-    let started = d.create_and_start(&pod, &pc, container_config("started", &["sleep", "1000"])).await;
     let created = d.create(&pod, &pc, container_config("created", &["true"])).await.unwrap();
+    // Started last: its RUNNING record is written without waiting, so what the cut holds of
+    // it may be only its durable start mark.
+    let started = d.create_and_start(&pod, &pc, container_config("started", &["sleep", "1000"])).await;
 
     // A file written without fsync just before the cut: it must not be in the copy (whole), or
     // the copy would not be a cut.
@@ -80,6 +82,7 @@ async fn what_was_acknowledged_survives_a_simulated_power_cut() {
     let s = d.container_status(&started).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32, "{s:?}");
     assert!(s.started_at > 0, "{s:?}");
+    assert_eq!((s.exit_code, s.reason.as_str()), (255, "Unknown"), "{s:?}");
     let s = d.container_status(&created).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32, "{s:?}");
     // Its hold on the image's snapshots too: written without waiting, made durable by the

@@ -167,8 +167,30 @@ impl RecordDir {
     where
         T: Serialize + Clone + Send + 'static,
     {
+        self.save_entry_as(id, entry, true).await
+    }
+
+    /// [`RecordDir::save_entry`] without waiting for durability (the next durable write of the
+    /// journal, or its checkpoint, makes it durable): for a change whose loss in a power cut an
+    /// earlier durable record already covers (see `ContainerRecord::starting`).
+    pub async fn save_entry_unsynced<T>(&self, id: &str, entry: &std::sync::Arc<Entry<T>>) -> Result<(), StoreError>
+    where
+        T: Serialize + Clone + Send + 'static,
+    {
+        self.save_entry_as(id, entry, false).await
+    }
+
+    async fn save_entry_as<T>(
+        &self,
+        id: &str,
+        entry: &std::sync::Arc<Entry<T>>,
+        durable: bool,
+    ) -> Result<(), StoreError>
+    where
+        T: Serialize + Clone + Send + 'static,
+    {
         let (dir, id, entry) = (self.clone(), id.to_owned(), entry.clone());
-        tokio::task::spawn_blocking(move || entry.persist_with(|r| dir.save(&id, r)))
+        tokio::task::spawn_blocking(move || entry.persist_with(|r| dir.write(&id, r, durable)))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }

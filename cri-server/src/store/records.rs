@@ -133,6 +133,11 @@ pub struct ContainerRecord {
     /// persisted): a later cleanup has nothing to do. Not persisted: recovery cleans up again.
     #[serde(skip)]
     pub cleaned_up: bool,
+    /// A StartContainer of this CREATED container began (written durably before the monitor
+    /// may start it): the RUNNING record written next is not waited for, so after a power cut
+    /// this mark is what tells recovery that the start may have been acknowledged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 /// The effective uid, gid and supplemental groups of a container's process (inside its user

@@ -131,6 +131,7 @@ impl RuntimeSvc {
             error: None,
             user: None,
             cleaned_up: false,
+            starting: false,
         };
 
         let mut rb = Rollback::new();

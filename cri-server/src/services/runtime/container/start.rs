@@ -53,6 +53,14 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
         if pod.get().state != PodState::Ready {
             return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", c.pod_id)));
         }
+        // The start mark, durable before the monitor may start the container (its fdatasync
+        // runs while the monitor starts up and the rootfs is mounted): the RUNNING record
+        // written at the end is then not waited for (see `ContainerRecord::starting`).
+        entry.update(|r| r.starting = true);
+        let mark = {
+            let (ctx, entry, id) = (ctx.clone(), entry.clone(), c.id.clone());
+            tokio::spawn(async move { ctx.container_store.save_entry(&id, &entry).await })
+        };
         let cdir = ctx.container_dir(&c.id);
         let mut rb = Rollback::new();
         let result: Result<monitor::Started, Status> = async {
@@ -148,7 +156,9 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             });
             crate::failpoint::hit("start:after_cgroup").await?;
 
-            // The rootfs is mounted and the cgroup made: let the monitor start the container.
+            // The rootfs is mounted, the cgroup made and the start mark durable: let the
+            // monitor start the container.
+            mark.await.map_err(join_error)?.status("persist the start")?;
             tokio::task::spawn_blocking(move || gate.open())
                 .await
                 .map_err(join_error)?
@@ -160,6 +170,7 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 rb.commit();
                 entry.update(|r| {
                     r.state = ContainerState::Running;
+                    r.starting = false;
                     r.pid = Some(started.pid);
                     r.monitor_pid = Some(started.monitor_pid);
                     r.started_at = now_nanos();
@@ -168,7 +179,9 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
                 super::spawn_exit_watcher(ctx, entry);
                 crate::failpoint::delay("start:after_monitor").await;
-                ctx.container_store.save_entry(&c.id, entry).await.status("persist the container")?;
+                // Not waited for: the durable start mark covers a power cut (recovery reports
+                // the container EXITED either way, as its process is gone with the machine).
+                ctx.container_store.save_entry_unsynced(&c.id, entry).await.status("persist the container")?;
                 Ok(())
             }
             Err(status) => {
@@ -176,6 +189,7 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 // The container is done: it never ran. Its status says why.
                 entry.update(|r| {
                     r.state = ContainerState::Exited;
+                    r.starting = false;
                     r.exit_code = 128;
                     r.reason = "StartError".into();
                     r.message = status.message().to_owned();
