@@ -68,11 +68,21 @@ pub fn main(dir: &Path, gated: bool) -> i32 {
         // Orphans then go to the node's init instead: not fatal.
         diag!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
     }
+    // What does not need the rootfs or the cgroup is made before the gate opens.
+    let early = match Early::new(&cfg) {
+        Ok(e) => e,
+        Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
+    };
     if gated && !pass_gate(gate_fd) {
         diag!("start called off before the gate opened");
+        drop(early);
+        let _ = std::fs::remove_file(&cfg.socket_path);
+        if let Some(p) = &cfg.pid_file {
+            let _ = std::fs::remove_file(p);
+        }
         return 1;
     }
-    let mut m = match Monitor::start(&cfg, spec) {
+    let mut m = match Monitor::start(&cfg, spec, early) {
         Ok(m) => m,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
@@ -171,6 +181,26 @@ const ATTACH_PIPE_SIZE: libc::c_int = 1 << 20;
 struct Output {
     fd: OwnedFd,
     split: LineSplitter,
+}
+
+/// What the monitor makes before the gate opens: its socket (bound, not yet served), its pid
+/// file and the container's log file.
+struct Early {
+    listener: UnixListener,
+    log: CriLog,
+}
+
+impl Early {
+    fn new(cfg: &MonitorConfig) -> Result<Early> {
+        let listener = bind_unix(&cfg.socket_path).ctx(|| format!("listen on {}", cfg.socket_path.display()))?;
+        listener.set_nonblocking(true).ctx(|| "socket".into())?;
+        if let Some(p) = &cfg.pid_file {
+            write_atomic(p, std::process::id().to_string().as_bytes()).ctx(|| format!("write {}", p.display()))?;
+        }
+        let log = CriLog::open(cfg.log_path.clone(), cfg.log_dir.clone())
+            .ctx(|| format!("open log file {}", cfg.log_path.as_deref().unwrap_or(Path::new("")).display()))?;
+        Ok(Early { listener, log })
+    }
 }
 
 struct Monitor {
@@ -360,18 +390,11 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 impl Monitor {
-    fn start(cfg: &MonitorConfig, spec: Spec) -> Result<Monitor> {
-        let listener = bind_unix(&cfg.socket_path).ctx(|| format!("listen on {}", cfg.socket_path.display()))?;
-        listener.set_nonblocking(true).ctx(|| "socket".into())?;
-        if let Some(p) = &cfg.pid_file {
-            write_atomic(p, std::process::id().to_string().as_bytes()).ctx(|| format!("write {}", p.display()))?;
-        }
+    fn start(cfg: &MonitorConfig, spec: Spec, early: Early) -> Result<Monitor> {
+        let Early { listener, log } = early;
         let sigfd = signalfd(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT])?;
-        let log = CriLog::open(cfg.log_path.clone(), cfg.log_dir.clone())
-            .ctx(|| format!("open log file {}", cfg.log_path.as_deref().unwrap_or(Path::new("")).display()))?;
         let cgroups_path =
             spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());
-        let oom_before = oom_count(cgroups_path.as_deref());
         let plan = container::plan(&spec)?;
         let kill_rest_on_exit = !plan.new_pid;
         let (sync_r, sync_w) = pipe()?;
@@ -395,6 +418,9 @@ impl Monitor {
             Err(e) => bail!("fork: {e}"),
         };
         drop((sync_w, plan));
+        // Read while the child sets up: it execs nothing (so cannot run out of memory in the
+        // container's cgroup) before the pipe closes.
+        let oom_before = oom_count(cgroups_path.as_deref());
         let msg = read_to_end_raw(sync_r.as_raw_fd());
         if !msg.is_empty() {
             let _ = waitpid(pid, None);

@@ -1,4 +1,5 @@
-//! StartContainer: rootfs mount → container cgroup → monitor → RUNNING.
+//! StartContainer: the monitor started gated, the container cgroup and the rootfs mount at
+//! once → the durable start mark → the gate opened → RUNNING.
 
 use std::path::PathBuf;
 
@@ -84,77 +85,41 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             })
             .await
             .map_err(join_error)??;
-            // The monitor starts up (loads its configuration and the spec, detaches) while the
-            // rootfs is mounted and the cgroup made; it starts the container only once the
-            // gate opens, and exits having started nothing if it is dropped (any failure below).
+            // Three things at once: the monitor starts up (loads its configuration and the
+            // spec, detaches), the container cgroup is made with the spec's resources, and the
+            // rootfs is mounted. The monitor starts the container only once the gate opens and
+            // exits having started nothing if the gate is dropped (any failure below).
             let (ctx2, dir) = (ctx.clone(), cdir.clone());
-            let gate = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_gated(&dir))
-                .await
-                .map_err(join_error)?
-                .map_err(|e| monitor_status(e, "start the container"))?;
-
-            // The rootfs: the overlay of the image's snapshots and the container's own layer.
-            let mut layout = ctx
-                .images
-                .prepare_rootfs(&c.image_id, &c.id)
-                .await
-                .map_err(|e| image_status("prepare the rootfs", e))?;
-            layout.volatile = ctx.config.runtime.volatile_rootfs;
-            let target = cdir.join("rootfs");
-            let t = target.clone();
-            let p = pod.get();
-            match (
-                p.namespaces.user.clone(),
-                crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config)),
-            ) {
-                // A pod with a user namespace: the image's layers idmapped under the overlay,
-                // the upper dir's root owned by the pod's root (runtime::idmap).
-                (Some(userns), Some((uid, gid))) => tokio::task::spawn_blocking(move || {
-                    runtime::idmap::own_upper(&layout.upperdir, uid, gid)?;
-                    runtime::idmap::mount_overlay(&layout.lowerdirs, &layout.upperdir, &layout.workdir, &t, &userns)
-                })
-                .await
-                .map_err(join_error)?
-                .status("mount the idmapped rootfs")?,
-                (None, None) => {
-                    let ctx2 = ctx.clone();
-                    tokio::task::spawn_blocking(move || ctx2.images.mount_rootfs(&layout, &t))
-                        .await
-                        .map_err(join_error)?
-                        .map_err(|e| image_status("mount the rootfs", e))?
-                }
-                _ => {
-                    return Err(Status::failed_precondition(format!(
-                        "pod sandbox {}: its user namespace pin and its userns_options disagree",
-                        p.id
-                    )))
-                }
-            }
-            // Also unmounts the idmapped overlay: it is a mount on the same target.
-            let ctx2 = ctx.clone();
-            rb.push_blocking("rootfs mount", move || ctx2.images.unmount_rootfs(&target).map_err(|e| e.to_string()));
-            crate::failpoint::hit("start:after_mount").await?;
-
-            // The container cgroup, with the resources of the spec.
-            let spec_path = cdir.join("config.json");
-            let spec_bytes = tokio::task::spawn_blocking(move || std::fs::read(spec_path))
-                .await
-                .map_err(join_error)?
-                .map_err(|e| Status::internal(format!("read config.json: {e}")))?;
-            let spec: oci_spec::runtime::Spec =
-                serde_json::from_slice(&spec_bytes).map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
-            let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-            let (ctx2, cg) = (ctx.clone(), c.cgroup_path.clone());
-            tokio::task::spawn_blocking(move || ctx2.cgroups.create_with(&cg, resources.as_ref()))
-                .await
-                .map_err(join_error)?
-                .status("create the container cgroup")?;
-            let (ctx2, cg) = (ctx.clone(), c.cgroup_path.clone());
-            rb.push_blocking("container cgroup", move || {
-                let _ = ctx2.cgroups.kill_all(&cg);
-                ctx2.cgroups.remove(&cg).map_err(|e| e.to_string())
+            let spawn = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_gated(&dir));
+            let (ctx2, cg, spec_path) = (ctx.clone(), c.cgroup_path.clone(), cdir.join("config.json"));
+            let cgroup = tokio::task::spawn_blocking(move || -> Result<(), Status> {
+                let resources = spec_resources(&spec_path)?;
+                ctx2.cgroups.create_with(&cg, resources.as_ref()).status("create the container cgroup")
             });
+            let mounted = mount_rootfs(ctx, &c, pod, &cdir).await;
+            let made = cgroup.await.map_err(join_error).and_then(|r| r);
+            let gate =
+                spawn.await.map_err(join_error).and_then(|r| r.map_err(|e| monitor_status(e, "start the container")));
+            // Each rollback as soon as its step is known to have succeeded, whatever failed.
+            if mounted.is_ok() {
+                // Also unmounts the idmapped overlay: it is a mount on the same target.
+                let (ctx2, target) = (ctx.clone(), cdir.join("rootfs"));
+                rb.push_blocking("rootfs mount", move || {
+                    ctx2.images.unmount_rootfs(&target).map_err(|e| e.to_string())
+                });
+            }
+            if made.is_ok() {
+                let (ctx2, cg) = (ctx.clone(), c.cgroup_path.clone());
+                rb.push_blocking("container cgroup", move || {
+                    let _ = ctx2.cgroups.kill_all(&cg);
+                    ctx2.cgroups.remove(&cg).map_err(|e| e.to_string())
+                });
+            }
+            mounted?;
+            crate::failpoint::hit("start:after_mount").await?;
+            made?;
             crate::failpoint::hit("start:after_cgroup").await?;
+            let gate = gate?;
 
             // The rootfs is mounted, the cgroup made and the start mark durable: let the
             // monitor start the container.
@@ -206,4 +171,57 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             }
         }
     }
+}
+
+/// The rootfs: the overlay of the image's snapshots and the container's own layer, mounted at
+/// `CDIR/rootfs` (idmapped for a pod with a user namespace).
+async fn mount_rootfs(
+    ctx: &Arc<Context>,
+    c: &crate::store::ContainerRecord,
+    pod: &PodEntry,
+    cdir: &std::path::Path,
+) -> Result<(), Status> {
+    let mut layout =
+        ctx.images.prepare_rootfs(&c.image_id, &c.id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+    layout.volatile = ctx.config.runtime.volatile_rootfs;
+    let t = cdir.join("rootfs");
+    let p = pod.get();
+    match (p.namespaces.user.clone(), crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config))) {
+        // A pod with a user namespace: the image's layers idmapped under the overlay, the
+        // upper dir's root owned by the pod's root (runtime::idmap).
+        (Some(userns), Some((uid, gid))) => tokio::task::spawn_blocking(move || {
+            runtime::idmap::own_upper(&layout.upperdir, uid, gid)?;
+            runtime::idmap::mount_overlay(&layout.lowerdirs, &layout.upperdir, &layout.workdir, &t, &userns)
+        })
+        .await
+        .map_err(join_error)?
+        .status("mount the idmapped rootfs"),
+        (None, None) => {
+            let ctx2 = ctx.clone();
+            tokio::task::spawn_blocking(move || ctx2.images.mount_rootfs(&layout, &t))
+                .await
+                .map_err(join_error)?
+                .map_err(|e| image_status("mount the rootfs", e))
+        }
+        _ => Err(Status::failed_precondition(format!(
+            "pod sandbox {}: its user namespace pin and its userns_options disagree",
+            p.id
+        ))),
+    }
+}
+
+/// The resources of the container's `config.json` (blocking), read without the rest of the
+/// spec.
+fn spec_resources(path: &std::path::Path) -> Result<Option<oci_spec::runtime::LinuxResources>, Status> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        linux: Option<Linux>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Linux {
+        resources: Option<oci_spec::runtime::LinuxResources>,
+    }
+    let bytes = std::fs::read(path).map_err(|e| Status::internal(format!("read config.json: {e}")))?;
+    let spec: Spec = serde_json::from_slice(&bytes).map_err(|e| Status::internal(format!("parse config.json: {e}")))?;
+    Ok(spec.linux.and_then(|l| l.resources))
 }
