@@ -24,6 +24,8 @@ pub(crate) const EEXIST: i32 = libc::EEXIST;
 pub(crate) struct Rtnl {
     pub handle: Handle,
     task: JoinHandle<()>,
+    /// In skiffd's own network namespace (where the blocking pool's threads are).
+    host: bool,
 }
 
 impl Drop for Rtnl {
@@ -37,7 +39,7 @@ impl Rtnl {
     pub fn host() -> Result<Self> {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| NetworkError::io("open netlink socket", "NETLINK_ROUTE", e))?;
-        Ok(Self { handle, task: tokio::spawn(conn) })
+        Ok(Self { handle, task: tokio::spawn(conn), host: true })
     }
 
     /// A connection inside the network namespace pinned at `netns`.
@@ -61,7 +63,7 @@ impl Rtnl {
         // SAFETY: the fd comes from a socket we own and give away here.
         let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (conn, handle, _) = rtnetlink::from_socket(socket);
-        Ok(Self { handle, task: tokio::spawn(conn) })
+        Ok(Self { handle, task: tokio::spawn(conn), host: false })
     }
 
     /// The link called `name`, if it exists.
@@ -90,7 +92,17 @@ impl Rtnl {
     }
 
     /// Delete the link called `name`; `false` when it did not exist.
+    ///
+    /// The kernel deletes a link inside the sending system call, and a veth's deletion waits
+    /// for an RCU grace period (10-15 ms measured): on a host connection the request goes out
+    /// from the blocking pool ([`delete_link_blocking`]), never from a tokio worker.
     pub async fn delete_link(&self, name: &str) -> Result<bool> {
+        if self.host {
+            let n = name.to_string();
+            return tokio::task::spawn_blocking(move || delete_link_blocking(&n))
+                .await
+                .map_err(|e| NetworkError::Internal(format!("delete link {name}: {e}")))?;
+        }
         let Some(link) = self.link(name).await? else { return Ok(false) };
         match self.handle.link().del(link.header.index).execute().await {
             Ok(()) => Ok(true),
@@ -176,4 +188,50 @@ pub(crate) fn link_address(link: &LinkMessage) -> Option<&[u8]> {
         LinkAttribute::Address(m) => Some(m.as_slice()),
         _ => None,
     })
+}
+
+/// Deletes the link called `name` in the calling thread's network namespace with one blocking
+/// netlink request (RTM_DELLINK by name, acknowledged); `false` when it did not exist.
+pub(crate) fn delete_link_blocking(name: &str) -> Result<bool> {
+    use netlink_packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    let op = || format!("delete link {name}");
+    let io = |e: std::io::Error| NetworkError::Netlink { op: op(), message: e.to_string(), errno: e.raw_os_error() };
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)));
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(io)?;
+    sock.bind_auto().map_err(io)?;
+    sock.connect(&rtnetlink::sys::SocketAddr::new(0, 0)).map_err(io)?;
+    sock.send(&buf, 0).map_err(io)?;
+    loop {
+        let (data, _) = sock.recv_from_full().map_err(io)?;
+        let mut off = 0;
+        while off < data.len() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                .map_err(|e| NetworkError::Netlink { op: op(), message: e.to_string(), errno: None })?;
+            let len = m.header.length as usize;
+            if let NetlinkPayload::Error(e) = m.payload {
+                return match e.code {
+                    None => Ok(true),
+                    Some(c) if -c.get() == ENODEV => Ok(false),
+                    Some(c) => Err(NetworkError::Netlink {
+                        op: op(),
+                        message: std::io::Error::from_raw_os_error(-c.get()).to_string(),
+                        errno: Some(-c.get()),
+                    }),
+                };
+            }
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
 }
