@@ -144,9 +144,17 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 events::emit(ctx, &c.id, &c.pod_id, ContainerEventType::ContainerStartedEvent);
                 super::spawn_exit_watcher(ctx, entry);
                 crate::failpoint::delay("start:after_monitor").await;
-                // Not waited for: the durable start mark covers a power cut (recovery reports
-                // the container EXITED either way, as its process is gone with the machine).
-                ctx.container_store.save_entry_unsynced(&c.id, entry).await.status("persist the container")?;
+                // Written after the answer, without waiting for durability: the durable start
+                // mark covers a crash of skiffd (recovery adopts the running container from its
+                // monitor) and a power cut (it reports the container EXITED either way, as its
+                // process is gone with the machine). Writes of one entry land in order, the
+                // latest state last.
+                let (ctx2, entry2, id) = (ctx.clone(), entry.clone(), c.id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = ctx2.container_store.save_entry_unsynced(&id, &entry2).await {
+                        tracing::warn!(container_id = %id, error = %e, "cannot persist the started container");
+                    }
+                });
                 Ok(())
             }
             Err(status) => {
