@@ -391,8 +391,15 @@ fn v1_real() {
     assert!(s.memory_usage_bytes.is_some());
     assert!(s.cpu_usage_ns.is_some());
     assert_eq!(m.oom_kills(&path).unwrap(), 0);
-    // remove refuses while the process lives
-    assert!(m.remove(&path).is_err());
+    // remove refuses while the process lives, at once and touching nothing
+    let t = std::time::Instant::now();
+    let err = m.remove(&path).unwrap_err();
+    assert!(matches!(err, cgroups::CgroupError::Busy { remaining: 1, .. }), "{err:?}");
+    assert!(t.elapsed() < std::time::Duration::from_millis(100), "no retries: {:?}", t.elapsed());
+    assert!(m.exists(&path).unwrap() && m.created_by_skiff(&path).unwrap());
+    for hh in &h.v1 {
+        assert!(hh.mountpoint.join(path.trim_start_matches('/')).is_dir(), "{}", hh.mountpoint.display());
+    }
     m.kill_all(&path).unwrap();
     let st = child.wait().unwrap();
     assert!(!st.success());

@@ -420,12 +420,8 @@ impl CgroupManager {
     /// `remove` and when a manager opens the registry again ([`sweep`](Self::sweep)).
     pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
         let rel = normalize(path)?;
-        if self.registry().created(&rel).is_some() {
-            let live = self.procs(path)?.into_iter().filter(|p| !is_zombie(*p)).count();
-            if live > 0 {
-                return Err(CgroupError::Busy { path: path.to_string(), remaining: live });
-            }
-        }
+        // No look at the processes first: rmdir refuses a cgroup with tasks (EBUSY), and only
+        // then are its live ones counted (`rmdir_retry`).
         let comps: Vec<&str> = rel.split('/').collect();
         let mut result = Ok(());
         let mut i = comps.len();
@@ -465,8 +461,16 @@ impl CgroupManager {
             let mut left = Vec::new();
             let mut busy_empty = false;
             let mut failure = None;
-            for d in dirs {
+            let mut dirs = dirs.into_iter();
+            while let Some(d) = dirs.next() {
                 let r = if is_target { rmdir_retry(&d, true) } else { rmdir_once(&d) };
+                if let Err(CgroupError::Busy { remaining, .. }) = r {
+                    // Processes inside: nothing more is removed.
+                    left.push(d);
+                    left.extend(dirs);
+                    failure = Some(CgroupError::Busy { path: format!("/{sub}"), remaining });
+                    break;
+                }
                 if let Err(e) = r {
                     // cgroupfs answers EBUSY for an empty parent while its removed child is
                     // still going offline; with child cgroups it is in use and kept.
@@ -605,6 +609,16 @@ fn rmdir_retry(dir: &Path, is_target: bool) -> Result<(), CgroupError> {
                 // is final (for a parent still holding other cgroups, or a pod whose container
                 // cgroups are still there), not worth retrying.
                 let has_children = has_subdirs(dir);
+                // Live processes inside: final too (the caller kills them); zombies and tasks
+                // the kernel is still releasing are waited for.
+                if is_target && errno == libc::EBUSY && !has_children {
+                    let mut set = BTreeSet::new();
+                    collect_procs(dir, &mut set);
+                    let live = set.into_iter().filter(|p| !is_zombie(*p)).count();
+                    if live > 0 {
+                        return Err(CgroupError::Busy { path: dir.display().to_string(), remaining: live });
+                    }
+                }
                 let retryable = errno == libc::EBUSY || (is_target && errno == libc::ENOTEMPTY);
                 if !retryable || has_children || attempt >= 8 {
                     return Err(CgroupError::io("rmdir", dir, e));
