@@ -73,14 +73,19 @@ pub(crate) async fn stop_container(
 /// [`stop_container`] for a caller holding a transition of the container already.
 pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, timeout: Duration) -> Result<(), Status> {
     crate::failpoint::delay("stop:before_signal").await;
-    let (socket, signal, cgroup) = {
+    let (socket, signal, cgroup, own_pid_ns) = {
         let c = refresh(ctx, entry).await;
         // Never started, or already exited: nothing to stop (containerd leaves a created
         // container CREATED too).
         if c.state != ContainerState::Running {
             return Ok(());
         }
-        (ctx.container_dir(&c.id).join(monitor::SOCKET_FILE), c.stop_signal, c.cgroup_path.clone())
+        (
+            ctx.container_dir(&c.id).join(monitor::SOCKET_FILE),
+            c.stop_signal,
+            c.cgroup_path.clone(),
+            own_pid_namespace(ctx, &c),
+        )
     };
     // The record is not locked while we wait, so that status calls keep answering.
     let ctx2 = ctx.clone();
@@ -111,7 +116,11 @@ pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, tim
         // 10 ms, which a main process still dying from the SIGKILL above made every stop pay):
         // the monitor's Wait is what says they are gone, and the exit cleanup kills the whole
         // cgroup anyway.
-        let _ = ctx2.cgroups.signal_all(&cgroup);
+        // Not needed with a PID namespace of its own: the kernel kills the rest of it when its
+        // PID 1, the main process, dies.
+        if !own_pid_ns {
+            let _ = ctx2.cgroups.signal_all(&cgroup);
+        }
         match client.wait_exit(Some(KILL_WAIT)) {
             Ok(_) | Err(MonitorError::MonitorGone) => Ok(()),
             Err(MonitorError::Timeout) => {
@@ -139,4 +148,20 @@ pub(super) async fn stop_running(ctx: &Arc<Context>, entry: &ContainerEntry, tim
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Whether the container has a PID namespace of its own (CRI `NamespaceMode::CONTAINER`, as
+/// its own options or, without them, its pod's say), its main process being that namespace's
+/// PID 1. False when unsure (its pod is gone).
+fn own_pid_namespace(ctx: &Context, c: &crate::store::ContainerRecord) -> bool {
+    let own =
+        c.config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone());
+    let opts = match own {
+        Some(o) => o,
+        None => match super::find_pod(ctx, &c.pod_id) {
+            Ok(Some(p)) => crate::spec::namespace_options(&p.get().config),
+            _ => return false,
+        },
+    };
+    NamespaceMode::try_from(opts.pid).unwrap_or(NamespaceMode::Container) == NamespaceMode::Container
 }
