@@ -149,8 +149,9 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 // monitor) and a power cut (it reports the container EXITED either way, as its
                 // process is gone with the machine). Writes of one entry land in order, the
                 // latest state last.
+                // A graceful shutdown waits for it (`spawn_background`).
                 let (ctx2, entry2, id) = (ctx.clone(), entry.clone(), c.id.clone());
-                tokio::spawn(async move {
+                super::spawn_background(async move {
                     if let Err(e) = ctx2.container_store.save_entry_unsynced(&id, &entry2).await {
                         tracing::warn!(container_id = %id, error = %e, "cannot persist the started container");
                     }
