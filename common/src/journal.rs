@@ -382,6 +382,18 @@ impl Journal {
         &self.shared.base
     }
 
+    /// Why the journal can no longer be used (a failed write, `fdatasync` or checkpoint: every
+    /// change fails from then on), or `None` while it works.
+    pub fn unusable(&self) -> Option<String> {
+        lock(&self.shared.inner).poisoned.clone()
+    }
+
+    /// Makes the journal unusable as a failed `fdatasync` does (the first reason is kept).
+    /// Only ever makes things stricter; for tests of what depends on [`Journal::unusable`].
+    pub fn poison(&self, why: &str) {
+        lock(&self.shared.inner).poisoned.get_or_insert_with(|| why.to_owned());
+    }
+
     /// Replaces `BASE/rel` with `make(seq)` (mode `mode`), where `seq` is the change's sequence
     /// number, which the content must carry (see the module doc); `durable`: returns once the
     /// change survives a power cut. Creates missing parent directories.
@@ -652,6 +664,22 @@ mod tests {
         let big = "x".repeat(4096);
         put(&j, "big", &big);
         assert_eq!(text(d.path(), "big").as_deref(), Some(big.as_str()));
+    }
+
+    #[test]
+    fn a_poisoned_journal_refuses_changes_and_says_why() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), "j", seq_of).unwrap();
+        assert_eq!(j.unusable(), None);
+        put(&j, "a", "x");
+        j.poison("fdatasync of j.0: EIO");
+        j.poison("a second reason");
+        assert_eq!(j.unusable().as_deref(), Some("fdatasync of j.0: EIO"));
+        let err = j.save(Path::new("b"), |s| format!("{s}:y").into_bytes(), 0o600, true).unwrap_err();
+        assert!(err.to_string().contains("journal unusable: fdatasync of j.0: EIO"), "{err}");
+        assert!(j.remove(Path::new("a"), true).is_err());
+        assert!(!d.path().join("b").exists());
+        assert!(d.path().join("a").exists());
     }
 
     #[test]

@@ -118,6 +118,12 @@ impl RecordDir {
         self.dir.join(format!("{id}.json"))
     }
 
+    /// The journal the records are written through (shared by every record directory and the
+    /// image store's holds).
+    pub fn journal(&self) -> &common::journal::Journal {
+        &self.journal
+    }
+
     fn rel(&self, id: &str) -> PathBuf {
         Path::new(self.name).join(format!("{id}.json"))
     }

@@ -26,7 +26,7 @@ use crate::context::Context;
 use crate::error::unimplemented;
 use crate::validate;
 
-pub use status::RUNTIME_NAME;
+pub use status::{JOURNAL_UNUSABLE, RUNTIME_NAME};
 pub(crate) use streams::{chunked, ListStream};
 
 /// Starts the daemon's background work (noticing container exits).

@@ -11,6 +11,9 @@ use super::RuntimeSvc;
 /// The runtime name reported by `Version`.
 pub const RUNTIME_NAME: &str = "skiff";
 
+/// The reason of a RuntimeReady condition that is false because the metadata journal failed.
+pub const JOURNAL_UNUSABLE: &str = "MetadataJournalUnusable";
+
 /// The name of the only runtime handler, also reachable as the default (empty) handler.
 pub const DEFAULT_HANDLER_NAME: &str = "skiff";
 
@@ -26,11 +29,23 @@ impl RuntimeSvc {
     }
 
     pub(super) async fn status_impl(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
-        let runtime_ready = RuntimeCondition {
-            r#type: "RuntimeReady".into(),
-            status: true,
-            reason: String::new(),
-            message: String::new(),
+        // Once the metadata journal failed (a write, `fdatasync` or checkpoint), no change can
+        // be made durable: every mutating RPC fails, and the kubelet learns it here (it marks
+        // the node NotReady) rather than from one failure after another. Only a restart of
+        // skiffd (on a working disk) clears it.
+        let runtime_ready = match self.ctx.pod_store.journal().unusable() {
+            None => RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Some(why) => RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: false,
+                reason: JOURNAL_UNUSABLE.into(),
+                message: format!("the metadata journal cannot be written ({why}); restart skiffd once the disk works"),
+            },
         };
         let (net_ok, net_reason, net_message) = self.network_ready().await;
         let network_ready = RuntimeCondition {

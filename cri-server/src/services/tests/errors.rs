@@ -83,3 +83,26 @@ async fn an_ambiguous_id_prefix_is_invalid_argument() {
     // A unique prefix finds its pod.
     assert_eq!(n.pod_status(&shared[..20]).await.unwrap().id, *shared);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_metadata_journal_makes_the_runtime_not_ready_and_loses_nothing() {
+    let n = Node::new();
+    let (pod, c) = n.running("web").await;
+    let ready = |s: StatusResponse| {
+        s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "RuntimeReady").unwrap()
+    };
+    let st = n.rt.status(Request::new(StatusRequest { verbose: false })).await.unwrap().into_inner();
+    assert!(ready(st).status);
+    n.ctx.pod_store.journal().poison("fdatasync of journal.0: Input/output error");
+    let cond = ready(n.rt.status(Request::new(StatusRequest { verbose: false })).await.unwrap().into_inner());
+    assert!(!cond.status);
+    assert_eq!(cond.reason, crate::services::runtime::JOURNAL_UNUSABLE);
+    assert!(cond.message.contains("Input/output error"), "{}", cond.message);
+    // Every change fails (none is acknowledged that would not survive a power cut)...
+    assert_eq!(code(n.run_pod_with(super::pod_config("db")).await), Code::Internal);
+    assert_eq!(code(n.create(&pod, "side", BUSYBOX).await), Code::Internal);
+    // ...and what was there is still listed, the container still running.
+    assert_eq!(n.status(&c).await.unwrap().state, ContainerState::ContainerRunning as i32);
+    assert_eq!(n.pod_status(&pod).await.unwrap().state, PodSandboxState::SandboxReady as i32);
+    assert!(n.list_pods(PodSandboxFilter::default()).await.iter().all(|p| p.metadata.as_ref().unwrap().name == "web"));
+}
