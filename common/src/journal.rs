@@ -102,6 +102,36 @@ struct Inner {
     poisoned: Option<String>,
 }
 
+/// Upper bounds (seconds) of [`Stats::sync_buckets`]: a journal `fdatasync` takes from tens of
+/// microseconds (a fast SSD) to tens of milliseconds (a busy disk).
+pub const SYNC_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
+
+/// What a journal did since it was opened ([`Journal::stats`]), for skiffd's metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Changes appended.
+    pub entries: u64,
+    /// `fdatasync`s of the journal that durable changes waited for (one serves every change
+    /// waiting meanwhile: entries / syncs is the group commit's gain), and their time.
+    pub syncs: u64,
+    /// The time those `fdatasync`s took, in all.
+    pub sync_seconds: f64,
+    /// Those `fdatasync`s per bucket of [`SYNC_BUCKETS`] (not cumulative; the last is +Inf).
+    pub sync_buckets: [u64; SYNC_BUCKETS.len() + 1],
+    /// Checkpoints of full journal files finished.
+    pub checkpoints: u64,
+}
+
+impl Stats {
+    fn sync(&mut self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = SYNC_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(SYNC_BUCKETS.len());
+        self.sync_buckets[i] += 1;
+        self.syncs += 1;
+        self.sync_seconds += secs;
+    }
+}
+
 struct Shared {
     base: PathBuf,
     paths: [PathBuf; 2],
@@ -112,6 +142,7 @@ struct Shared {
     synced: AtomicU64,
     /// Serializes the `fdatasync`s (the group commit).
     sync_lock: Mutex<()>,
+    stats: Mutex<Stats>,
 }
 
 /// The journal of a base directory. Cheap to clone (shared). Every method blocks (file I/O):
@@ -373,6 +404,7 @@ impl Journal {
             checkpointed: Condvar::new(),
             synced: AtomicU64::new(next_seq - 1),
             sync_lock: Mutex::new(()),
+            stats: Mutex::new(Stats::default()),
         };
         Ok((Journal { shared: Arc::new(shared) }, replay))
     }
@@ -386,6 +418,11 @@ impl Journal {
     /// change fails from then on), or `None` while it works.
     pub fn unusable(&self) -> Option<String> {
         lock(&self.shared.inner).poisoned.clone()
+    }
+
+    /// What the journal did since it was opened.
+    pub fn stats(&self) -> Stats {
+        lock(&self.shared.stats).clone()
     }
 
     /// Makes the journal unusable as a failed `fdatasync` does (the first reason is kept).
@@ -456,6 +493,7 @@ impl Journal {
         }
         inner.tail += entry.len() as u64;
         inner.next_seq += 1;
+        lock(&self.shared.stats).entries += 1;
         inner.dirty_files[a].extend(file);
         inner.dirty_dirs[a].extend(dir);
         drop(inner);
@@ -478,10 +516,12 @@ impl Journal {
             let inner = self.lock_usable()?;
             (inner.next_seq - 1, inner.files[inner.active].clone(), self.shared.paths[inner.active].clone())
         };
+        let t = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
             lock(&self.shared.inner).poisoned = Some(format!("fdatasync of {}: {e}", path.display()));
             return Err(e);
         }
+        lock(&self.shared.stats).sync(t.elapsed());
         self.shared.synced.fetch_max(last, Ordering::AcqRel);
         Ok(())
     }
@@ -519,7 +559,10 @@ impl Journal {
                 .and_then(|()| file.sync_data());
             let mut inner = lock(&shared.inner);
             match res {
-                Ok(()) => inner.busy[old] = false,
+                Ok(()) => {
+                    inner.busy[old] = false;
+                    lock(&shared.stats).checkpoints += 1;
+                }
                 Err(e) => inner.poisoned = Some(format!("checkpoint of {}: {e}", shared.paths[old].display())),
             }
             shared.checkpointed.notify_all();
@@ -654,6 +697,13 @@ mod tests {
         }
         let expect: Vec<Option<String>> = (0..7).map(|k| text(d.path(), &format!("f{k}"))).collect();
         j.wait_checkpoints();
+        let st = j.stats();
+        assert_eq!(st.entries, 240, "{st:?}");
+        assert!(st.checkpoints >= 2, "{st:?}");
+        // 200 durable puts and 20 durable removals; the 20 other removals waited for none.
+        assert!(st.syncs > 0 && st.syncs <= 220, "{st:?}");
+        assert_eq!(st.sync_buckets.iter().sum::<u64>(), st.syncs);
+        assert!(st.sync_seconds > 0.0);
         drop(j);
         let (j, r) = Journal::open_with_size(d.path(), "j", seq_of, size).unwrap();
         // Both files were used in turn: the live one holds only the last entries.
@@ -708,5 +758,9 @@ mod tests {
         for t in 0..4 {
             assert_eq!(text(d.path(), &format!("t{t}")).as_deref(), Some("99"));
         }
+        let st = j.stats();
+        assert_eq!(st.entries, 400);
+        assert!(st.syncs >= 1 && st.syncs <= 400, "{st:?}");
+        assert_eq!(st.sync_buckets.iter().sum::<u64>(), st.syncs);
     }
 }

@@ -65,6 +65,12 @@ async fn metrics_endpoint() {
         sample(&body, "skiff_network_operation_duration_seconds_count{operation=\"setup\",result=\"success\"}"),
         Some(1.0)
     );
+    // The pod's READY record and the container's CREATED one waited for the journal at least.
+    let entries = sample(&body, "skiff_metadata_journal_entries_total").unwrap();
+    let syncs = sample(&body, "skiff_metadata_journal_sync_duration_seconds_count").unwrap();
+    assert!(entries >= 3.0 && syncs >= 2.0 && syncs <= entries, "{entries} {syncs}\n{body}");
+    assert_eq!(sample(&body, "skiff_metadata_journal_sync_duration_seconds_bucket{le=\"+Inf\"}"), Some(syncs));
+    assert_eq!(sample(&body, "skiff_metadata_journal_usable"), Some(1.0));
     assert!(sample(&body, "process_resident_memory_bytes").unwrap() > 1e6);
     assert!(sample(&body, "process_open_fds").unwrap() > 3.0);
     assert!(sample(&body, "process_threads").unwrap() >= 2.0);

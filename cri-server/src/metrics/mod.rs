@@ -7,6 +7,10 @@
 //! - `skiff_network_operation_duration_seconds{operation,result}` (pod network setup and
 //!   teardown), recorded by [`network::Timed`] around the network plugin;
 //! - `skiff_pods{state}` and `skiff_containers{state}`, counted from the stores at scrape time;
+//! - the metadata journal's (read at scrape time): `skiff_metadata_journal_entries_total`,
+//!   `skiff_metadata_journal_sync_duration_seconds` (histogram of the `fdatasync`s durable
+//!   changes wait for, shared by the changes waiting at once), `skiff_metadata_journal_checkpoints_total`
+//!   and `skiff_metadata_journal_usable` (0 once a write, `fdatasync` or checkpoint failed);
 //! - process metrics from `/proc/self` (read on a blocking thread): RSS, open fds, threads,
 //!   CPU seconds, start time.
 //!
@@ -113,6 +117,8 @@ pub struct Gauges {
     pub pods: BTreeMap<&'static str, u64>,
     pub containers: BTreeMap<&'static str, u64>,
     pub process: process::Process,
+    /// The metadata journal's counters, and whether it is still usable.
+    pub journal: Option<(common::journal::Stats, bool)>,
 }
 
 fn escape(v: &str) -> String {
@@ -171,8 +177,40 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     for (state, n) in &g.containers {
         let _ = writeln!(out, "skiff_containers{{state=\"{state}\"}} {n}");
     }
+    if let Some((j, usable)) = &g.journal {
+        render_journal(&mut out, j, *usable);
+    }
     g.process.render(&mut out);
     out
+}
+
+fn render_journal(out: &mut String, j: &common::journal::Stats, usable: bool) {
+    use common::journal::SYNC_BUCKETS;
+    let name = "skiff_metadata_journal_entries_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Changes of pod and container records and image holds written to the metadata journal.",
+    );
+    let _ = writeln!(out, "{name} {}", j.entries);
+    let name = "skiff_metadata_journal_sync_duration_seconds";
+    header(out, name, "histogram", "Duration of the metadata journal's fdatasyncs that durable changes waited for.");
+    let mut acc = 0;
+    for (i, b) in SYNC_BUCKETS.iter().enumerate() {
+        acc += j.sync_buckets[i];
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {acc}");
+    }
+    acc += j.sync_buckets[SYNC_BUCKETS.len()];
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {acc}");
+    let _ = writeln!(out, "{name}_sum {}", j.sync_seconds);
+    let _ = writeln!(out, "{name}_count {}", j.syncs);
+    let name = "skiff_metadata_journal_checkpoints_total";
+    header(out, name, "counter", "Full metadata journal files checkpointed (their files fsynced) and reused.");
+    let _ = writeln!(out, "{name} {}", j.checkpoints);
+    let name = "skiff_metadata_journal_usable";
+    header(out, name, "gauge", "1 while the metadata journal works; 0 once a write, fdatasync or checkpoint failed.");
+    let _ = writeln!(out, "{name} {}", u8::from(usable));
 }
 
 #[cfg(test)]
@@ -202,6 +240,30 @@ mod tests {
         ));
         assert!(text.contains("skiff_image_pulled_bytes_total 1000"));
         assert!(text.contains("skiff_image_pulls_total{result=\"success\"} 1"));
+    }
+
+    #[test]
+    fn journal_counters_and_sync_histogram() {
+        let mut j =
+            common::journal::Stats { entries: 7, syncs: 3, sync_seconds: 0.0012, checkpoints: 1, ..Default::default() };
+        j.sync_buckets[2] = 2; // <= 0.5 ms
+        j.sync_buckets[12] = 1; // > 2 s
+        let g = Gauges { journal: Some((j, false)), ..Default::default() };
+        let text = render(&Metrics::default(), &g);
+        for want in [
+            "skiff_metadata_journal_entries_total 7\n",
+            "skiff_metadata_journal_sync_duration_seconds_bucket{le=\"0.00025\"} 0\n",
+            "skiff_metadata_journal_sync_duration_seconds_bucket{le=\"0.0005\"} 2\n",
+            "skiff_metadata_journal_sync_duration_seconds_bucket{le=\"2\"} 2\n",
+            "skiff_metadata_journal_sync_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "skiff_metadata_journal_sync_duration_seconds_count 3\n",
+            "skiff_metadata_journal_checkpoints_total 1\n",
+            "skiff_metadata_journal_usable 0\n",
+            "# TYPE skiff_metadata_journal_sync_duration_seconds histogram\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+        assert!(!render(&Metrics::default(), &Gauges::default()).contains("journal"));
     }
 
     #[test]

@@ -96,6 +96,8 @@ async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>>
         *g.containers.entry(s).or_default() += 1;
     }
     g.process = tokio::task::spawn_blocking(super::process::Process::read).await.unwrap_or_default();
+    let journal = ctx.pod_store.journal();
+    g.journal = Some((journal.stats(), journal.unusable().is_none()));
     let mut r = plain(StatusCode::OK, render(&METRICS, &g));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -88,9 +88,8 @@ async fn an_ambiguous_id_prefix_is_invalid_argument() {
 async fn a_failed_metadata_journal_makes_the_runtime_not_ready_and_loses_nothing() {
     let n = Node::new();
     let (pod, c) = n.running("web").await;
-    let ready = |s: StatusResponse| {
-        s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "RuntimeReady").unwrap()
-    };
+    let ready =
+        |s: StatusResponse| s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "RuntimeReady").unwrap();
     let st = n.rt.status(Request::new(StatusRequest { verbose: false })).await.unwrap().into_inner();
     assert!(ready(st).status);
     n.ctx.pod_store.journal().poison("fdatasync of journal.0: Input/output error");
