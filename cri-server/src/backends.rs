@@ -106,11 +106,18 @@ pub trait Cgroups: Send + Sync + 'static {
     /// SIGKILL once to every process, no freezing or waiting ([`CgroupManager::signal_all`]).
     fn signal_all(&self, path: &str) -> Result<(), CgroupError>;
     fn remove(&self, path: &str) -> Result<(), CgroupError>;
+    /// The host's hierarchies, handed to the monitors (`None`: they find them themselves).
+    fn hierarchies(&self) -> Option<runtime::cgroups::Hierarchies> {
+        None
+    }
 }
 
 impl Cgroups for CgroupManager {
     fn mode(&self) -> CgroupMode {
         CgroupManager::mode(self)
+    }
+    fn hierarchies(&self) -> Option<runtime::cgroups::Hierarchies> {
+        Some(CgroupManager::hierarchies(self).clone())
     }
     fn exists(&self, path: &str) -> Result<bool, CgroupError> {
         CgroupManager::exists(self, path)

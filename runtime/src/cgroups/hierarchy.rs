@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::CgroupError;
 
 /// Which cgroup layout the host uses.
@@ -18,7 +20,7 @@ pub enum CgroupMode {
 }
 
 /// One mounted cgroup v1 hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct V1Hierarchy {
     /// Where the hierarchy is mounted, e.g. `/sys/fs/cgroup/memory`.
     pub mountpoint: PathBuf,
@@ -26,8 +28,9 @@ pub struct V1Hierarchy {
     pub controllers: Vec<String>,
 }
 
-/// The set of cgroup hierarchies skiff manages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The set of cgroup hierarchies skiff manages (serializable: skiffd hands its own to each
+/// monitor in `monitor.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hierarchies {
     /// Mounted v1 hierarchies (empty on a pure v2 host).
     pub v1: Vec<V1Hierarchy>,

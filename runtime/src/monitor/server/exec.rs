@@ -389,6 +389,7 @@ fn exec_inner(dir: &Path, a: &ExecArgs, cmd: &[String], status_fd: RawFd, stdin:
         bail!("exec: no command given");
     }
     let cfg = MonitorConfig::load(dir).map_err(|e| Error(e.to_string()))?;
+    super::util::use_hierarchies(cfg.cgroup_hierarchies.as_ref());
     let spec = Spec::load(dir.join(CONFIG_FILE)).ctx(|| "read config.json".into())?;
     let Some(process) = spec.process().clone() else { bail!("config.json has no process") };
     let st = crate::monitor::Client::connect(&cfg.socket_path)

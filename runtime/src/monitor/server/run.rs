@@ -46,6 +46,7 @@ pub fn main(dir: &Path, gated: bool) -> i32 {
     if let Some(p) = &cfg.debug_log_path {
         open_diag(p);
     }
+    use_hierarchies(cfg.cgroup_hierarchies.as_ref());
     // A relative root.path is relative to the bundle (the container dir).
     if let Err(e) = std::env::set_current_dir(dir) {
         return start_failed(&cfg, report_fd, &format!("chdir {}: {e}", dir.display()), None);

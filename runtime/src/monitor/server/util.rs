@@ -213,15 +213,24 @@ pub fn close_inherited_fds() {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
 
-/// The host's cgroup hierarchies, read from `/proc/self/mountinfo` once per monitor process:
-/// the container's and exec's children are forked after the first call and inherit the
-/// parsed value instead of reading mountinfo again (it grows with every pod on the node).
-/// The monitor lives for one container, during which the hierarchies do not change.
+static HIERARCHIES: std::sync::OnceLock<crate::cgroups::Hierarchies> = std::sync::OnceLock::new();
+
+/// Takes the hierarchies skiffd handed over in `monitor.json` (before any [`hierarchies`] call).
+pub fn use_hierarchies(h: Option<&crate::cgroups::Hierarchies>) {
+    if let Some(h) = h {
+        let _ = HIERARCHIES.set(h.clone());
+    }
+}
+
+/// The host's cgroup hierarchies: those of `monitor.json` ([`use_hierarchies`]), or else read
+/// from `/proc/self/mountinfo` once per monitor process: the container's and exec's children
+/// are forked after the first call and inherit the parsed value instead of reading mountinfo
+/// again (it grows with every pod on the node). The monitor lives for one container, during
+/// which the hierarchies do not change.
 pub fn hierarchies() -> std::result::Result<&'static crate::cgroups::Hierarchies, crate::cgroups::CgroupError> {
-    static H: std::sync::OnceLock<crate::cgroups::Hierarchies> = std::sync::OnceLock::new();
-    if let Some(h) = H.get() {
+    if let Some(h) = HIERARCHIES.get() {
         return Ok(h);
     }
     let h = crate::cgroups::Hierarchies::detect()?;
-    Ok(H.get_or_init(|| h))
+    Ok(HIERARCHIES.get_or_init(|| h))
 }

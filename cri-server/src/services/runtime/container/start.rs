@@ -73,6 +73,8 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             mc.tty = c.config.tty;
             mc.stdin = c.config.stdin;
             mc.stdin_once = c.config.stdin_once;
+            // The monitor need not read mountinfo (it grows with every mount on the node).
+            mc.cgroup_hierarchies = ctx.cgroups.hierarchies();
             let dir = cdir.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()).filter(|_| log_dir.is_none()) {
