@@ -48,17 +48,24 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut acc = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            acc += self.counts[i];
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {acc}");
-        }
-        acc += self.counts[BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {acc}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+        render_histogram(out, name, labels, &BUCKETS, &self.counts, self.sum, self.count);
     }
+}
+
+/// A histogram's lines: cumulative buckets of `bounds` from the per-bucket `counts` (one more
+/// than `bounds`: the last is +Inf), its sum and count.
+fn render_histogram(out: &mut String, name: &str, labels: &str, bounds: &[f64], counts: &[u64], sum: f64, count: u64) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut acc = 0;
+    for (b, n) in bounds.iter().zip(counts) {
+        acc += n;
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {acc}");
+    }
+    acc += counts.get(bounds.len()).copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {acc}");
+    let braced = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(out, "{name}_sum{braced} {sum}");
+    let _ = writeln!(out, "{name}_count{braced} {count}");
 }
 
 /// A family of histograms keyed by label values.
@@ -196,15 +203,7 @@ fn render_journal(out: &mut String, j: &common::journal::Stats, usable: bool) {
     let _ = writeln!(out, "{name} {}", j.entries);
     let name = "skiff_metadata_journal_sync_duration_seconds";
     header(out, name, "histogram", "Duration of the metadata journal's fdatasyncs that durable changes waited for.");
-    let mut acc = 0;
-    for (i, b) in SYNC_BUCKETS.iter().enumerate() {
-        acc += j.sync_buckets[i];
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {acc}");
-    }
-    acc += j.sync_buckets[SYNC_BUCKETS.len()];
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {acc}");
-    let _ = writeln!(out, "{name}_sum {}", j.sync_seconds);
-    let _ = writeln!(out, "{name}_count {}", j.syncs);
+    render_histogram(out, name, "", &SYNC_BUCKETS, &j.sync_buckets, j.sync_seconds, j.syncs);
     let name = "skiff_metadata_journal_checkpoints_total";
     header(out, name, "counter", "Full metadata journal files checkpointed (their files fsynced) and reused.");
     let _ = writeln!(out, "{name} {}", j.checkpoints);
