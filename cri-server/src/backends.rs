@@ -205,7 +205,12 @@ pub trait Monitors: Send + Sync + 'static {
     /// it starts the container once the returned gate is opened; dropped, the start is off.
     fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn GatedStart>, MonitorError>;
     /// Starts a pod's PID namespace holder ([`monitor::spawn_infra`]).
-    fn spawn_infra(&self, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError>;
+    fn spawn_infra(
+        &self,
+        pod_dir: &Path,
+        cgroup: Option<&str>,
+        hierarchies: Option<&runtime::cgroups::Hierarchies>,
+    ) -> Result<InfraStarted, MonitorError>;
     /// Connects to a monitor's socket; `MonitorGone` when nobody listens.
     fn connect(&self, socket: &Path) -> Result<Box<dyn MonitorClient>, MonitorError>;
     /// The exit record at `path` (`<container dir>/exit.json`), if written.
@@ -251,8 +256,13 @@ impl Monitors for HostMonitors {
     fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn GatedStart>, MonitorError> {
         Ok(Box::new(monitor::spawn_gated(&self.0, container_dir)?))
     }
-    fn spawn_infra(&self, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
-        monitor::spawn_infra(&self.0, pod_dir, cgroup)
+    fn spawn_infra(
+        &self,
+        pod_dir: &Path,
+        cgroup: Option<&str>,
+        hierarchies: Option<&runtime::cgroups::Hierarchies>,
+    ) -> Result<InfraStarted, MonitorError> {
+        monitor::spawn_infra(&self.0, pod_dir, cgroup, hierarchies)
     }
     fn connect(&self, socket: &Path) -> Result<Box<dyn MonitorClient>, MonitorError> {
         Ok(Box::new(monitor::Client::connect(socket)?))

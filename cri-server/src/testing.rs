@@ -800,7 +800,12 @@ impl Monitors for FakeMonitors {
         Ok(Box::new(FakeGate { monitors: self.clone(), dir: container_dir.to_owned() }))
     }
 
-    fn spawn_infra(&self, _pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
+    fn spawn_infra(
+        &self,
+        _pod_dir: &Path,
+        cgroup: Option<&str>,
+        _hierarchies: Option<&runtime::cgroups::Hierarchies>,
+    ) -> Result<InfraStarted, MonitorError> {
         let mut st = lock(&self.inner.state);
         let pid = Self::next_pid(&mut st);
         st.infra.insert(pid, true);

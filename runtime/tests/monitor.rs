@@ -619,7 +619,7 @@ fn infra_pid_namespace_shared_by_a_container() {
         return;
     }
     let pod = tempfile::Builder::new().prefix("skpod-").tempdir_in("/tmp").unwrap();
-    let infra = monitor::spawn_infra(Path::new(BIN), pod.path(), None).unwrap();
+    let infra = monitor::spawn_infra(Path::new(BIN), pod.path(), None, None).unwrap();
     let ipid = infra.pid;
     let kill_infra = move || {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ipid), nix::sys::signal::Signal::SIGTERM);

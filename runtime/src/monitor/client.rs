@@ -38,9 +38,23 @@ pub fn spawn(monitor_bin: &Path, container_dir: &Path) -> Result<Started, Monito
 /// namespace, in the pod's `ns/{net,ipc,uts}` pins when present, and in `cgroup` (cgroupfs
 /// form), which it joins itself before anything else (`cgroups::join_self`: no RCU grace
 /// period, unlike moving it in from outside through `cgroup.procs`). It reaps orphans until
-/// SIGTERM/SIGKILL.
-pub fn spawn_infra(monitor_bin: &Path, pod_dir: &Path, cgroup: Option<&str>) -> Result<InfraStarted, MonitorError> {
-    let extra: Vec<&str> = cgroup.map(|c| vec!["--cgroup", c]).unwrap_or_default();
+/// SIGTERM/SIGKILL. `hierarchies`: the host's cgroup hierarchies (else it reads mountinfo).
+pub fn spawn_infra(
+    monitor_bin: &Path,
+    pod_dir: &Path,
+    cgroup: Option<&str>,
+    hierarchies: Option<&crate::cgroups::Hierarchies>,
+) -> Result<InfraStarted, MonitorError> {
+    let json = match (cgroup, hierarchies) {
+        (Some(_), Some(h)) => {
+            Some(serde_json::to_string(h).map_err(|e| MonitorError::Config(format!("encode the hierarchies: {e}")))?)
+        }
+        _ => None,
+    };
+    let mut extra: Vec<&str> = cgroup.map(|c| vec!["--cgroup", c]).unwrap_or_default();
+    if let Some(j) = &json {
+        extra.extend(["--hierarchies", j.as_str()]);
+    }
     match run_reporting(monitor_bin, "infra", pod_dir, &extra)? {
         StartReport::Started { pid, .. } => Ok(InfraStarted { pid }),
         StartReport::Error { message } => Err(MonitorError::StartError(message)),

@@ -76,10 +76,13 @@ impl RuntimeSvc {
         if NamespaceMode::try_from(namespace_options(&record.config).pid) == Ok(NamespaceMode::Pod) {
             // It belongs to the pod, not to skiffd: it joins the pod cgroup itself.
             let (ctx2, dir, cgroup) = (ctx.clone(), ctx.pod_paths(&record.id).dir, record.cgroup_parent.clone());
-            let infra = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_infra(&dir, Some(&cgroup)))
-                .await
-                .map_err(join_error)?
-                .map_err(|e| Status::internal(format!("start the pod's PID namespace holder: {e}")))?;
+            // With the host's hierarchies, so that it need not read mountinfo.
+            let infra = tokio::task::spawn_blocking(move || {
+                ctx2.monitors.spawn_infra(&dir, Some(&cgroup), ctx2.cgroups.hierarchies().as_ref())
+            })
+            .await
+            .map_err(join_error)?
+            .map_err(|e| Status::internal(format!("start the pod's PID namespace holder: {e}")))?;
             let start_time = ctx.monitors.process_start_time(infra.pid);
             record.namespaces.infra_pid = Some(infra.pid);
             record.namespaces.infra_start_time = start_time;

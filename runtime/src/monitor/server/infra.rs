@@ -1,4 +1,6 @@
-//! `skiff-monitor infra <pod-dir> [--cgroup <cgroup>]`: PID 1 of a pod-level PID namespace.
+//! `skiff-monitor infra <pod-dir> [--cgroup <cgroup> [--hierarchies <json>]]`: PID 1 of a
+//! pod-level PID namespace (`--hierarchies`: skiffd's cgroup hierarchies, so that it need not
+//! read mountinfo).
 //! Joins the pod cgroup first (when given; through `tasks` on v1, see
 //! [`crate::cgroups::join_self`]), then the pod's
 //! `ns/{ipc,uts,net}` pins when present, then its `ns/user` when it has one (so that the PID

@@ -13,7 +13,7 @@ mod util;
 pub use log::format_timestamp;
 pub use log::LineSplitter;
 
-const USAGE: &str = "usage: skiff-monitor run <container-dir> [--gated]\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup>]";
+const USAGE: &str = "usage: skiff-monitor run <container-dir> [--gated]\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup> [--hierarchies <json>]]";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
@@ -31,6 +31,16 @@ pub fn main(args: Vec<String>) -> i32 {
         ("infra", Some(dir)) => match &args[3..] {
             [] => infra::main(std::path::Path::new(dir), None),
             [flag, cg] if flag == "--cgroup" => infra::main(std::path::Path::new(dir), Some(cg)),
+            [flag, cg, hflag, h] if flag == "--cgroup" && hflag == "--hierarchies" => {
+                match serde_json::from_str(h) {
+                    Ok(h) => util::use_hierarchies(Some(&h)),
+                    Err(e) => {
+                        eprintln!("--hierarchies: {e}");
+                        return 2;
+                    }
+                }
+                infra::main(std::path::Path::new(dir), Some(cg))
+            }
             _ => {
                 eprintln!("{USAGE}");
                 2
