@@ -34,8 +34,9 @@ pub const DELAY_ONLY: &[&str] = &["start:after_monitor", "stop:before_signal", "
 /// Points in work done after the answer, whose failure is kept for a later RPC to retry (not
 /// rolled back, so not in [`ALL`], whose points `tests/tests/rollback.rs` tests):
 /// `pod:background_teardown` fails the network teardown StopPodSandbox leaves to a background
-/// task (`tests/tests/remove_background.rs`).
-pub const BACKGROUND: &[&str] = &["pod:background_teardown"];
+/// task, `pod:background_removal` the end of a removal RemovePodSandbox leaves to one (the
+/// pod's namespace pins, shm, files, cgroup and record; `tests/tests/remove_background.rs`).
+pub const BACKGROUND: &[&str] = &["pod:background_teardown", "pod:background_removal"];
 
 #[cfg_attr(not(any(feature = "failpoints", test)), allow(dead_code))]
 enum Action {

@@ -91,11 +91,16 @@ async fn pod_lifecycle() {
     };
     assert_eq!(d.pod_ids(Some(not_ready)).await, vec![id.clone()]);
 
-    // Remove: gone, idempotent, the name is free again.
+    // Remove: gone, idempotent, the name is free again. The pod's directory (namespace pins,
+    // shm, files) goes right after the answer, in the background.
     for _ in 0..2 {
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
     }
-    assert!(!pod_dir.exists());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pod_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} still there:\n{}", pod_dir.display(), d.log());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let err = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false })
         .await

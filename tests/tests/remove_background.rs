@@ -2,7 +2,9 @@
 //! away before, deleted in the background): both are gone from their places when it returns,
 //! deleted shortly after, the image is free at once, and a trash a killed skiffd left behind
 //! is swept at the next start. StopPodSandbox leaves the veth's deletion to a background task;
-//! when that fails, RemovePodSandbox tears the network down itself.
+//! when that fails, RemovePodSandbox tears the network down itself. RemovePodSandbox leaves
+//! the pod's namespace pins, shm, files and cgroup to a background task too, its record kept
+//! (durably `removing`) until they are gone.
 
 mod net_support;
 
@@ -286,7 +288,7 @@ async fn remove_pod_sandbox_hands_the_end_of_the_removal_to_the_background_teard
     let again = d.run_pod(&pc).await;
     assert!(!record.exists());
     assert!(!leases(&d).contains_key(&pod), "{:?}", leases(&d));
-    assert!(d.log().contains("removed pod sandbox's network torn down, record deleted"), "{}", d.log());
+    assert!(d.log().contains("removed pod sandbox torn down, record deleted"), "{}", d.log());
     d.remove_pod(&again).await;
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
@@ -354,4 +356,131 @@ async fn a_failed_teardown_after_the_removal_puts_the_pod_back() {
     assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
     assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+}
+
+/// Whether anything is mounted at or below `dir`.
+fn mounted_below(dir: &Path) -> bool {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .any(|mp| mp == dir || mp.starts_with(&format!("{dir}/")))
+}
+
+/// The pod's cgroup directories (in the v1 memory hierarchy), from its verbose status.
+fn pod_cgroup(cgroup_parent: &str) -> std::path::PathBuf {
+    Path::new("/sys/fs/cgroup/memory").join(cgroup_parent.trim_start_matches('/'))
+}
+
+/// RemovePodSandbox of a READY pod: the containers are removed and the network torn down before
+/// the answer; the pod's namespace pins, shm, files and cgroup are left to a background task
+/// (held up here by the failpoint `pod:background_removal=sleep:1500`). It answers at once;
+/// the pod is gone for every call, its record kept with `removing` and its name reserved until
+/// the rest is gone; then the record is deleted and a RunPodSandbox of the same name (which
+/// waited for the name) runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_pod_sandbox_leaves_the_pods_teardown_to_the_background() {
+    let d = Daemon::start_with_failpoints("pod:background_removal=sleep:1500").await;
+    let pc = pod_config(&d, "bgremove");
+    let pod = d.run_pod(&pc).await;
+    let cgroup = d.pod_info(&pod).await["cgroupParent"].as_str().unwrap().to_owned();
+    d.pull(BUSYBOX).await;
+    d.create_and_start(&pod, &pc, container_config("c", &["sleep", "60"])).await;
+    let pod_dir = d.state().join("pods").join(&pod);
+    assert!(mounted_below(&pod_dir));
+    assert!(pod_cgroup(&cgroup).exists());
+    let started = Instant::now();
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1500), "the answer waited for the teardown");
+
+    // Gone for every call (the container too), removable again...
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty(), "{:?}", pods.items);
+    let ctrs = d.runtime().list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();
+    assert!(ctrs.containers.is_empty(), "{:?}", ctrs.containers);
+    let err = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    // ...while its record says `removing` (durably) and its pins and cgroup are still there.
+    assert_eq!(pod_record(&d, &pod)["removing"], true);
+    assert!(mounted_below(&pod_dir), "torn down before the failpoint's delay");
+    assert!(leases(&d).is_empty(), "the network is torn down before the answer: {:?}", leases(&d));
+
+    // The same name waits for the end of the removal.
+    let record = d.root().join("metadata/pods").join(format!("{pod}.json"));
+    let again = d.run_pod(&pc).await;
+    assert!(!record.exists());
+    assert!(!pod_dir.exists() && !mounted_below(&pod_dir));
+    assert!(!pod_cgroup(&cgroup).exists());
+    assert!(d.log().contains("removed pod sandbox torn down, record deleted"), "{}", d.log());
+    d.remove_pod(&again).await;
+}
+
+/// When the background end of a removal fails (failpoint `pod:background_removal`, before
+/// anything is removed), the pod comes back NOTREADY with the failure in its `error`, also on
+/// disk (never leaked silently), and the next RemovePodSandbox removes it wholly before it
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_removal_puts_the_pod_back_and_the_retry_removes_it() {
+    let d = Daemon::start_with_failpoints("pod:background_removal").await;
+    let pc = pod_config(&d, "bgremove-fail");
+    let pod = d.run_pod(&pc).await;
+    let cgroup = d.pod_info(&pod).await["cgroupParent"].as_str().unwrap().to_owned();
+    let pod_dir = d.state().join("pods").join(&pod);
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(s) = d
+            .runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
+            .await
+        {
+            break s.into_inner();
+        }
+        assert!(Instant::now() < deadline, "the pod did not come back:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let error = info["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("removal incomplete: ") && error.contains("injected failure"), "{info}");
+    wait_for("the failure on disk", || pod_record(&d, &pod)["error"].is_string()).await;
+    let record = pod_record(&d, &pod);
+    assert_eq!(record["removing"], serde_json::Value::Null, "{record}");
+    assert!(d.log().contains("the end of a pod sandbox's removal failed"), "{}", d.log());
+    assert!(mounted_below(&pod_dir));
+
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    assert!(!pod_dir.exists() && !mounted_below(&pod_dir));
+    assert!(!pod_cgroup(&cgroup).exists());
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty(), "{:?}", pods.items);
+}
+
+/// A skiffd killed while the background end of a removal is held up finishes it at its next
+/// start: no record, mount, file or cgroup is left, and the name is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_removal_cut_off_by_sigkill_is_finished_at_start() {
+    let mut d = Daemon::start_with_failpoints("pod:background_removal=sleep:5000").await;
+    let pc = pod_config(&d, "bgremove-kill");
+    let pod = d.run_pod(&pc).await;
+    let cgroup = d.pod_info(&pod).await["cgroupParent"].as_str().unwrap().to_owned();
+    let pod_dir = d.state().join("pods").join(&pod);
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(pod_record(&d, &pod)["removing"], true);
+    d.kill();
+    assert!(mounted_below(&pod_dir));
+    d.start_again().await;
+    assert!(d.log().contains("finishing a pod sandbox removal that was interrupted"), "{}", d.log());
+    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    assert!(!pod_dir.exists() && !mounted_below(&pod_dir));
+    assert!(!pod_cgroup(&cgroup).exists());
+    let again = d.run_pod(&pc).await;
+    d.remove_pod(&again).await;
 }

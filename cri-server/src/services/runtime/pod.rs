@@ -12,8 +12,11 @@
 //!
 //! StopPodSandbox leaves the bridge's veth deletion and lease release to a background task
 //! (`pod_extras::spawn_network_teardown`, no transition held); a RemovePodSandbox that comes
-//! while it is under way hands it the end of the removal (the record kept with `removing`
-//! until the veth and lease are gone, the name reserved until then; see `remove_pod`).
+//! while it is under way hands it the end of the removal. RemovePodSandbox answers once the
+//! containers are removed, the network is torn down (or left to that task) and the record is
+//! durably `removing`; the namespace pins, shm, files and cgroup are removed after the answer
+//! (`pod_extras::finish_removal`), and then the record; the name stays reserved until then
+//! (see `remove_pod`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,7 +29,7 @@ use tracing::Instrument;
 
 use super::container::{container_status, detached, refresh, PodEntry};
 use super::events;
-use super::pod_extras::{spawn_network_teardown, teardown_pod_extras_front};
+use super::pod_extras::{spawn_network_teardown, spawn_removal, teardown_pod_extras_front};
 use super::RuntimeSvc;
 use crate::error::{join_error, StatusExt};
 use crate::rollback::Rollback;
@@ -339,14 +342,16 @@ impl RuntimeSvc {
 
     /// Stops the pod, removes its containers, namespaces, files, cgroup and record. Idempotent.
     ///
-    /// StopPodSandbox leaves what the network plugin allows (for the bridge: the veth, whose
-    /// deletion waits for an RCU grace period, then the lease) to a background teardown
-    /// (`spawn_network_teardown`). When that is still under way, the removal is handed to it: the record is kept with
-    /// `removing` (persisted before the answer), the pod leaves the index at once (every call
-    /// then finds no such pod) and its name stays reserved; the background task deletes the
-    /// record and releases the name once the veth and the lease are gone, or puts the pod back,
-    /// NOTREADY with its error, when that fails (a new RemovePodSandbox retries). A skiffd
-    /// killed in between finishes the removal at its next start (recovery).
+    /// The containers are removed and the network torn down (what StopPodSandbox did not leave
+    /// to its background teardown) before the answer; the rest is handed to the background: the
+    /// record is kept with `removing` (durable before the answer), the pod leaves the index at
+    /// once (every call then finds no such pod) and its name stays reserved. A background task
+    /// ([`finish_removal`](super::pod_extras::finish_removal), after the network teardown of `spawn_network_teardown` when that
+    /// is still under way) unmounts the namespace pins and shm, deletes the pod's files and
+    /// cgroup, then the record, and releases the name; when that fails, the pod is back,
+    /// NOTREADY, with the failure in its `error`. A pod with an `error` (a teardown that failed
+    /// before) is removed wholly before the answer, so that the retry reports what fails. A
+    /// skiffd killed in between finishes the removal at its next start (recovery).
     async fn remove_pod(&self, entry: &PodEntry) -> Result<(), Status> {
         let Ok(_t) = entry.begin(Transition::Removing, Mode::Exclusive).await else { return Ok(()) };
         // With a background teardown under way, stop as StopPodSandbox does (which leaves the
@@ -356,6 +361,9 @@ impl RuntimeSvc {
         self.stop_pod(entry, in_flight).await?;
         let pod = entry.get();
         self.remove_pod_containers(&pod.id).await?;
+        if pod.error.is_none() {
+            return self.hand_off_removal(entry, &pod).await;
+        }
         let ctx = self.ctx.clone();
         let id = pod.id.clone();
         let cgroup = pod.cgroup_parent.clone();
@@ -404,6 +412,34 @@ impl RuntimeSvc {
         }
         self.ctx.pods.names.release(&pod.name, &pod.id);
         tracing::info!("pod sandbox removed");
+        events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
+        Ok(())
+    }
+
+    /// RemovePodSandbox's answer for a stopped pod without containers and without an error: the
+    /// record durably `removing`, the pod out of the index, the rest left to [`finish_removal`](super::pod_extras::finish_removal)
+    /// (or to the network teardown under way, which runs it when it is done).
+    async fn hand_off_removal(&self, entry: &PodEntry, pod: &PodRecord) -> Result<(), Status> {
+        // Out of the index first: from here on a call finds no such pod; a background task
+        // that fails puts it back.
+        self.ctx.pods.remove(&pod.id);
+        // Under the record's lock: a network teardown that ends meanwhile either sees
+        // `removing` (and finishes the removal) or has ended before (and this task does it).
+        let network_task = entry.update(|r| {
+            r.removing = true;
+            r.teardown_in_flight
+        });
+        if let Err(e) = self.ctx.pod_store.save_entry(&pod.id, entry).await {
+            if !network_task {
+                entry.update(|r| r.removing = false);
+                self.ctx.pods.insert_entry(&pod.id, entry.clone());
+            }
+            return Err(e).status("persist the pod's removal");
+        }
+        if !network_task {
+            spawn_removal(&self.ctx, entry);
+        }
+        tracing::info!("pod sandbox removed; its teardown finishes in the background");
         events::emit(&self.ctx, &pod.id, &pod.id, ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }

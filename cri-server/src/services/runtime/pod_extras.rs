@@ -179,18 +179,8 @@ pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
         });
         match (&res, removing) {
             (Ok(()), true) => {
-                if let Err(e) = ctx.pod_store.remove_entry(&pod.id, &entry).await {
-                    tracing::warn!(pod_id = %pod.id, error = %e, "cannot delete the record of a removed pod; it is back, NOTREADY");
-                    entry.update(|r| {
-                        r.error = Some(format!("removal incomplete: {e}"));
-                        r.removing = false;
-                    });
-                    ctx.pods.insert_entry(&pod.id, entry.clone());
-                } else {
-                    ctx.pods.names.release(&pod.name, &pod.id);
-                    tracing::info!(pod_id = %pod.id, "removed pod sandbox's network torn down, record deleted");
-                    return;
-                }
+                finish_removal(&ctx, &entry).await;
+                return;
             }
             (Err(e), true) => {
                 tracing::warn!(pod_id = %pod.id, error = %e, "network teardown of a removed pod failed; it is back, NOTREADY, and RemovePodSandbox retries it");
@@ -204,6 +194,57 @@ pub(crate) fn spawn_network_teardown(ctx: &Arc<Context>, entry: &PodEntry) {
         if let Err(e) = ctx.pod_store.save_entry(&pod.id, &entry).await {
             tracing::warn!(pod_id = %pod.id, error = %e, "cannot persist the pod's network teardown");
         }
+    });
+}
+
+/// The end of a removal that RemovePodSandbox answered (the record durably `removing`, the pod
+/// out of the index, its name still reserved), after the network is torn down: the pod's
+/// namespace pins, shm, files and cgroup, then the record (durably deleted) and the name. On a
+/// failure the pod is back in the index, NOTREADY, with the failure in its `error` and
+/// `removing` cleared, and `false` is returned: the next RemovePodSandbox removes it before it
+/// answers and reports what fails. Run after the answer ([`spawn_removal`], or the network
+/// teardown's task); a skiffd killed before it ended finishes it at the next start (recovery
+/// finds the `removing` record). The failpoint `pod:background_removal` makes it fail before
+/// removing anything.
+pub(crate) async fn finish_removal(ctx: &Arc<Context>, entry: &PodEntry) -> bool {
+    let pod = entry.get();
+    let res = async {
+        crate::failpoint::hit("pod:background_removal").await.map_err(|e| e.message().to_string())?;
+        let (ctx2, id, cgroup) = (ctx.clone(), pod.id.clone(), pod.cgroup_parent.clone());
+        tokio::task::spawn_blocking(move || {
+            ctx2.sandboxes.teardown_pod(&ctx2.config.state, &id, &cgroup).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        ctx.pod_store.remove_entry(&pod.id, entry).await.map_err(|e| format!("delete the pod record: {e}"))
+    }
+    .await;
+    match res {
+        Ok(()) => {
+            ctx.pods.names.release(&pod.name, &pod.id);
+            tracing::info!(pod_id = %pod.id, "removed pod sandbox torn down, record deleted");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(pod_id = %pod.id, error = %e, "the end of a pod sandbox's removal failed; it is back, NOTREADY");
+            entry.update(|r| {
+                r.error = Some(format!("removal incomplete: {e}"));
+                r.removing = false;
+            });
+            ctx.pods.insert_entry(&pod.id, entry.clone());
+            if let Err(e) = ctx.pod_store.save_entry(&pod.id, entry).await {
+                tracing::warn!(pod_id = %pod.id, error = %e, "cannot persist the pod's failed removal");
+            }
+            false
+        }
+    }
+}
+
+/// [`finish_removal`] in a background task (counted for a graceful shutdown).
+pub(crate) fn spawn_removal(ctx: &Arc<Context>, entry: &PodEntry) {
+    let (ctx, entry) = (ctx.clone(), entry.clone());
+    spawn_background(async move {
+        finish_removal(&ctx, &entry).await;
     });
 }
 
