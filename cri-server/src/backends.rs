@@ -17,6 +17,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -158,7 +159,7 @@ pub trait Sandboxes: Send + Sync + 'static {
 }
 
 /// [`Sandboxes`] on the real host, with the daemon's cgroup manager.
-pub struct HostSandboxes(pub std::sync::Arc<CgroupManager>);
+pub struct HostSandboxes(pub Arc<CgroupManager>);
 
 impl Sandboxes for HostSandboxes {
     fn setup_pod(&self, req: &PodSetupRequest<'_>) -> Result<PodResources, runtime::Error> {
@@ -246,15 +247,58 @@ impl GatedStart for monitor::Gate {
     }
 }
 
-/// [`Monitors`] on the real host: the `skiff-monitor` binary at `.0`.
-pub struct HostMonitors(pub PathBuf);
+/// [`Monitors`] on the real host: the `skiff-monitor` binary at `bin`, and with `zygote`
+/// its zygote ([`monitor::Zygote`]) forking the monitors of the gated starts.
+pub struct HostMonitors {
+    bin: PathBuf,
+    containers_dir: PathBuf,
+    /// None without a zygote (configured off, or it could not be started).
+    zygote: Option<std::sync::Mutex<Option<monitor::Zygote>>>,
+}
+
+impl HostMonitors {
+    /// With `zygote`, the zygote is started now, for containers in `containers_dir`.
+    pub fn new(bin: PathBuf, containers_dir: PathBuf, zygote: bool) -> Self {
+        let zygote = zygote.then(|| std::sync::Mutex::new(start_zygote(&bin, &containers_dir)));
+        Self { bin, containers_dir, zygote }
+    }
+}
+
+fn start_zygote(bin: &Path, containers_dir: &Path) -> Option<monitor::Zygote> {
+    match monitor::spawn_zygote(bin, containers_dir) {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the monitors' zygote; starts spawn their monitors");
+            None
+        }
+    }
+}
 
 impl Monitors for HostMonitors {
     fn spawn(&self, container_dir: &Path) -> Result<Started, MonitorError> {
-        monitor::spawn(&self.0, container_dir)
+        monitor::spawn(&self.bin, container_dir)
     }
     fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn GatedStart>, MonitorError> {
-        Ok(Box::new(monitor::spawn_gated(&self.0, container_dir)?))
+        if let Some(slot) = &self.zygote {
+            let mut z = slot.lock().unwrap_or_else(|e| e.into_inner());
+            // A zygote that was killed is replaced (its exec paid by this start, once).
+            if !z.as_mut().is_some_and(|z| z.alive()) {
+                if z.is_some() {
+                    tracing::warn!("the monitors' zygote is gone; starting another");
+                }
+                *z = start_zygote(&self.bin, &self.containers_dir);
+            }
+            if let Some(zy) = z.as_ref() {
+                match zy.spawn_gated(container_dir) {
+                    Ok(gate) => return Ok(Box::new(gate)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the monitors' zygote failed; spawning the monitor");
+                        *z = None;
+                    }
+                }
+            }
+        }
+        Ok(Box::new(monitor::spawn_gated(&self.bin, container_dir)?))
     }
     fn spawn_infra(
         &self,
@@ -262,7 +306,7 @@ impl Monitors for HostMonitors {
         cgroup: Option<&str>,
         hierarchies: Option<&runtime::cgroups::Hierarchies>,
     ) -> Result<InfraStarted, MonitorError> {
-        monitor::spawn_infra(&self.0, pod_dir, cgroup, hierarchies)
+        monitor::spawn_infra(&self.bin, pod_dir, cgroup, hierarchies)
     }
     fn connect(&self, socket: &Path) -> Result<Box<dyn MonitorClient>, MonitorError> {
         Ok(Box::new(monitor::Client::connect(socket)?))
@@ -286,7 +330,7 @@ impl Monitors for HostMonitors {
         timeout: Option<Duration>,
         max_output: usize,
     ) -> Result<ExecOutput, MonitorError> {
-        monitor::exec_sync(&self.0, container_dir, cmd, timeout, max_output)
+        monitor::exec_sync(&self.bin, container_dir, cmd, timeout, max_output)
     }
     fn wait_pushed_exit<'a>(&'a self, socket: &'a Path) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(crate::services::runtime::container::wait_pushed_exit(socket))

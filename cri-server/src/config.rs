@@ -143,6 +143,12 @@ pub struct RuntimeConfig {
     /// the kubelet creates new ones, with new layers. `false` syncs as containerd does. Not
     /// yet for pods with a user namespace (their idmapped overlay is always synced).
     pub volatile_rootfs: bool,
+    /// Fork the containers' monitors from a zygote (`skiff-monitor zygote`, one idle process
+    /// of about 1 MiB, exec'd once at start) instead of spawning the monitor binary for every
+    /// start: a StartContainer then waits for no executable's exec and loading (1-2 ms of CPU
+    /// each). `false` spawns a monitor for every start. The zygote runs the monitor binary
+    /// skiffd found at its start: after replacing the binary, restart skiffd.
+    pub monitor_zygote: bool,
 }
 
 /// The `RLIMIT_*` names a ulimit may use, as in `ulimit`/CRI-O (`nofile`, `nproc`, ...).
@@ -234,6 +240,7 @@ impl Default for RuntimeConfig {
             default_ulimits: Vec::new(),
             stop_timeout_secs: None,
             volatile_rootfs: true,
+            monitor_zygote: true,
         }
     }
 }
@@ -506,6 +513,13 @@ mod tests {
         let e =
             Config::parse("[runtime]\ndefault_ulimits = [\"nofile=9\", \"x=1\"]\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("runtime.default_ulimits"), "{e}");
+    }
+
+    #[test]
+    fn monitor_zygote() {
+        assert!(parse("").unwrap().runtime.monitor_zygote);
+        assert!(!parse("[runtime]\nmonitor_zygote = false\n").unwrap().runtime.monitor_zygote);
+        assert!(parse("[runtime]\nmonitor_zygote = 1\n").is_err());
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -75,6 +75,11 @@ impl Context {
             monitor_path.clone(),
             std::time::Duration::from_secs(config.streaming.idle_timeout_secs),
         );
+        let monitors = Arc::new(HostMonitors::new(
+            monitor_path.clone(),
+            config.state.join("containers"),
+            config.runtime.monitor_zygote,
+        ));
         Ok(Self {
             config,
             pods: Table::default(),
@@ -85,7 +90,7 @@ impl Context {
             cgroups,
             images: Arc::new(images),
             network,
-            monitors: Arc::new(HostMonitors(monitor_path.clone())),
+            monitors,
             monitor_path,
             oom_score_adj_min,
             events: Default::default(),

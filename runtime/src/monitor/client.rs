@@ -67,8 +67,10 @@ pub fn spawn_infra(
 /// the monitor exits having started nothing (and the process spawned is reaped on a thread of
 /// its own, so that dropping never blocks).
 pub struct Gate {
+    /// The process spawned, reaped after its report (none when the zygote forked it).
     child: Option<std::process::Child>,
-    tx: Option<std::process::ChildStdin>,
+    tx: Option<File>,
+    report: Option<OwnedFd>,
 }
 
 /// As [`spawn`], but the container starts only at [`Gate::open`], so that the caller can mount
@@ -84,21 +86,80 @@ pub fn spawn_gated(monitor_bin: &Path, container_dir: &Path) -> Result<Gate, Mon
         .stderr(Stdio::null())
         .spawn()
         .map_err(|source| MonitorError::Spawn { path: monitor_bin.to_path_buf(), source })?;
-    let tx = child.stdin.take();
-    Ok(Gate { child: Some(child), tx })
+    let tx = child.stdin.take().map(|t| File::from(OwnedFd::from(t)));
+    let report = child.stdout.take().map(OwnedFd::from);
+    Ok(Gate { child: Some(child), tx, report })
+}
+
+/// The monitors' zygote (`skiff-monitor zygote`): one monitor process, exec'd and loaded once,
+/// that forks the monitor of every gated start ([`Zygote::spawn_gated`]), so that a start
+/// waits neither for a fresh executable's exec and loading nor for its CPU (a fork of the
+/// small zygote costs a fraction of an exec). Dropped, or when skiffd dies, its socket closes
+/// and it exits; the monitors it forked live on, detached as any monitor.
+pub struct Zygote {
+    child: std::process::Child,
+    sock: OwnedFd,
+}
+
+/// Starts the [`Zygote`] for containers whose directories are in `containers_dir` (named in
+/// its command line; a monitor's becomes `run <dir> --gated`).
+pub fn spawn_zygote(monitor_bin: &Path, containers_dir: &Path) -> Result<Zygote, MonitorError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| MonitorError::Protocol(format!("socketpair for the monitors' zygote: {e}")))?;
+    // Room for "run <containers_dir>/<64-char id> --gated" over "zygote <containers_dir> <room>".
+    let room = " ".repeat(80);
+    let child = Command::new(monitor_bin)
+        .arg("zygote")
+        .arg(containers_dir)
+        .arg(room)
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| MonitorError::Spawn { path: monitor_bin.to_path_buf(), source })?;
+    Ok(Zygote { child, sock: ours })
+}
+
+impl Zygote {
+    /// Whether the zygote still runs (not killed meanwhile).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// As [`spawn_gated`]: the zygote forks the monitor of the container of `container_dir`
+    /// (`monitor.json` and `config.json` in it), gated. An error when the zygote is gone.
+    pub fn spawn_gated(&self, container_dir: &Path) -> Result<Gate, MonitorError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::unix::ffi::OsStrExt;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| MonitorError::Protocol(format!("pipe for a monitor: {e}")))
+        };
+        let (gate_r, gate_w) = pipe()?;
+        let (report_r, report_w) = pipe()?;
+        let dir = container_dir.as_os_str().as_bytes();
+        let fds = [gate_r.as_raw_fd(), report_w.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(dir)];
+        sendmsg::<()>(self.sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+            .map_err(|e| MonitorError::Protocol(format!("hand the start to the monitors' zygote: {e}")))?;
+        // The zygote's child holds them now: the report's end is then seen when it exits.
+        drop((gate_r, report_w));
+        Ok(Gate { child: None, tx: Some(File::from(gate_w)), report: Some(report_r) })
+    }
 }
 
 impl Gate {
     /// Lets the monitor start the container; returns as [`spawn`] does.
     pub fn open(mut self) -> Result<Started, MonitorError> {
         use std::io::Write;
-        let mut child = self.child.take().ok_or_else(|| MonitorError::Protocol("gate used twice".into()))?;
+        let report = self.report.take().ok_or_else(|| MonitorError::Protocol("gate used twice".into()))?;
         if let Some(mut tx) = self.tx.take() {
             // A monitor that failed before the gate (and reported why) is gone: EPIPE; its
             // report says what happened.
             let _ = tx.write_all(b"g");
         }
-        match finish_reporting(&mut child)? {
+        match read_start_report(report, self.child.take())? {
             StartReport::Started { pid, monitor_pid } => Ok(Started { pid, monitor_pid }),
             StartReport::Error { message } => Err(MonitorError::StartError(message)),
         }
@@ -139,14 +200,30 @@ fn finish_reporting(child: &mut std::process::Child) -> Result<StartReport, Moni
     let mut buf = Vec::new();
     let res = read_report(out.as_fd(), &mut buf, deadline);
     // The process we started forks the monitor and exits at once: reap it.
-    let status = child.wait();
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
     res?;
+    parse_report(&buf, &status)
+}
+
+/// The start report read from `report`; `child`, the process spawned, is reaped after it (a
+/// monitor forked by the zygote has none: the kernel reaps it).
+fn read_start_report(report: OwnedFd, child: Option<std::process::Child>) -> Result<StartReport, MonitorError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut buf = Vec::new();
+    let res = read_report(report.as_fd(), &mut buf, deadline);
+    let status = match child {
+        Some(mut c) => c.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+        None => "forked by the zygote".to_owned(),
+    };
+    res?;
+    parse_report(&buf, &status)
+}
+
+/// The first line of a start report; `status` says how its process ended when there is none.
+fn parse_report(buf: &[u8], status: &str) -> Result<StartReport, MonitorError> {
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     if line.is_empty() {
-        return Err(MonitorError::Protocol(format!(
-            "monitor exited without a start report ({})",
-            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
-        )));
+        return Err(MonitorError::Protocol(format!("monitor exited without a start report ({status})")));
     }
     let env: protocol::Envelope<StartReport> =
         serde_json::from_slice(line).map_err(|e| MonitorError::Protocol(format!("bad start report: {e}")))?;

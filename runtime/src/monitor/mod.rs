@@ -91,6 +91,6 @@ pub mod server;
 pub mod stream;
 mod types;
 
-pub use client::{exec_sync, read_exit_record, spawn, spawn_gated, spawn_infra, Client, Gate};
+pub use client::{exec_sync, read_exit_record, spawn, spawn_gated, spawn_infra, spawn_zygote, Client, Gate, Zygote};
 pub use stream::{attach, exec_stream, AttachOptions, AttachSession, ExecHandle, ExecSession, ExecStreamOptions};
 pub use types::*;

@@ -13,7 +13,7 @@ mod util;
 pub use log::format_timestamp;
 pub use log::LineSplitter;
 
-const USAGE: &str = "usage: skiff-monitor run <container-dir> [--gated]\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup> [--hierarchies <json>]]";
+const USAGE: &str = "usage: skiff-monitor run <container-dir> [--gated]\n       skiff-monitor zygote <containers-dir> <room>\n       skiff-monitor exec <container-dir> [--tty] -- cmd [args…]\n       skiff-monitor infra <pod-dir> [--cgroup <cgroup> [--hierarchies <json>]]";
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
@@ -27,6 +27,7 @@ pub fn main(args: Vec<String>) -> i32 {
                 2
             }
         },
+        ("zygote", Some(containers)) => run::zygote(std::path::Path::new(containers)),
         ("exec", Some(dir)) => exec::main(std::path::Path::new(dir), &args[3..]),
         ("infra", Some(dir)) => match &args[3..] {
             [] => infra::main(std::path::Path::new(dir), None),

@@ -1,7 +1,7 @@
 //! `skiff-monitor run <container-dir>`: start the container, then serve it until it exits.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,8 +25,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// arrives on it (skiffd mounts the rootfs and makes the cgroup meanwhile); its end without one
 /// means the start was called off, and the monitor exits having started nothing.
 pub fn main(dir: &Path, gated: bool) -> i32 {
+    let (report_fd, gate_fd) = take_stdio(gated);
+    start(dir, report_fd, gated.then_some(gate_fd), true)
+}
+
+/// Keeps the report pipe (fd 1, read by `spawn`) and, when `gated`, the gate (fd 0) aside, on
+/// fds above 2; stdio goes to /dev/null.
+fn take_stdio(gated: bool) -> (RawFd, RawFd) {
     ignore_sigpipe();
-    // fd 1 is the report pipe read by `spawn`; keep it aside, stdio goes to /dev/null.
     let report_fd = {
         close_inherited_fds();
         // SAFETY: fcntl with integer arguments; a failure (-1) makes the report go nowhere.
@@ -35,6 +41,135 @@ pub fn main(dir: &Path, gated: bool) -> i32 {
     // SAFETY: fcntl with integer arguments; a failure (-1) is handled at the gate.
     let gate_fd = if gated { unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) } } else { -1 };
     stdio_to_null();
+    (report_fd, gate_fd)
+}
+
+/// `skiff-monitor zygote <containers dir> <room>`: started once by skiffd
+/// (`monitor::spawn_zygote`), exec'd and loaded once, it forks the monitor of every gated
+/// start, so that a start waits neither for a fresh executable's exec and loading nor for its
+/// CPU. Its stdin is a `SOCK_SEQPACKET` socket from skiffd; each message is the directory of a
+/// container (beneath `<containers dir>`) with two fds: the gate's read end and the start
+/// report's write end. The child forked for it is the monitor: it goes on as `run <dir>
+/// --gated` does with those as its gate and report pipe (and its command line becomes that,
+/// written over `<room>`, so that the monitor of a container is found by its directory as any
+/// other), without the detaching fork (it is not skiffd's child); the kernel reaps it when it
+/// exits (SIGCHLD ignored here). The end of its stdin (skiffd stopped or died) ends the
+/// zygote; the monitors it forked live on.
+pub fn zygote(containers: &Path) -> i32 {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    ignore_sigpipe();
+    close_inherited_fds();
+    // SAFETY: fcntl with integer arguments.
+    let sock = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    stdio_to_null();
+    if sock < 0 {
+        return 1;
+    }
+    let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no handler.
+    let _ = unsafe { sigaction(Signal::SIGCHLD, &ign) };
+    loop {
+        let Some((dir, fds)) = receive_start(sock) else { return 0 };
+        let Ok([gate_fd, report_fd]) = <[OwnedFd; 2]>::try_from(fds) else { continue };
+        // SAFETY: this process is single-threaded, so the child may run any code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                // SAFETY: SIG_DFL installs no handler.
+                let _ = unsafe { sigaction(Signal::SIGCHLD, &dfl) };
+                // SAFETY: the socket is this process's and never used again in the child.
+                unsafe { libc::close(sock) };
+                let (gate_fd, report_fd) = (gate_fd.into_raw_fd(), report_fd.into_raw_fd());
+                let dir = PathBuf::from(dir);
+                if !dir.is_absolute() || dir.parent() != Some(containers) {
+                    let message = format!("zygote: {} is not in {}", dir.display(), containers.display());
+                    report(report_fd, &StartReport::Error { message });
+                    return 2;
+                }
+                set_command_line(&["run", &dir.to_string_lossy(), "--gated"]);
+                // Not skiffd's child already: no detaching fork (the kernel reaps it when it
+                // exits, as SIGCHLD is ignored in the zygote; if the zygote is gone by then, the
+                // node's init or a subreaper does).
+                return start(&dir, report_fd, Some(gate_fd), false);
+            }
+            Ok(ForkResult::Parent { .. }) => {}
+            Err(e) => report(report_fd.as_raw_fd(), &StartReport::Error { message: format!("zygote: fork: {e}") }),
+        }
+    }
+}
+
+/// One start request of skiffd: (directory, fds). None when skiffd is gone.
+fn receive_start(sock: RawFd) -> Option<(String, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    loop {
+        let mut buf = vec![0u8; 4096];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let (n, flags, fds) = match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        // SAFETY: received with this message just now: this process owns them.
+                        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                (msg.bytes, msg.flags, fds)
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        };
+        if n == 0 && fds.is_empty() {
+            return None;
+        }
+        match std::str::from_utf8(&buf[..n]) {
+            Ok(dir) if !flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) => {
+                return Some((dir.to_owned(), fds))
+            }
+            // A bad request: its fds close here, which skiffd's side sees as a failed start.
+            _ => continue,
+        }
+    }
+}
+
+/// Writes `args` over this process's arguments after `argv[0]` (as `/proc/<pid>/cmdline` and
+/// `ps` show them), NUL-padded to the end of the area; leaves them when `args` do not fit.
+fn set_command_line(args: &[&str]) {
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
+        // The fields after the command name, which ends at the last ')': state is field 3,
+        // arg_start and arg_end are fields 48 and 49.
+        let rest = s.get(s.rfind(')')? + 2..)?;
+        let f: Vec<&str> = rest.split(' ').collect();
+        Some((f.get(45)?.trim().parse::<usize>().ok()?, f.get(46)?.trim().parse::<usize>().ok()?))
+    }) else {
+        return;
+    };
+    let Some(argv0) = std::fs::read("/proc/self/cmdline").ok().and_then(|c| c.iter().position(|b| *b == 0)) else {
+        return;
+    };
+    let from = start + argv0 + 1;
+    let mut new: Vec<u8> = Vec::new();
+    for a in args {
+        new.extend_from_slice(a.as_bytes());
+        new.push(0);
+    }
+    if from >= end || new.len() > end - from {
+        diag!("command line not rewritten: {} bytes do not fit in {}", new.len(), end.saturating_sub(from));
+        return;
+    }
+    new.resize(end - from, 0);
+    // SAFETY: [arg_start, arg_end) is the block of argument strings the kernel copied onto
+    // this process's stack at exec: mapped, readable and writable, and owned by nothing in
+    // Rust (std copied the arguments at start). It is overwritten within its bounds and stays
+    // NUL-terminated, so the argv pointers into it still point at C strings.
+    unsafe { std::ptr::copy_nonoverlapping(new.as_ptr(), from as *mut u8, new.len()) };
+}
+
+/// The monitor's life after its stdio is set aside: `gate_fd` is the gate of a gated start;
+/// `detach`: fork away from the process skiffd spawned (a child of the zygote needs not).
+fn start(dir: &Path, report_fd: RawFd, gate_fd: Option<RawFd>, detach: bool) -> i32 {
+    let gated = gate_fd.is_some();
+    let gate_fd = gate_fd.unwrap_or(-1);
     let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let cfg = match MonitorConfig::load(dir) {
         Ok(c) => c,
@@ -56,12 +191,14 @@ pub fn main(dir: &Path, gated: bool) -> i32 {
         Err(e) => return start_failed(&cfg, report_fd, &format!("read config.json: {e}"), None),
     };
     // Detach: the process skiffd started exits at once; the monitor is reparented away.
-    // SAFETY: the monitor is single-threaded, so the child may run any code.
-    match unsafe { fork() } {
-        // SAFETY: _exit takes no pointers and never returns.
-        Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
-        Ok(ForkResult::Child) => {}
-        Err(e) => return start_failed(&cfg, report_fd, &format!("fork: {e}"), None),
+    if detach {
+        // SAFETY: the monitor is single-threaded, so the child may run any code.
+        match unsafe { fork() } {
+            // SAFETY: _exit takes no pointers and never returns.
+            Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
+            Ok(ForkResult::Child) => {}
+            Err(e) => return start_failed(&cfg, report_fd, &format!("fork: {e}"), None),
+        }
     }
     let _ = nix::unistd::setsid();
     // SAFETY: prctl with integer arguments only.
