@@ -18,6 +18,8 @@ use super::util::*;
 use crate::monitor::protocol::{self, Request, Response, StartReport};
 use crate::monitor::types::*;
 
+/// How long the monitor waits idle after the start before it trims its heap.
+const TRIM_AFTER_MS: u16 = 200;
 /// After the container exits, how long output still held open by other processes is read.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -228,7 +230,6 @@ fn start(dir: &Path, report_fd: RawFd, gate_fd: Option<RawFd>, detach: bool) -> 
     report(report_fd, &StartReport::Started { pid: m.pid.as_raw(), monitor_pid: std::process::id() as i32 });
     // SAFETY: the report pipe is ours and never used again.
     unsafe { libc::close(report_fd) };
-    trim_heap();
     m.run()
 }
 
@@ -595,6 +596,10 @@ impl Monitor {
 
     fn run(&mut self) -> i32 {
         let mut chunk = vec![0u8; 32 * 1024];
+        // The heap of the start is returned to the system once the monitor has been idle for a
+        // moment, not right after the start report: then the CPU is wanted by skiffd
+        // (answering the start) and the container (its exec).
+        let mut trim_pending = true;
         loop {
             if let Some((_, _, _, at)) = self.exited {
                 if self.out.iter().all(Option::is_none) || at.elapsed() >= DRAIN_GRACE {
@@ -606,6 +611,7 @@ impl Monitor {
                     let left = DRAIN_GRACE.saturating_sub(at.elapsed()).as_millis().max(1) as i32;
                     PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
                 }
+                None if trim_pending => PollTimeout::from(TRIM_AFTER_MS),
                 None => PollTimeout::NONE,
             };
             let mut tags: Vec<Tag> = Vec::new();
@@ -637,6 +643,10 @@ impl Monitor {
                 tags.push(Tag::ContainerStdin);
             }
             match poll(&mut fds, timeout) {
+                Ok(0) if trim_pending && self.exited.is_none() => {
+                    trim_pending = false;
+                    trim_heap();
+                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
