@@ -71,6 +71,9 @@ pub fn plan(spec: &Spec) -> Result<NsPlan> {
 }
 
 /// The forked child: never returns; on failure writes the message to `errfd` and exits 127.
+/// `go`: (read end, write end) of the pipe the monitor writes one byte to once the rootfs is
+/// mounted and the cgroup made: until then the child joins only the pod's net, ipc and uts
+/// namespaces (neither needs the rootfs nor the cgroup) and waits.
 pub fn child(
     spec: &Spec,
     plan: NsPlan,
@@ -78,8 +81,12 @@ pub fn child(
     stdio: [RawFd; 3],
     console: Option<RawFd>,
     errfd: RawFd,
+    go: (RawFd, RawFd),
 ) -> ! {
-    let e = match child_inner(spec, plan, cgroups_path, stdio, console) {
+    // SAFETY: the write end is the monitor's; this copy is never used (closed so that the
+    // monitor's death is the pipe's end here too).
+    unsafe { libc::close(go.1) };
+    let e = match child_inner(spec, plan, cgroups_path, stdio, console, go.0) {
         Err(e) => e,
         Ok(never) => match never {},
     };
@@ -95,6 +102,7 @@ fn child_inner(
     cgroups_path: Option<&str>,
     stdio: [RawFd; 3],
     console: Option<RawFd>,
+    go: RawFd,
 ) -> Result<Infallible> {
     reset_signals();
     // The container lives only as long as its monitor: if the monitor is killed, nothing would
@@ -110,14 +118,36 @@ fn child_inner(
     for (i, fd) in stdio.iter().enumerate() {
         super::util::dup_onto(*fd, i as RawFd)?;
     }
+    // The pod's net, ipc and uts namespaces before the monitor says go; a cgroup namespace
+    // (joined by path) only after the cgroup join, as before.
+    let early_join = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let (early, late): (Vec<_>, Vec<_>) = plan.join.into_iter().partition(|(_, f, _)| early_join.contains(*f));
+    for (fd, flag, what) in &early {
+        nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;
+    }
+    drop(early);
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reads one byte into a live buffer from an fd this process owns.
+        let n = unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n != 1 {
+            bail!("the start was called off");
+        }
+        break;
+    }
+    // SAFETY: the go pipe's read end is this process's and never used again.
+    unsafe { libc::close(go) };
     if let Some(cg) = cgroups_path {
         let h = super::util::hierarchies().ctx(|| "cgroup hierarchies".into())?;
         crate::cgroups::join_self_in(h, cg).ctx(|| format!("join cgroup {cg}"))?;
     }
-    for (fd, flag, what) in &plan.join {
+    for (fd, flag, what) in &late {
         nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;
     }
-    drop(plan.join);
+    drop(late);
     nix::sched::unshare(plan.new).ctx(|| "create namespaces".into())?;
     rootfs::setup(spec, cgroups_path, plan.user.as_ref().map(|(fd, _)| fd))?;
     if plan.new.contains(CloneFlags::CLONE_NEWUTS) {

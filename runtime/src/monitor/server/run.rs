@@ -213,16 +213,23 @@ fn start(dir: &Path, report_fd: RawFd, gate_fd: Option<RawFd>, detach: bool) -> 
         Ok(e) => e,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
+    // The container's process is forked before the gate too: it joins the pod's namespaces
+    // and waits (`container::child`), and only its cgroup join and what needs the rootfs are
+    // left for after the gate.
+    let prepared = match Monitor::prepare(&cfg, &spec, early) {
+        Ok(p) => p,
+        Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
+    };
     if gated && !pass_gate(gate_fd) {
         diag!("start called off before the gate opened");
-        drop(early);
+        drop(prepared);
         let _ = std::fs::remove_file(&cfg.socket_path);
         if let Some(p) = &cfg.pid_file {
             let _ = std::fs::remove_file(p);
         }
         return 1;
     }
-    let mut m = match Monitor::start(&cfg, spec, early) {
+    let mut m = match prepared.go() {
         Ok(m) => m,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
@@ -339,6 +346,80 @@ impl Early {
         let log = CriLog::open(cfg.log_path.clone(), cfg.log_dir.clone())
             .ctx(|| format!("open log file {}", cfg.log_path.as_deref().unwrap_or(Path::new("")).display()))?;
         Ok(Early { listener, log })
+    }
+}
+
+/// A start up to the gate: the container's process forked and waiting ([`Monitor::prepare`]).
+/// Dropped without [`Prepared::go`], the process is killed and reaped.
+struct Prepared {
+    cfg: MonitorConfig,
+    child: ChildGuard,
+    go: OwnedFd,
+    sync_r: OwnedFd,
+    io: Stdio,
+    early: Early,
+    sigfd: nix::sys::signalfd::SignalFd,
+    cgroups_path: Option<String>,
+    kill_rest_on_exit: bool,
+}
+
+/// Kills and reaps the forked container process unless disarmed.
+struct ChildGuard(Option<Pid>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+impl Prepared {
+    /// Lets the container's process go on (the rootfs is mounted and the cgroup made by now)
+    /// and waits for its exec.
+    fn go(mut self) -> Result<Monitor> {
+        let Some(pid) = self.child.0 else { bail!("the container's process is gone") };
+        write_all_raw(self.go.as_raw_fd(), b"g").ctx(|| "let the container's process go".into())?;
+        // Read while the child sets up: it execs nothing (so cannot run out of memory in the
+        // container's cgroup) before the pipe closes.
+        let oom_before = oom_count(self.cgroups_path.as_deref());
+        let msg = read_to_end_raw(self.sync_r.as_raw_fd());
+        // Its exec or its failure: either way it is this monitor's to reap from here on.
+        self.child.0 = None;
+        if !msg.is_empty() {
+            let _ = waitpid(pid, None);
+            bail!("{}", String::from_utf8_lossy(&msg));
+        }
+        let started_at = now_nanos();
+        let Prepared { cfg, io, early, sigfd, cgroups_path, kill_rest_on_exit, .. } = self;
+        let Early { listener, log } = early;
+        let (out_r, err_r, stdin_keep) = io.into_parent()?;
+        for fd in [Some(&out_r), err_r.as_ref(), stdin_keep.as_ref()].into_iter().flatten() {
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+        }
+        Ok(Monitor {
+            stdin_open: cfg.stdin,
+            cfg,
+            pid,
+            started_at,
+            log,
+            out: [
+                Some(Output { fd: out_r, split: LineSplitter::new("stdout") }),
+                err_r.map(|fd| Output { fd, split: LineSplitter::new("stderr") }),
+            ],
+            stdin_w: stdin_keep,
+            stdin_buf: Vec::new(),
+            stdin_close: false,
+            stdin_once_taken: false,
+            listener,
+            clients: Vec::new(),
+            sigfd,
+            exited: None,
+            cgroups_path,
+            oom_before,
+            kill_rest_on_exit,
+        })
     }
 }
 
@@ -529,14 +610,17 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 impl Monitor {
-    fn start(cfg: &MonitorConfig, spec: Spec, early: Early) -> Result<Monitor> {
-        let Early { listener, log } = early;
+    /// Everything of the start that needs neither the rootfs nor the cgroup: the signalfd,
+    /// the namespace plan, the stdio pipes, the PID namespace, and the container's process,
+    /// forked and waiting in the pod's namespaces for [`Prepared::go`].
+    fn prepare(cfg: &MonitorConfig, spec: &Spec, early: Early) -> Result<Prepared> {
         let sigfd = signalfd(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT])?;
         let cgroups_path =
             spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());
-        let plan = container::plan(&spec)?;
+        let plan = container::plan(spec)?;
         let kill_rest_on_exit = !plan.new_pid;
         let (sync_r, sync_w) = pipe()?;
+        let (go_r, go_w) = pipe()?;
         let io = Stdio::new(cfg)?;
         if let Some((fd, what)) = &plan.pid_join {
             nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID).ctx(|| format!("join {what}"))?;
@@ -546,50 +630,27 @@ impl Monitor {
         // SAFETY: the monitor is single-threaded, so the child may run any code.
         let pid = match unsafe { fork() } {
             Ok(ForkResult::Child) => container::child(
-                &spec,
+                spec,
                 plan,
                 cgroups_path.as_deref(),
                 io.child_fds(),
                 io.console_socket(),
                 sync_w.as_raw_fd(),
+                (go_r.as_raw_fd(), go_w.as_raw_fd()),
             ),
             Ok(ForkResult::Parent { child }) => child,
             Err(e) => bail!("fork: {e}"),
         };
-        drop((sync_w, plan));
-        // Read while the child sets up: it execs nothing (so cannot run out of memory in the
-        // container's cgroup) before the pipe closes.
-        let oom_before = oom_count(cgroups_path.as_deref());
-        let msg = read_to_end_raw(sync_r.as_raw_fd());
-        if !msg.is_empty() {
-            let _ = waitpid(pid, None);
-            bail!("{}", String::from_utf8_lossy(&msg));
-        }
-        let started_at = now_nanos();
-        let (out_r, err_r, stdin_keep) = io.into_parent()?;
-        for fd in [Some(&out_r), err_r.as_ref(), stdin_keep.as_ref()].into_iter().flatten() {
-            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-        }
-        Ok(Monitor {
+        drop((sync_w, go_r, plan));
+        Ok(Prepared {
             cfg: cfg.clone(),
-            pid,
-            started_at,
-            log,
-            out: [
-                Some(Output { fd: out_r, split: LineSplitter::new("stdout") }),
-                err_r.map(|fd| Output { fd, split: LineSplitter::new("stderr") }),
-            ],
-            stdin_w: stdin_keep,
-            stdin_open: cfg.stdin,
-            stdin_buf: Vec::new(),
-            stdin_close: false,
-            stdin_once_taken: false,
-            listener,
-            clients: Vec::new(),
+            child: ChildGuard(Some(pid)),
+            go: go_w,
+            sync_r,
+            io,
+            early,
             sigfd,
-            exited: None,
             cgroups_path,
-            oom_before,
             kill_rest_on_exit,
         })
     }
