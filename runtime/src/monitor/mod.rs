@@ -11,6 +11,11 @@
 //!   (read by [`spawn`]), then copies the container's stdout/stderr into the CRI log file,
 //!   serves `monitor.sock`, waits for the exit, detects an OOM kill, writes `exit.json`
 //!   atomically, notifies waiting clients and exits, removing its socket and pid file.
+//!   With `--gated` ([`spawn_gated`]) stdin is a gate: everything that needs neither the rootfs
+//!   nor the cgroup is done first (configuration, spec, socket, pid file, log, and the
+//!   container process forked and waiting in the pod's net, ipc and uts namespaces), then the
+//!   monitor waits for the gate's byte, lets the process go on (cgroup join, mounts, exec) and
+//!   reports; the gate's end without a byte calls the start off (the process is killed).
 //!   The container process has `PR_SET_PDEATHSIG(SIGKILL)` towards its monitor: if the monitor
 //!   is killed, so is the container (nothing would log it or record its exit otherwise). CRI
 //!   `stdin` gives it a pipe the monitor holds open; CRI `tty` a terminal allocated in the
@@ -22,6 +27,11 @@
 //!   The client closing the socket kills the command's tree. See [`stream`].
 //! * `skiff-monitor infra <pod-dir> [--cgroup <cgroup>]`: PID 1 of a pod-level PID namespace
 //!   ([`spawn_infra`]), in the pod cgroup.
+//! * `skiff-monitor zygote <containers-dir> <room>`: the monitors' zygote ([`spawn_zygote`],
+//!   [`Zygote::spawn_gated`]): exec'd once, it forks a `run <dir> --gated` monitor per request
+//!   received on its stdin (a `SOCK_SEQPACKET` socket: the directory, with the gate's and the
+//!   report's fds), without the detaching fork, its command line rewritten to that of a
+//!   spawned monitor; it exits at the end of its stdin.
 //!
 //! ## Client API (blocking; call from `spawn_blocking`)
 //! * [`MonitorConfig::new`] + [`MonitorConfig::write`]: `monitor.json` in the container dir.
