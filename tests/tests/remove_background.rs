@@ -243,6 +243,27 @@ async fn a_failed_background_veth_teardown_is_kept_and_retried_by_remove_pod_san
     assert!(pods.items.is_empty());
 }
 
+/// Waits for a pod whose removal failed in the background to be back; it must be NOTREADY.
+/// Returns its verbose info and the `error` in it.
+async fn wait_back_not_ready(d: &Daemon, pod: &str) -> (serde_json::Value, String) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(s) = d
+            .runtime()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
+            .await
+        {
+            break s.into_inner();
+        }
+        assert!(Instant::now() < deadline, "the pod did not come back:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let error = info["error"].as_str().unwrap_or_default().to_owned();
+    (info, error)
+}
+
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !done() {
@@ -330,21 +351,7 @@ async fn a_failed_teardown_after_the_removal_puts_the_pod_back() {
     let pod = d.run_pod(&pc).await;
     d.runtime().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Ok(s) = d
-            .runtime()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
-            .await
-        {
-            break s.into_inner();
-        }
-        assert!(Instant::now() < deadline, "the pod did not come back:\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    let error = info["error"].as_str().unwrap_or_default();
+    let (info, error) = wait_back_not_ready(&d, &pod).await;
     assert!(error.starts_with("network teardown: ") && error.contains("injected failure"), "{info}");
     let record = pod_record(&d, &pod);
     assert_eq!(record["removing"], serde_json::Value::Null, "{record}");
@@ -433,21 +440,7 @@ async fn a_failed_background_removal_puts_the_pod_back_and_the_retry_removes_it(
     let cgroup = d.pod_info(&pod).await["cgroupParent"].as_str().unwrap().to_owned();
     let pod_dir = d.state().join("pods").join(&pod);
     d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Ok(s) = d
-            .runtime()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
-            .await
-        {
-            break s.into_inner();
-        }
-        assert!(Instant::now() < deadline, "the pod did not come back:\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    let error = info["error"].as_str().unwrap_or_default();
+    let (info, error) = wait_back_not_ready(&d, &pod).await;
     assert!(error.starts_with("removal incomplete: ") && error.contains("injected failure"), "{info}");
     wait_for("the failure on disk", || pod_record(&d, &pod)["error"].is_string()).await;
     let record = pod_record(&d, &pod);

@@ -80,8 +80,22 @@ impl Node {
         self.rt.stop_pod_sandbox(Request::new(StopPodSandboxRequest { pod_sandbox_id: id.into() })).await.map(drop)
     }
 
+    /// RemovePodSandbox, then waits (at most 5 s) for the end of the removal that it leaves to
+    /// the background (the pod's record gone), so that tests see the end state.
     pub async fn remove_pod(&self, id: &str) -> Result<(), Status> {
-        self.rt.remove_pod_sandbox(Request::new(RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await.map(drop)
+        self.rt.remove_pod_sandbox(Request::new(RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await?;
+        let pods = self.ctx.config.root.join("metadata/pods");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline
+            && std::fs::read_dir(&pods)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(id))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 
     pub async fn list_pods(&self, filter: PodSandboxFilter) -> Vec<PodSandbox> {
