@@ -264,6 +264,19 @@ async fn wait_back_not_ready(d: &Daemon, pod: &str) -> (serde_json::Value, Strin
     (info, error)
 }
 
+/// A removed pod is gone for List and Status, and removing it again is fine.
+async fn assert_gone(d: &Daemon, pod: &str) {
+    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty(), "{:?}", pods.items);
+    let err = d
+        .runtime()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.unwrap();
+}
+
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !done() {
@@ -289,15 +302,7 @@ async fn remove_pod_sandbox_hands_the_end_of_the_removal_to_the_background_teard
     d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
 
     // Gone for every call (and removing it again is fine)...
-    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
-    assert!(pods.items.is_empty(), "{:?}", pods.items);
-    let err = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound);
-    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_gone(&d, &pod).await;
     // ...while its record, address and name are kept (the veth may already be gone: the
     // removal deleted the pod's network namespace, which takes the veth pair with it).
     assert_eq!(pod_record(&d, &pod)["removing"], true);
@@ -402,17 +407,9 @@ async fn remove_pod_sandbox_leaves_the_pods_teardown_to_the_background() {
     assert!(started.elapsed() < Duration::from_millis(1500), "the answer waited for the teardown");
 
     // Gone for every call (the container too), removable again...
-    let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
-    assert!(pods.items.is_empty(), "{:?}", pods.items);
+    assert_gone(&d, &pod).await;
     let ctrs = d.runtime().list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner();
     assert!(ctrs.containers.is_empty(), "{:?}", ctrs.containers);
-    let err = d
-        .runtime()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound);
-    d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     // ...while its record says `removing` (durably) and its pins and cgroup are still there.
     assert_eq!(pod_record(&d, &pod)["removing"], true);
     assert!(mounted_below(&pod_dir), "torn down before the failpoint's delay");
