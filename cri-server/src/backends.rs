@@ -252,14 +252,29 @@ impl GatedStart for monitor::Gate {
 pub struct HostMonitors {
     bin: PathBuf,
     containers_dir: PathBuf,
-    /// None without a zygote (configured off, or it could not be started).
-    zygote: Option<std::sync::Mutex<Option<monitor::Zygote>>>,
+    /// None when configured off; else the zygote (None when it could not be started) and
+    /// when its start last failed (retried at most every [`ZYGOTE_RETRY`]).
+    zygote: Option<std::sync::Mutex<ZygoteSlot>>,
 }
+
+#[derive(Default)]
+struct ZygoteSlot {
+    zygote: Option<monitor::Zygote>,
+    failed_at: Option<std::time::Instant>,
+}
+
+/// How long after a failed start of the zygote starts spawn their monitors before the zygote
+/// is tried again.
+const ZYGOTE_RETRY: Duration = Duration::from_secs(10);
 
 impl HostMonitors {
     /// With `zygote`, the zygote is started now, for containers in `containers_dir`.
     pub fn new(bin: PathBuf, containers_dir: PathBuf, zygote: bool) -> Self {
-        let zygote = zygote.then(|| std::sync::Mutex::new(start_zygote(&bin, &containers_dir)));
+        let zygote = zygote.then(|| {
+            let z = start_zygote(&bin, &containers_dir);
+            let failed_at = z.is_none().then(std::time::Instant::now);
+            std::sync::Mutex::new(ZygoteSlot { zygote: z, failed_at })
+        });
         Self { bin, containers_dir, zygote }
     }
 }
@@ -280,20 +295,23 @@ impl Monitors for HostMonitors {
     }
     fn spawn_gated(&self, container_dir: &Path) -> Result<Box<dyn GatedStart>, MonitorError> {
         if let Some(slot) = &self.zygote {
-            let mut z = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             // A zygote that was killed is replaced (its exec paid by this start, once).
-            if !z.as_mut().is_some_and(|z| z.alive()) {
-                if z.is_some() {
+            if !slot.zygote.as_mut().is_some_and(|z| z.alive()) {
+                if slot.zygote.take().is_some() {
                     tracing::warn!("the monitors' zygote is gone; starting another");
                 }
-                *z = start_zygote(&self.bin, &self.containers_dir);
+                if slot.failed_at.is_none_or(|t| t.elapsed() >= ZYGOTE_RETRY) {
+                    slot.zygote = start_zygote(&self.bin, &self.containers_dir);
+                    slot.failed_at = slot.zygote.is_none().then(std::time::Instant::now);
+                }
             }
-            if let Some(zy) = z.as_ref() {
+            if let Some(zy) = slot.zygote.as_ref() {
                 match zy.spawn_gated(container_dir) {
                     Ok(gate) => return Ok(Box::new(gate)),
                     Err(e) => {
                         tracing::warn!(error = %e, "the monitors' zygote failed; spawning the monitor");
-                        *z = None;
+                        slot.zygote = None;
                     }
                 }
             }

@@ -97,8 +97,8 @@ pub fn spawn_gated(monitor_bin: &Path, container_dir: &Path) -> Result<Gate, Mon
 /// small zygote costs a fraction of an exec). Dropped, or when skiffd dies, its socket closes
 /// and it exits; the monitors it forked live on, detached as any monitor.
 pub struct Zygote {
-    child: std::process::Child,
-    sock: OwnedFd,
+    child: Option<std::process::Child>,
+    sock: Option<OwnedFd>,
 }
 
 /// Starts the [`Zygote`] for containers whose directories are in `containers_dir` (named in
@@ -118,13 +118,25 @@ pub fn spawn_zygote(monitor_bin: &Path, containers_dir: &Path) -> Result<Zygote,
         .stderr(Stdio::null())
         .spawn()
         .map_err(|source| MonitorError::Spawn { path: monitor_bin.to_path_buf(), source })?;
-    Ok(Zygote { child, sock: ours })
+    Ok(Zygote { child: Some(child), sock: Some(ours) })
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        // Its socket closes with this (the zygote then exits): reap it on a thread of its own,
+        // so that dropping never blocks.
+        let (child, sock) = (self.child.take(), self.sock.take());
+        drop(sock);
+        if let Some(mut child) = child {
+            let _ = std::thread::Builder::new().name("zygote-reap".into()).spawn(move || child.wait());
+        }
+    }
 }
 
 impl Zygote {
     /// Whether the zygote still runs (not killed meanwhile).
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// As [`spawn_gated`]: the zygote forks the monitor of the container of `container_dir`
@@ -141,7 +153,8 @@ impl Zygote {
         let dir = container_dir.as_os_str().as_bytes();
         let fds = [gate_r.as_raw_fd(), report_w.as_raw_fd()];
         let iov = [std::io::IoSlice::new(dir)];
-        sendmsg::<()>(self.sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+        let sock = self.sock.as_ref().ok_or_else(|| MonitorError::Protocol("the monitors' zygote is closed".into()))?;
+        sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
             .map_err(|e| MonitorError::Protocol(format!("hand the start to the monitors' zygote: {e}")))?;
         // The zygote's child holds them now: the report's end is then seen when it exits.
         drop((gate_r, report_w));
