@@ -67,6 +67,9 @@ pub fn zygote(containers: &Path) -> i32 {
     if sock < 0 {
         return 1;
     }
+    // A session of its own: signals sent to skiffd's process group (a terminal's SIGINT or
+    // SIGHUP) do not reach it; the monitors it forks make sessions of their own again.
+    let _ = nix::unistd::setsid();
     let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: SIG_IGN installs no handler.
