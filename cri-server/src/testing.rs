@@ -792,6 +792,10 @@ impl Monitors for FakeMonitors {
             log_reopens: 0,
             execs: Vec::new(),
         };
+        // As the real monitor, which writes its pid before the gate opens: recovery adopts an
+        // interrupted start's container through it.
+        std::fs::write(container_dir.join(monitor::PID_FILE), monitor_pid.to_string())
+            .map_err(|e| MonitorError::StartError(format!("write the pid file: {e}")))?;
         st.containers.insert(id_of(container_dir, false), p);
         Ok(Started { pid, monitor_pid })
     }
