@@ -196,6 +196,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
     };
     crate::services::runtime::container::drain_detached(Duration::from_secs(config.shutdown_timeout_secs)).await;
+    // The records' files written from the journal (they lag behind it while skiffd runs): a
+    // clean stop leaves them current for whoever reads them.
+    let journal = ctx.pod_store.journal().clone();
+    match tokio::task::spawn_blocking(move || journal.materialize()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the records' files (the journal still holds them)"),
+        Err(e) => tracing::warn!(error = %e, "the task writing the records' files failed"),
+    }
     streaming.shutdown().await;
     drop(metrics);
     if let Err(e) = fs::remove_file(&socket) {

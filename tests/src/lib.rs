@@ -413,6 +413,17 @@ fn cmdline(pid: i32) -> String {
 }
 
 /// Processes (other than this one) whose command line mentions `needle`.
+/// A record file under skiffd's `root` (`metadata/pods/ID.json`, `containers/ID/rootfs.json`,
+/// ...) as skiffd has it: the latest change its metadata journal holds, else the file (skiffd
+/// writes the files from the journal at its checkpoints and clean stop). `None`: no record.
+pub fn read_record(root: impl AsRef<Path>, rel: &str) -> Option<Vec<u8>> {
+    let root = root.as_ref();
+    match common::journal::latest(root, "metadata/journal", Path::new(rel)) {
+        Ok(Some(change)) => change,
+        _ => fs::read(root.join(rel)).ok(),
+    }
+}
+
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     fs::read_dir("/proc")

@@ -206,9 +206,9 @@ impl Daemon {
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
         // RemovePodSandbox may answer while the background network teardown is still under way
         // (it then deletes the record): wait for that, so that tests see the end state.
-        let record = self.root().join("metadata/pods").join(format!("{id}.json"));
+        let record = format!("metadata/pods/{id}.json");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while record.exists() {
+        while crate::read_record(self.root(), &record).is_some() {
             assert!(std::time::Instant::now() < deadline, "pod {id} still has a record:\n{}", self.log());
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

@@ -50,9 +50,10 @@ async fn lost_record_files_come_back_from_the_journal() {
     let id = d.create(&pod, &pc, container_config("c", &["sleep", "1000"])).await.unwrap();
     d.kill();
     let root = d.root().to_owned();
+    // (skiffd writes the files from the journal later: they may not be there at all yet.)
     std::fs::write(root.join("metadata/pods").join(format!("{pod}.json")), b"").unwrap();
-    std::fs::remove_file(root.join("metadata/containers").join(format!("{id}.json"))).unwrap();
-    std::fs::remove_file(root.join("containers").join(&id).join("rootfs.json")).unwrap();
+    let _ = std::fs::remove_file(root.join("metadata/containers").join(format!("{id}.json")));
+    let _ = std::fs::remove_file(root.join("containers").join(&id).join("rootfs.json"));
     d.start_again().await;
     assert!(d.log().contains("replayed the metadata journal"), "{}", d.log());
     let st = d.pod_status(&pod).await;
@@ -63,5 +64,24 @@ async fn lost_record_files_come_back_from_the_journal() {
     d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
     let out = d.exec(&id, &["true"], 10).await.unwrap();
     assert_eq!(out.exit_code, 0);
+    d.remove_pod(&pod).await;
+}
+
+/// skiffd writes the record files from its journal at its checkpoints and when it stops: while
+/// it runs a record may be in the journal only, after a clean stop its file is current (and the
+/// next start has nothing to replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_the_record_files_current() {
+    let mut d = Daemon::start().await;
+    let pc = pod_config(&d, "files");
+    let pod = d.run_pod(&pc).await;
+    let rel = format!("metadata/pods/{pod}.json");
+    let latest = skiff_tests::read_record(d.root(), &rel).expect("the pod's record");
+    let status = d.stop();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(std::fs::read(d.root().join(&rel)).unwrap(), latest);
+    d.start_again().await;
+    assert!(!d.log().contains("replayed the metadata journal"), "{}", d.log());
+    assert_eq!(d.pod_status(&pod).await.state, cri::PodSandboxState::SandboxReady as i32);
     d.remove_pod(&pod).await;
 }

@@ -26,9 +26,8 @@ async fn stopped_event(events: &mut tonic::Streaming<cri::ContainerEventResponse
 }
 
 fn record_says_exited(d: &Daemon, id: &str) -> bool {
-    std::fs::read_to_string(d.root().join("metadata/containers").join(format!("{id}.json")))
-        .map(|s| s.contains("\"state\":\"exited\""))
-        .unwrap_or(false)
+    skiff_tests::read_record(d.root(), &format!("metadata/containers/{id}.json"))
+        .is_some_and(|s| String::from_utf8_lossy(&s).contains("\"state\":\"exited\""))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

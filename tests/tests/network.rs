@@ -406,7 +406,8 @@ async fn interrupted_run_pod_sandbox_is_rolled_back() {
     let keep = d.run_pod(&pod_config(&d, "keep")).await;
     d.kill();
     let file = d.root().join("metadata/pods").join(format!("{pod}.json"));
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let rec = skiff_tests::read_record(d.root(), &format!("metadata/pods/{pod}.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&rec).unwrap();
     let r = &mut v["record"];
     r["state"] = "creating".into();
     r["namespaces"] =

@@ -184,9 +184,14 @@ async fn stop_pod_sandbox_veth_deletion_in_the_background() {
 
 /// The pod's record as skiffd persisted it.
 fn pod_record(d: &Daemon, pod: &str) -> serde_json::Value {
-    let path = d.root().join("metadata/pods").join(format!("{pod}.json"));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let rec = skiff_tests::read_record(d.root(), &format!("metadata/pods/{pod}.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&rec).unwrap();
     v["record"].clone()
+}
+
+/// Whether skiffd has a record of the pod (in its journal or in the file).
+fn has_record(d: &Daemon, pod: &str) -> bool {
+    skiff_tests::read_record(d.root(), &format!("metadata/pods/{pod}.json")).is_some()
 }
 
 /// A failed background teardown (failpoint `pod:background_teardown`, before anything is torn
@@ -309,10 +314,9 @@ async fn remove_pod_sandbox_hands_the_end_of_the_removal_to_the_background_teard
     assert_eq!(leases(&d).get(&pod), Some(&vec![ip.clone()]));
     // A new pod of the same name waits for the name (instead of being refused), so it runs
     // only once the background teardown has ended the removal.
-    let record = d.root().join("metadata/pods").join(format!("{pod}.json"));
-    assert!(record.exists());
+    assert!(has_record(&d, &pod));
     let again = d.run_pod(&pc).await;
-    assert!(!record.exists());
+    assert!(!has_record(&d, &pod));
     assert!(!leases(&d).contains_key(&pod), "{:?}", leases(&d));
     assert!(d.log().contains("removed pod sandbox torn down, record deleted"), "{}", d.log());
     d.remove_pod(&again).await;
@@ -334,7 +338,7 @@ async fn a_removal_left_to_the_background_is_finished_after_sigkill() {
     d.kill();
     d.start_again().await;
     assert!(d.log().contains("finishing a pod sandbox removal that was interrupted"), "{}", d.log());
-    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    assert!(!has_record(&d, &pod));
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
     assert!(pods.items.is_empty(), "{:?}", pods.items);
     assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
@@ -367,7 +371,7 @@ async fn a_failed_teardown_after_the_removal_puts_the_pod_back() {
     d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     assert!(entries(&brif).is_empty(), "{:?}", entries(&brif));
     assert!(leases(&d).is_empty(), "{:?}", leases(&d));
-    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    assert!(!has_record(&d, &pod));
 }
 
 /// Whether anything is mounted at or below `dir`.
@@ -416,9 +420,8 @@ async fn remove_pod_sandbox_leaves_the_pods_teardown_to_the_background() {
     assert!(leases(&d).is_empty(), "the network is torn down before the answer: {:?}", leases(&d));
 
     // The same name waits for the end of the removal.
-    let record = d.root().join("metadata/pods").join(format!("{pod}.json"));
     let again = d.run_pod(&pc).await;
-    assert!(!record.exists());
+    assert!(!has_record(&d, &pod));
     assert!(!pod_dir.exists() && !mounted_below(&pod_dir));
     assert!(!pod_cgroup(&cgroup).exists());
     assert!(d.log().contains("removed pod sandbox torn down, record deleted"), "{}", d.log());
@@ -446,7 +449,7 @@ async fn a_failed_background_removal_puts_the_pod_back_and_the_retry_removes_it(
     assert!(mounted_below(&pod_dir));
 
     d.runtime().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    assert!(!has_record(&d, &pod));
     assert!(!pod_dir.exists() && !mounted_below(&pod_dir));
     assert!(!pod_cgroup(&cgroup).exists());
     let pods = d.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
@@ -468,7 +471,7 @@ async fn a_background_removal_cut_off_by_sigkill_is_finished_at_start() {
     assert!(mounted_below(&pod_dir));
     d.start_again().await;
     assert!(d.log().contains("finishing a pod sandbox removal that was interrupted"), "{}", d.log());
-    assert!(!d.root().join("metadata/pods").join(format!("{pod}.json")).exists());
+    assert!(!has_record(&d, &pod));
     assert!(!pod_dir.exists() && !mounted_below(&pod_dir));
     assert!(!pod_cgroup(&cgroup).exists());
     let again = d.run_pod(&pc).await;

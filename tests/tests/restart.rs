@@ -106,10 +106,15 @@ async fn sigkill_of_skiffd_leaves_containers_alone() {
     d.remove_pod(&pod).await;
 }
 
+/// The record `id` of the record directory `dir` (`ROOT/metadata/pods`, ...) as skiffd has it.
+fn read_in(dir: &Path, id: &str) -> Vec<u8> {
+    let (root, kind) = (dir.parent().and_then(Path::parent).unwrap(), dir.file_name().unwrap().to_string_lossy());
+    skiff_tests::read_record(root, &format!("metadata/{kind}/{id}.json")).unwrap()
+}
+
 /// Copies the record `from` in `dir` to `to` with state "creating" and `name`.
 fn fake_creating_record(dir: &Path, from: &str, to: &str, name: &str) {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{from}.json"))).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&read_in(dir, from)).unwrap();
     let rec = v.get_mut("record").expect("versioned envelope with a record");
     rec["id"] = to.into();
     rec["name"] = name.into();
@@ -176,8 +181,8 @@ async fn half_created_pods_and_containers_are_rolled_back() {
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
     assert!(!pod_dir.exists(), "{} left", pod_dir.display());
     assert!(!ctr_dir.exists(), "{} left", ctr_dir.display());
-    assert!(!meta.join("pods").join(format!("{half_pod}.json")).exists());
-    assert!(!meta.join("containers").join(format!("{half_ctr}.json")).exists());
+    assert!(skiff_tests::read_record(d.root(), &format!("metadata/pods/{half_pod}.json")).is_none());
+    assert!(skiff_tests::read_record(d.root(), &format!("metadata/containers/{half_ctr}.json")).is_none());
     let err = d
         .runtime()
         .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: half_pod.clone(), verbose: false })
@@ -199,7 +204,7 @@ async fn half_created_pods_and_containers_are_rolled_back() {
 /// Sets the state of a container record on disk.
 fn set_state(dir: &Path, id: &str, state: &str) {
     let path = dir.join(format!("{id}.json"));
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&read_in(dir, id)).unwrap();
     v["record"]["state"] = state.into();
     if state == "created" {
         // As persisted before the start: no pids, no start time.

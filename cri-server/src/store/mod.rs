@@ -238,6 +238,12 @@ impl RecordDir {
     /// Reads every record; leftovers of interrupted writes are deleted. Unreadable records are
     /// returned as errors (with their id) so that the caller can report them.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Loaded<T>, StoreError> {
+        // The files lag behind the journal (at startup, after its replay, they do not).
+        self.journal.materialize().map_err(|source| StoreError::Io {
+            op: "materialize",
+            path: self.dir.clone(),
+            source,
+        })?;
         let entries =
             fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "read", path: self.dir.clone(), source })?;
         let mut out = Vec::new();
@@ -346,6 +352,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = test_dir(dir.path(), "x");
         store.save("one", &R { a: 7 }).unwrap();
+        store.journal().materialize().unwrap();
         let bytes = fs::read(dir.path().join("x/one.json")).unwrap();
         let seq = seq_of(&bytes).unwrap();
         assert!(seq > 0);

@@ -81,17 +81,19 @@ impl Node {
     }
 
     /// RemovePodSandbox, then waits (at most 5 s) for the end of the removal that it leaves to
-    /// the background (the pod's record gone), so that tests see the end state.
+    /// the background (the pod's record deleted, or the pod back in the index after a failed
+    /// end), so that tests see the end state.
     pub async fn remove_pod(&self, id: &str) -> Result<(), Status> {
+        let entry = match self.ctx.pods.lookup(id) {
+            crate::store::table::Lookup::Found(e) => Some(e),
+            _ => None,
+        };
         self.rt.remove_pod_sandbox(Request::new(RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await?;
-        let pods = self.ctx.config.root.join("metadata/pods");
+        let Some(entry) = entry else { return Ok(()) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::time::Instant::now() < deadline
-            && std::fs::read_dir(&pods)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(id))
+            && !entry.is_removed()
+            && !matches!(self.ctx.pods.lookup(id), crate::store::table::Lookup::Found(_))
         {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }

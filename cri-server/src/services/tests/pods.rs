@@ -25,7 +25,8 @@ async fn run_pod_sets_up_namespaces_cgroup_network_and_pid_holder() {
     // /etc/hosts names the pod's address.
     let hosts = std::fs::read_to_string(n.ctx.pod_paths(&pod).hosts()).unwrap();
     assert!(hosts.contains("10.88.0.2"), "{hosts}");
-    // The record is on disk.
+    // The record is on disk (once the journal's changes are written to the files).
+    n.ctx.pod_store.journal().materialize().unwrap();
     assert_eq!(std::fs::read_dir(n.ctx.config.root.join("metadata/pods")).unwrap().count(), 1);
 }
 
