@@ -1,11 +1,13 @@
 //! Durable metadata of pods and containers: one JSON file per object under
 //! `ROOT/metadata/{pods,containers}/<id>.json` inside a versioned envelope, and an in-memory
-//! index over them. Each write replaces the file atomically (temp file, rename) and is made
-//! durable by the redo journal `ROOT/metadata/journal.{0,1}` ([`common::journal`], shared with
-//! the image store for its containers' holds, which the records' writes make durable): one
-//! `fdatasync` of a preallocated file per write (shared by concurrent writes) instead of
-//! fsyncing the file and its directory. The envelope carries the write's sequence number, by
-//! which [`open`] replays the journal into the files after a crash.
+//! index over them. Each write is an entry of the redo journal `ROOT/metadata/journal.{0,1}`
+//! ([`common::journal`], shared with the image store for its containers' holds, which the
+//! records' writes make durable), made durable by one `fdatasync` of a preallocated file per
+//! write (shared by concurrent writes) instead of fsyncing the file and its directory; the file
+//! is written from the journal later (atomically: temp file, rename), at the journal's
+//! checkpoint, at a clean stop ([`common::journal::Journal::materialize`]) or by [`open`]'s
+//! replay after a crash. The envelope carries the write's sequence number, by which the replay
+//! tells an older file from a newer one.
 
 pub mod records;
 pub mod reserve;
@@ -142,12 +144,12 @@ impl RecordDir {
         })
     }
 
-    /// Writes the record of `id` atomically and durably.
+    /// Writes the record of `id` durably (through the journal; see the module doc).
     pub fn save<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
         self.write(id, record, true)
     }
 
-    /// Writes the record of `id` atomically but without fsync: only for the "creating" record
+    /// Writes the record of `id` without waiting for the disk: only for the "creating" record
     /// written before a creation acquires anything. What it guards against a crash of skiffd is
     /// in the page cache all the same; after a power cut everything a creation acquires before
     /// its final (fsynced) record is gone or released anyway (namespaces, mounts, cgroups and
