@@ -673,7 +673,8 @@ impl Journal {
             match change {
                 // A directory removed meanwhile (a container's layer) is not made again.
                 Pending::Save { data, mode } if dir.as_deref().is_some_and(Path::is_dir) => {
-                    write_file(&path, &data, mode)?;
+                    // Not fsynced here: `sync_files` below.
+                    crate::fs::write_replace(&path, &data, mode)?;
                     files.insert(path);
                 }
                 Pending::Save { .. } | Pending::Direct => continue,
@@ -702,11 +703,6 @@ impl Journal {
             inner = self.shared.checkpointed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
     }
-}
-
-/// Replaces `path` with `data` (a temp file renamed over it, not fsynced: see [`sync_files`]).
-fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    crate::fs::write_replace(path, data, mode)
 }
 
 /// fsyncs the files (those still there: a removed one's directory is in `dirs`), then the
