@@ -38,6 +38,9 @@ pub trait Images: Send + Sync + 'static {
     async fn fs_info(&self) -> Result<FsInfo, ImageError>;
     async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount, ImageError>;
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError>;
+    /// The directories of a resolved image's layers, topmost first
+    /// ([`ImageStore::layer_dirs`]).
+    fn layer_dirs(&self, image: &Image) -> Vec<std::path::PathBuf>;
     /// [`ImageStore::release_rootfs_deferred`]: the layer renamed away, its path returned for
     /// the caller to delete (by default, deleted at once and `None`).
     async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
@@ -79,6 +82,9 @@ impl Images for ImageStore {
     }
     async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
         ImageStore::release_rootfs_deferred(self, container_id).await
+    }
+    fn layer_dirs(&self, image: &Image) -> Vec<std::path::PathBuf> {
+        ImageStore::layer_dirs(self, image)
     }
     async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>, ImageError> {
         ImageStore::hold_image_volumes(self, container_id, images).await

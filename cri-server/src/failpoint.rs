@@ -102,6 +102,18 @@ pub async fn hit(name: &str) -> Result<(), Status> {
     check(name)
 }
 
+/// [`hit`] on a blocking thread (the delay sleeps the thread): for points inside a blocking
+/// task.
+pub fn hit_blocking(name: &str) -> Result<(), Status> {
+    for (p, a) in enabled() {
+        if let (true, Action::Sleep(d) | Action::FailAfter(d)) = (p == name, a) {
+            tracing::warn!(failpoint = name, ms = d.as_millis() as u64, "injected delay");
+            std::thread::sleep(*d);
+        }
+    }
+    check(name)
+}
+
 /// Only the delay of `name` (for points where failing is not possible).
 pub async fn delay(name: &str) {
     for (p, a) in enabled() {

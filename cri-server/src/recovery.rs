@@ -1,7 +1,9 @@
 //! Startup reconciliation: rebuild the in-memory state from the records on disk and from the
 //! monitors, so that a skiffd killed at any point comes back consistent.
 //!
-//! - Pods or containers caught half-created ("creating") are rolled back.
+//! - Pods or containers caught half-created ("creating"; a container's creation writes no
+//!   record before its CREATED one, earlier versions did) are rolled back; state dirs of
+//!   containers without a record (a creation cut off) are deleted.
 //! - A READY pod whose namespace pins are gone (the state dir did not survive a reboot) or
 //!   whose PID namespace holder died becomes NOTREADY and releases its network.
 //! - CREATED containers whose start was interrupted after their monitor started them are
@@ -97,8 +99,11 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
     let tdir = ctx.trash_dir();
     blocking(move || crate::services::runtime::container::sweep_trash(&tdir)).await?;
     let mut containers = HashSet::new();
+    // Every container with a record, readable or not (whose state dir stays).
+    let mut recorded = HashSet::new();
     let store = ctx.container_store.clone();
     for (id, rec) in blocking(move || store.load_all::<ContainerRecord>()).await?? {
+        recorded.insert(id.clone());
         let mut c = match rec {
             Ok(c) => c,
             Err(e) => {
@@ -144,6 +149,9 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         ctx.containers.insert_entry(&id, entry);
     }
 
+    let cdirs = ctx.config.state.join("containers");
+    blocking(move || sweep_unrecorded_state_dirs(&cdirs, &recorded)).await?;
+
     if let Err(e) = ctx.network.recover(&live_pods).await {
         tracing::warn!(error = %e, "network recovery incomplete");
     }
@@ -156,6 +164,29 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Deletes the state dirs (`STATE/containers/<id>`) of containers without a record: a
+/// CreateContainer cut off before its CREATED record (it writes none before; its writable layer
+/// and hold are released with the other holds of no container). Nothing is mounted in such a
+/// dir (only a StartContainer of a recorded container mounts its rootfs); one that has a mount
+/// is kept and logged all the same.
+fn sweep_unrecorded_state_dirs(dir: &std::path::Path, recorded: &HashSet<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        if recorded.contains(e.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
+        if runtime::podfiles::is_mountpoint(&path.join("rootfs")) {
+            tracing::warn!(path = %path.display(), "the state dir of no container has its rootfs mounted: kept");
+            continue;
+        }
+        tracing::info!(path = %path.display(), "deleting the state dir of a container whose creation was cut off");
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete the state dir of no container");
+        }
+    }
 }
 
 /// A CREATED container whose StartContainer was interrupted: if its monitor got to start it,

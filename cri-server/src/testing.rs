@@ -305,6 +305,10 @@ impl Images for FakeImages {
         })
     }
 
+    fn layer_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        vec![self.layer_dir(&image.record.id)]
+    }
+
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
         lock(&self.state).holds.remove(container_id);
         let dir = self.root.join("containers").join(container_id);

@@ -276,3 +276,52 @@ async fn reboot_empties_the_state_dir() {
     assert_eq!(d.container_status(&id2).await.state, cri::ContainerState::ContainerRunning as i32);
     d.remove_pod(&pod2).await;
 }
+
+/// Names in `dir` (none when it does not exist), dot files left out.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.retain(|n| !n.starts_with('.'));
+    v.sort();
+    v
+}
+
+/// CreateContainer writes no record before its CREATED one: a skiffd killed in the middle of
+/// one (the writable layer, its hold and the state dir made) leaves nothing after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_container_killed_midway_leaves_nothing() {
+    let mut d = Daemon::start_with_failpoints("container:after_rootfs=sleep:2000").await;
+    d.pull(BUSYBOX).await;
+    let pc = pod_config(&d, "midway");
+    let pod = d.run_pod(&pc).await;
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config("cut", &["true"])),
+        sandbox_config: Some(pc.clone()),
+    };
+    let mut client = d.runtime();
+    let call = tokio::spawn(async move { client.create_container(req).await });
+    let (layers, states) = (d.root().join("containers"), d.state().join("containers"));
+    wait_until(Duration::from_secs(10), "the layer and the state dir made", || {
+        !names_in(&layers).is_empty() && !names_in(&states).is_empty()
+    })
+    .await;
+    let id = names_in(&states).remove(0);
+    assert!(states.join(&id).join("config.json").exists() || states.join(&id).join("rootfs").exists());
+    d.kill();
+    assert!(call.await.unwrap().is_err());
+    assert_eq!(names_in(&layers), vec![id.clone()], "a hold on the disk before the restart");
+
+    d.start_again().await;
+    assert_eq!(names_in(&states), Vec::<String>::new(), "state dir of no container left");
+    assert_eq!(names_in(&layers), Vec::<String>::new(), "writable layer of no container left");
+    let ctrs =
+        d.runtime().list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(ctrs.is_empty(), "{ctrs:?}");
+    assert!(d.log().contains("whose creation was cut off"), "{}", d.log());
+    // The name is free: the next attempt creates the container.
+    let c = d.create(&pod, &pc, container_config("cut", &["true"])).await.unwrap();
+    assert_eq!(c.len(), id.len());
+    d.remove_pod(&pod).await;
+}

@@ -104,6 +104,14 @@ impl ImageStore {
         Ok(self.layout(&dir, &img.chain_ids))
     }
 
+    /// The directories of an image's layers, topmost first (the lower dirs of
+    /// [`ImageStore::prepare_rootfs`]'s layout but for an image without layers, whose only
+    /// lower dir is the container's empty one): to read the image's files (its `/etc/passwd`)
+    /// while its writable layer is being prepared.
+    pub fn layer_dirs(&self, image: &super::Image) -> Vec<PathBuf> {
+        image.record.chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect()
+    }
+
     fn layout(&self, dir: &Path, chain_ids: &[Digest]) -> RootfsMount {
         let mut lowerdirs: Vec<PathBuf> = chain_ids.iter().rev().map(|c| self.inner.snapshots.fs_dir(c)).collect();
         if lowerdirs.is_empty() {

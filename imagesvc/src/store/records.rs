@@ -150,9 +150,16 @@ impl ImageStore {
     /// The image with its OCI config, for CreateContainer/ContainerStatus; `None` when absent.
     pub async fn resolve(&self, ref_or_id: &str) -> Result<Option<Image>> {
         let Some(record) = self.status(ref_or_id).await? else { return Ok(None) };
-        let id = record.id.clone();
-        let me = self.clone();
-        let config = blocking(move || me.load_config(&id)).await?;
+        // Configs are content-addressed (immutable) and cached once read: only the first
+        // resolve of an image reads and parses its config, on the blocking pool.
+        let cached = self.inner.configs.lock().unwrap_or_else(|p| p.into_inner()).get(&record.id).cloned();
+        let config = match cached {
+            Some(c) => c,
+            None => {
+                let (me, id) = (self.clone(), record.id.clone());
+                blocking(move || me.load_config(&id)).await?
+            }
+        };
         Ok(Some(Image { record, config }))
     }
 

@@ -79,3 +79,31 @@ fn after_a_reboot_pods_are_not_ready_and_their_network_released() {
         assert!(n.fakes.sandboxes.live().is_empty());
     });
 }
+
+#[test]
+fn a_creation_cut_off_before_its_record_leaves_nothing_after_a_restart() {
+    let first = runtime();
+    let (n, pod, kept) = first.block_on(async {
+        let n = Node::new();
+        let pod = n.run_pod("web").await;
+        let kept = n.create(&pod, "kept", BUSYBOX).await.unwrap();
+        // What a CreateContainer killed before its CREATED record leaves: the writable layer
+        // with its hold, and the state dir with its config.json (no record: none is written
+        // before the CREATED one).
+        n.ctx.images.prepare_rootfs(BUSYBOX, "cutoff").await.unwrap();
+        let dir = n.ctx.container_dir("cutoff");
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        (n, pod, kept)
+    });
+    drop(first);
+    runtime().block_on(async move {
+        let n = n.restart().await;
+        assert!(!n.ctx.container_dir("cutoff").exists(), "state dir of no container deleted");
+        assert_eq!(n.fakes.images.holders(), vec![kept.clone()], "hold of no container released");
+        // The created container keeps its state dir and starts.
+        assert!(n.ctx.container_dir(&kept).join("config.json").exists());
+        assert_eq!(n.status("cutoff").await.unwrap_err().code(), Code::NotFound);
+        n.remove_pod(&pod).await.unwrap();
+    });
+}

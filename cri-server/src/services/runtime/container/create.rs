@@ -136,16 +136,11 @@ impl RuntimeSvc {
 
         let mut rb = Rollback::new();
         let result = async {
-            // Unsynced: the CREATED record below is the durable one (see save_unsynced).
-            ctx.container_store.save_async_unsynced(id, &record).await.status("persist the container")?;
-            {
-                let (ctx, id) = (ctx.clone(), id.to_owned());
-                rb.push_blocking("container record", move || {
-                    ctx.container_store.remove(&id).map_err(|e| e.to_string())
-                });
-            }
-            let layout =
-                ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+            // No record is written before the CREATED one: what a crash of skiffd leaves of an
+            // unfinished creation (a hold and a writable layer of no container, a state dir
+            // without a record) is released by the next start's recovery. The undo steps are
+            // pushed before their steps run (each is a no-op for what does not exist), so
+            // that what a failed step made half is undone too.
             {
                 let (ctx, id) = (ctx.clone(), id.to_owned());
                 rb.push(
@@ -153,11 +148,6 @@ impl RuntimeSvc {
                     move || async move { ctx.images.release_rootfs(&id).await.map_err(|e| e.to_string()) },
                 );
             }
-            let rootfs = cdir.join("rootfs");
-            tokio::task::spawn_blocking(move || std::fs::create_dir_all(&rootfs))
-                .await
-                .map_err(join_error)?
-                .map_err(|e| Status::internal(format!("create {}: {e}", cdir.display())))?;
             {
                 let cdir = cdir.clone();
                 rb.push_blocking("container dir", move || match std::fs::remove_dir_all(&cdir) {
@@ -165,73 +155,63 @@ impl RuntimeSvc {
                     _ => Ok(()),
                 });
             }
+            let pid = self.pid_namespace(&config, pod).await?;
+            let paths = ctx.pod_paths(&pod.id);
+            let ns = namespace_options(&pod.config);
+            let host_ipc = NamespaceMode::try_from(ns.ipc) == Ok(NamespaceMode::Node);
+            let owned = SpecParts {
+                container_id: id.to_owned(),
+                config: config.clone(),
+                sandbox: pod.clone(),
+                image: image_config.clone(),
+                image_name: image_name.clone(),
+                rootfs: cdir.join("rootfs"),
+                pod_files: paths.files(host_ipc),
+                pid,
+                cgroups_path: record.cgroup_path.clone(),
+                oom_score_adj_min: ctx.oom_score_adj_min,
+                rlimits: ctx.config.runtime.rlimits(),
+                cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
+                layers: ctx.images.layer_dirs(&image),
+            };
+            // At once, on two threads: the writable layer with the image's hold (and the
+            // image volumes' holds), and the state dir, the user (looked up in the image's own
+            // /etc/passwd and /etc/group) and the OCI spec. The spec reads files (a Localhost
+            // seccomp profile, mount sources, devices): on the blocking pool too.
+            let state = tokio::task::spawn_blocking(move || owned.state_dir_user_and_spec());
+            let layer = async {
+                ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+                // Image volumes: the images must be pulled; their snapshots are held with the rootfs.
+                image_volumes(&ctx, id, &config, &mut record).await
+            };
+            let (image_volumes, state) = tokio::join!(layer, state);
+            // The layer's failure first: the user's lookup reads the image's layers.
+            let image_volumes = image_volumes?;
+            let (user, mut spec) = state.map_err(join_error)??;
             crate::failpoint::hit("container:after_rootfs").await?;
-
-            // Image volumes: the images must be pulled; their snapshots are held with the rootfs.
-            let image_volumes = image_volumes(&ctx, id, &config, &mut record).await?;
-
-            // The user, looked up in the image's own /etc/passwd and /etc/group.
-            let lowerdirs = layout.lowerdirs.clone();
-            let cfg2 = config.clone();
-            let img2 = image_config.clone();
-            let user = tokio::task::spawn_blocking(move || {
-                let req = crate::spec::user_request(&cfg2, img2.as_ref());
-                runtime::user::resolve_in_layers(&lowerdirs, &req)
-            })
-            .await
-            .map_err(join_error)?
-            .map_err(|e| from_kind(e.kind(), format!("resolve the container user: {e}")))?;
 
             record.user = Some(crate::store::ContainerUserIds {
                 uid: user.uid,
                 gid: user.gid,
                 supplemental_groups: user.additional_gids.clone(),
             });
-            let pid = self.pid_namespace(&config, pod).await?;
-            let paths = ctx.pod_paths(&pod.id);
-            let ns = namespace_options(&pod.config);
-            let host_ipc = NamespaceMode::try_from(ns.ipc) == Ok(NamespaceMode::Node);
-            let input = crate::spec::SpecInput {
-                container_id: id,
-                sandbox_id: &pod.id,
-                config: &config,
-                sandbox: &pod.config,
-                image: image_config.as_ref(),
-                image_name: &image_name,
-                rootfs: &cdir.join("rootfs"),
-                pod_files: paths.files(host_ipc),
-                namespaces: crate::spec::PodNamespacePaths {
-                    net: pod.namespaces.net.clone(),
-                    ipc: pod.namespaces.ipc.clone(),
-                    uts: pod.namespaces.uts.clone(),
-                    user: pod.namespaces.user.clone(),
-                },
-                pid,
-                cgroups_path: &record.cgroup_path,
-                user: &user,
-                oom_score_adj_min: ctx.oom_score_adj_min,
-                rlimits: ctx.config.runtime.rlimits(),
-                cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
-            };
-            // It reads files (a Localhost seccomp profile, mount sources, devices): not on a worker.
-            let spec = tokio::task::block_in_place(|| {
-                let mut spec = crate::spec::generate(&input)?;
-                crate::spec::mounts::with_image_volumes(&mut spec, &image_volumes)?;
-                Ok::<_, crate::spec::SpecError>(spec)
-            })
-            .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
-            let bytes =
-                serde_json::to_vec_pretty(&spec).map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
-            let spec_path = cdir.join("config.json");
-            // config.json is in the volatile state dir: replaced, not fsynced.
-            tokio::task::spawn_blocking(move || runtime::util::write_replace(&spec_path, &bytes, 0o600))
-                .await
-                .map_err(join_error)?
-                .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
-            crate::failpoint::hit("container:after_spec").await?;
-
             record.state = ContainerState::Created;
-            ctx.container_store.save_async(id, &record).await.status("persist the container")?;
+            // config.json (in the volatile state dir: replaced, not fsynced), then the CREATED
+            // record, durable (which makes the hold's journal entry durable too): one task.
+            let (store, spec_path, id2, rec) =
+                (ctx.container_store.clone(), cdir.join("config.json"), id.to_owned(), record.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::spec::mounts::with_image_volumes(&mut spec, &image_volumes)
+                    .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+                let bytes = serde_json::to_vec_pretty(&spec)
+                    .map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
+                runtime::util::write_replace(&spec_path, &bytes, 0o600)
+                    .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
+                crate::failpoint::hit_blocking("container:after_spec")?;
+                store.save(&id2, &rec).status("persist the container")
+            })
+            .await
+            .map_err(join_error)??;
             Ok::<(), Status>(())
         }
         .await;
@@ -329,4 +309,59 @@ async fn image_volumes(
         });
     }
     Ok(out)
+}
+
+/// What the state dir, the user's lookup and the spec need, owned (for the blocking pool).
+struct SpecParts {
+    container_id: String,
+    config: ContainerConfig,
+    sandbox: PodRecord,
+    image: Option<oci_spec::image::Config>,
+    image_name: String,
+    rootfs: PathBuf,
+    pod_files: crate::spec::PodFilePaths,
+    pid: crate::spec::PidNamespace,
+    cgroups_path: String,
+    oom_score_adj_min: i32,
+    rlimits: Vec<oci_spec::runtime::PosixRlimit>,
+    cgroup_v2: bool,
+    /// The image's layers, topmost first.
+    layers: Vec<PathBuf>,
+}
+
+impl SpecParts {
+    /// Blocking: makes `STATE/containers/<id>/rootfs`, resolves the user and generates the
+    /// spec (without the image volumes, added once their holds are taken).
+    fn state_dir_user_and_spec(self) -> Result<(runtime::user::ResolvedUser, oci_spec::runtime::Spec), Status> {
+        std::fs::create_dir_all(&self.rootfs)
+            .map_err(|e| Status::internal(format!("create {}: {e}", self.rootfs.display())))?;
+        let req = crate::spec::user_request(&self.config, self.image.as_ref());
+        let user = runtime::user::resolve_in_layers(&self.layers, &req)
+            .map_err(|e| from_kind(e.kind(), format!("resolve the container user: {e}")))?;
+        let pod = &self.sandbox;
+        let input = crate::spec::SpecInput {
+            container_id: &self.container_id,
+            sandbox_id: &pod.id,
+            config: &self.config,
+            sandbox: &pod.config,
+            image: self.image.as_ref(),
+            image_name: &self.image_name,
+            rootfs: &self.rootfs,
+            pod_files: self.pod_files,
+            namespaces: crate::spec::PodNamespacePaths {
+                net: pod.namespaces.net.clone(),
+                ipc: pod.namespaces.ipc.clone(),
+                uts: pod.namespaces.uts.clone(),
+                user: pod.namespaces.user.clone(),
+            },
+            pid: self.pid,
+            cgroups_path: &self.cgroups_path,
+            user: &user,
+            oom_score_adj_min: self.oom_score_adj_min,
+            rlimits: self.rlimits,
+            cgroup_v2: self.cgroup_v2,
+        };
+        let spec = crate::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+        Ok((user, spec))
+    }
 }

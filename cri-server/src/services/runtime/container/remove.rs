@@ -71,14 +71,17 @@ pub(crate) async fn remove_container(ctx: &Arc<Context>, entry: &ContainerEntry)
         if c.cleaned_up { Vec::new() } else { release_runtime_resources(ctx, &c).await.into_iter().collect() };
     let mut trash = Vec::new();
     if failed.is_empty() {
-        // Only once the rootfs is unmounted: a deletion must never walk into a mount.
-        match ctx.images.release_rootfs_deferred(&c.id).await {
+        // Only once the rootfs is unmounted: a deletion must never walk into a mount. The
+        // layer and the state dir at once (two threads).
+        let (cdir, tdir) = (ctx.container_dir(&c.id), ctx.trash_dir());
+        let id = c.id.clone();
+        let state = tokio::task::spawn_blocking(move || move_to_trash(&cdir, &tdir, &id));
+        let (layer, state) = tokio::join!(ctx.images.release_rootfs_deferred(&c.id), state);
+        match layer {
             Ok(p) => trash.extend(p),
             Err(e) => failed.push(format!("writable layer: {e}")),
         }
-        let (cdir, tdir) = (ctx.container_dir(&c.id), ctx.trash_dir());
-        let id = c.id.clone();
-        match tokio::task::spawn_blocking(move || move_to_trash(&cdir, &tdir, &id)).await.map_err(join_error)? {
+        match state.map_err(join_error)? {
             Ok(p) => trash.extend(p),
             Err(e) => failed.push(e),
         }
