@@ -3,8 +3,9 @@
 //! all of them alike:
 //!
 //! - sequential: `ROUNDS` whole lifecycles (RunPodSandbox, CreateContainer, StartContainer,
-//!   StopContainer with timeout 0, RemoveContainer, StopPodSandbox, RemovePodSandbox), median
-//!   and p90 of each RPC;
+//!   StopContainer with timeout 0, RemoveContainer, StopPodSandbox, RemovePodSandbox, then a
+//!   Version call: an RPC that does no work, i.e. the round trip under them all), median and
+//!   p90 of each RPC;
 //! - parallel: the same with 8 clients at once (`ROUNDS` lifecycles each batch, 8 per batch);
 //! - 100 pods with one container each, started 8 at a time (wall time), then ListContainerStats
 //!   over the 100 running containers (median and p90 of 20 calls, after one untimed call), then
@@ -32,7 +33,7 @@ use skiff_tests::pods::{self, BUSYBOX};
 use skiff_tests::{cri, Daemon};
 use tonic::transport::Channel;
 
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "RunPodSandbox",
     "CreateContainer",
     "StartContainer",
@@ -40,6 +41,7 @@ const STEPS: [&str; 7] = [
     "RemoveContainer",
     "StopPodSandbox",
     "RemovePodSandbox",
+    "Version (no work: the gRPC round trip)",
 ];
 
 struct Target {
@@ -158,10 +160,17 @@ async fn down(t: &Target, pod: String, id: String) -> [Duration; 4] {
     [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 }
 
-async fn lifecycle(t: &Target, name: &str) -> [Duration; 7] {
+async fn lifecycle(t: &Target, name: &str) -> [Duration; 8] {
     let (pod, id, a) = up(t, name).await;
     let b = down(t, pod, id).await;
-    [a[0], a[1], a[2], b[0], b[1], b[2], b[3]]
+    // The floor under every RPC above: an RPC whose handler does nothing, called as they are
+    // (right after the previous answer).
+    let t0 = Instant::now();
+    t.rt()
+        .version(cri::VersionRequest { version: "v1".into() })
+        .await
+        .unwrap_or_else(|e| panic!("{}: Version: {e:?}", t.name));
+    [a[0], a[1], a[2], b[0], b[1], b[2], b[3], t0.elapsed()]
 }
 
 #[derive(Default)]
@@ -257,7 +266,7 @@ async fn main() {
     }
     let mut res: Vec<Results> = targets
         .iter()
-        .map(|_| Results { seq: vec![Vec::new(); 7], par: vec![Vec::new(); 7], ..Default::default() })
+        .map(|_| Results { seq: vec![Vec::new(); STEPS.len()], par: vec![Vec::new(); STEPS.len()], ..Default::default() })
         .collect();
 
     println!("sequential: {rounds} lifecycles per runtime");
