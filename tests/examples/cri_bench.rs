@@ -266,7 +266,11 @@ async fn main() {
     }
     let mut res: Vec<Results> = targets
         .iter()
-        .map(|_| Results { seq: vec![Vec::new(); STEPS.len()], par: vec![Vec::new(); STEPS.len()], ..Default::default() })
+        .map(|_| Results {
+            seq: vec![Vec::new(); STEPS.len()],
+            par: vec![Vec::new(); STEPS.len()],
+            ..Default::default()
+        })
         .collect();
 
     println!("sequential: {rounds} lifecycles per runtime");

@@ -144,7 +144,6 @@ impl ImageStore {
         if !valid_container_id(container_id) {
             return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
         }
-        let mut st = self.inner.state.lock().await;
         let dir = self.inner.containers_dir.join(container_id);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let doomed = self.inner.containers_dir.join(format!(".del-{container_id}-{}-{seq}", std::process::id()));
@@ -161,6 +160,10 @@ impl ImageStore {
             Ok(moved)
         })
         .await?;
+        // The store's lock only now: the rename needs none (the garbage collector never looks
+        // into the containers' layers, and the hold, still counted meanwhile, keeps the
+        // snapshots), so that other containers' creations, starts and removals do not wait for it.
+        let mut st = self.inner.state.lock().await;
         // Garbage only when this hold was the last user of one of its snapshots (an image
         // removed while the container held it): no directory walk on every removal.
         let orphaned = st.holds.remove(container_id).is_some_and(|h| {

@@ -75,24 +75,22 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             mc.stdin_once = c.config.stdin_once;
             // The monitor need not read mountinfo (it grows with every mount on the node).
             mc.cgroup_hierarchies = ctx.cgroups.hierarchies();
-            let dir = cdir.clone();
-            tokio::task::spawn_blocking(move || {
+            // Three things at once: the monitor starts up (its monitor.json written, then it
+            // loads that and the spec, detaches), the container cgroup is made with the spec's
+            // resources, and the rootfs is mounted. The monitor starts the container only once
+            // the gate opens and exits having started nothing if the gate is dropped (any
+            // failure below).
+            let (ctx2, dir) = (ctx.clone(), cdir.clone());
+            let spawn = tokio::task::spawn_blocking(move || {
                 if let Some(dir) = log_path.as_ref().and_then(|p| p.parent()).filter(|_| log_dir.is_none()) {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
                 }
                 // A fresh start: no exit record of an earlier life may linger.
                 let _ = std::fs::remove_file(&mc.exit_record_path);
-                mc.write(&dir).map_err(|e| Status::internal(format!("write monitor.json: {e}")))
-            })
-            .await
-            .map_err(join_error)??;
-            // Three things at once: the monitor starts up (loads its configuration and the
-            // spec, detaches), the container cgroup is made with the spec's resources, and the
-            // rootfs is mounted. The monitor starts the container only once the gate opens and
-            // exits having started nothing if the gate is dropped (any failure below).
-            let (ctx2, dir) = (ctx.clone(), cdir.clone());
-            let spawn = tokio::task::spawn_blocking(move || ctx2.monitors.spawn_gated(&dir));
+                mc.write(&dir).map_err(|e| Status::internal(format!("write monitor.json: {e}")))?;
+                ctx2.monitors.spawn_gated(&dir).map_err(|e| monitor_status(e, "start the container"))
+            });
             let (ctx2, cg, spec_path) = (ctx.clone(), c.cgroup_path.clone(), cdir.join("config.json"));
             let cgroup = tokio::task::spawn_blocking(move || -> Result<(), Status> {
                 let resources = spec_resources(&spec_path)?;
@@ -100,8 +98,7 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             });
             let mounted = mount_rootfs(ctx, &c, pod, &cdir).await;
             let made = cgroup.await.map_err(join_error).and_then(|r| r);
-            let gate =
-                spawn.await.map_err(join_error).and_then(|r| r.map_err(|e| monitor_status(e, "start the container")));
+            let gate = spawn.await.map_err(join_error).and_then(|r| r);
             // Each rollback as soon as its step is known to have succeeded, whatever failed.
             if mounted.is_ok() {
                 // Also unmounts the idmapped overlay: it is a mount on the same target.
