@@ -85,6 +85,17 @@ async fn pull_mount_release_remove() {
     assert!(!m.lowerdirs[0].exists(), "unheld snapshot deleted");
     assert!(m.lowerdirs[1].exists(), "base layer still used by busybox");
 
+    // A snapshot gone from the disk: the image is reported missing, and no hold and no
+    // writable layer are left behind.
+    let fs = root.path().join("snapshots").join(rec.chain_ids[0].hex()).join("fs");
+    let aside = root.path().join("snapshots").join("aside");
+    std::fs::rename(&fs, &aside).unwrap();
+    let e = s.prepare_rootfs("registry.k8s.io/e2e-test-images/busybox:1.29-2", "ctr-test-3").await.unwrap_err();
+    assert!(matches!(e, imagesvc::ImageError::ImageNotFound(ref m) if m.contains("is missing")), "{e}");
+    assert!(s.rootfs_holders().await.is_empty());
+    assert_eq!(count_files(&root.path().join("containers")), 0);
+    std::fs::rename(&aside, &fs).unwrap();
+
     // Restart: still there.
     drop(s);
     let s = store(root.path()).await;

@@ -38,8 +38,8 @@ impl ImageStore {
         if !valid_container_id(container_id) {
             return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
         }
-        let mut st = self.inner.state.lock().await;
         let dir = self.inner.containers_dir.join(container_id);
+        let mut st = self.inner.state.lock().await;
         if let Some(h) = st.holds.get(container_id) {
             // Prepared before (CreateContainer, then StartContainer): the hold keeps the
             // snapshots even if the image was removed meanwhile.
@@ -51,21 +51,24 @@ impl ImageStore {
                     h.image_id
                 )));
             }
-            if dir.join("upper").is_dir() && dir.join("work").is_dir() {
-                return Ok(self.layout(&dir, &h.chain_ids));
+            // Whether its directories are still there is asked off the async threads and
+            // without the store's lock; without them they are made again below.
+            let chain_ids = h.chain_ids.clone();
+            drop(st);
+            let d2 = dir.clone();
+            if blocking(move || Ok(d2.join("upper").is_dir() && d2.join("work").is_dir())).await? {
+                return Ok(self.layout(&dir, &chain_ids));
             }
+            st = self.inner.state.lock().await;
         }
         let img = Self::find(&st.images, image_ref_or_id)
             .cloned()
             .ok_or_else(|| ImageError::ImageNotFound(image_ref_or_id.to_string()))?;
-        for c in &img.chain_ids {
-            if !self.inner.snapshots.exists(c) {
-                return Err(ImageError::ImageNotFound(format!(
-                    "{image_ref_or_id} (snapshot {} is missing; pull the image again)",
-                    c.short()
-                )));
-            }
-        }
+        // The image's snapshots are checked in the blocking task below, after the hold is
+        // counted (from then on the GC keeps them).
+        let snapshot_dirs: Vec<(PathBuf, String)> =
+            img.chain_ids.iter().map(|c| (self.inner.snapshots.fs_dir(c), c.short().to_string())).collect();
+        let missing_ref = image_ref_or_id.to_string();
         let hold = ContainerRootfs {
             version: 1,
             seq: 0,
@@ -84,6 +87,11 @@ impl ImageStore {
         let before = st.holds.insert(container_id.to_string(), hold);
         drop(st);
         let written = blocking(move || {
+            if let Some((_, short)) = snapshot_dirs.iter().find(|(d, _)| !d.is_dir()) {
+                return Err(ImageError::ImageNotFound(format!(
+                    "{missing_ref} (snapshot {short} is missing; pull the image again)"
+                )));
+            }
             std::fs::create_dir_all(&d2).map_err(|e| ImageError::io("create container dir", &d2, e))?;
             write_hold(&journal, &h2, durable)?;
             for sub in ["upper", "work"].into_iter().chain(empty_lower.then_some("lower")) {
