@@ -47,6 +47,8 @@ pub struct Context {
     pub events: crate::services::runtime::events::Events,
     /// The streaming server's tokens and address (Exec, Attach, PortForward).
     pub streaming: Arc<crate::streaming::Streaming>,
+    /// The images' `/etc/passwd` and `/etc/group`, read once per layer stack (CreateContainer).
+    pub user_files: Arc<runtime::user::LayerUserFiles>,
 }
 
 impl Context {
@@ -95,6 +97,7 @@ impl Context {
             oom_score_adj_min,
             events: Default::default(),
             streaming,
+            user_files: Default::default(),
         })
     }
 

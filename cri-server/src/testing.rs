@@ -98,6 +98,7 @@ impl Context {
             oom_score_adj_min: -1000,
             events: Default::default(),
             streaming: crate::streaming::Streaming::new(monitor_path, Duration::from_secs(60)),
+            user_files: Default::default(),
         }
     }
 }

@@ -198,6 +198,56 @@ pub fn resolve_in_layers(layers: &[std::path::PathBuf], req: &UserRequest<'_>) -
     resolve_from(&read_in_layers(layers, "/etc/passwd")?, &read_in_layers(layers, "/etc/group")?, req)
 }
 
+/// The `/etc/passwd` and `/etc/group` of layer stacks, read once per stack, for
+/// [`resolve_in_layers`] without reading the files again: the layers are content-addressed
+/// snapshots (a stack's directories name its chain), which never change while they exist and
+/// are the same when made again. At most [`LayerUserFiles::MAX`] stacks are kept (all are
+/// dropped when it is reached); a read that fails is not kept.
+#[derive(Default)]
+pub struct LayerUserFiles {
+    stacks: std::sync::Mutex<std::collections::HashMap<Vec<std::path::PathBuf>, std::sync::Arc<UserFiles>>>,
+}
+
+/// The contents of a layer stack's `/etc/passwd` and `/etc/group` (empty when absent).
+type UserFiles = (String, String);
+
+impl LayerUserFiles {
+    /// Stacks kept at most.
+    pub const MAX: usize = 256;
+
+    /// [`resolve_in_layers`], with the files of `layers` read only the first time (blocking).
+    pub fn resolve(&self, layers: &[std::path::PathBuf], req: &UserRequest<'_>) -> Result<ResolvedUser, UserError> {
+        let cached = self.stacks.lock().ok().and_then(|m| m.get(layers).cloned());
+        let files = match cached {
+            Some(f) => f,
+            None => {
+                let f = std::sync::Arc::new((
+                    read_in_layers(layers, "/etc/passwd")?,
+                    read_in_layers(layers, "/etc/group")?,
+                ));
+                if let Ok(mut m) = self.stacks.lock() {
+                    if m.len() >= Self::MAX {
+                        m.clear();
+                    }
+                    m.insert(layers.to_vec(), f.clone());
+                }
+                f
+            }
+        };
+        resolve_from(&files.0, &files.1, req)
+    }
+
+    /// How many stacks are kept.
+    pub fn len(&self) -> usize {
+        self.stacks.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn resolve_from(passwd: &str, group: &str, req: &UserRequest<'_>) -> Result<ResolvedUser, UserError> {
     let passwd = parse_passwd(passwd);
     let groups = parse_group(group);
@@ -365,6 +415,36 @@ mod tests {
         if r == 0 {
             assert!(resolve_in_layers(&layers, &UserRequest { image_user: "app:staff", ..req() }).is_err());
         }
+    }
+
+    #[test]
+    fn layer_stacks_read_once() {
+        let top = tempfile::tempdir().unwrap();
+        let bottom = rootfs();
+        std::fs::create_dir_all(top.path().join("etc")).unwrap();
+        std::fs::write(top.path().join("etc/passwd"), "app:x:500:500::/app:/bin/sh\n").unwrap();
+        let stack = vec![top.path().to_path_buf(), bottom.path().to_path_buf()];
+        let lower = vec![bottom.path().to_path_buf()];
+        let files = LayerUserFiles::default();
+        let app = UserRequest { image_user: "app:staff", ..req() };
+        let u = files.resolve(&stack, &app).unwrap();
+        assert_eq!((u.uid, u.gid), (500, 50), "the same as resolve_in_layers");
+        assert_eq!(
+            files.resolve(&stack, &UserRequest { image_user: "alice", ..req() }).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(files.len(), 1, "one stack, read once for both requests");
+        // Kept: the files are not read again (snapshots never change while they exist).
+        std::fs::write(top.path().join("etc/passwd"), "other:x:501:501::/:/bin/sh\n").unwrap();
+        assert_eq!(files.resolve(&stack, &app).unwrap().uid, 500);
+        // Another stack is read on its own.
+        assert_eq!(files.resolve(&lower, &UserRequest { image_user: "alice", ..req() }).unwrap().uid, 1000);
+        assert_eq!(files.len(), 2);
+        // Bounded.
+        for i in 0..LayerUserFiles::MAX + 3 {
+            let _ = files.resolve(&[bottom.path().join(format!("none-{i}"))], &req());
+        }
+        assert!(files.len() <= LayerUserFiles::MAX);
     }
 
     #[test]

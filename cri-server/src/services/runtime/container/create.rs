@@ -173,11 +173,13 @@ impl RuntimeSvc {
                 rlimits: ctx.config.runtime.rlimits(),
                 cgroup_v2: ctx.cgroups.mode() == runtime::cgroups::CgroupMode::Unified,
                 layers: ctx.images.layer_dirs(&image),
+                user_files: ctx.user_files.clone(),
             };
             // At once, on two threads: the writable layer with the image's hold (and the
             // image volumes' holds), and the state dir, the user (looked up in the image's own
-            // /etc/passwd and /etc/group) and the OCI spec. The spec reads files (a Localhost
-            // seccomp profile, mount sources, devices): on the blocking pool too.
+            // /etc/passwd and /etc/group, read once per layer stack) and the OCI spec. The
+            // spec reads files (a Localhost seccomp profile, mount sources, devices): on the
+            // blocking pool too.
             let state = tokio::task::spawn_blocking(move || owned.state_dir_user_and_spec());
             let layer = async {
                 ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
@@ -327,6 +329,7 @@ struct SpecParts {
     cgroup_v2: bool,
     /// The image's layers, topmost first.
     layers: Vec<PathBuf>,
+    user_files: std::sync::Arc<runtime::user::LayerUserFiles>,
 }
 
 impl SpecParts {
@@ -336,7 +339,9 @@ impl SpecParts {
         std::fs::create_dir_all(&self.rootfs)
             .map_err(|e| Status::internal(format!("create {}: {e}", self.rootfs.display())))?;
         let req = crate::spec::user_request(&self.config, self.image.as_ref());
-        let user = runtime::user::resolve_in_layers(&self.layers, &req)
+        let user = self
+            .user_files
+            .resolve(&self.layers, &req)
             .map_err(|e| from_kind(e.kind(), format!("resolve the container user: {e}")))?;
         let pod = &self.sandbox;
         let input = crate::spec::SpecInput {
