@@ -38,6 +38,16 @@ pub trait Images: Send + Sync + 'static {
     async fn fs_info(&self) -> Result<FsInfo, ImageError>;
     async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount, ImageError>;
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError>;
+    /// [`ImageStore::begin_rootfs`]: a new container's hold counted, the rest of its writable
+    /// layer left to the returned [`imagesvc::RootfsPrep`]'s blocking halves; `None` when it
+    /// is prepared in full already (by default: [`Images::prepare_rootfs`]).
+    async fn begin_rootfs(
+        &self,
+        image_ref_or_id: &str,
+        container_id: &str,
+    ) -> Result<Option<imagesvc::RootfsPrep>, ImageError> {
+        self.prepare_rootfs(image_ref_or_id, container_id).await.map(|_| None)
+    }
     /// The directories of a resolved image's layers, topmost first
     /// ([`ImageStore::layer_dirs`]).
     fn layer_dirs(&self, image: &Image) -> Vec<std::path::PathBuf>;
@@ -82,6 +92,13 @@ impl Images for ImageStore {
     }
     async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
         ImageStore::release_rootfs_deferred(self, container_id).await
+    }
+    async fn begin_rootfs(
+        &self,
+        image_ref_or_id: &str,
+        container_id: &str,
+    ) -> Result<Option<imagesvc::RootfsPrep>, ImageError> {
+        ImageStore::begin_rootfs(self, image_ref_or_id, container_id).await.map(Some)
     }
     fn layer_dirs(&self, image: &Image) -> Vec<std::path::PathBuf> {
         ImageStore::layer_dirs(self, image)

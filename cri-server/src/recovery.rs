@@ -1,9 +1,12 @@
 //! Startup reconciliation: rebuild the in-memory state from the records on disk and from the
 //! monitors, so that a skiffd killed at any point comes back consistent.
 //!
-//! - Pods or containers caught half-created ("creating"; a container's creation writes no
-//!   record before its CREATED one, earlier versions did) are rolled back; state dirs of
-//!   containers without a record (a creation cut off) are deleted.
+//! - Pods or containers caught half-created are rolled back: a pod's "creating" record; a
+//!   container's CREATED record whose state dir is there without its `config.json` (its
+//!   creation writes the record while it makes the files, and answers only once both are
+//!   done; after a reboot the state dir is gone and a CREATED container stays); a container's
+//!   "creating" record of earlier versions. State dirs of containers without a record (a
+//!   creation cut off before its record) are deleted.
 //! - A READY pod whose namespace pins are gone (the state dir did not survive a reboot) or
 //!   whose PID namespace holder died becomes NOTREADY and releases its network.
 //! - CREATED containers whose start was interrupted after their monitor started them are
@@ -111,6 +114,18 @@ pub async fn recover(ctx: &Arc<Context>) -> Result<(), StoreError> {
                 continue;
             }
         };
+        if c.state == ContainerState::Created && !c.starting {
+            // Same boot (the volatile state dir survived) and no spec: CreateContainer was cut
+            // off between its record and its answer. The file written last is config.json.
+            let dir = ctx.container_dir(&id);
+            let cut_off = blocking(move || dir.is_dir() && matches!(dir.join("config.json").try_exists(), Ok(false)))
+                .await
+                .unwrap_or(false);
+            if cut_off {
+                tracing::info!(container_id = %id, "a container whose creation was cut off before its answer");
+                c.state = ContainerState::Creating;
+            }
+        }
         if c.state == ContainerState::Creating {
             tracing::info!(container_id = %id, "rolling back a container whose creation was interrupted");
             let released = ctx.images.release_rootfs(&id).await;

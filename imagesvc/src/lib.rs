@@ -29,4 +29,4 @@ pub use meta::ImageRecord;
 pub use reference::{Digest, Reference};
 pub use registry::Auth;
 pub use snapshot::RootfsMount;
-pub use store::{FsInfo, FsUsage, Image, ImageStore, ImageStoreConfig, ImageVolume};
+pub use store::{FsInfo, FsUsage, Image, ImageStore, ImageStoreConfig, ImageVolume, RootfsPrep};

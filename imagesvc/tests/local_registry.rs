@@ -94,7 +94,37 @@ async fn pull_mount_release_remove() {
     assert!(matches!(e, imagesvc::ImageError::ImageNotFound(ref m) if m.contains("is missing")), "{e}");
     assert!(s.rootfs_holders().await.is_empty());
     assert_eq!(count_files(&root.path().join("containers")), 0);
+    // The same through a creation's halves: the hold is counted at once, the check fails on
+    // the blocking half, and the release undoes the hold.
+    let prep = s.begin_rootfs("registry.k8s.io/e2e-test-images/busybox:1.29-2", "ctr-test-4").await.unwrap();
+    assert_eq!(s.rootfs_holders().await, vec!["ctr-test-4".to_string()]);
+    let e = prep.hold().unwrap_err();
+    assert!(matches!(e, imagesvc::ImageError::ImageNotFound(ref m) if m.contains("is missing")), "{e}");
+    s.release_rootfs("ctr-test-4").await.unwrap();
+    assert!(s.rootfs_holders().await.is_empty());
     std::fs::rename(&aside, &fs).unwrap();
+    // Both halves, at once on two threads; a second begin for the same container is refused.
+    let prep = s.begin_rootfs("registry.k8s.io/e2e-test-images/busybox:1.29-2", "ctr-test-5").await.unwrap();
+    let p2 = prep.clone();
+    let (a, b) =
+        tokio::join!(tokio::task::spawn_blocking(move || prep.hold()), tokio::task::spawn_blocking(move || p2.dirs()));
+    a.unwrap().unwrap();
+    b.unwrap().unwrap();
+    let layer = root.path().join("containers/ctr-test-5");
+    assert!(layer.join("upper").is_dir() && layer.join("work").is_dir());
+    assert!(matches!(
+        s.begin_rootfs("registry.k8s.io/e2e-test-images/busybox:1.29-2", "ctr-test-5").await,
+        Err(imagesvc::ImageError::InvalidArgument(_))
+    ));
+    // What StartContainer asks for then is the same layer.
+    let m = s.prepare_rootfs("registry.k8s.io/e2e-test-images/busybox:1.29-2", "ctr-test-5").await.unwrap();
+    assert_eq!(m.upperdir, layer.join("upper"));
+    // The hold is in the journal: it survives a restart.
+    drop(s);
+    let s = store(root.path()).await;
+    assert_eq!(s.rootfs_holders().await, vec!["ctr-test-5".to_string()]);
+    s.release_rootfs("ctr-test-5").await.unwrap();
+    assert_eq!(count_files(&root.path().join("containers")), 0);
 
     // Restart: still there.
     drop(s);

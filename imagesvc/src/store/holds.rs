@@ -66,39 +66,17 @@ impl ImageStore {
             .ok_or_else(|| ImageError::ImageNotFound(image_ref_or_id.to_string()))?;
         // The image's snapshots are checked in the blocking task below, after the hold is
         // counted (from then on the GC keeps them).
-        let snapshot_dirs: Vec<(PathBuf, String)> =
-            img.chain_ids.iter().map(|c| (self.inner.snapshots.fs_dir(c), c.short().to_string())).collect();
-        let missing_ref = image_ref_or_id.to_string();
-        let hold = ContainerRootfs {
-            version: 1,
-            seq: 0,
-            container_id: container_id.to_string(),
-            image_id: img.id.clone(),
-            chain_ids: img.chain_ids.clone(),
-            volume_chain_ids: st.holds.get(container_id).map(|h| h.volume_chain_ids.clone()).unwrap_or_default(),
-        };
-        let d2 = dir.clone();
-        let h2 = hold.clone();
-        let (journal, durable) = (self.inner.journal.clone(), self.inner.holds_durable);
-        let empty_lower = img.chain_ids.is_empty();
+        let volumes = st.holds.get(container_id).map(|h| h.volume_chain_ids.clone()).unwrap_or_default();
+        let hold = hold_of(&img, container_id, volumes);
+        let prep = self.prep(&img, hold.clone(), image_ref_or_id, dir.clone());
         // The hold counts from now on (the GC keeps its snapshots), and the store's lock is not
         // held while the record is written and fsynced: other containers' creations, starts
         // and removals go on meanwhile. Undone if the write fails.
         let before = st.holds.insert(container_id.to_string(), hold);
         drop(st);
         let written = blocking(move || {
-            if let Some((_, short)) = snapshot_dirs.iter().find(|(d, _)| !d.is_dir()) {
-                return Err(ImageError::ImageNotFound(format!(
-                    "{missing_ref} (snapshot {short} is missing; pull the image again)"
-                )));
-            }
-            std::fs::create_dir_all(&d2).map_err(|e| ImageError::io("create container dir", &d2, e))?;
-            write_hold(&journal, &h2, durable)?;
-            for sub in ["upper", "work"].into_iter().chain(empty_lower.then_some("lower")) {
-                let p = d2.join(sub);
-                std::fs::create_dir_all(&p).map_err(|e| ImageError::io("create container dir", &p, e))?;
-            }
-            Ok(())
+            prep.hold()?;
+            prep.dirs()
         })
         .await;
         if let Err(e) = written {
@@ -110,6 +88,48 @@ impl ImageStore {
             return Err(e);
         }
         Ok(self.layout(&dir, &img.chain_ids))
+    }
+
+    /// The first half of [`ImageStore::prepare_rootfs`] for a container that has no hold yet
+    /// (a creation), for a caller that wants the blocking halves on threads of its own: the
+    /// hold is counted in memory at once (the GC keeps the image's snapshots from then on), and
+    /// the returned [`RootfsPrep`] checks the snapshots, journals the hold and makes the
+    /// directories. Whatever of it was done, or none, [`ImageStore::release_rootfs`] undoes.
+    pub async fn begin_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsPrep> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
+        }
+        let dir = self.inner.containers_dir.join(container_id);
+        let mut st = self.inner.state.lock().await;
+        if let Some(h) = st.holds.get(container_id) {
+            return Err(ImageError::InvalidArgument(format!(
+                "container {container_id} already has a rootfs from image {}",
+                h.image_id
+            )));
+        }
+        let img = Self::find(&st.images, image_ref_or_id)
+            .cloned()
+            .ok_or_else(|| ImageError::ImageNotFound(image_ref_or_id.to_string()))?;
+        let hold = hold_of(&img, container_id, Vec::new());
+        st.holds.insert(container_id.to_string(), hold.clone());
+        drop(st);
+        Ok(self.prep(&img, hold, image_ref_or_id, dir))
+    }
+
+    fn prep(&self, img: &crate::meta::ImageRecord, hold: ContainerRootfs, image_ref: &str, dir: PathBuf) -> RootfsPrep {
+        RootfsPrep {
+            snapshot_dirs: img
+                .chain_ids
+                .iter()
+                .map(|c| (self.inner.snapshots.fs_dir(c), c.short().to_string()))
+                .collect(),
+            image_ref: image_ref.to_string(),
+            empty_lower: img.chain_ids.is_empty(),
+            dir,
+            hold,
+            journal: self.inner.journal.clone(),
+            durable: self.inner.holds_durable,
+        }
     }
 
     /// The directories of an image's layers, topmost first (the lower dirs of
@@ -244,6 +264,17 @@ fn hold_rel(container_id: &str) -> PathBuf {
 }
 
 /// Writes `rootfs.json` of a hold through the journal (`durable`: waits for the disk). Blocking.
+fn hold_of(img: &crate::meta::ImageRecord, container_id: &str, volume_chain_ids: Vec<Digest>) -> ContainerRootfs {
+    ContainerRootfs {
+        version: 1,
+        seq: 0,
+        container_id: container_id.to_string(),
+        image_id: img.id.clone(),
+        chain_ids: img.chain_ids.clone(),
+        volume_chain_ids,
+    }
+}
+
 fn write_hold(journal: &common::journal::Journal, hold: &ContainerRootfs, durable: bool) -> Result<()> {
     let rel = hold_rel(&hold.container_id);
     let mut hold = hold.clone();
@@ -335,5 +366,46 @@ mod tests {
         let mut left: Vec<_> = std::fs::read_dir(c).unwrap().map(|e| e.unwrap().file_name()).collect();
         left.sort();
         assert_eq!(left, ["good"]);
+    }
+}
+
+/// The blocking halves of a container's writable layer, from [`ImageStore::begin_rootfs`]:
+/// [`RootfsPrep::hold`] (the snapshots checked, the layer's directory made and the hold
+/// journaled) and [`RootfsPrep::dirs`] (`upper/`, `work/`, and `lower/` for an image without
+/// layers), which may run at once on two threads.
+#[derive(Debug, Clone)]
+pub struct RootfsPrep {
+    snapshot_dirs: Vec<(PathBuf, String)>,
+    image_ref: String,
+    empty_lower: bool,
+    dir: PathBuf,
+    hold: ContainerRootfs,
+    journal: common::journal::Journal,
+    durable: bool,
+}
+
+impl RootfsPrep {
+    /// Blocking: checks that the image's snapshots are there ([`ImageError::ImageNotFound`]
+    /// otherwise), makes `ROOT/containers/<id>` (the journal materializes `rootfs.json` only
+    /// into a directory that exists) and journals the hold (durable with the caller's next
+    /// durable change of the same journal when the store shares skiffd's).
+    pub fn hold(&self) -> Result<()> {
+        if let Some((_, short)) = self.snapshot_dirs.iter().find(|(d, _)| !d.is_dir()) {
+            return Err(ImageError::ImageNotFound(format!(
+                "{} (snapshot {short} is missing; pull the image again)",
+                self.image_ref
+            )));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| ImageError::io("create container dir", &self.dir, e))?;
+        write_hold(&self.journal, &self.hold, self.durable)
+    }
+
+    /// Blocking: makes the layer's `upper/` and `work/` (and `lower/`), with their parent.
+    pub fn dirs(&self) -> Result<()> {
+        for sub in ["upper", "work"].into_iter().chain(self.empty_lower.then_some("lower")) {
+            let p = self.dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| ImageError::io("create container dir", &p, e))?;
+        }
+        Ok(())
     }
 }

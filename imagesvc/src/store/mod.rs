@@ -38,6 +38,7 @@ use crate::reference::Digest;
 use crate::registry::RegistryClient;
 use crate::snapshot::{ContainerRootfs, Snapshots};
 
+pub use holds::RootfsPrep;
 pub use usage::usage;
 
 /// Settings for [`ImageStore::open`].

@@ -107,3 +107,45 @@ fn a_creation_cut_off_before_its_record_leaves_nothing_after_a_restart() {
         n.remove_pod(&pod).await.unwrap();
     });
 }
+
+/// CreateContainer writes its CREATED record while it makes the files and answers once both
+/// are done; config.json is the last file. A skiffd killed after the record but before that
+/// (the state dir there, no config.json) leaves nothing after its restart; after a reboot (the
+/// volatile state dir gone) an acknowledged CREATED container stays.
+#[test]
+fn a_creation_cut_off_after_its_record_is_rolled_back_and_a_reboot_keeps_created_ones() {
+    let first = runtime();
+    let (n, pod, kept, cut) = first.block_on(async {
+        let n = Node::new();
+        let pod = n.run_pod("web").await;
+        let kept = n.create(&pod, "kept", BUSYBOX).await.unwrap();
+        let cut = n.create(&pod, "cut", BUSYBOX).await.unwrap();
+        std::fs::remove_file(n.ctx.container_dir(&cut).join("config.json")).unwrap();
+        (n, pod, kept, cut)
+    });
+    drop(first);
+    let (pod2, kept2) = (pod.clone(), kept.clone());
+    let n = runtime().block_on(async move {
+        let (pod, kept) = (pod2, kept2);
+        let n = n.restart().await;
+        assert_eq!(n.status(&cut).await.unwrap_err().code(), Code::NotFound);
+        assert!(!n.ctx.container_dir(&cut).exists(), "state dir of the cut-off creation deleted");
+        assert_eq!(n.fakes.images.holders(), vec![kept.clone()], "its hold released");
+        // Its name is free again.
+        let again = n.create(&pod, "cut", BUSYBOX).await.unwrap();
+        n.remove(&again).await.unwrap();
+        let st = n.status(&kept).await.unwrap();
+        assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+        n
+    });
+    // A reboot: the state dir (a tmpfs) is empty; the CREATED container is kept.
+    std::fs::remove_dir_all(&n.ctx.config.state).unwrap();
+    std::fs::create_dir_all(&n.ctx.config.state).unwrap();
+    n.fakes.sandboxes.reboot(&n.ctx.config.state);
+    runtime().block_on(async move {
+        let n = n.restart().await;
+        assert_eq!(n.status(&kept).await.unwrap().state, ContainerState::ContainerCreated as i32);
+        n.remove_pod(&pod).await.unwrap();
+        assert!(n.fakes.images.holders().is_empty());
+    });
+}

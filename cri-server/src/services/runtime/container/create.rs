@@ -136,11 +136,8 @@ impl RuntimeSvc {
 
         let mut rb = Rollback::new();
         let result = async {
-            // No record is written before the CREATED one: what a crash of skiffd leaves of an
-            // unfinished creation (a hold and a writable layer of no container, a state dir
-            // without a record) is released by the next start's recovery. The undo steps are
-            // pushed before their steps run (each is a no-op for what does not exist), so
-            // that what a failed step made half is undone too.
+            // The undo steps are pushed before their steps run (each is a no-op for what does
+            // not exist), so that what a failed step made half is undone too.
             {
                 let (ctx, id) = (ctx.clone(), id.to_owned());
                 rb.push(
@@ -155,10 +152,68 @@ impl RuntimeSvc {
                     _ => Ok(()),
                 });
             }
+            // The CREATED record is written (durably) while the files are made: a failure of
+            // the files deletes it again (durably), and what a crash of skiffd leaves before
+            // the answer (a CREATED record whose state dir has no config.json yet) is rolled
+            // back by the next start's recovery, as is a hold or state dir of no record.
+            let recorded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let (store, id, recorded) = (ctx.container_store.clone(), id.to_owned(), recorded.clone());
+                rb.push_blocking("record", move || {
+                    if !recorded.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    store.remove(&id).map_err(|e| e.to_string())
+                });
+            }
             let pid = self.pid_namespace(&config, pod).await?;
             let paths = ctx.pod_paths(&pod.id);
             let ns = namespace_options(&pod.config);
             let host_ipc = NamespaceMode::try_from(ns.ipc) == Ok(NamespaceMode::Node);
+            // The writable layer: its hold counted at once, its check, directories and
+            // journal entry on the two threads below. With image volumes (their images must
+            // be pulled; their snapshots are held with the rootfs) the layer is prepared
+            // here in full first, as the volumes' holds extend its hold.
+            let (prep, image_volumes) = if config.mounts.iter().any(crate::spec::mounts::is_image_volume) {
+                ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+                (None, image_volumes(&ctx, id, &config, &mut record).await?)
+            } else {
+                let prep =
+                    ctx.images.begin_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+                (prep, Vec::new())
+            };
+            // At once, on two threads of the blocking pool. The record: the image's snapshots
+            // checked, the layer's directory made and its hold journaled, the state dir made,
+            // the user looked up (in the image's own /etc/passwd and /etc/group, read once per
+            // layer stack), then the CREATED record, durable (one `fdatasync`, which makes the
+            // hold's entry durable too). The files: the layer's upper and work dirs, the OCI
+            // spec (it reads files: a Localhost seccomp profile, mount sources, devices) and
+            // config.json (in the volatile state dir: replaced, not fsynced).
+            let durable = {
+                let (store, prep, cdir, id) = (ctx.container_store.clone(), prep.clone(), cdir.clone(), id.to_owned());
+                let (user_files, layers, recorded) =
+                    (ctx.user_files.clone(), ctx.images.layer_dirs(&image), recorded.clone());
+                let (mut rec, image_config) = (record.clone(), image_config.clone());
+                tokio::task::spawn_blocking(move || -> Result<ContainerRecord, Status> {
+                    if let Some(p) = &prep {
+                        p.hold().map_err(|e| image_status("prepare the rootfs", e))?;
+                    }
+                    std::fs::create_dir_all(&cdir)
+                        .map_err(|e| Status::internal(format!("create {}: {e}", cdir.display())))?;
+                    let user = user_files
+                        .resolve(&layers, &crate::spec::user_request(&rec.config, image_config.as_ref()))
+                        .map_err(|e| from_kind(e.kind(), format!("resolve the container user: {e}")))?;
+                    rec.user = Some(crate::store::ContainerUserIds {
+                        uid: user.uid,
+                        gid: user.gid,
+                        supplemental_groups: user.additional_gids,
+                    });
+                    rec.state = ContainerState::Created;
+                    recorded.store(true, std::sync::atomic::Ordering::SeqCst);
+                    store.save(&id, &rec).status("persist the container")?;
+                    Ok(rec)
+                })
+            };
             let owned = SpecParts {
                 container_id: id.to_owned(),
                 config: config.clone(),
@@ -175,45 +230,33 @@ impl RuntimeSvc {
                 layers: ctx.images.layer_dirs(&image),
                 user_files: ctx.user_files.clone(),
             };
-            // At once, on two threads: the writable layer with the image's hold (and the
-            // image volumes' holds), and the state dir, the user (looked up in the image's own
-            // /etc/passwd and /etc/group, read once per layer stack) and the OCI spec. The
-            // spec reads files (a Localhost seccomp profile, mount sources, devices): on the
-            // blocking pool too.
-            let state = tokio::task::spawn_blocking(move || owned.state_dir_user_and_spec());
-            let layer = async {
-                ctx.images.prepare_rootfs(image.id(), id).await.map_err(|e| image_status("prepare the rootfs", e))?;
-                // Image volumes: the images must be pulled; their snapshots are held with the rootfs.
-                image_volumes(&ctx, id, &config, &mut record).await
+            let files = {
+                let spec_path = cdir.join("config.json");
+                tokio::task::spawn_blocking(move || -> Result<(), Status> {
+                    if let Some(p) = &prep {
+                        p.dirs().map_err(|e| image_status("prepare the rootfs", e))?;
+                    }
+                    crate::failpoint::hit_blocking("container:after_rootfs")?;
+                    let mut spec = owned.state_dir_and_spec()?;
+                    crate::spec::mounts::with_image_volumes(&mut spec, &image_volumes)
+                        .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
+                    let bytes = serde_json::to_vec_pretty(&spec)
+                        .map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
+                    runtime::util::write_replace(&spec_path, &bytes, 0o600)
+                        .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
+                    crate::failpoint::hit_blocking("container:after_spec")
+                })
             };
-            let (image_volumes, state) = tokio::join!(layer, state);
-            // The layer's failure first: the user's lookup reads the image's layers.
-            let image_volumes = image_volumes?;
-            let (user, mut spec) = state.map_err(join_error)??;
-            crate::failpoint::hit("container:after_rootfs").await?;
-
-            record.user = Some(crate::store::ContainerUserIds {
-                uid: user.uid,
-                gid: user.gid,
-                supplemental_groups: user.additional_gids.clone(),
-            });
-            record.state = ContainerState::Created;
-            // config.json (in the volatile state dir: replaced, not fsynced), then the CREATED
-            // record, durable (which makes the hold's journal entry durable too): one task.
-            let (store, spec_path, id2, rec) =
-                (ctx.container_store.clone(), cdir.join("config.json"), id.to_owned(), record.clone());
-            tokio::task::spawn_blocking(move || {
-                crate::spec::mounts::with_image_volumes(&mut spec, &image_volumes)
-                    .map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
-                let bytes = serde_json::to_vec_pretty(&spec)
-                    .map_err(|e| Status::internal(format!("encode the OCI spec: {e}")))?;
-                runtime::util::write_replace(&spec_path, &bytes, 0o600)
-                    .map_err(|e| Status::internal(format!("write config.json: {e}")))?;
-                crate::failpoint::hit_blocking("container:after_spec")?;
-                store.save(&id2, &rec).status("persist the container")
-            })
-            .await
-            .map_err(join_error)??;
+            let (durable, files) = tokio::join!(durable, files);
+            let (durable, files) = (durable.map_err(join_error)?, files.map_err(join_error)?);
+            // What failed before the record first (the layer's check: the user's lookup reads
+            // the image's layers), then the files, then the record's write.
+            let was_recorded = recorded.load(std::sync::atomic::Ordering::SeqCst);
+            record = match (durable, files) {
+                (Err(e), _) if !was_recorded => return Err(e),
+                (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
+                (Ok(rec), Ok(())) => rec,
+            };
             Ok::<(), Status>(())
         }
         .await;
@@ -333,9 +376,10 @@ struct SpecParts {
 }
 
 impl SpecParts {
-    /// Blocking: makes `STATE/containers/<id>/rootfs`, resolves the user and generates the
-    /// spec (without the image volumes, added once their holds are taken).
-    fn state_dir_user_and_spec(self) -> Result<(runtime::user::ResolvedUser, oci_spec::runtime::Spec), Status> {
+    /// Blocking: makes `STATE/containers/<id>/rootfs`, resolves the user (as the record's
+    /// thread does: the files are read once per layer stack) and generates the spec (without
+    /// the image volumes).
+    fn state_dir_and_spec(self) -> Result<oci_spec::runtime::Spec, Status> {
         std::fs::create_dir_all(&self.rootfs)
             .map_err(|e| Status::internal(format!("create {}: {e}", self.rootfs.display())))?;
         let req = crate::spec::user_request(&self.config, self.image.as_ref());
@@ -366,7 +410,6 @@ impl SpecParts {
             rlimits: self.rlimits,
             cgroup_v2: self.cgroup_v2,
         };
-        let spec = crate::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))?;
-        Ok((user, spec))
+        crate::spec::generate(&input).map_err(|e| from_kind(e.kind(), format!("container spec: {e}")))
     }
 }
