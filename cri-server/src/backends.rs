@@ -51,11 +51,13 @@ pub trait Images: Send + Sync + 'static {
     /// The directories of a resolved image's layers, topmost first
     /// ([`ImageStore::layer_dirs`]).
     fn layer_dirs(&self, image: &Image) -> Vec<std::path::PathBuf>;
-    /// [`ImageStore::release_rootfs_deferred`]: the layer renamed away, its path returned for
-    /// the caller to delete (by default, deleted at once and `None`).
-    async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
-        self.release_rootfs(container_id).await.map(|()| None)
-    }
+    /// Blocking, the first half of a container's release ([`ImageStore::retire_rootfs`]): the
+    /// layer renamed away, its path returned for the caller to delete, and the hold's removal
+    /// journaled; [`Images::forget_rootfs`] ends it.
+    fn retire_rootfs(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError>;
+    /// The second half ([`ImageStore::forget_rootfs`]): the hold forgotten, snapshots no longer
+    /// used deleted.
+    async fn forget_rootfs(&self, container_id: &str) -> Result<(), ImageError>;
     async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>, ImageError>;
     async fn rootfs_holders(&self) -> Vec<String>;
     /// Mounts a prepared rootfs at `target` ([`RootfsMount::mount`]). Blocking.
@@ -90,8 +92,11 @@ impl Images for ImageStore {
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
         ImageStore::release_rootfs(self, container_id).await
     }
-    async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
-        ImageStore::release_rootfs_deferred(self, container_id).await
+    fn retire_rootfs(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
+        ImageStore::retire_rootfs(self, container_id)
+    }
+    async fn forget_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
+        ImageStore::forget_rootfs(self, container_id).await
     }
     async fn begin_rootfs(
         &self,

@@ -148,6 +148,18 @@ impl FakeImages {
         self.root.join("fake-layers").join(id.as_str().trim_start_matches("sha256:"))
     }
 
+    /// A container's release, all at once (the hold and the layer).
+    fn release(&self, container_id: &str) -> Result<(), ImageError> {
+        lock(&self.state).holds.remove(container_id);
+        let dir = self.root.join("containers").join(container_id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(ImageError::Io { context: "remove container layer".into(), path: dir, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn insert(&self, st: &mut ImagesState, reference: &str, config: serde_json::Value) -> ImageRecord {
         let tag =
             imagesvc::Reference::parse(reference).ok().and_then(|r| r.repo_tag()).unwrap_or_else(|| reference.into());
@@ -310,15 +322,16 @@ impl Images for FakeImages {
         vec![self.layer_dir(&image.record.id)]
     }
 
+    fn retire_rootfs(&self, container_id: &str) -> Result<Option<PathBuf>, ImageError> {
+        self.release(container_id).map(|()| None)
+    }
+
+    async fn forget_rootfs(&self, _container_id: &str) -> Result<(), ImageError> {
+        Ok(())
+    }
+
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
-        lock(&self.state).holds.remove(container_id);
-        let dir = self.root.join("containers").join(container_id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(ImageError::Io { context: "remove container layer".into(), path: dir, source: e })
-            }
-            _ => Ok(()),
-        }
+        self.release(container_id)
     }
 
     async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>, ImageError> {

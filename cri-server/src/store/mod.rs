@@ -215,6 +215,11 @@ impl RecordDir {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// [`RecordDir::remove_entry`] on the calling thread (blocking).
+    pub fn remove_entry_blocking<T: Clone>(&self, id: &str, entry: &Entry<T>) -> Result<(), StoreError> {
+        entry.remove_with(|| self.remove(id))
+    }
+
     /// Writes a record that is in no table yet, on the blocking pool.
     pub async fn save_async<T>(&self, id: &str, record: &T) -> Result<(), StoreError>
     where

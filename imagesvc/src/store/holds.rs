@@ -165,8 +165,21 @@ impl ImageStore {
     /// on the container has no layer and no hold; a `.del-*` left behind, by a crash or a
     /// failed deletion, is removed when the store opens) and that path is returned, `None`
     /// when there was no layer. Snapshots no longer used by any image or container are
-    /// deleted before it returns.
+    /// deleted before it returns. Its two halves are [`ImageStore::retire_rootfs`] and
+    /// [`ImageStore::forget_rootfs`].
     pub async fn release_rootfs_deferred(&self, container_id: &str) -> Result<Option<PathBuf>> {
+        let (store, id) = (self.clone(), container_id.to_string());
+        let moved = blocking(move || store.retire_rootfs(&id)).await?;
+        self.forget_rootfs(container_id).await?;
+        Ok(moved)
+    }
+
+    /// Blocking, the first half of [`ImageStore::release_rootfs_deferred`]: the layer renamed
+    /// away (its new path returned) and the hold's removal journaled (not waited for: see the
+    /// module doc). The hold still counts in memory (it keeps its snapshots from the garbage
+    /// collector) until [`ImageStore::forget_rootfs`]; the rename needs no lock (the garbage
+    /// collector never looks into the containers' layers).
+    pub fn retire_rootfs(&self, container_id: &str) -> Result<Option<PathBuf>> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
         if !valid_container_id(container_id) {
@@ -175,22 +188,25 @@ impl ImageStore {
         let dir = self.inner.containers_dir.join(container_id);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let doomed = self.inner.containers_dir.join(format!(".del-{container_id}-{}-{seq}", std::process::id()));
-        let (d1, d2) = (dir.clone(), doomed.clone());
-        let (journal, rel) = (self.inner.journal.clone(), hold_rel(container_id));
-        let moved = blocking(move || {
-            let moved = match std::fs::rename(&d1, &d2) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                Err(e) => return Err(ImageError::io("remove container layer", &d1, e)),
-            };
-            // So that a replay does not bring the hold back (not waited for: see the module doc).
-            journal.remove(&rel, false).map_err(|e| ImageError::io("journal the release of", &d1, e))?;
-            Ok(moved)
-        })
-        .await?;
-        // The store's lock only now: the rename needs none (the garbage collector never looks
-        // into the containers' layers, and the hold, still counted meanwhile, keeps the
-        // snapshots), so that other containers' creations, starts and removals do not wait for it.
+        let moved = match std::fs::rename(&dir, &doomed) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(ImageError::io("remove container layer", &dir, e)),
+        };
+        // So that a replay does not bring the hold back.
+        self.inner
+            .journal
+            .remove(&hold_rel(container_id), false)
+            .map_err(|e| ImageError::io("journal the release of", &dir, e))?;
+        Ok(moved.then_some(doomed))
+    }
+
+    /// The second half of [`ImageStore::release_rootfs_deferred`], after
+    /// [`ImageStore::retire_rootfs`]: the hold forgotten, and the snapshots it was the last
+    /// user of deleted.
+    pub async fn forget_rootfs(&self, container_id: &str) -> Result<()> {
+        // The store's lock only now, so that other containers' creations, starts and
+        // removals do not wait for the rename.
         let mut st = self.inner.state.lock().await;
         // Garbage only when this hold was the last user of one of its snapshots (an image
         // removed while the container held it): no directory walk on every removal.
@@ -204,7 +220,7 @@ impl ImageStore {
         if orphaned {
             self.gc().await?;
         }
-        Ok(moved.then_some(doomed))
+        Ok(())
     }
 
     /// Image volumes (CRI `Mount.image`) of a container whose rootfs is prepared: resolves each
