@@ -38,6 +38,11 @@ pub trait Images: Send + Sync + 'static {
     async fn fs_info(&self) -> Result<FsInfo, ImageError>;
     async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount, ImageError>;
     async fn release_rootfs(&self, container_id: &str) -> Result<(), ImageError>;
+    /// [`ImageStore::held_rootfs`]: the layout of a container's held rootfs, from memory (by
+    /// default `None`: [`Images::prepare_rootfs`] then).
+    async fn held_rootfs(&self, _container_id: &str) -> Option<RootfsMount> {
+        None
+    }
     /// [`ImageStore::begin_rootfs`]: a new container's hold counted, the rest of its writable
     /// layer left to the returned [`imagesvc::RootfsPrep`]'s blocking halves; `None` when it
     /// is prepared in full already (by default: [`Images::prepare_rootfs`]).
@@ -94,6 +99,9 @@ impl Images for ImageStore {
     }
     fn retire_rootfs(&self, container_id: &str) -> Result<Option<std::path::PathBuf>, ImageError> {
         ImageStore::retire_rootfs(self, container_id)
+    }
+    async fn held_rootfs(&self, container_id: &str) -> Option<RootfsMount> {
+        ImageStore::held_rootfs(self, container_id).await
     }
     async fn forget_rootfs(&self, container_id: &str) -> Result<(), ImageError> {
         ImageStore::forget_rootfs(self, container_id).await

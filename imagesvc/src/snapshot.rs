@@ -195,9 +195,16 @@ impl RootfsMount {
     ///
     /// Long lowerdir lists would overflow the one-page mount data of mount(2): they are passed
     /// one by one with the new mount API (`fsconfig` `lowerdir+`, Linux 6.8+), or on older
-    /// kernels as paths relative to their common parent, which this dedicated thread changes
-    /// into after `unshare(CLONE_FS)` (affecting only itself). The thread exits afterwards.
+    /// kernels as paths relative to their common parent, which a dedicated thread changes
+    /// into after `unshare(CLONE_FS)` (affecting only itself; it exits afterwards). Options
+    /// that fit in one page are mounted on the calling thread.
     pub fn mount(&self, target: &Path) -> Result<()> {
+        let opts = self.options();
+        if opts.len() < 4000 {
+            // Fits in one mount(2) page: on the calling thread (no thread to start).
+            self.clear_volatile_mark()?;
+            return legacy_mount(target, &opts);
+        }
         let me = self.clone();
         let target = target.to_path_buf();
         std::thread::Builder::new()
@@ -208,7 +215,7 @@ impl RootfsMount {
             .map_err(|_| ImageError::Mount("mount thread panicked".into()))?
     }
 
-    fn mount_on_this_thread(&self, target: &Path) -> Result<()> {
+    fn clear_volatile_mark(&self) -> Result<()> {
         if self.volatile {
             // overlayfs refuses a work dir that a volatile mount used before (it cannot tell a
             // clean unmount from a crash). skiff never mounts a layer again after a crash (an
@@ -218,6 +225,11 @@ impl RootfsMount {
                 std::fs::remove_dir_all(&mark).map_err(|e| ImageError::io("remove", &mark, e))?;
             }
         }
+        Ok(())
+    }
+
+    fn mount_on_this_thread(&self, target: &Path) -> Result<()> {
+        self.clear_volatile_mark()?;
         let opts = self.options();
         if opts.len() < 4000 {
             return legacy_mount(target, &opts);

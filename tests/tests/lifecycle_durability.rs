@@ -48,8 +48,14 @@ async fn lost_record_files_come_back_from_the_journal() {
     let pod = d.run_pod(&pc).await;
     let ip = d.pod_ip(&pod).await;
     let id = d.create(&pod, &pc, container_config("c", &["sleep", "1000"])).await.unwrap();
+    let id2 = d.create(&pod, &pc, container_config("d", &["sleep", "1000"])).await.unwrap();
     d.kill();
     let root = d.root().to_owned();
+    // The writable layer's directories are made without fsync (a power cut may lose them): a
+    // start mounts what the image store has in memory, fails, and makes them again.
+    for sub in ["upper", "work"] {
+        std::fs::remove_dir_all(root.join("containers").join(&id2).join(sub)).unwrap();
+    }
     // (skiffd writes the files from the journal later: they may not be there at all yet.)
     std::fs::write(root.join("metadata/pods").join(format!("{pod}.json")), b"").unwrap();
     let _ = std::fs::remove_file(root.join("metadata/containers").join(format!("{id}.json")));
@@ -64,6 +70,10 @@ async fn lost_record_files_come_back_from_the_journal() {
     d.runtime().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
     let out = d.exec(&id, &["true"], 10).await.unwrap();
     assert_eq!(out.exit_code, 0);
+    d.runtime().start_container(cri::StartContainerRequest { container_id: id2.clone() }).await.unwrap();
+    let out = d.exec(&id2, &["sh", "-c", "touch /x && ls /bin/sh"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert!(root.join("containers").join(&id2).join("upper/x").exists());
     d.remove_pod(&pod).await;
 }
 

@@ -132,6 +132,16 @@ impl ImageStore {
         }
     }
 
+    /// The overlay layout of a container that holds its rootfs already (prepared by
+    /// CreateContainer), from memory: no look at the disk (a mount of it fails if a directory
+    /// is missing, and [`ImageStore::prepare_rootfs`] makes them again). `None` without a hold.
+    pub async fn held_rootfs(&self, container_id: &str) -> Option<RootfsMount> {
+        let st = self.inner.state.lock().await;
+        let chain_ids = st.holds.get(container_id)?.chain_ids.clone();
+        drop(st);
+        Some(self.layout(&self.inner.containers_dir.join(container_id), &chain_ids))
+    }
+
     /// The directories of an image's layers, topmost first (the lower dirs of
     /// [`ImageStore::prepare_rootfs`]'s layout but for an image without layers, whose only
     /// lower dir is the container's empty one): to read the image's files (its `/etc/passwd`)

@@ -189,12 +189,33 @@ async fn mount_rootfs(
     pod: &PodEntry,
     cdir: &std::path::Path,
 ) -> Result<(), Status> {
-    let mut layout =
-        ctx.images.prepare_rootfs(&c.image_id, &c.id).await.map_err(|e| image_status("prepare the rootfs", e))?;
-    layout.volatile = ctx.config.runtime.volatile_rootfs;
     let t = cdir.join("rootfs");
     let p = pod.get();
-    match (p.namespaces.user.clone(), crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config))) {
+    let userns =
+        (p.namespaces.user.clone(), crate::spec::userns::host_root(&crate::spec::namespace_options(&p.config)));
+    let volatile = ctx.config.runtime.volatile_rootfs;
+    if let (None, None) = userns {
+        // The layout CreateContainer prepared, from the image store's memory, mounted in one
+        // trip to the blocking pool; only if that fails (a directory of the layer lost, say)
+        // is the layer prepared again (its directories made) and mounted once more.
+        if let Some(mut layout) = ctx.images.held_rootfs(&c.id).await {
+            layout.volatile = volatile;
+            let (ctx2, t2) = (ctx.clone(), t.clone());
+            let first = tokio::task::spawn_blocking(move || ctx2.images.mount_rootfs(&layout, &t2))
+                .await
+                .map_err(join_error)?;
+            match first {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(container_id = %c.id, error = %e, "rootfs mount failed: preparing the layer again")
+                }
+            }
+        }
+    }
+    let mut layout =
+        ctx.images.prepare_rootfs(&c.image_id, &c.id).await.map_err(|e| image_status("prepare the rootfs", e))?;
+    layout.volatile = volatile;
+    match userns {
         // A pod with a user namespace: the image's layers idmapped under the overlay, the
         // upper dir's root owned by the pod's root (runtime::idmap).
         (Some(userns), Some((uid, gid))) => tokio::task::spawn_blocking(move || {
