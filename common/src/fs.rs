@@ -33,21 +33,29 @@ fn temp_name(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically and durably with permissions `mode` (not masked by the
 /// umask), creating missing parent directories. See the module doc.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    replace(path, bytes, mode, true)
+    replace(path, bytes, mode, true, true)
 }
 
 /// Replaces `path` atomically with `bytes` (mode `mode`), without fsync: for files under the
 /// volatile state directory only (see the module doc). Creates missing parent directories; the
 /// temp file is removed on every error path.
 pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    replace(path, bytes, mode, false)
+    replace(path, bytes, mode, false, true)
+}
+
+/// [`write_replace`] into a directory that must exist: `NotFound` when it does not (or is
+/// renamed away meanwhile), never made again.
+pub fn write_replace_in_place(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, bytes, mode, false, false)
 }
 
 /// A unique temp file beside `path`, renamed over it; `durable`: the file and then its
 /// directory fsynced. The temp file is removed on every error path.
-fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool, make_dir: bool) -> std::io::Result<()> {
     let dir = parent_dir(path);
-    std::fs::create_dir_all(dir)?;
+    if make_dir {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = temp_name(path);
     let res = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
