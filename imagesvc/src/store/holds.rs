@@ -29,16 +29,21 @@ fn valid_container_id(id: &str) -> bool {
 }
 
 impl ImageStore {
+    /// `ROOT/containers/<id>`, for a valid container id.
+    fn layer_dir_of(&self, container_id: &str) -> Result<PathBuf> {
+        if !valid_container_id(container_id) {
+            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
+        }
+        Ok(self.inner.containers_dir.join(container_id))
+    }
+
     /// Prepares the writable layer of a container: creates `ROOT/containers/<id>/{upper,work}`,
     /// records the container's hold on the image's snapshots (kept until
     /// [`ImageStore::release_rootfs`], across restarts) and returns the overlay layout.
     /// Calling it again for the same container returns the same layout (also when the image was
     /// removed meanwhile: the container's hold keeps its snapshots).
     pub async fn prepare_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsMount> {
-        if !valid_container_id(container_id) {
-            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
-        }
-        let dir = self.inner.containers_dir.join(container_id);
+        let dir = self.layer_dir_of(container_id)?;
         let mut st = self.inner.state.lock().await;
         if let Some(h) = st.holds.get(container_id) {
             // Prepared before (CreateContainer, then StartContainer): the hold keeps the
@@ -96,10 +101,7 @@ impl ImageStore {
     /// the returned [`RootfsPrep`] checks the snapshots, journals the hold and makes the
     /// directories. Whatever of it was done, or none, [`ImageStore::release_rootfs`] undoes.
     pub async fn begin_rootfs(&self, image_ref_or_id: &str, container_id: &str) -> Result<RootfsPrep> {
-        if !valid_container_id(container_id) {
-            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
-        }
-        let dir = self.inner.containers_dir.join(container_id);
+        let dir = self.layer_dir_of(container_id)?;
         let mut st = self.inner.state.lock().await;
         if let Some(h) = st.holds.get(container_id) {
             return Err(ImageError::InvalidArgument(format!(
@@ -192,10 +194,7 @@ impl ImageStore {
     pub fn retire_rootfs(&self, container_id: &str) -> Result<Option<PathBuf>> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-        if !valid_container_id(container_id) {
-            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
-        }
-        let dir = self.inner.containers_dir.join(container_id);
+        let dir = self.layer_dir_of(container_id)?;
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let doomed = self.inner.containers_dir.join(format!(".del-{container_id}-{}-{seq}", std::process::id()));
         let moved = match std::fs::rename(&dir, &doomed) {
@@ -239,9 +238,7 @@ impl ImageStore {
     /// image and a restart of skiffd until [`ImageStore::release_rootfs`]) and returns, per
     /// image, its ID and its layer directories, topmost first.
     pub async fn hold_image_volumes(&self, container_id: &str, images: &[String]) -> Result<Vec<ImageVolume>> {
-        if !valid_container_id(container_id) {
-            return Err(ImageError::InvalidArgument(format!("invalid container id {container_id:?}")));
-        }
+        self.layer_dir_of(container_id)?;
         let mut st = self.inner.state.lock().await;
         let mut out = Vec::new();
         let mut chains: Vec<Digest> = Vec::new();
