@@ -349,6 +349,27 @@ fn v1_real() {
         let dr = LinuxResourcesBuilder::default().devices(rules).build().unwrap();
         m.apply(&path, &dr).unwrap();
         assert_eq!(rd(dev.join(rel).join("devices.list")).trim(), "c 1:3 rwm");
+        // Several rules through each file (opened once), in order: a deny after the allows.
+        let dev_rule = |allow: bool, major: Option<i64>, minor: Option<i64>| {
+            let mut b = oci_spec::runtime::LinuxDeviceCgroupBuilder::default();
+            b = b.allow(allow).typ(oci_spec::runtime::LinuxDeviceType::C).access("rwm");
+            if let Some(m) = major {
+                b = b.major(m);
+            }
+            if let Some(m) = minor {
+                b = b.minor(m);
+            }
+            b.build().unwrap()
+        };
+        let rules = vec![
+            oci_spec::runtime::LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().unwrap(),
+            dev_rule(true, Some(1), Some(3)),
+            dev_rule(true, Some(1), Some(5)),
+            dev_rule(true, Some(136), None),
+            dev_rule(false, Some(1), Some(5)),
+        ];
+        m.apply(&path, &LinuxResourcesBuilder::default().devices(rules).build().unwrap()).unwrap();
+        assert_eq!(rd(dev.join(rel).join("devices.list")).trim(), "c 1:3 rwm\nc 136:* rwm");
     }
     let cpu = h.v1_mount("cpu").unwrap().join(rel);
     assert_eq!(rd(cpu.join("cpu.shares")).trim(), "256");

@@ -215,6 +215,11 @@ impl RecordDir {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// [`RecordDir::save_entry`] on the calling thread (blocking).
+    pub fn save_entry_blocking<T: Serialize + Clone>(&self, id: &str, entry: &Entry<T>) -> Result<(), StoreError> {
+        entry.persist_with(|r| self.write(id, r, true))
+    }
+
     /// [`RecordDir::remove_entry`] on the calling thread (blocking).
     pub fn remove_entry_blocking<T: Clone>(&self, id: &str, entry: &Entry<T>) -> Result<(), StoreError> {
         entry.remove_with(|| self.remove(id))

@@ -71,6 +71,11 @@ impl CgroupManager {
     /// directory skiff made. Existing directories are left as they are. On failure, what this
     /// call created is removed again.
     pub fn create(&self, path: &str) -> Result<(), CgroupError> {
+        self.create_reporting(path).map(|_| ())
+    }
+
+    /// [`create`](Self::create); whether the cgroup itself was there before (in any hierarchy).
+    fn create_reporting(&self, path: &str) -> Result<bool, CgroupError> {
         let rel = normalize(path)?;
         let comps: Vec<&str> = rel.split('/').collect();
         let unified = self.mode() == CgroupMode::Unified;
@@ -79,6 +84,7 @@ impl CgroupManager {
         // between leaves a registry entry for a dir that may not exist (harmless) rather than
         // an unrecorded dir (a leak).
         let mut plan: Vec<(String, PathBuf, bool)> = Vec::new();
+        let mut existed = false;
         for root in self.roots() {
             let is_cpuset = self.is_cpuset_root(&root);
             for i in 0..comps.len() {
@@ -86,6 +92,8 @@ impl CgroupManager {
                 let dir = join_rel(&root, &sub);
                 if !dir.is_dir() {
                     plan.push((sub, dir, is_cpuset));
+                } else if i == comps.len() - 1 {
+                    existed = true;
                 }
             }
         }
@@ -95,7 +103,7 @@ impl CgroupManager {
                 reg.set_explicit(&rel, true);
                 reg.save()?;
             }
-            return Ok(());
+            return Ok(true);
         }
         for (sub, dir, _) in &plan {
             reg.add(sub, dir.clone());
@@ -108,6 +116,9 @@ impl CgroupManager {
             return Err(e);
         }
         let mut made: Vec<(String, PathBuf)> = Vec::new();
+        // Whether the registry changed after its save above (a chain made again, a directory
+        // someone else made meanwhile): only then is it saved again.
+        let mut changed = false;
         let res = (|| {
             for (sub, dir, is_cpuset) in &plan {
                 if unified {
@@ -133,6 +144,7 @@ impl CgroupManager {
                                 .and_then(|s| s.to_str())
                             {
                                 reg.add(s, d.clone());
+                                changed = true;
                                 made.push((s.to_string(), d.clone()));
                             }
                         }
@@ -147,7 +159,10 @@ impl CgroupManager {
                         }
                     }
                     // made by someone else meanwhile: not ours
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => reg.remove_dir(sub, dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        reg.remove_dir(sub, dir);
+                        changed = true;
+                    }
                     Err(e) => return Err(CgroupError::io("mkdir", dir, e)),
                 }
             }
@@ -164,18 +179,19 @@ impl CgroupManager {
             let _ = reg.save();
             return Err(e);
         }
-        reg.save()?;
+        if changed {
+            reg.save()?;
+        }
         tracing::debug!(cgroup = %rel, created = made.len(), "cgroup created");
-        Ok(())
+        Ok(existed)
     }
 
     /// [`create`](Self::create) then [`apply`](Self::apply); removes what it created when the
     /// resources cannot be applied.
     pub fn create_with(&self, path: &str, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
-        let existed = self.exists(path)?;
-        self.create(path)?;
+        let existed = self.create_reporting(path)?;
         if let Some(r) = resources {
-            if let Err(e) = self.apply(path, r) {
+            if let Err(e) = self.apply_existing(&normalize(path)?, r) {
                 if !existed {
                     let _ = self.remove(path);
                 }
@@ -213,6 +229,12 @@ impl CgroupManager {
         if !self.exists(path)? {
             return Err(CgroupError::NotFound(path.to_string()));
         }
+        self.apply_existing(&rel, r)
+    }
+
+    /// [`apply`](Self::apply) to a cgroup known to exist (`rel` normalized).
+    fn apply_existing(&self, rel: &str, r: &LinuxResources) -> Result<(), CgroupError> {
+        let rel = rel.to_string();
         if self.mode() == CgroupMode::Unified {
             let dir = self.v2_dir(&rel)?;
             if let Some(c) = r.cpu() {

@@ -58,9 +58,12 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
         // runs while the monitor starts up and the rootfs is mounted): the RUNNING record
         // written at the end is then not waited for (see `ContainerRecord::starting`).
         entry.update(|r| r.starting = true);
+        // Straight to the blocking pool, first of the start's blocking tasks: its thread issues
+        // the `fdatasync` before the others take the cores (through a task of its own, it was
+        // often the last to end, 0.3 ms after the rest).
         let mark = {
-            let (ctx, entry, id) = (ctx.clone(), entry.clone(), c.id.clone());
-            tokio::spawn(async move { ctx.container_store.save_entry(&id, &entry).await })
+            let (store, entry, id) = (ctx.container_store.clone(), entry.clone(), c.id.clone());
+            tokio::task::spawn_blocking(move || store.save_entry_blocking(&id, &entry))
         };
         let cdir = ctx.container_dir(&c.id);
         let mut rb = Rollback::new();
