@@ -198,7 +198,7 @@ impl RecordDir {
         T: Serialize + Clone + Send + 'static,
     {
         let (dir, id, entry) = (self.clone(), id.to_owned(), entry.clone());
-        tokio::task::spawn_blocking(move || entry.persist_with(|r| dir.write(&id, r, durable)))
+        tokio::task::spawn_blocking(move || dir.persist_entry(&id, &entry, durable))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
@@ -210,14 +210,19 @@ impl RecordDir {
         T: Clone + Send + 'static,
     {
         let (dir, id, entry) = (self.clone(), id.to_owned(), entry.clone());
-        tokio::task::spawn_blocking(move || entry.remove_with(|| dir.remove(&id)))
+        tokio::task::spawn_blocking(move || dir.remove_entry_blocking(&id, &entry))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// [`RecordDir::save_entry`] on the calling thread (blocking).
     pub fn save_entry_blocking<T: Serialize + Clone>(&self, id: &str, entry: &Entry<T>) -> Result<(), StoreError> {
-        entry.persist_with(|r| self.write(id, r, true))
+        self.persist_entry(id, entry, true)
+    }
+
+    /// Writes the current record of `entry`, in order with its other writes (blocking).
+    fn persist_entry<T: Serialize + Clone>(&self, id: &str, entry: &Entry<T>, durable: bool) -> Result<(), StoreError> {
+        entry.persist_with(|r| self.write(id, r, durable))
     }
 
     /// [`RecordDir::remove_entry`] on the calling thread (blocking).
