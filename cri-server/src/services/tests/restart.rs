@@ -3,6 +3,7 @@
 //! runs on a runtime of its own, dropped before the second starts, as a stopped skiffd's tasks
 //! end with it.
 
+use proto::cri::runtime_service_server::RuntimeService;
 use proto::cri::*;
 use tonic::Code;
 
@@ -145,6 +146,18 @@ fn a_creation_cut_off_after_its_record_is_rolled_back_and_a_reboot_keeps_created
     runtime().block_on(async move {
         let n = n.restart().await;
         assert_eq!(n.status(&kept).await.unwrap().state, ContainerState::ContainerCreated as i32);
+        // Its pod is NOTREADY (its namespaces are gone), so it does not start (as containerd);
+        // its resources can still be updated, though its spec went with the state dir.
+        assert_eq!(n.pod_status(&pod).await.unwrap().state, PodSandboxState::SandboxNotready as i32);
+        assert_eq!(code(n.start(&kept).await), Code::FailedPrecondition);
+        let update = UpdateContainerResourcesRequest {
+            container_id: kept.clone(),
+            linux: Some(LinuxContainerResources { cpu_shares: 512, ..Default::default() }),
+            ..Default::default()
+        };
+        n.rt.update_container_resources(tonic::Request::new(update)).await.unwrap();
+        let st = n.status(&kept).await.unwrap();
+        assert_eq!(st.resources.and_then(|r| r.linux).map(|l| l.cpu_shares), Some(512));
         n.remove_pod(&pod).await.unwrap();
         assert!(n.fakes.images.holders().is_empty());
     });
