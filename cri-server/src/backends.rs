@@ -271,15 +271,27 @@ pub trait Monitors: Send + Sync + 'static {
     fn wait_pushed_exit<'a>(&'a self, socket: &'a Path) -> BoxFuture<'a, io::Result<()>>;
 }
 
-/// A monitor waiting to start its container ([`Monitors::spawn_gated`]). Blocking.
+/// A monitor waiting to start its container ([`Monitors::spawn_gated`]).
 pub trait GatedStart: Send {
-    /// Lets the container start; returns as [`Monitors::spawn`] does.
-    fn open(self: Box<Self>) -> Result<Started, MonitorError>;
+    /// The container's cgroup is made: its process may join it ([`monitor::Gate::cgroup_ready`]).
+    /// Does not block.
+    fn cgroup_ready(&mut self);
+    /// Lets the container start ([`monitor::Gate::release`]). Does not block.
+    fn release(&mut self);
+    /// After [`GatedStart::release`], waits for the start (blocking); returns as
+    /// [`Monitors::spawn`] does.
+    fn wait(self: Box<Self>) -> Result<Started, MonitorError>;
 }
 
 impl GatedStart for monitor::Gate {
-    fn open(self: Box<Self>) -> Result<Started, MonitorError> {
-        monitor::Gate::open(*self)
+    fn cgroup_ready(&mut self) {
+        monitor::Gate::cgroup_ready(self)
+    }
+    fn release(&mut self) {
+        monitor::Gate::release(self)
+    }
+    fn wait(self: Box<Self>) -> Result<Started, MonitorError> {
+        monitor::Gate::wait(*self)
     }
 }
 

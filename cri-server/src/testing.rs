@@ -646,7 +646,9 @@ struct FakeGate {
 }
 
 impl crate::backends::GatedStart for FakeGate {
-    fn open(self: Box<Self>) -> Result<Started, MonitorError> {
+    fn cgroup_ready(&mut self) {}
+    fn release(&mut self) {}
+    fn wait(self: Box<Self>) -> Result<Started, MonitorError> {
         self.monitors.spawn(&self.dir)
     }
 }

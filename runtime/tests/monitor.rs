@@ -613,6 +613,74 @@ fn cgroup_join_and_oom_kill() {
     assert_eq!(r.reason.as_deref(), Some("OOMKilled"));
 }
 
+/// The gate's `cgroup_ready`: the container's process (forked ahead, not exec'd) joins its
+/// cgroup before the gate is released; released, it runs there; called off after the join, it
+/// exits and leaves the cgroup empty (removable).
+#[test]
+fn gated_start_joins_the_cgroup_early_and_leaves_it_when_called_off() {
+    if !have_busybox() || !Path::new("/sys/fs/cgroup/pids").is_dir() {
+        return;
+    }
+    let cg = format!("skmon-early-{}", rand_suffix());
+    let pids = Path::new("/sys/fs/cgroup/pids").join(&cg);
+    std::fs::create_dir(&pids).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let _rm = Rm(pids.clone());
+    let tasks = || -> Vec<i32> {
+        std::fs::read_to_string(pids.join("tasks")).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect()
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let cgp = format!("/{cg}");
+    let spec = |s: &mut Value| s["linux"]["cgroupsPath"] = json!(cgp);
+
+    // Told, then released: the process joined before it exec'd, and runs in the cgroup.
+    let mut c = Ctr::with(&["sh", "-c", "grep pids /proc/self/cgroup"], spec);
+    let mut gate = monitor::spawn_gated(Path::new(BIN), &c.dir).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tasks().is_empty(), "nothing joins before the gate says so");
+    gate.cgroup_ready();
+    wait_for("the waiting process joined the cgroup", &|| !tasks().is_empty());
+    let early = tasks();
+    assert_eq!(early.len(), 1, "{early:?}");
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", early[0])).unwrap_or_default();
+    assert_ne!(comm.trim(), "sh", "not exec'd before the release");
+    assert!(!c.log_text().contains(":pids:"), "nothing ran yet");
+    gate.release();
+    let s = gate.wait().unwrap();
+    assert_eq!(s.pid, early[0], "the process that joined early is the container's");
+    c.started = Some(s);
+    assert_eq!(c.wait().exit_code, 0);
+    assert!(c.log_text().contains(&format!(":pids:/{cg}")), "{}", c.log_text());
+
+    // Told, then called off: the process exits and the cgroup is empty again.
+    let marker = format!("/tmp/skiff-gate-{}", rand_suffix());
+    let c2 = Ctr::with(&["sh", "-c", &format!("echo ran > {marker}")], spec);
+    let mut gate = monitor::spawn_gated(Path::new(BIN), &c2.dir).unwrap();
+    gate.cgroup_ready();
+    wait_for("the waiting process joined the cgroup", &|| !tasks().is_empty());
+    drop(gate);
+    wait_for("the called-off process left the cgroup", &|| tasks().is_empty());
+    std::fs::remove_dir(&pids).expect("the cgroup is removable");
+    assert!(!Path::new(&marker).exists(), "nothing ran");
+    assert!(monitor::read_exit_record(&c2.cfg.exit_record_path).is_none());
+}
+
 #[test]
 fn infra_pid_namespace_shared_by_a_container() {
     if !have_busybox() {

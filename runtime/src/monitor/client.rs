@@ -163,14 +163,45 @@ impl Zygote {
 }
 
 impl Gate {
+    /// Tells the monitor that the container's cgroup is made, so that the container's process
+    /// joins it while the rest of the start (the rootfs, the start mark) is under way. Does
+    /// not block: one byte into the gate's empty pipe. Call it at most once, before
+    /// [`Gate::release`]; a gate dropped afterwards still calls the start off, and the
+    /// process then exits in the cgroup (the cgroup's rollback kills and waits for it).
+    pub fn cgroup_ready(&mut self) {
+        self.send(b"c");
+    }
+
+    /// Lets the monitor start the container: the rootfs is mounted and the cgroup made. Does
+    /// not block (one byte into the gate's pipe); [`Gate::wait`] reads the report.
+    pub fn release(&mut self) {
+        self.send(b"g");
+        // Closed after the byte: nothing more goes through the gate.
+        drop(self.tx.take());
+    }
+
+    fn send(&mut self, byte: &[u8]) {
+        use std::io::Write;
+        if let Some(tx) = self.tx.as_mut() {
+            // A monitor that failed before the gate (and reported why) is gone: EPIPE; its
+            // report says what happened. The pipe is empty but for these two bytes: the write
+            // never waits.
+            let _ = tx.write_all(byte);
+        }
+    }
+
     /// Lets the monitor start the container; returns as [`spawn`] does.
     pub fn open(mut self) -> Result<Started, MonitorError> {
-        use std::io::Write;
+        self.release();
+        self.wait()
+    }
+
+    /// After [`Gate::release`]: waits for the monitor's report (blocking, at most the start's
+    /// timeout) and returns as [`spawn`] does.
+    pub fn wait(mut self) -> Result<Started, MonitorError> {
         let report = self.report.take().ok_or_else(|| MonitorError::Protocol("gate used twice".into()))?;
-        if let Some(mut tx) = self.tx.take() {
-            // A monitor that failed before the gate (and reported why) is gone: EPIPE; its
-            // report says what happened.
-            let _ = tx.write_all(b"g");
+        if self.tx.is_some() {
+            return Err(MonitorError::Protocol("gate waited for before its release".into()));
         }
         match read_start_report(report, self.child.take())? {
             StartReport::Started { pid, monitor_pid } => Ok(Started { pid, monitor_pid }),

@@ -126,23 +126,24 @@ fn child_inner(
         nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;
     }
     drop(early);
-    let mut b = [0u8; 1];
+    // The monitor's bytes: 'c' once the cgroup is made (joined at once, while skiffd still
+    // mounts the rootfs or waits for the start mark), then 'g' once everything is ready; a
+    // 'g' alone (a start whose cgroup came last) joins the cgroup after it.
+    let mut joined = false;
     loop {
-        // SAFETY: reads one byte into a live buffer from an fd this process owns.
-        let n = unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
+        match read_byte(go) {
+            Some(b'c') if !joined => {
+                join_cgroup(cgroups_path)?;
+                joined = true;
+            }
+            Some(b'g') => break,
+            _ => bail!("the start was called off"),
         }
-        if n != 1 {
-            bail!("the start was called off");
-        }
-        break;
     }
     // SAFETY: the go pipe's read end is this process's and never used again.
     unsafe { libc::close(go) };
-    if let Some(cg) = cgroups_path {
-        let h = super::util::hierarchies().ctx(|| "cgroup hierarchies".into())?;
-        crate::cgroups::join_self_in(h, cg).ctx(|| format!("join cgroup {cg}"))?;
+    if !joined {
+        join_cgroup(cgroups_path)?;
     }
     for (fd, flag, what) in &late {
         nix::sched::setns(fd, *flag).ctx(|| format!("join {what}"))?;
@@ -188,6 +189,28 @@ fn child_inner(
         }
     }
     exec_process(p, seccomp, None, false)
+}
+
+/// One byte from `fd` (`None`: its end or an error).
+fn read_byte(fd: RawFd) -> Option<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reads one byte into a live buffer from an fd this process owns.
+        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return (n == 1).then_some(b[0]);
+    }
+}
+
+/// Moves this process into the container's cgroup (every hierarchy).
+fn join_cgroup(cgroups_path: Option<&str>) -> Result<()> {
+    if let Some(cg) = cgroups_path {
+        let h = super::util::hierarchies().ctx(|| "cgroup hierarchies".into())?;
+        crate::cgroups::join_self_in(h, cg).ctx(|| format!("join cgroup {cg}"))?;
+    }
+    Ok(())
 }
 
 /// Process attributes and exec. `args` overrides `process.args` (exec mode).

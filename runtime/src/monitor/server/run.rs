@@ -223,7 +223,7 @@ fn start(dir: &Path, report_fd: RawFd, gate_fd: Option<RawFd>, detach: bool) -> 
         Ok(p) => p,
         Err(e) => return start_failed(&cfg, report_fd, &e.0, Some(())),
     };
-    if gated && !pass_gate(gate_fd) {
+    if gated && !pass_gate(gate_fd, || prepared.cgroup_ready()) {
         diag!("start called off before the gate opened");
         drop(prepared);
         let _ = std::fs::remove_file(&cfg.socket_path);
@@ -243,19 +243,30 @@ fn start(dir: &Path, report_fd: RawFd, gate_fd: Option<RawFd>, detach: bool) -> 
     m.run()
 }
 
-/// Waits for the gate's byte (true) or its end (false: called off).
-fn pass_gate(fd: RawFd) -> bool {
+/// Waits for the gate's 'g' (true) or its end (false: called off); a 'c' before it (the
+/// container's cgroup is made) calls `cgroup_ready`, once.
+fn pass_gate(fd: RawFd, mut cgroup_ready: impl FnMut()) -> bool {
     if fd < 0 {
         return false;
     }
     let mut b = [0u8; 1];
+    let mut told = false;
     let open = loop {
         // SAFETY: reads one byte into a live buffer from an fd this process owns.
         let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
-        break n == 1;
+        match (n, b[0]) {
+            (1, b'c') => {
+                if !told {
+                    told = true;
+                    cgroup_ready();
+                }
+            }
+            (1, _) => break true,
+            _ => break false,
+        }
     };
     // SAFETY: the gate fd is ours and never used again.
     unsafe { libc::close(fd) };
@@ -379,11 +390,19 @@ impl Drop for ChildGuard {
 }
 
 impl Prepared {
+    /// Tells the container's process that its cgroup is made: it joins it while the rest of
+    /// the start is under way. (A failure shows at [`Prepared::go`]: the process is gone.)
+    fn cgroup_ready(&self) {
+        let _ = write_all_raw(self.go.as_raw_fd(), b"c");
+    }
+
     /// Lets the container's process go on (the rootfs is mounted and the cgroup made by now)
     /// and waits for its exec.
     fn go(mut self) -> Result<Monitor> {
         let Some(pid) = self.child.0 else { bail!("the container's process is gone") };
-        write_all_raw(self.go.as_raw_fd(), b"g").ctx(|| "let the container's process go".into())?;
+        // A process that failed already (its early cgroup join) has closed the pipe: its
+        // message, read below, says why.
+        let sent = write_all_raw(self.go.as_raw_fd(), b"g");
         // Read while the child sets up: it execs nothing (so cannot run out of memory in the
         // container's cgroup) before the pipe closes.
         let oom_before = oom_count(self.cgroups_path.as_deref());
@@ -393,6 +412,10 @@ impl Prepared {
         if !msg.is_empty() {
             let _ = waitpid(pid, None);
             bail!("{}", String::from_utf8_lossy(&msg));
+        }
+        if let Err(e) = sent {
+            let _ = waitpid(pid, None);
+            bail!("let the container's process go: {e}");
         }
         let started_at = now_nanos();
         let Prepared { cfg, io, early, sigfd, cgroups_path, kill_rest_on_exit, .. } = self;

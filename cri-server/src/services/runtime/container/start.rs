@@ -1,5 +1,6 @@
 //! StartContainer: the monitor started gated, the container cgroup and the rootfs mount at
-//! once → the durable start mark → the gate opened → RUNNING.
+//! once (the container's process joins the cgroup as soon as it is made) → the durable start
+//! mark → the gate opened → RUNNING.
 
 use std::path::PathBuf;
 
@@ -99,9 +100,20 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
                 let resources = spec_resources(&spec_path)?;
                 ctx2.cgroups.create_with(&cg, resources.as_ref()).status("create the container cgroup")
             });
-            let mounted = mount_rootfs(ctx, &c, pod, &cdir).await;
-            let made = cgroup.await.map_err(join_error).and_then(|r| r);
-            let gate = spawn.await.map_err(join_error).and_then(|r| r);
+            // As soon as both the cgroup and the monitor are there, the container's process
+            // (forked by the monitor, waiting) joins the cgroup, while the rootfs may still be
+            // mounted and the start mark synced: a part of the start off its critical path.
+            // Should the start fail after that, dropping the gate makes the process exit, and
+            // the cgroup's rollback (which kills what is in it and waits) removes it.
+            let early = async {
+                let made = cgroup.await.map_err(join_error).and_then(|r| r);
+                let mut gate = spawn.await.map_err(join_error).and_then(|r| r);
+                if let (Ok(()), Ok(gate)) = (&made, &mut gate) {
+                    gate.cgroup_ready();
+                }
+                (made, gate)
+            };
+            let (mounted, (made, gate)) = tokio::join!(mount_rootfs(ctx, &c, pod, &cdir), early);
             // Each rollback as soon as its step is known to have succeeded, whatever failed.
             if mounted.is_ok() {
                 // Also unmounts the idmapped overlay: it is a mount on the same target.
@@ -121,12 +133,14 @@ async fn start_container(ctx: &Arc<Context>, pod: &PodEntry, entry: &ContainerEn
             crate::failpoint::hit("start:after_mount").await?;
             made?;
             crate::failpoint::hit("start:after_cgroup").await?;
-            let gate = gate?;
+            let mut gate = gate?;
 
             // The rootfs is mounted, the cgroup made and the start mark durable: let the
-            // monitor start the container.
+            // monitor start the container (a byte into the gate's pipe, here: the container
+            // goes on while the blocking pool picks up the wait for its report).
             mark.await.map_err(join_error)?.status("persist the start")?;
-            tokio::task::spawn_blocking(move || gate.open())
+            gate.release();
+            tokio::task::spawn_blocking(move || gate.wait())
                 .await
                 .map_err(join_error)?
                 .map_err(|e| monitor_status(e, "start the container"))
