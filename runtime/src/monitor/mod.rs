@@ -14,8 +14,10 @@
 //!   With `--gated` ([`spawn_gated`]) stdin is a gate: everything that needs neither the rootfs
 //!   nor the cgroup is done first (configuration, spec, socket, pid file, log, and the
 //!   container process forked and waiting in the pod's net, ipc and uts namespaces), then the
-//!   monitor waits for the gate's byte, lets the process go on (cgroup join, mounts, exec) and
-//!   reports; the gate's end without a byte calls the start off (the process is killed).
+//!   monitor waits for the gate's `g`, lets the process go on (cgroup join, mounts, exec) and
+//!   reports; a `c` before it ([`Gate::cgroup_ready`]: the cgroup is made) is passed on to the
+//!   waiting process, which joins the cgroup at once; the gate's end without a `g` calls the
+//!   start off (the process exits, leaving the cgroup).
 //!   The container process has `PR_SET_PDEATHSIG(SIGKILL)` towards its monitor: if the monitor
 //!   is killed, so is the container (nothing would log it or record its exit otherwise). CRI
 //!   `stdin` gives it a pipe the monitor holds open; CRI `tty` a terminal allocated in the

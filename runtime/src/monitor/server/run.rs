@@ -23,9 +23,10 @@ const TRIM_AFTER_MS: u16 = 200;
 /// After the container exits, how long output still held open by other processes is read.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// `gated`: stdin is the gate of `spawn_gated`: the container is started only once a byte
-/// arrives on it (skiffd mounts the rootfs and makes the cgroup meanwhile); its end without one
-/// means the start was called off, and the monitor exits having started nothing.
+/// `gated`: stdin is the gate of `spawn_gated`: the container is started only once a `g`
+/// arrives on it (skiffd mounts the rootfs and makes the cgroup meanwhile; a `c` before it says
+/// the cgroup is made, and the waiting process joins it); its end without one means the start
+/// was called off, and the monitor exits having started nothing.
 pub fn main(dir: &Path, gated: bool) -> i32 {
     let (report_fd, gate_fd) = take_stdio(gated);
     start(dir, report_fd, gated.then_some(gate_fd), true)
