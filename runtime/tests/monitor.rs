@@ -571,6 +571,16 @@ fn monitor_is_detached_from_its_spawner() {
     assert_eq!(c2.client().status().unwrap().state, ContainerState::Running);
 }
 
+/// Removes a test's cgroup directory, retrying for up to 5 s while its last tasks exit.
+fn rmdir_patiently(d: &Path) {
+    for _ in 0..50 {
+        if std::fs::remove_dir(d).is_ok() || !d.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn cgroup_join_and_oom_kill() {
     if !have_busybox() || !Path::new("/sys/fs/cgroup/memory").is_dir() {
@@ -597,12 +607,7 @@ fn cgroup_join_and_oom_kill() {
     let (m2, p2) = (mem.clone(), pids.clone());
     c.cleanups.push(Box::new(move || {
         for d in [&m2, &p2] {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            rmdir_patiently(d);
         }
     }));
     c.start().unwrap();
@@ -627,12 +632,7 @@ fn gated_start_joins_the_cgroup_early_and_leaves_it_when_called_off() {
     struct Rm(PathBuf);
     impl Drop for Rm {
         fn drop(&mut self) {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            rmdir_patiently(&self.0);
         }
     }
     let _rm = Rm(pids.clone());
